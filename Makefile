@@ -1,0 +1,56 @@
+# sensorcast: two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION ?= 0.13.9
+UV := .tools/uv/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+KAFKA_JARS := infra/kafka/jars
+export MLFLOW_DISABLE_TELEMETRY := true
+export UV_LINK_MODE ?= hardlink
+
+.PHONY: install kafka-jars test test-unit test-integration demo bench bench-accuracy bench-latency stack-up stack-down clean
+
+$(UV):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	touch $@
+
+$(KAFKA_JARS)/.fetched: infra/kafka/pom.xml
+	mvn -q -f infra/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=jars -DincludeScope=runtime
+	touch $@
+
+install: $(VENV)/.installed $(KAFKA_JARS)/.fetched  ## venv, Python packages (locked) and the Kafka jars
+
+kafka-jars: $(KAFKA_JARS)/.fetched
+
+test: install  ## unit and integration tests against a real broker (started here unless KAFKA_BOOTSTRAP_SERVERS is set)
+	$(PY) -m pytest tests
+
+test-unit: install
+	$(PY) -m pytest tests -m "not integration"
+
+test-integration: install
+	$(PY) -m pytest tests -m integration
+
+demo: install  ## the main job on embedded defaults
+	$(VENV)/bin/sensorcast demo
+
+bench: install  ## JSON results under bench-results/
+	mkdir -p bench-results
+	$(VENV)/bin/sensorcast bench accuracy --protocol standard --dataset exchange --horizons 96 --json bench-results/accuracy-exchange.json
+	$(VENV)/bin/sensorcast bench accuracy --protocol standard --dataset etth1 --horizons 96 --json bench-results/accuracy-etth1.json
+	$(VENV)/bin/sensorcast bench accuracy --protocol seed --dataset exchange --json bench-results/accuracy-seed.json
+	$(VENV)/bin/sensorcast bench latency --json bench-results/latency.json
+
+stack-up: install
+	$(VENV)/bin/sensorcast stack up
+
+stack-down: install
+	$(VENV)/bin/sensorcast stack down
+
+clean:
+	-$(VENV)/bin/sensorcast stack down
+	rm -rf $(VENV) .tools $(KAFKA_JARS) .state bench-results .pytest_cache

@@ -1,0 +1,2 @@
+-- MLflow uses the database named by POSTGRES_DB; Prefect gets its own.
+CREATE DATABASE prefect OWNER sensorcast;

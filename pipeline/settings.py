@@ -1,0 +1,93 @@
+"""The one settings object: every knob of sensorcast, read from the environment and CLI flags.
+
+Env vars carry a ``SENSORCAST_`` prefix, except the three that other tools already standardise
+(``KAFKA_BOOTSTRAP_SERVERS``, ``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``), so the same code runs
+against the local stack, docker-compose or a user's own cluster without edits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SENSORCAST_", extra="ignore", validate_default=True, populate_by_name=True
+    )
+
+    # -- local stack ---------------------------------------------------------------------------
+    state_dir: Path = Field(default=REPO_ROOT / ".state", description="where the local stack keeps its data and logs")
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "1G"
+    kafka_jars_dir: Path = REPO_ROOT / "infra" / "kafka" / "jars"
+    mlflow_port: int = 5000
+    prefect_port: int = 4200
+    startup_timeout_s: float = 90.0
+
+    # -- where the services are (defaults point at the local stack) ----------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SENSORCAST_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SENSORCAST_MLFLOW_TRACKING_URI")
+    )
+    prefect_api_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("PREFECT_API_URL", "SENSORCAST_PREFECT_API_URL")
+    )
+
+    # -- topics --------------------------------------------------------------------------------
+    readings_topic: str = "sensors.readings"
+    forecasts_topic: str = "sensors.forecasts"
+    dlq_topic: str = "sensors.dlq"
+    models_topic: str = "sensorcast.models"
+    topic_partitions: int = 3
+    consumer_group: str = "sensorcast-forecaster"
+
+    # -- model ---------------------------------------------------------------------------------
+    model_name: str = "sensorcast-itransformer"
+    model_alias: str = "champion"
+    model_uri: str | None = Field(default=None, description="a checkpoint folder or models:/NAME@ALIAS")
+    model_poll_s: float = 10.0
+    lookback: int = 96
+    horizon: int = 24
+
+    # -- service -------------------------------------------------------------------------------
+    max_batch: int = 256
+    max_wait_ms: float = 2.0
+    max_payload_bytes: int = 64 * 1024
+    max_fill_steps: int = 3
+    reading_interval_s: float | None = Field(default=None, description="expected cadence; None infers it per entity")
+    device: str = "auto"
+    torch_threads: int = 1
+    metrics_port: int = 9308
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def prefect_url(self) -> str:
+        return self.prefect_api_url or f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def default_model_uri(self) -> str:
+        return self.model_uri or f"models:/{self.model_name}@{self.model_alias}"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> "Settings":
+        """Env first, then CLI flags on top; a flag left at None does not override."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**given)

@@ -1,0 +1,95 @@
+"""Shared fixtures: real services for integration tests.
+
+Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set; else testcontainers' KafkaContainer when a Docker engine
+answers; else the project's own broker from the jars, on free ports in a temporary state folder.
+MLflow: a temporary SQLite tracking store.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pipeline import stack
+from pipeline.settings import Settings
+
+SHARED_DATA = Path(os.environ.get("SENSORCAST_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+def local_settings(state_dir: Path) -> Settings:
+    """Settings for a private local stack on free ports, so tests never touch a user's stack."""
+    return Settings.load(
+        state_dir=state_dir,
+        kafka_port=stack.free_port(),
+        kafka_controller_port=stack.free_port(),
+        mlflow_port=stack.free_port(),
+        prefect_port=stack.free_port(),
+        kafka_bootstrap_servers="",
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    if docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    settings = local_settings(tmp_path_factory.mktemp("stack"))
+    stack.up(settings, ["kafka"], log=lambda _m: None)
+    try:
+        yield settings.bootstrap_servers
+    finally:
+        stack.down(settings, ["kafka"], log=lambda _m: None)
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str) -> Settings:
+    """Settings on the test broker with topic and group names unique to this test."""
+    tag = uuid.uuid4().hex[:8]
+    return Settings.load(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        readings_topic=f"readings-{tag}",
+        forecasts_topic=f"forecasts-{tag}",
+        dlq_topic=f"dlq-{tag}",
+        models_topic=f"models-{tag}",
+        consumer_group=f"group-{tag}",
+    )
+
+
+@pytest.fixture
+def mlflow_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A temporary SQLite tracking store with a local artifact folder."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "ETTh1.csv").exists():
+        pytest.fail(f"real benchmark data not found at {SHARED_DATA}; set SENSORCAST_SHARED_DATA")
+    return SHARED_DATA
