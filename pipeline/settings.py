@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = 64 * 1024
     max_fill_steps: int = 3
     reading_interval_s: float | None = Field(default=None, description="expected cadence; None infers it per entity")
+    rehydrate_records: int = Field(default=20_000, description="records per partition re-read on start to refill windows")
     device: str = "auto"
     torch_threads: int = 1
     metrics_port: int = 9308

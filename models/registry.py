@@ -1,0 +1,56 @@
+"""The MLflow model registry, as sensorcast uses it: log a checkpoint as a registered version, move
+an alias, ask which version an alias points at, and fetch a version's checkpoint folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from models.checkpoint import META, read_meta
+
+PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+def log_checkpoint(folder: Path, name: str, *, alias: str | None = None, metrics: dict[str, float] | None = None) -> str:
+    """Log the checkpoint in the active run (or a new one) and register it; returns the version."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    meta = read_meta(folder)
+    active = mlflow.active_run()
+    run = active or mlflow.start_run(run_name=f"register-{name}")
+    try:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"checkpoint": str(folder)},
+            pip_requirements=["torch", "safetensors", "numpy", "pandas"],
+            registered_model_name=name,
+            metadata={"architecture": meta.architecture, "channels": meta.channels},
+        )
+        if metrics:
+            mlflow.log_metrics(metrics)
+    finally:
+        if active is None:
+            mlflow.end_run()
+    version = str(info.registered_model_version)
+    if alias:
+        MlflowClient().set_registered_model_alias(name, alias, version)
+    return version
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def download_checkpoint(name: str, version: str, dst: Path) -> Path:
+    """Fetch the version's artifacts and return the folder that holds model.json."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    found = [p.parent for p in local.rglob(META)]
+    if not found:
+        raise FileNotFoundError(f"models:/{name}/{version} holds no sensorcast checkpoint ({META})")
+    return found[0]

@@ -1,0 +1,169 @@
+"""The wire format, pure: parse and validate readings, encode forecasts and dead letters.
+
+Reading    {"entity": "pump-7", "ts": "2026-11-24T10:00:00Z" | epoch ms, "values": {"temp": 71.2, ...}}
+Forecast   {"entity", "ts", "horizon", "channels", "forecast": {channel: [H numbers]}, "model": {"name", "version"}, "produced_at"}
+DeadLetter {"error", "reason", "topic", "partition", "offset", "payload", "payload_encoding"}
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+# The reasons a reading can be refused; the dead-letter metric is labelled by these.
+REASONS = (
+    "empty",
+    "oversized",
+    "not_json",
+    "not_an_object",
+    "bad_entity",
+    "bad_timestamp",
+    "bad_values",
+    "non_finite",
+    "missing_channels",
+    "unknown_channels",
+    "late",
+    "duplicate",
+)
+
+
+class BadReading(ValueError):
+    """A reading the service refuses; `reason` is one of REASONS, the message says what was wrong."""
+
+    def __init__(self, reason: str, detail: str):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    entity: str
+    ts_ms: int
+    values: np.ndarray  # (N,) float32, in the model's channel order
+
+
+def parse_ts(value: object) -> int:
+    """ISO 8601 (a 'Z' or an offset; naive means UTC) or epoch milliseconds → epoch ms."""
+    if isinstance(value, bool):
+        raise BadReading("bad_timestamp", f"ts must be an ISO 8601 string or epoch milliseconds, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value < 0:
+            raise BadReading("bad_timestamp", f"ts {value!r} is not a valid epoch millisecond count")
+        return int(value)
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        except ValueError:
+            raise BadReading("bad_timestamp", f"ts {value!r} is not ISO 8601") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        return int(parsed.timestamp() * 1000)
+    raise BadReading("bad_timestamp", f"ts must be an ISO 8601 string or epoch milliseconds, got {type(value).__name__}")
+
+
+def format_ts(ts_ms: int) -> str:
+    t = dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ts_ms % 1000:03d}Z" if ts_ms % 1000 else "Z")
+
+
+def parse_reading(raw: bytes | None, channels: list[str], max_bytes: int = 64 * 1024) -> Reading:
+    """Validate one message against the serving model's channels; raise BadReading on anything off."""
+    if not raw:
+        raise BadReading("empty", "the message has no value")
+    if len(raw) > max_bytes:
+        raise BadReading("oversized", f"{len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        doc = _lenient_json(raw, e)
+    if not isinstance(doc, dict):
+        raise BadReading("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    entity = doc.get("entity")
+    if not isinstance(entity, str) or not entity or len(entity) > 256:
+        raise BadReading("bad_entity", f"entity must be a non-empty string of at most 256 characters, got {entity!r}")
+    if "ts" not in doc:
+        raise BadReading("bad_timestamp", "the reading has no ts")
+    ts_ms = parse_ts(doc["ts"])
+    values = doc.get("values")
+    if not isinstance(values, dict):
+        raise BadReading("bad_values", f"values must be an object of channel → number, got {type(values).__name__}")
+    unknown = [k for k in values if k not in channels]
+    if unknown:
+        raise BadReading("unknown_channels", f"channels {unknown} are not served by this model (it expects {channels})")
+    missing = [c for c in channels if c not in values]
+    if missing:
+        raise BadReading("missing_channels", f"channels {missing} are missing")
+    out = np.empty(len(channels), dtype=np.float32)
+    for i, c in enumerate(channels):
+        v = values[c]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise BadReading("bad_values", f"channel {c!r} must be a number, got {v!r}")
+        if not math.isfinite(v) or abs(v) > 3.0e38:
+            raise BadReading("non_finite", f"channel {c!r} is {v!r}")
+        out[i] = v
+    return Reading(entity, ts_ms, out)
+
+
+def _non_finite(constant: str) -> float:
+    raise BadReading("non_finite", f"the reading holds {constant}")
+
+
+def _lenient_json(raw: bytes, error: Exception) -> object:
+    """orjson refuses NaN, Infinity and 1e999 as invalid JSON; Python's json writes them. Tell those
+    apart from broken JSON, so the dead letter names the real problem."""
+    try:
+        return json.loads(raw, parse_constant=_non_finite)
+    except BadReading:
+        raise
+    except (ValueError, UnicodeDecodeError):
+        raise BadReading("not_json", f"not valid UTF-8 JSON ({error})") from None
+
+
+def encode_reading(entity: str, ts: str | int, values: dict[str, float]) -> bytes:
+    return orjson.dumps({"entity": entity, "ts": ts, "values": values})
+
+
+def encode_forecast(
+    entity: str, ts_ms: int, channels: list[str], forecast_nh: np.ndarray, model_name: str, model_version: str, produced_at_ms: int
+) -> bytes:
+    """`forecast_nh` is (N, H) and C-contiguous: each row goes out as one channel's list."""
+    return orjson.dumps(
+        {
+            "entity": entity,
+            "ts": format_ts(ts_ms),
+            "horizon": int(forecast_nh.shape[1]),
+            "channels": channels,
+            "forecast": {c: forecast_nh[i] for i, c in enumerate(channels)},
+            "model": {"name": model_name, "version": str(model_version)},
+            "produced_at": format_ts(produced_at_ms),
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def encode_dead_letter(error: BadReading | str, topic: str, partition: int, offset: int, payload: bytes | None) -> bytes:
+    raw = payload or b""
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    reason = error.reason if isinstance(error, BadReading) else "error"
+    return orjson.dumps(
+        {
+            "error": str(error),
+            "reason": reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "payload": text,
+            "payload_encoding": encoding,
+        }
+    )

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the service, in a registry of its own (no process globals)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.e2e = Histogram("sensorcast_e2e_latency_seconds", "reading produced → its forecast confirmed", buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("sensorcast_inference_latency_seconds", "one batched forward pass", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("sensorcast_batch_size", "forecasts per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.readings = Counter("sensorcast_readings", "readings consumed", registry=r)
+        self.forecasts = Counter("sensorcast_forecasts", "forecasts published", registry=r)
+        self.buffered = Counter("sensorcast_readings_buffered", "valid readings still warming a window", registry=r)
+        self.dead = Counter("sensorcast_dead_letters", "readings sent to the dead-letter topic", ["reason"], registry=r)
+        self.filled = Counter("sensorcast_steps_forward_filled", "missing steps filled forward", registry=r)
+        self.resets = Counter("sensorcast_window_resets", "windows reset after a long gap", registry=r)
+        self.lag = Gauge("sensorcast_consumer_lag", "messages behind the end of the assigned partitions", registry=r)
+        self.model_version = Gauge("sensorcast_model_version", "serving model version (numeric; 0 for a local checkpoint)", ["name"], registry=r)
+        self.swaps = Counter("sensorcast_model_swaps", "hot swaps to a new model version", registry=r)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)
+
+    def set_model(self, name: str, version: str) -> None:
+        self.model_version.clear()
+        self.model_version.labels(name=name).set(float(version) if str(version).isdigit() else 0.0)
+
+    def on_batch(self, stats, records, published_at: float) -> None:
+        self.readings.inc(stats.readings)
+        self.forecasts.inc(stats.forecasts)
+        self.buffered.inc(stats.buffered)
+        self.filled.inc(stats.filled)
+        self.resets.inc(stats.resets)
+        for reason, n in stats.dead.items():
+            self.dead.labels(reason=reason).inc(n)
+        if stats.batch_rows:
+            self.inference.observe(stats.inference_s)
+            self.batch_rows.observe(stats.batch_rows)
+        now_ms = published_at * 1000
+        for rec in records:
+            if rec.timestamp_ms:
+                self.e2e.observe(max(0.0, now_ms - rec.timestamp_ms) / 1000)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,98 @@
+"""Where the serving model comes from: a local checkpoint folder, or the MLflow registry by alias
+(`models:/NAME@ALIAS`), and the background watcher that hot-swaps a newly promoted version."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from models.forecaster import Forecaster
+from pipeline.service import ModelSlot
+
+log = logging.getLogger("sensorcast.models")
+ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    name: str
+    alias: str
+
+
+def parse_model_uri(uri: str) -> RegistryRef | Path:
+    m = ALIAS_URI.match(uri)
+    if m:
+        return RegistryRef(m["name"], m["alias"])
+    if uri.startswith("models:/"):
+        raise ModelUnavailable(f"use models:/NAME@ALIAS to follow an alias, got {uri}")
+    return Path(uri)
+
+
+def load_version(ref: RegistryRef, version: str, device: str) -> Forecaster:
+    from models.registry import download_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="sensorcast-model-") as tmp:
+        folder = download_checkpoint(ref.name, version, Path(tmp))
+        forecaster = Forecaster.from_checkpoint(folder, device=device, version=version)  # weights now in memory
+    forecaster.meta.name = ref.name
+    return forecaster
+
+
+def load_model(uri: str, device: str = "auto") -> tuple[Forecaster, RegistryRef | None]:
+    """The model to start with, and the alias to follow (None for a local folder)."""
+    target = parse_model_uri(uri)
+    if isinstance(target, Path):
+        if not target.exists():
+            raise ModelUnavailable(f"no checkpoint at {target}; train one with `sensorcast train --out {target}`")
+        return Forecaster.from_checkpoint(target, device=device), None
+    from models.registry import alias_version
+
+    version = alias_version(target.name, target.alias)
+    if version is None:
+        raise ModelUnavailable(
+            f"the registry has no {target.name}@{target.alias}; train and promote one first "
+            "(or pass --model PATH to a checkpoint folder)"
+        )
+    return load_version(target, version, device), target
+
+
+class ModelWatcher(threading.Thread):
+    """Polls the alias; when it moves, loads and warms the new version off the hot path, then swaps."""
+
+    def __init__(self, slot: ModelSlot, ref: RegistryRef, device: str, poll_s: float, on_swap: Callable[[Forecaster], None] | None = None):
+        super().__init__(name="model-watcher", daemon=True)
+        self.slot, self.ref, self.device, self.poll_s = slot, ref, device, poll_s
+        self.on_swap = on_swap
+        self.stop = threading.Event()
+        self.errors = 0
+
+    def check_once(self) -> bool:
+        from models.registry import alias_version
+
+        version = alias_version(self.ref.name, self.ref.alias)
+        if version is None or version == self.slot.model.version:
+            return False
+        new = load_version(self.ref, version, self.device)
+        new.warm_up()
+        old = self.slot.swap(new)
+        log.info("serving %s v%s (was v%s)", self.ref.name, version, old.version)
+        if self.on_swap:
+            self.on_swap(new)
+        return True
+
+    def run(self) -> None:
+        while not self.stop.wait(self.poll_s):
+            try:
+                self.check_once()
+            except Exception as e:  # keep serving the current model
+                self.errors += 1
+                log.error("could not load the new %s@%s: %s", self.ref.name, self.ref.alias, e)

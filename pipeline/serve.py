@@ -1,0 +1,82 @@
+"""Assemble the running service from settings: model, Kafka source and sink, metrics, hot swap,
+signals. The loop itself lives in pipeline.service; this module is the wiring around it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import torch
+
+from pipeline.kafka import KafkaSink, KafkaSource, ensure_topics, make_consumer, make_producer
+from pipeline.metrics import ServiceMetrics
+from pipeline.model_source import ModelWatcher, load_model
+from pipeline.service import ForecastCore, ModelSlot, ServiceConfig, run
+from pipeline.settings import Settings
+
+log = logging.getLogger("sensorcast.serve")
+
+
+class _Observer:
+    """Feeds the metrics after each batch and refreshes consumer lag every few seconds."""
+
+    def __init__(self, metrics: ServiceMetrics, source: KafkaSource, every_s: float = 5.0):
+        self.metrics, self.source, self.every_s = metrics, source, every_s
+        self._next = 0.0
+
+    def on_batch(self, stats, records, published_at: float) -> None:
+        self.metrics.on_batch(stats, records, published_at)
+        if published_at >= self._next:
+            self._next = published_at + self.every_s
+            lag = self.source.lag()
+            if lag is not None:
+                self.metrics.lag.set(lag)
+
+
+def serve(settings: Settings, stop: threading.Event | None = None, metrics: ServiceMetrics | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (or `stop`); the batch in flight is published and committed first."""
+    torch.set_num_threads(settings.torch_threads)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a stop during start-up is clean too
+            signal.signal(sig, lambda *_: stop.set())
+    uri = settings.default_model_uri
+    if uri.startswith("models:/"):
+        import mlflow
+
+        mlflow.set_tracking_uri(settings.tracking_uri)
+    forecaster, ref = load_model(uri, settings.device)
+    forecaster.warm_up()
+    log.info("serving %s v%s on %s (L=%d, H=%d, channels %s)", forecaster.name, forecaster.version, forecaster.device,
+             forecaster.lookback, forecaster.horizon, forecaster.channels)
+
+    ensure_topics(settings)
+    source = KafkaSource(make_consumer(settings, max_poll_records=settings.max_batch), settings.readings_topic, settings.rehydrate_records)
+    sink = KafkaSink(make_producer(settings, linger_ms=1))
+    slot = ModelSlot(forecaster)
+    core = ForecastCore(slot, ServiceConfig.from_settings(settings))
+
+    metrics = metrics or ServiceMetrics()
+    metrics.set_model(forecaster.name, forecaster.version)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+
+    def swapped(new) -> None:
+        metrics.set_model(new.name, new.version)
+        metrics.swaps.inc()
+
+    watcher = ModelWatcher(slot, ref, settings.device, settings.model_poll_s, on_swap=swapped) if ref else None
+    if watcher:
+        watcher.start()
+    started = time.monotonic()
+    try:
+        handled = run(source, sink, core, stop, _Observer(metrics, source))
+        log.info("stopping after %d readings in %.0f s", handled, time.monotonic() - started)
+    finally:
+        if watcher:
+            watcher.stop.set()
+        sink.close()
+        source.close()
+    return 0

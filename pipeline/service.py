@@ -1,0 +1,254 @@
+"""The forecasting service: poll → decode → window → forecast → publish → commit.
+
+The core (`ForecastCore`) turns a micro-batch of raw records into forecast and dead-letter
+messages and knows nothing of Kafka; `run` drives it from any `Source` and `Sink`, so the same code
+serves Kafka in production and in-memory queues in unit tests and `bench latency --in-memory`.
+Delivery is at-least-once: offsets are committed only after the sink confirms every message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.messages import BadReading, encode_dead_letter, encode_forecast, parse_reading
+from pipeline.windows import EntityWindows
+
+log = logging.getLogger("sensorcast.service")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message, as any source delivers it."""
+
+    value: bytes | None
+    key: bytes | None = None
+    topic: str = "sensors.readings"
+    partition: int = 0
+    offset: int = 0
+    timestamp_ms: int = 0  # the producer's CreateTime, for end-to-end latency
+    replay: bool = False  # already handled before a restart: refill the window, emit nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    forecasts_topic: str = "sensors.forecasts"
+    dlq_topic: str = "sensors.dlq"
+    max_batch: int = 256
+    max_wait_ms: float = 2.0
+    max_payload_bytes: int = 64 * 1024
+    max_fill_steps: int = 3
+    interval_ms: int | None = None
+
+    @classmethod
+    def from_settings(cls, s) -> "ServiceConfig":
+        return cls(
+            forecasts_topic=s.forecasts_topic,
+            dlq_topic=s.dlq_topic,
+            max_batch=s.max_batch,
+            max_wait_ms=s.max_wait_ms,
+            max_payload_bytes=s.max_payload_bytes,
+            max_fill_steps=s.max_fill_steps,
+            interval_ms=int(s.reading_interval_s * 1000) if s.reading_interval_s else None,
+        )
+
+
+class Model(Protocol):
+    """What the core needs of a model: `models.forecaster.Forecaster` is one."""
+
+    channels: list[str]
+    lookback: int
+    horizon: int
+    name: str
+    version: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class BatchStats:
+    readings: int = 0
+    forecasts: int = 0
+    buffered: int = 0  # valid readings still warming an entity's window
+    dead: dict[str, int] = field(default_factory=dict)
+    filled: int = 0
+    resets: int = 0
+    inference_s: float = 0.0
+    batch_rows: int = 0
+    oldest_record_ms: int = 0
+
+
+class ModelSlot:
+    """Holds the serving model; a swap is one reference assignment, so a batch in flight keeps the
+    model it started with and the next batch gets the new one."""
+
+    def __init__(self, model: Model):
+        self._model = model
+
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    def swap(self, new: Model) -> Model:
+        old = self._model
+        if new.channels != old.channels or new.lookback != old.lookback:
+            raise ValueError(
+                f"new model {new.name} v{new.version} expects channels {new.channels} and lookback {new.lookback}; "
+                f"the serving windows hold {old.channels} with lookback {old.lookback}: restart the service to change them"
+            )
+        self._model = new
+        return old
+
+
+class ForecastCore:
+    """Pure logic of one micro-batch: every record becomes a forecast, a buffered reading, or a dead letter."""
+
+    def __init__(self, slot: ModelSlot, cfg: ServiceConfig):
+        self.slot = slot
+        self.cfg = cfg
+        m = slot.model
+        self.channels = list(m.channels)
+        self.windows = EntityWindows(len(self.channels), m.lookback, max_fill_steps=cfg.max_fill_steps, interval_ms=cfg.interval_ms)
+        self._x = np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32)
+
+    def process(self, records: list[Record], now_ms: int | None = None) -> tuple[list[Outgoing], BatchStats]:
+        model = self.slot.model  # one model for the whole batch
+        stats = BatchStats(readings=sum(not r.replay for r in records))
+        out: list[Outgoing] = []
+        ready: list[tuple[str, int, bytes | None]] = []  # (entity, ts, key) in record order
+        if len(records) > self._x.shape[0]:
+            self._x = np.zeros((len(records), model.lookback, len(self.channels)), dtype=np.float32)
+        for rec in records:
+            if rec.replay:
+                self._replay(rec)
+                continue
+            try:
+                reading = parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes)
+                pushed = self.windows.push(reading)
+            except BadReading as bad:
+                stats.dead[bad.reason] = stats.dead.get(bad.reason, 0) + 1
+                out.append(Outgoing(self.cfg.dlq_topic, rec.key, encode_dead_letter(bad, rec.topic, rec.partition, rec.offset, rec.value)))
+                continue
+            stats.filled += pushed.filled
+            stats.resets += int(pushed.reset)
+            if not pushed.ready:
+                stats.buffered += 1
+                continue
+            # copy now: a later reading of the same entity in this batch moves its window on
+            self._x[len(ready)] = self.windows.window(reading.entity)
+            ready.append((reading.entity, reading.ts_ms, rec.key or reading.entity.encode()))
+        if ready:
+            started = time.perf_counter()
+            pred = model.predict(self._x[: len(ready)])  # (B, H, N)
+            stats.inference_s = time.perf_counter() - started
+            stats.batch_rows = len(ready)
+            per_channel = np.ascontiguousarray(pred.transpose(0, 2, 1))  # (B, N, H): rows go out as lists
+            produced = now_ms if now_ms is not None else int(time.time() * 1000)
+            for i, (entity, ts, key) in enumerate(ready):
+                value = encode_forecast(entity, ts, self.channels, per_channel[i], model.name, model.version, produced)
+                out.append(Outgoing(self.cfg.forecasts_topic, key, value))
+            stats.forecasts = len(ready)
+        return out, stats
+
+
+    def _replay(self, rec: Record) -> None:
+        """A reading handled before this process started: rebuild its entity's window only. Its
+        forecast or dead letter was published then; errors now are the same ones, already reported."""
+        try:
+            self.windows.push(parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes))
+        except BadReading:
+            pass
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+class Source(Protocol):
+    def poll(self, max_records: int, timeout_ms: float) -> list[Record]: ...
+
+    def commit(self) -> None: ...
+
+
+class Sink(Protocol):
+    def publish(self, messages: list[Outgoing]) -> None: ...
+
+    def flush(self) -> None:
+        """Return only when every published message is confirmed; raise if any failed."""
+        ...
+
+
+class Observer(Protocol):
+    def on_batch(self, stats: BatchStats, records: list[Record], published_at: float) -> None: ...
+
+
+def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, observer: Observer | None = None) -> int:
+    """Serve until `stop` is set; the batch in hand is always finished, published and committed."""
+    handled = 0
+    while not stop.is_set():
+        records = source.poll(core.cfg.max_batch, core.cfg.max_wait_ms)
+        if not records:
+            continue
+        messages, stats = core.process(records)
+        sink.publish(messages)
+        sink.flush()
+        source.commit()  # only after the sink confirmed: at-least-once
+        handled += len(records)
+        if observer is not None:
+            observer.on_batch(stats, records, time.time())
+    return handled
+
+
+# -- in memory -------------------------------------------------------------------------------------
+
+
+class MemorySource:
+    """A list of records served in order; `commit` remembers how far the loop got."""
+
+    def __init__(self, records: list[Record] | None = None):
+        self.records: list[Record] = list(records or [])
+        self.position = 0
+        self.committed = 0
+        self._lock = threading.Lock()
+
+    def add(self, records: list[Record]) -> None:
+        with self._lock:
+            self.records.extend(records)
+
+    def poll(self, max_records: int, timeout_ms: float) -> list[Record]:
+        with self._lock:
+            batch = self.records[self.position : self.position + max_records]
+            self.position += len(batch)
+        if not batch and timeout_ms:
+            time.sleep(timeout_ms / 1000)
+        return batch
+
+    def commit(self) -> None:
+        self.committed = self.position
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.pending: list[Outgoing] = []
+        self.confirmed: list[Outgoing] = []
+
+    def publish(self, messages: list[Outgoing]) -> None:
+        self.pending.extend(messages)
+
+    def flush(self) -> None:
+        self.confirmed.extend(self.pending)
+        self.pending = []
+
+    def on(self, topic: str) -> list[Outgoing]:
+        return [m for m in self.confirmed if m.topic == topic]

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import orjson
+import pytest
+
+from pipeline.messages import BadReading, encode_dead_letter, encode_forecast, format_ts, parse_reading, parse_ts
+
+CH = ["temp", "pressure"]
+
+
+def test_a_good_reading_parses_in_channel_order() -> None:
+    r = parse_reading(b'{"entity":"pump-7","ts":"2026-11-24T10:00:00Z","values":{"pressure":3.1,"temp":71.2}}', CH)
+    assert r.entity == "pump-7" and r.ts_ms == 1795514400000
+    assert np.allclose(r.values, [71.2, 3.1]) and r.values.dtype == np.float32
+
+
+def test_timestamps_iso_offsets_and_epoch_ms() -> None:
+    assert parse_ts("2026-11-24T10:00:00Z") == parse_ts("2026-11-24T11:00:00+01:00") == parse_ts(1795514400000)
+    assert parse_ts("2026-11-24T10:00:00") == 1795514400000  # naive means UTC
+    assert format_ts(1795514400000) == "2026-11-24T10:00:00Z"
+    assert format_ts(1795514400123) == "2026-11-24T10:00:00.123Z"
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"x" * 70_000, "oversized"),
+        (b"{not json", "not_json"),
+        (b"\xff\xfe", "not_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'{"ts": 1, "values": {"temp": 1, "pressure": 2}}', "bad_entity"),
+        (b'{"entity": 7, "ts": 1, "values": {"temp": 1, "pressure": 2}}', "bad_entity"),
+        (b'{"entity": "a", "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),
+        (b'{"entity": "a", "ts": "yesterday", "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),
+        (b'{"entity": "a", "ts": true, "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),
+        (b'{"entity": "a", "ts": 1, "values": [1, 2]}', "bad_values"),
+        (b'{"entity": "a", "ts": 1, "values": {"temp": "hot", "pressure": 2}}', "bad_values"),
+        (b'{"entity": "a", "ts": 1, "values": {"temp": null, "pressure": 2}}', "bad_values"),
+        (b'{"entity": "a", "ts": 1, "values": {"temp": NaN, "pressure": 2}}', "non_finite"),
+        (b'{"entity": "a", "ts": 1, "values": {"temp": -Infinity, "pressure": 2}}', "non_finite"),
+        (b'{"entity": "a", "ts": 1, "values": {"temp": 1e999, "pressure": 2}}', "non_finite"),
+        (b'{"entity": "a", "ts": 1, "values": {"temp": 1}}', "missing_channels"),
+        (b'{"entity": "a", "ts": 1, "values": {"temp": 1, "pressure": 2, "rpm": 3}}', "unknown_channels"),
+    ],
+)
+def test_bad_input_is_refused_with_its_reason(raw, reason) -> None:
+    with pytest.raises(BadReading) as err:
+        parse_reading(raw, CH, max_bytes=64 * 1024)
+    assert err.value.reason == reason
+
+
+def test_float_overflow_to_inf_is_non_finite() -> None:
+    with pytest.raises(BadReading) as err:
+        parse_reading(b'{"entity": "a", "ts": 1, "values": {"temp": 1e39, "pressure": 2}}', CH)
+    assert err.value.reason == "non_finite"
+
+
+def test_forecast_message_shape() -> None:
+    fc = np.arange(6, dtype=np.float32).reshape(2, 3)
+    doc = orjson.loads(encode_forecast("pump-7", 1795514400000, CH, fc, "m", "3", 1795514400500))
+    assert doc == {
+        "entity": "pump-7",
+        "ts": "2026-11-24T10:00:00Z",
+        "horizon": 3,
+        "channels": CH,
+        "forecast": {"temp": [0.0, 1.0, 2.0], "pressure": [3.0, 4.0, 5.0]},
+        "model": {"name": "m", "version": "3"},
+        "produced_at": "2026-11-24T10:00:00.500Z",
+    }
+
+
+def test_dead_letter_keeps_the_original_bytes() -> None:
+    doc = orjson.loads(encode_dead_letter(BadReading("not_json", "x"), "t", 2, 41, b"{oops"))
+    assert doc["reason"] == "not_json" and doc["payload"] == "{oops" and doc["payload_encoding"] == "utf-8"
+    assert (doc["topic"], doc["partition"], doc["offset"]) == ("t", 2, 41)
+    binary = orjson.loads(encode_dead_letter(BadReading("not_json", "x"), "t", 0, 0, b"\xff\x00"))
+    assert binary["payload_encoding"] == "base64" and base64.b64decode(binary["payload"]) == b"\xff\x00"

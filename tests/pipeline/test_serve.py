@@ -1,0 +1,235 @@
+"""The forecasting service against the real broker: counts, dead letters, hot swap, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from models.checkpoint import save
+from models.data import Scaler
+from models.itransformer import ITransformer, ITransformerConfig
+from pipeline.kafka import ensure_topics, make_consumer, make_producer
+from pipeline.messages import encode_reading
+from pipeline.serve import serve
+from pipeline.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+CH = ["temp", "pressure"]
+L, H = 8, 4
+HOUR = 3_600_000
+
+
+def make_checkpoint(folder: Path, seed: int = 0) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    save(folder, ITransformer(ITransformerConfig(lookback=L, horizon=H, d_model=32, n_heads=4, d_ff=32)), CH, Scaler.identity(2), name="test-model")
+    return folder
+
+
+def readings(entities: int, steps: range) -> list[tuple[bytes, bytes]]:
+    return [
+        (f"e{e}".encode(), encode_reading(f"e{e}", s * HOUR, {"temp": 20.0 + s % 7 + e, "pressure": 1.0 + 0.1 * e}))
+        for s in steps
+        for e in range(entities)
+    ]
+
+
+def produce(settings: Settings, messages: list[tuple[bytes | None, bytes | None]], rate: float = 0) -> None:
+    producer = make_producer(settings)
+    started = time.perf_counter()
+    for i, (key, value) in enumerate(messages):
+        if rate:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        producer.send(settings.readings_topic, key=key, value=value)
+    producer.flush(timeout=30)
+    producer.close()
+
+
+class Collector:
+    """Reads a topic from the start in a background thread; every test wait is bounded."""
+
+    def __init__(self, settings: Settings, topic: str):
+        self.docs: list[dict] = []
+        self._stop = threading.Event()
+        self._consumer = make_consumer(settings, topic, group=None, auto_offset_reset="earliest")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for records in self._consumer.poll(timeout_ms=100).values():
+                self.docs.extend(orjson.loads(r.value) for r in records)
+
+    def unique(self) -> set[tuple[str, str]]:
+        return {(d.get("entity"), d.get("ts")) for d in list(self.docs)}
+
+    def wait_for(self, n: int, timeout_s: float = 60, unique: bool = False) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while (len(self.unique()) if unique else len(self.docs)) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.docs
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._consumer.close()
+
+
+@pytest.fixture
+def service_settings(kafka_settings: Settings, tmp_path: Path) -> Settings:
+    s = kafka_settings.model_copy(update={"model_uri": str(make_checkpoint(tmp_path / "ckpt")), "metrics_port": 0, "topic_partitions": 3})
+    ensure_topics(s)
+    return s
+
+
+def start_service(settings: Settings) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(settings, stop), daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def test_every_valid_reading_yields_exactly_one_forecast(service_settings: Settings) -> None:
+    forecasts = Collector(service_settings, service_settings.forecasts_topic)
+    thread, stop = start_service(service_settings)
+    try:
+        produce(service_settings, readings(6, range(40)))
+        expected = 6 * (40 - (L - 1))
+        docs = forecasts.wait_for(expected)
+        time.sleep(1.5)  # anything extra would arrive now
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        forecasts.close()
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(keys) == expected == len(set(keys))
+    assert {d["entity"] for d in docs} == {f"e{e}" for e in range(6)}
+    assert all(d["horizon"] == H and set(d["forecast"]) == set(CH) and len(d["forecast"]["temp"]) == H for d in docs)
+    assert not thread.is_alive()
+
+
+def test_bad_input_lands_in_the_dead_letter_topic_while_valid_readings_flow(service_settings: Settings) -> None:
+    bad: list[tuple[bytes | None, bytes | None]] = [
+        (b"e0", b"not json at all"),
+        (b"e0", b""),
+        (b"e0", None),  # a tombstone
+        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": NaN, "pressure": 1}}'),
+        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": "warm", "pressure": 1}}'),
+        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": 1}}'),
+        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1, "rpm": 5}}'),
+        (b"e0", b'{"entity": "e0", "ts": "whenever", "values": {"temp": 1, "pressure": 1}}'),
+        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1}, "pad": "' + b"x" * 70_000 + b'"}'),
+        (b"e0", b"[1, 2, 3]"),
+        (b"e0", b"\xff\xfe\x00binary"),
+    ]
+    good = readings(3, range(20))
+    going_back = [(b"e1", encode_reading("e1", 5 * HOUR, {"temp": 1.0, "pressure": 1.0})),  # late
+                  (b"e1", encode_reading("e1", 19 * HOUR, {"temp": 1.0, "pressure": 1.0}))]  # duplicate
+    stream = good[:30] + bad + good[30:] + going_back
+    forecasts = Collector(service_settings, service_settings.forecasts_topic)
+    dead = Collector(service_settings, service_settings.dlq_topic)
+    thread, stop = start_service(service_settings)
+    try:
+        produce(service_settings, stream)
+        dead.wait_for(len(bad) + 2)
+        forecasts.wait_for(3 * (20 - (L - 1)))
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        forecasts.close()
+        dead.close()
+    reasons = sorted(d["reason"] for d in dead.docs)
+    assert reasons == sorted(
+        ["not_json", "empty", "empty", "non_finite", "bad_values", "missing_channels", "unknown_channels",
+         "bad_timestamp", "oversized", "not_an_object", "not_json", "late", "duplicate"]
+    )
+    assert all(d["topic"] == service_settings.readings_topic and d["offset"] >= 0 and d["error"] for d in dead.docs)
+    binary = next(d for d in dead.docs if d["payload_encoding"] == "base64")
+    assert binary["reason"] == "not_json"
+    assert len(forecasts.docs) == 3 * (20 - (L - 1))  # every valid reading still forecast
+    assert not thread.is_alive(), "the service must keep running until asked to stop, then stop"
+
+
+def test_a_model_promoted_mid_stream_is_picked_up_with_no_reading_lost(service_settings: Settings, mlflow_tracking: str, tmp_path: Path) -> None:
+    from models.registry import log_checkpoint
+
+    name = f"sc-{service_settings.consumer_group}"
+    assert log_checkpoint(make_checkpoint(tmp_path / "v1", seed=1), name, alias="champion") == "1"
+    settings = service_settings.model_copy(update={"model_uri": f"models:/{name}@champion", "model_poll_s": 0.3, "mlflow_tracking_uri": mlflow_tracking})
+    forecasts = Collector(settings, settings.forecasts_topic)
+    thread, stop = start_service(settings)
+    try:
+        produce(settings, readings(4, range(0, 20)))
+        forecasts.wait_for(4 * (20 - (L - 1)))
+        assert {d["model"]["version"] for d in forecasts.docs} == {"1"}
+        assert log_checkpoint(make_checkpoint(tmp_path / "v2", seed=2), name, alias="champion") == "2"
+        produce(settings, readings(4, range(20, 60)), rate=100)  # keeps flowing during the swap
+        docs = forecasts.wait_for(4 * (60 - (L - 1)))
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        forecasts.close()
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(keys) == len(set(keys)) == 4 * (60 - (L - 1)), "every reading forecast exactly once across the swap"
+    versions = [d["model"]["version"] for d in sorted(docs, key=lambda d: d["ts"])]
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert versions == sorted(versions), "once swapped, the new model serves every later reading"
+
+
+def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(service_settings: Settings) -> None:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": service_settings.bootstrap_servers,
+        "SENSORCAST_READINGS_TOPIC": service_settings.readings_topic,
+        "SENSORCAST_FORECASTS_TOPIC": service_settings.forecasts_topic,
+        "SENSORCAST_DLQ_TOPIC": service_settings.dlq_topic,
+        "SENSORCAST_CONSUMER_GROUP": service_settings.consumer_group,
+        "SENSORCAST_METRICS_PORT": "0",
+    }
+    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--model", service_settings.model_uri]
+    forecasts = Collector(service_settings, service_settings.forecasts_topic)
+    steps = 200
+    produce(service_settings, readings(10, range(0, 20)))  # enough to warm every window
+    producer = threading.Thread(target=produce, args=(service_settings, readings(10, range(20, steps)), 400))
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = None
+    try:
+        forecasts.wait_for(1, timeout_s=60)  # the service is up and forecasting
+        producer.start()  # 1,800 more readings over 4.5 s: the signal lands mid-stream
+        time.sleep(1.5)
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=60)
+        assert first.returncode == 0, out[-3000:]
+        before_restart = len(forecasts.docs)
+        producer.join(timeout=60)
+        second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        expected = 10 * (steps - (L - 1))
+        forecasts.wait_for(expected, timeout_s=90, unique=True)
+        time.sleep(1.5)
+        second.send_signal(signal.SIGTERM)
+        out2, _ = second.communicate(timeout=60)
+        assert second.returncode == 0, out2[-3000:]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+        forecasts.close()
+    assert 0 < before_restart < expected, "the first process should stop mid-stream"
+    keys = {(d["entity"], d["ts"]) for d in forecasts.docs}
+    assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast"
+    # at-least-once: a duplicate can only come from a batch published but not committed
+    assert len(forecasts.docs) - len(keys) <= 2 * 2000

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.messages import BadReading, Reading
+from pipeline.windows import EntityWindows
+
+H = 3_600_000
+
+
+def r(entity: str, step: float, *values: float) -> Reading:
+    return Reading(entity, int(step * H), np.asarray(values or (step,), dtype=np.float32))
+
+
+def test_window_fills_then_rolls_oldest_first() -> None:
+    w = EntityWindows(1, 3)
+    assert [w.push(r("a", i)).ready for i in range(5)] == [False, False, True, True, True]
+    assert w.window("a")[:, 0].tolist() == [2.0, 3.0, 4.0]
+
+
+def test_entities_are_independent_and_gather_matches_window() -> None:
+    w = EntityWindows(2, 3, capacity=1)  # forces growth
+    for i in range(4):
+        w.push(r("a", i, i, -i))
+        w.push(r("b", i, 10 + i, 0))
+    batch = w.gather(["b", "a"])
+    assert batch.shape == (2, 3, 2)
+    assert np.array_equal(batch[0], w.window("b")) and np.array_equal(batch[1], w.window("a"))
+    assert batch[1, :, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_duplicate_and_late_readings_are_refused_without_side_effects() -> None:
+    w = EntityWindows(1, 3)
+    for i in range(3):
+        w.push(r("a", i))
+    before = w.window("a").copy()
+    with pytest.raises(BadReading) as dup:
+        w.push(r("a", 2, 99.0))
+    assert dup.value.reason == "duplicate"
+    with pytest.raises(BadReading) as late:
+        w.push(r("a", 1, 99.0))
+    assert late.value.reason == "late"
+    assert np.array_equal(w.window("a"), before)
+
+
+def test_short_gap_is_forward_filled() -> None:
+    w = EntityWindows(1, 5, max_fill_steps=3)
+    for i in range(3):
+        w.push(r("a", i))
+    pushed = w.push(r("a", 5))  # steps 3 and 4 missing
+    assert pushed.filled == 2 and not pushed.reset and pushed.ready
+    assert w.window("a")[:, 0].tolist() == [1.0, 2.0, 2.0, 2.0, 5.0]
+
+
+def test_long_gap_resets_the_window() -> None:
+    w = EntityWindows(1, 3, max_fill_steps=2)
+    for i in range(4):
+        w.push(r("a", i))
+    pushed = w.push(r("a", 10))
+    assert pushed.reset and not pushed.ready
+    assert [w.push(r("a", 11)).ready, w.push(r("a", 12)).ready] == [False, True]
+
+
+def test_configured_interval_overrides_inference() -> None:
+    w = EntityWindows(1, 4, max_fill_steps=1, interval_ms=H // 2)
+    w.push(r("a", 0))
+    pushed = w.push(r("a", 1))  # one half-hour step missing
+    assert pushed.filled == 1
