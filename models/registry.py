@@ -14,11 +14,15 @@ from models.checkpoint import META, read_meta
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
 
 
-def log_checkpoint(folder: Path, name: str, *, alias: str | None = None, metrics: dict[str, float] | None = None) -> str:
-    """Log the checkpoint in the active run (or a new one) and register it; returns the version."""
+def log_checkpoint(folder: Path, name: str, *, alias: str | None = None, metrics: dict[str, float] | None = None,
+                   experiment: str = "sensorcast") -> str:
+    """Log the checkpoint in the active run (or a new one in `experiment`) and register it; returns
+    the version."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     meta = read_meta(folder)
     active = mlflow.active_run()
+    if active is None:
+        mlflow.set_experiment(experiment)  # by name in the current store, never a cached id from another
     run = active or mlflow.start_run(run_name=f"register-{name}")
     try:
         info = mlflow.pyfunc.log_model(

@@ -177,4 +177,8 @@ def fit_checkpoint(
     }
     save(out, model, data.channels, data.scaler, name=name, extra=extra)
     log(f"checkpoint written to {out}")
-    return {"metrics": report, "train": result, "checkpoint": str(out)}
+    x, y = data.test.batch(torch.tensor([len(data.test) - 1]))
+    with torch.no_grad():
+        pred = model(x.to(pick_device(cfg.device))).float().cpu()
+    sample = {k: data.scaler.inverse(v[0].numpy()) for k, v in {"history": x, "actual": y, "forecast": pred}.items()}
+    return {"metrics": report, "train": result, "checkpoint": str(out), "channels": data.channels, "sample": sample}

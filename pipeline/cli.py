@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -94,7 +95,7 @@ def train_cmd(
     entity_column: Optional[str] = typer.Option(None, help="one series per value of this column, one model across them"),
     epochs: int = typer.Option(10),
     lr: float = typer.Option(1e-3),
-    d_model: int = typer.Option(128),
+    d_model: int = typer.Option(64, help="token width; 64 keeps a forecast per reading cheap on a CPU"),
     seed: int = typer.Option(2024),
 ) -> None:
     """Train an iTransformer on a CSV and write a checkpoint the service can load."""
@@ -106,7 +107,7 @@ def train_cmd(
     try:
         result = fit_checkpoint(
             data, out, settings.lookback, settings.horizon, entity_column=entity_column,
-            model_cfg={"d_model": d_model, "d_ff": 2 * d_model}, cfg=cfg, name=settings.model_name,
+            model_cfg={"d_model": d_model, "d_ff": 2 * d_model, "n_heads": max(1, d_model // 16)}, cfg=cfg, name=settings.model_name,
             log=lambda m: console.print(m),
         )
     except DataError as e:
@@ -183,7 +184,7 @@ def _logging(verbose: bool) -> None:
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sensorcast").setLevel(logging.INFO)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(os.environ.get("SENSORCAST_KAFKA_LOG_LEVEL", "WARNING"))
 
 
 @app.command("serve")
@@ -250,11 +251,11 @@ def tail_cmd(
 
     import orjson
 
-    from pipeline.kafka import make_consumer
+    from pipeline.kafka import topic_reader
 
     settings = Settings.load()
     topic = settings.dlq_topic if dead_letters else settings.forecasts_topic
-    consumer = make_consumer(settings, topic, group=None, auto_offset_reset="earliest" if from_beginning else "latest")
+    consumer = topic_reader(settings, topic, from_beginning=from_beginning)
     shown, idle_since = 0, time.monotonic()
     try:
         while limit is None or shown < limit:
@@ -281,18 +282,66 @@ def tail_cmd(
         consumer.close()
 
 
-@app.command("demo")
-def demo(state_dir: Optional[Path] = StateDir) -> None:
-    """The main job on embedded defaults: start the local stack and create the topics."""
-    from pipeline.kafka import ensure_topics
+@bench_app.command("latency")
+def bench_latency(
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+    in_memory: bool = typer.Option(False, "--in-memory", help="no Kafka: the core alone (CPU, and CUDA when present)"),
+    rate: int = typer.Option(1000, help="(a) readings per second"),
+    entities: int = typer.Option(100, help="(a) entities in the stream"),
+    duration: float = typer.Option(30.0, help="(a) seconds at that rate"),
+    ladder: str = typer.Option("2000,4000,6000,8000,10000,12000,16000", help="(b) rates to climb"),
+    step: float = typer.Option(8.0, help="(b) seconds per rung"),
+    drain: int = typer.Option(20000, help="(d) backlog size for batched vs naive"),
+) -> None:
+    """End-to-end latency, sustained rate, inference per batch size, batched vs naive."""
+    from pipeline import bench_latency as bl
+    from pipeline.kafka import KafkaUnavailable
 
+    settings = Settings.load()
+    if not in_memory and not stack_mod.kafka_answers(settings.bootstrap_servers):
+        console.print(f"no broker at {settings.bootstrap_servers}: starting the local one")
+        try:
+            stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
+        except stack_mod.StackError as e:
+            _fail(str(e))
+    try:
+        doc = bl.run(settings, in_memory_only=in_memory, log=lambda m: console.print(m), **({} if in_memory else dict(
+            rate=rate, entities=entities, duration_s=duration, ladder=tuple(int(r) for r in ladder.split(",")), step_s=step, drain_readings=drain)))
+    except (KafkaUnavailable, RuntimeError) as e:
+        _fail(str(e))
+    table = Table(title=f"inference only, {doc['device']}")
+    for col in ("batch", "p50 ms", "p99 ms"):
+        table.add_column(col)
+    for r in doc["inference"]:
+        table.add_row(str(r["batch"]), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}")
+    Console().print(table)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=2))
+        console.print(f"results written to {json_path}")
+    else:
+        print(json.dumps(doc, indent=2))
+
+
+@app.command("demo")
+def demo(
+    state_dir: Optional[Path] = StateDir,
+    hours: int = typer.Option(240, help="hours of weather to replay per airport"),
+    rate: float = typer.Option(120.0, help="readings per second"),
+    epochs: int = typer.Option(4, help="training epochs"),
+    keep_stack: bool = typer.Option(True, help="leave the stack running to browse MLflow afterwards"),
+) -> None:
+    """The main job on embedded defaults: stack, training, registry, live forecasts, summary."""
+    from pipeline.demo import run_demo
+
+    _logging(False)
     settings = Settings.load(state_dir=state_dir)
     try:
-        stack_mod.up(settings, log=lambda m: console.print(m))
-    except stack_mod.StackError as e:
+        summary = run_demo(settings, hours=hours, rate=rate, epochs=epochs, keep_stack=keep_stack, log=lambda m: console.print(m))
+    except (stack_mod.StackError, RuntimeError) as e:
         _fail(str(e))
-    ensure_topics(settings)
-    console.print(f"topics ready on {settings.bootstrap_servers}; MLflow UI {settings.tracking_uri}")
+    if summary["forecasts"] == 0 or summary["service_exit_code"] != 0:
+        _fail(f"the demo did not run cleanly: {summary}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

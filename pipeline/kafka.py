@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -99,61 +99,49 @@ def _all_led(admin: KafkaAdminClient, names: list[str]) -> bool:
 # -- the service's Source and Sink on Kafka ------------------------------------------------------
 
 
-class _Rehydrate(ConsumerRebalanceListener):
-    """Notes newly assigned partitions; KafkaSource rewinds them on its next poll (kafka-python
-    cannot make broker requests from inside this callback)."""
-
-    def __init__(self, source: "KafkaSource"):
-        self.source = source
-
-    def on_partitions_revoked(self, revoked) -> None:
-        for tp in revoked:
-            self.source.replay_until.pop(tp, None)
-            self.source.pending.discard(tp)
-
-    def on_partitions_assigned(self, assigned) -> None:
-        self.source.pending.update(assigned)
-
-
 class KafkaSource:
-    """pipeline.service.Source over a KafkaConsumer in a group, with manual commits.
+    """pipeline.service.Source over a KafkaConsumer with manual commits.
 
-    On assignment it rewinds each partition up to `rehydrate_records` before the committed offset
-    and marks those records as replays, so the windows a previous process held are rebuilt before
-    new readings are forecast: a restart costs no forecasts."""
+    Partitions are assigned explicitly (all of the topic's, or the `partitions` given), not by
+    group rebalancing: kafka-python 3.0 was seen to stall for good in a rejoin right after its first
+    commit (assignment made before topic metadata arrived, then a rebalance that never completed).
+    Offsets are still committed to the consumer group, so a restart resumes where it stopped.
 
-    def __init__(self, consumer: KafkaConsumer, topic: str, rehydrate_records: int = 0):
+    On start each partition is rewound up to `rehydrate_records` before its committed offset and
+    those records are marked as replays, so the windows that a previous process held are rebuilt
+    before new readings are forecast: a restart costs no forecasts."""
+
+    def __init__(self, consumer: KafkaConsumer, topic: str, rehydrate_records: int = 0, partitions: list[int] | None = None,
+                 timeout_s: float = 30.0, new_group_from: str = "earliest"):
         self.consumer = consumer
-        self.rewind = rehydrate_records
         self.replay_until: dict[TopicPartition, int] = {}
-        self.pending: set[TopicPartition] = set()
-        consumer.subscribe([topic], listener=_Rehydrate(self))
-
-    def _rewind(self) -> set[TopicPartition]:
-        """Seek the newly assigned partitions back; returns those whose polled records to drop."""
-        tps, self.pending = list(self.pending), set()
-        if not self.rewind or not tps:
-            return set()
-        rewound = set()
-        beginnings = self.consumer.beginning_offsets(tps)
+        self._next_offset: dict[TopicPartition, int] = {}
+        self._last_unstick = 0.0
+        deadline = time.monotonic() + timeout_s
+        while not (found := consumer.partitions_for_topic(topic)):
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"topic {topic} has no partitions visible after {timeout_s:.0f} s")
+            time.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(found) if partitions is None or p in partitions]
+        consumer.assign(tps)
+        beginnings = consumer.beginning_offsets(tps)
+        ends = consumer.end_offsets(tps)
         for tp in tps:
-            committed = self.consumer.committed(tp)
-            if committed is None:
+            committed = consumer.committed(tp)
+            if committed is None:  # a new group: from the topic's start, or only what comes next
+                consumer.seek(tp, beginnings[tp] if new_group_from == "earliest" else ends[tp])
                 continue
-            start = max(beginnings.get(tp, 0), committed - self.rewind)
+            start = max(beginnings[tp], committed - rehydrate_records)
+            consumer.seek(tp, start)
             if start < committed:
                 self.replay_until[tp] = committed
-                self.consumer.seek(tp, start)
-                rewound.add(tp)
-        return rewound
 
     def poll(self, max_records: int, timeout_ms: float):
         from pipeline.service import Record
 
         batches = self.consumer.poll(timeout_ms=int(max(timeout_ms, 0)), max_records=max_records)
-        if self.pending:
-            rewound = self._rewind()  # these partitions' records come again, after their replay
-            batches = {tp: recs for tp, recs in batches.items() if tp not in rewound}
+        if not batches:
+            self._unstick()
         out = []
         for tp, records in batches.items():
             until = self.replay_until.get(tp)
@@ -161,20 +149,37 @@ class KafkaSource:
                 Record(r.value, r.key, r.topic, r.partition, r.offset, r.timestamp, until is not None and r.offset < until)
                 for r in records
             )
+            if records:
+                self._next_offset[tp] = records[-1].offset + 1
             if until is not None and records and records[-1].offset + 1 >= until:
                 del self.replay_until[tp]
         return out
+
+    def _unstick(self) -> None:
+        """kafka-python 3 can stall after a fetched batch while a partition awaits offset validation
+        (dpkp/kafka-python#3106: empty polls, lag growing); position() waits for that validation.
+        Ask for it at most once a second, only when a poll came back empty."""
+        now = time.monotonic()
+        if now - self._last_unstick < 1.0:
+            return
+        self._last_unstick = now
+        for tp in self.consumer.assignment():
+            self.consumer.position(tp)
 
     def commit(self) -> None:
         self.consumer.commit()
 
     def lag(self) -> int | None:
-        """Messages behind the end of the assigned partitions; None before an assignment."""
-        parts = self.consumer.assignment()
-        if not parts:
-            return None
-        ends = self.consumer.end_offsets(list(parts))
-        return sum(max(0, ends[tp] - self.consumer.position(tp)) for tp in parts)
+        """Messages behind the high watermarks the last fetches reported: local state, no request
+        to the broker on the serving path."""
+        total, known = 0, False
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None or tp not in self._next_offset:
+                continue
+            known = True
+            total += max(0, high - self._next_offset[tp])
+        return total if known else None
 
     def close(self) -> None:
         self.consumer.close()
@@ -200,3 +205,21 @@ class KafkaSink:
 
     def close(self) -> None:
         self.producer.close(timeout=self.flush_timeout_s)
+
+
+def topic_reader(settings: Settings, topic: str, from_beginning: bool = False, timeout_s: float = 30.0, **overrides: Any) -> KafkaConsumer:
+    """A group-less consumer of every partition of `topic`, placed at its start or its end now:
+    for tailing, tests and benchmarks (explicit assignment, so there is no join to wait for)."""
+    consumer = make_consumer(settings, group=None, **overrides)
+    deadline = time.monotonic() + timeout_s
+    while not (found := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            consumer.close()
+            raise KafkaUnavailable(f"topic {topic} has no partitions visible after {timeout_s:.0f} s")
+        time.sleep(0.1)
+    tps = [TopicPartition(topic, p) for p in sorted(found)]
+    consumer.assign(tps)
+    offsets = consumer.beginning_offsets(tps) if from_beginning else consumer.end_offsets(tps)
+    for tp in tps:
+        consumer.seek(tp, offsets[tp])
+    return consumer

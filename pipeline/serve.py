@@ -53,7 +53,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
              forecaster.lookback, forecaster.horizon, forecaster.channels)
 
     ensure_topics(settings)
-    source = KafkaSource(make_consumer(settings, max_poll_records=settings.max_batch), settings.readings_topic, settings.rehydrate_records)
+    source = KafkaSource(make_consumer(settings, max_poll_records=settings.max_batch), settings.readings_topic,
+                         settings.rehydrate_records, new_group_from=settings.offset_reset)
     sink = KafkaSink(make_producer(settings, linger_ms=1))
     slot = ModelSlot(forecaster)
     core = ForecastCore(slot, ServiceConfig.from_settings(settings))
@@ -70,6 +71,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     watcher = ModelWatcher(slot, ref, settings.device, settings.model_poll_s, on_swap=swapped) if ref else None
     if watcher:
         watcher.start()
+    log.info("consuming %s as group %s, forecasts to %s", settings.readings_topic, settings.consumer_group, settings.forecasts_topic)
     started = time.monotonic()
     try:
         handled = run(source, sink, core, stop, _Observer(metrics, source))

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     models_topic: str = "sensorcast.models"
     topic_partitions: int = 3
     consumer_group: str = "sensorcast-forecaster"
+    offset_reset: str = Field(default="earliest", pattern="^(earliest|latest)$", description="where a new consumer group starts")
 
     # -- model ---------------------------------------------------------------------------------
     model_name: str = "sensorcast-itransformer"

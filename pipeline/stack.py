@@ -58,10 +58,16 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: the sockets stay bound until all are chosen, so none repeats."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -210,8 +216,7 @@ def _format_kafka_storage(settings: Settings, folder: Path) -> None:
         f"{settings.kafka_jars_dir}/*",
         "kafka.tools.StorageTool",
         "format",
-        "-t",
-        cid,
+        f"--cluster-id={cid}",  # joined: a base64 id may start with '-', which argparse reads as a flag
         "-c",
         str(folder / "server.properties"),
     ]

@@ -32,12 +32,13 @@ def docker_available() -> bool:
 
 def local_settings(state_dir: Path) -> Settings:
     """Settings for a private local stack on free ports, so tests never touch a user's stack."""
+    kafka, controller, mlflow, prefect = stack.free_ports(4)
     return Settings.load(
         state_dir=state_dir,
-        kafka_port=stack.free_port(),
-        kafka_controller_port=stack.free_port(),
-        mlflow_port=stack.free_port(),
-        prefect_port=stack.free_port(),
+        kafka_port=kafka,
+        kafka_controller_port=controller,
+        mlflow_port=mlflow,
+        prefect_port=prefect,
         kafka_bootstrap_servers="",
     )
 

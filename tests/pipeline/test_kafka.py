@@ -9,7 +9,7 @@ import pytest
 from kafka import TopicPartition
 
 from pipeline import stack
-from pipeline.kafka import ensure_topics, make_consumer, make_producer
+from pipeline.kafka import KafkaSource, ensure_topics, make_consumer, make_producer
 from pipeline.settings import Settings
 from tests.conftest import local_settings
 
@@ -33,27 +33,27 @@ def _produce(settings: Settings, n: int, start: int = 0) -> None:
 
 
 def _consume(settings: Settings, limit: int | None = None, idle_s: float = 3.0, timeout_s: float = 60.0) -> list[int]:
-    """Read through the group, committing after each batch; stop at `limit` or when the topic is idle."""
-    consumer = make_consumer(settings, settings.readings_topic)
+    """Read through the service's own KafkaSource: the group's committed offsets, committed after
+    each batch; stop at `limit` or when the topic has been idle for `idle_s`."""
+    source = KafkaSource(make_consumer(settings), settings.readings_topic)
     seen: list[int] = []
     deadline = time.monotonic() + timeout_s
     last_data = time.monotonic()
     try:
         while time.monotonic() < deadline:
-            budget = None if limit is None else limit - len(seen)
+            budget = 2000 if limit is None else min(2000, limit - len(seen))
             if budget == 0:
                 break
-            batches = consumer.poll(timeout_ms=200, max_records=budget or 2000)
-            if not batches:
+            records = source.poll(budget, 200)
+            if not records:
                 if seen and time.monotonic() - last_data > idle_s:
                     break
                 continue
             last_data = time.monotonic()
-            for records in batches.values():
-                seen.extend(json.loads(r.value)["ts"] for r in records)
-            consumer.commit()
+            seen.extend(json.loads(r.value)["ts"] for r in records)
+            source.commit()
     finally:
-        consumer.close()
+        source.close()
     return seen
 
 
@@ -64,7 +64,7 @@ def test_ten_thousand_readings_come_back_exactly(kafka_settings: Settings) -> No
     assert len(seen) == 10_000
     assert sorted(seen) == list(range(10_000))
 
-    # the committed offsets cover every partition's end
+    # the group's committed offsets cover every partition's end
     consumer = make_consumer(kafka_settings)
     parts = [TopicPartition(kafka_settings.readings_topic, p) for p in range(3)]
     ends = consumer.end_offsets(parts)

@@ -16,7 +16,7 @@ import pytest
 from models.checkpoint import save
 from models.data import Scaler
 from models.itransformer import ITransformer, ITransformerConfig
-from pipeline.kafka import ensure_topics, make_consumer, make_producer
+from pipeline.kafka import ensure_topics, make_producer, topic_reader
 from pipeline.messages import encode_reading
 from pipeline.serve import serve
 from pipeline.settings import Settings
@@ -63,7 +63,7 @@ class Collector:
     def __init__(self, settings: Settings, topic: str):
         self.docs: list[dict] = []
         self._stop = threading.Event()
-        self._consumer = make_consumer(settings, topic, group=None, auto_offset_reset="earliest")
+        self._consumer = topic_reader(settings, topic, from_beginning=True)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
