@@ -20,6 +20,31 @@ class DataError(ValueError):
     """The data cannot be used as given; the message says why."""
 
 
+# -- where the benchmark data lives ---------------------------------------------------------------
+
+
+def shared_data_dir() -> Path:
+    """The benchmark data folder: $SENSORCAST_SHARED_DATA, else `shared/data` beside the repository,
+    else beside the repository this one was cloned from (a CI clone elsewhere on the same machine)."""
+    import os
+    import subprocess
+
+    if os.environ.get("SENSORCAST_SHARED_DATA"):
+        return Path(os.environ["SENSORCAST_SHARED_DATA"])
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [repo.parent / "shared" / "data"]
+    try:
+        origin = subprocess.run(["git", "-C", str(repo), "config", "--get", "remote.origin.url"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared" / "data")
+    for c in candidates:
+        if (c / "ETTh1.csv").exists() or (c / "exchange_rate.txt").exists():
+            return c
+    return candidates[0]
+
+
 # -- loading -------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ captured once as CUDA graphs and replayed from pinned host memory (one launch se
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from models.checkpoint import CheckpointMeta, load
 from models.train import pick_device
 
 BUCKETS = (1, 8, 32, 64, 128, 256, 512)
+log = logging.getLogger("sensorcast.forecaster")
 
 
 class Forecaster:
@@ -66,7 +68,11 @@ class Forecaster:
         if x.ndim != 3 or x.shape[1] != self.lookback or x.shape[2] != len(self.channels):
             raise ValueError(f"expected (batch, {self.lookback}, {len(self.channels)}), got {x.shape}")
         if self.use_graphs:
-            return self._predict_graph(x)
+            try:
+                return self._predict_graph(x)
+            except RuntimeError as e:  # a capture the driver refuses: serve eagerly, never fail
+                log.warning("CUDA graph replay failed (%s); running eagerly from now on", e)
+                self.use_graphs = False
         out = self._forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
         return out.float().cpu().numpy()
 

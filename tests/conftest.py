@@ -14,10 +14,11 @@ from typing import Iterator
 
 import pytest
 
+from models.data import shared_data_dir
 from pipeline import stack
 from pipeline.settings import Settings
 
-SHARED_DATA = Path(os.environ.get("SENSORCAST_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+SHARED_DATA = shared_data_dir()
 
 
 def docker_available() -> bool:
@@ -49,9 +50,14 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         return
     if docker_available():
-        from testcontainers.kafka import KafkaContainer
+        # testcontainers' KafkaContainer drives Confluent's images; cp-kafka 8.0 is Apache Kafka 4.0
+        # in KRaft mode. (No Docker engine on the development machines: this branch is unexercised there.)
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:
+            from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka:
+        with KafkaContainer("confluentinc/cp-kafka:8.0.0").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
     settings = local_settings(tmp_path_factory.mktemp("stack"))
