@@ -266,14 +266,13 @@ def tail_cmd(
             for r in (r for records in batches.values() for r in records):
                 if limit is not None and shown >= limit:
                     break
-                if True:
-                    doc = orjson.loads(r.value)
-                    if dead_letters:
-                        print(f"{doc['reason']:>16}  {doc['topic']}[{doc['partition']}]@{doc['offset']}  {doc['error']}")
-                    else:
-                        first = ", ".join(f"{c} {v[0]:.3g}→{v[-1]:.3g}" for c, v in list(doc["forecast"].items())[:4])
-                        print(f"{doc['entity']:>14} {doc['ts']}  v{doc['model']['version']}  H={doc['horizon']}  {first}")
-                    shown += 1
+                doc = orjson.loads(r.value)
+                if dead_letters:
+                    print(f"{doc['reason']:>16}  {doc['topic']}[{doc['partition']}]@{doc['offset']}  {doc['error']}")
+                else:
+                    first = ", ".join(f"{c} {v[0]:.3g}→{v[-1]:.3g}" for c, v in list(doc["forecast"].items())[:4])
+                    print(f"{doc['entity']:>14} {doc['ts']}  v{doc['model']['version']}  H={doc['horizon']}  {first}")
+                shown += 1
     except KeyboardInterrupt:
         pass
     finally:

@@ -12,37 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-import orjson
-
 from pipeline import stack
 from pipeline.settings import Settings
 
 BROKEN = [b"{not json", b'{"entity": "JFK", "ts": "2013-01-01T00:00:00Z", "values": {"temp": NaN}}', b'{"entity": "EWR"}']
-
-
-class TopicReader(threading.Thread):
-    """Reads a topic from its end in the background, stamping arrivals."""
-
-    def __init__(self, settings: Settings, topic: str):
-        super().__init__(daemon=True)
-        from pipeline.kafka import topic_reader
-
-        self.consumer = topic_reader(settings, topic)
-        self.docs: list[tuple[float, dict]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for records in self.consumer.poll(timeout_ms=100).values():
-                now = time.time()
-                self.docs.extend((now, orjson.loads(r.value)) for r in records)
-        self.consumer.close()
 
 
 def run_demo(settings: Settings, *, hours: int = 240, rate: float = 120.0, epochs: int = 4, keep_stack: bool = True,
@@ -52,7 +30,7 @@ def run_demo(settings: Settings, *, hours: int = 240, rate: float = 120.0, epoch
     from models.train import TrainConfig, fit_checkpoint
     from models.tracking import log_training_run
     from pipeline.bench_latency import SERVING_MODEL
-    from pipeline.kafka import ensure_topics, make_producer
+    from pipeline.kafka import TopicCollector, ensure_topics, make_producer
     from pipeline.messages import encode_reading, format_ts
     from pipeline.producers import paced, replay_rows
 
@@ -77,9 +55,7 @@ def run_demo(settings: Settings, *, hours: int = 240, rate: float = 120.0, epoch
         log("       no @champion yet and this model did not beat the baselines: serving the local checkpoint")
 
     log(f"3/5  starting the forecasting service on {model_uri}")
-    forecasts, dead = TopicReader(settings, settings.forecasts_topic), TopicReader(settings, settings.dlq_topic)
-    forecasts.start()
-    dead.start()
+    forecasts, dead = TopicCollector(settings, settings.forecasts_topic), TopicCollector(settings, settings.dlq_topic)
     # A group of its own, starting at the topic's end: each demo replays the same hours afresh.
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "MLFLOW_TRACKING_URI": settings.tracking_uri,
            "SENSORCAST_STATE_DIR": str(settings.state_dir), "SENSORCAST_CONSUMER_GROUP": f"demo-{int(time.time())}",
@@ -106,8 +82,8 @@ def run_demo(settings: Settings, *, hours: int = 240, rate: float = 120.0, epoch
             producer.send(settings.readings_topic, key=entity.encode(), value=encode_reading(entity, stamp, values))
             if i in broken_at:
                 producer.send(settings.readings_topic, key=b"broken", value=BROKEN[broken_at.index(i)])
-            while shown < len(forecasts.docs) and shown < 6 and forecasts.docs:
-                _, doc = forecasts.docs[shown]
+            while shown < len(forecasts.arrivals) and shown < 6:
+                doc = forecasts.arrivals[shown][1]
                 temp = doc["forecast"].get("temp", [])
                 log(f"       forecast {doc['entity']} after {doc['ts']}: temp next {len(temp)} h "
                     f"{temp[0]:.1f} → {temp[-1]:.1f} °F (model v{doc['model']['version']})")
@@ -116,7 +92,7 @@ def run_demo(settings: Settings, *, hours: int = 240, rate: float = 120.0, epoch
         producer.close()
         expected = 3 * hours - 3 * (settings.lookback - 1)
         deadline = time.monotonic() + 60
-        while len(forecasts.docs) < expected and time.monotonic() < deadline:
+        while len(forecasts.arrivals) < expected and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)
     finally:
@@ -126,13 +102,11 @@ def run_demo(settings: Settings, *, hours: int = 240, rate: float = 120.0, epoch
         except subprocess.TimeoutExpired:
             service.kill()
         service_log.close()
-        forecasts.stop.set()
-        dead.stop.set()
-        forecasts.join(5)
-        dead.join(5)
+        forecasts.close()
+        dead.close()
 
-    latencies = sorted((t - sent_at[(d["entity"], d["ts"])]) * 1000 for t, d in forecasts.docs if (d["entity"], d["ts"]) in sent_at)
-    reasons = Counter(d["reason"] for _, d in dead.docs)
+    latencies = sorted((t - sent_at[(d["entity"], d["ts"])]) * 1000 for t, d in forecasts.arrivals if (d["entity"], d["ts"]) in sent_at)
+    reasons = Counter(d["reason"] for d in dead.docs)
     summary = {
         "readings_sent": 3 * hours,
         "forecasts": len(forecasts.docs),

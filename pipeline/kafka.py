@@ -7,6 +7,7 @@ wait bounded so that a client that cannot join fails fast with a clear error.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Iterable
 
@@ -96,6 +97,16 @@ def _all_led(admin: KafkaAdminClient, names: list[str]) -> bool:
     )
 
 
+def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
+    """The topic's partitions once the client's metadata shows them; a bounded wait."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise KafkaUnavailable(f"topic {topic} has no partitions visible after {timeout_s:.0f} s")
+        time.sleep(0.1)
+    return [TopicPartition(topic, p) for p in sorted(found)]
+
+
 # -- the service's Source and Sink on Kafka ------------------------------------------------------
 
 
@@ -117,12 +128,7 @@ class KafkaSource:
         self.replay_until: dict[TopicPartition, int] = {}
         self._next_offset: dict[TopicPartition, int] = {}
         self._last_unstick = 0.0
-        deadline = time.monotonic() + timeout_s
-        while not (found := consumer.partitions_for_topic(topic)):
-            if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"topic {topic} has no partitions visible after {timeout_s:.0f} s")
-            time.sleep(0.1)
-        tps = [TopicPartition(topic, p) for p in sorted(found) if partitions is None or p in partitions]
+        tps = [tp for tp in partitions_of(consumer, topic, timeout_s) if partitions is None or tp.partition in partitions]
         consumer.assign(tps)
         beginnings = consumer.beginning_offsets(tps)
         ends = consumer.end_offsets(tps)
@@ -211,15 +217,42 @@ def topic_reader(settings: Settings, topic: str, from_beginning: bool = False, t
     """A group-less consumer of every partition of `topic`, placed at its start or its end now:
     for tailing, tests and benchmarks (explicit assignment, so there is no join to wait for)."""
     consumer = make_consumer(settings, group=None, **overrides)
-    deadline = time.monotonic() + timeout_s
-    while not (found := consumer.partitions_for_topic(topic)):
-        if time.monotonic() > deadline:
-            consumer.close()
-            raise KafkaUnavailable(f"topic {topic} has no partitions visible after {timeout_s:.0f} s")
-        time.sleep(0.1)
-    tps = [TopicPartition(topic, p) for p in sorted(found)]
+    try:
+        tps = partitions_of(consumer, topic, timeout_s)
+    except KafkaUnavailable:
+        consumer.close()
+        raise
     consumer.assign(tps)
     offsets = consumer.beginning_offsets(tps) if from_beginning else consumer.end_offsets(tps)
     for tp in tps:
         consumer.seek(tp, offsets[tp])
     return consumer
+
+
+class TopicCollector(threading.Thread):
+    """Collects a topic's messages (decoded JSON) in the background, stamping their arrival time."""
+
+    def __init__(self, settings: Settings, topic: str, from_beginning: bool = False):
+        super().__init__(name=f"collect-{topic}", daemon=True)
+        import orjson
+
+        self._decode = orjson.loads
+        self.consumer = topic_reader(settings, topic, from_beginning=from_beginning)
+        self.arrivals: list[tuple[float, dict]] = []
+        self._halt = threading.Event()
+        self.start()
+
+    @property
+    def docs(self) -> list[dict]:
+        return [doc for _, doc in list(self.arrivals)]
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for records in self.consumer.poll(timeout_ms=100).values():
+                now = time.time()
+                self.arrivals.extend((now, self._decode(r.value)) for r in records)
+        self.consumer.close()
+
+    def close(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)

@@ -10,13 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 
 from models.checkpoint import save
 from models.data import Scaler
 from models.itransformer import ITransformer, ITransformerConfig
-from pipeline.kafka import ensure_topics, make_producer, topic_reader
+from pipeline.kafka import TopicCollector, ensure_topics, make_producer
 from pipeline.messages import encode_reading
 from pipeline.serve import serve
 from pipeline.settings import Settings
@@ -57,34 +56,20 @@ def produce(settings: Settings, messages: list[tuple[bytes | None, bytes | None]
     producer.close()
 
 
-class Collector:
-    """Reads a topic from the start in a background thread; every test wait is bounded."""
+class Collector(TopicCollector):
+    """The topic from its start, with bounded waits for a count of messages."""
 
     def __init__(self, settings: Settings, topic: str):
-        self.docs: list[dict] = []
-        self._stop = threading.Event()
-        self._consumer = topic_reader(settings, topic, from_beginning=True)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for records in self._consumer.poll(timeout_ms=100).values():
-                self.docs.extend(orjson.loads(r.value) for r in records)
+        super().__init__(settings, topic, from_beginning=True)
 
     def unique(self) -> set[tuple[str, str]]:
-        return {(d.get("entity"), d.get("ts")) for d in list(self.docs)}
+        return {(d.get("entity"), d.get("ts")) for d in self.docs}
 
     def wait_for(self, n: int, timeout_s: float = 60, unique: bool = False) -> list[dict]:
         deadline = time.monotonic() + timeout_s
-        while (len(self.unique()) if unique else len(self.docs)) < n and time.monotonic() < deadline:
+        while (len(self.unique()) if unique else len(self.arrivals)) < n and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.docs
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._consumer.close()
 
 
 @pytest.fixture
