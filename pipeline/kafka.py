@@ -38,10 +38,14 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
 
 
-def make_consumer(settings: Settings, *topics: str, group: str | None = None, **overrides: Any) -> KafkaConsumer:
+SETTINGS_GROUP = "<settings.consumer_group>"
+
+
+def make_consumer(settings: Settings, *topics: str, group: str | None = SETTINGS_GROUP, **overrides: Any) -> KafkaConsumer:
+    """`group=None` makes a group-less consumer (it cannot commit); the default is the settings' group."""
     config: dict[str, Any] = dict(
         bootstrap_servers=settings.bootstrap_servers,
-        group_id=group if group is not None else settings.consumer_group,
+        group_id=settings.consumer_group if group == SETTINGS_GROUP else group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=2000,
