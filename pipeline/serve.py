@@ -54,7 +54,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
 
     ensure_topics(settings)
     source = KafkaSource(make_consumer(settings, max_poll_records=settings.max_batch), settings.readings_topic,
-                         settings.rehydrate_records, new_group_from=settings.offset_reset)
+                         settings.rehydrate_records, partitions=settings.partition_list, new_group_from=settings.offset_reset)
     sink = KafkaSink(make_producer(settings, linger_ms=1))
     slot = ModelSlot(forecaster)
     core = ForecastCore(slot, ServiceConfig.from_settings(settings))

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     models_topic: str = "sensorcast.models"
     topic_partitions: int = 3
     consumer_group: str = "sensorcast-forecaster"
+    partitions: str | None = Field(default=None, pattern=r"^\d+(,\d+)*$", description="readings partitions this instance serves, e.g. 0,2 (default: all)")
     offset_reset: str = Field(default="earliest", pattern="^(earliest|latest)$", description="where a new consumer group starts")
 
     # -- model ---------------------------------------------------------------------------------
@@ -83,6 +84,10 @@ class Settings(BaseSettings):
     @property
     def prefect_url(self) -> str:
         return self.prefect_api_url or f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def partition_list(self) -> list[int] | None:
+        return [int(p) for p in self.partitions.split(",")] if self.partitions else None
 
     @property
     def default_model_uri(self) -> str:

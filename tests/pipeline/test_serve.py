@@ -218,3 +218,20 @@ def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(service_
     assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast"
     # at-least-once: a duplicate can only come from a batch published but not committed
     assert len(forecasts.docs) - len(keys) <= 2 * 2000
+
+
+def test_two_instances_split_the_partitions_and_forecast_everything_once(service_settings: Settings) -> None:
+    forecasts = Collector(service_settings, service_settings.forecasts_topic)
+    a = start_service(service_settings.model_copy(update={"partitions": "0"}))
+    b = start_service(service_settings.model_copy(update={"partitions": "1,2"}))
+    try:
+        produce(service_settings, readings(9, range(30)))
+        forecasts.wait_for(9 * (30 - (L - 1)))
+        time.sleep(1.0)
+    finally:
+        for thread, stop in (a, b):
+            stop.set()
+            thread.join(timeout=30)
+        forecasts.close()
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(keys) == len(set(keys)) == 9 * (30 - (L - 1))

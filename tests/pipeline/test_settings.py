@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.settings import Settings
+
+
+def test_env_then_flags(monkeypatch) -> None:
+    monkeypatch.setenv("SENSORCAST_KAFKA_PORT", "19092")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    s = Settings.load(max_batch=64, device=None)
+    assert s.bootstrap_servers == "127.0.0.1:19092" and s.tracking_uri == "http://mlflow:5000"
+    assert s.max_batch == 64 and s.device == "auto"  # a flag left at None does not override
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker:9092")
+    assert Settings.load().bootstrap_servers == "broker:9092"
+
+
+def test_partitions_and_their_validation() -> None:
+    assert Settings.load(partitions="0,2").partition_list == [0, 2]
+    assert Settings.load().partition_list is None
+    with pytest.raises(ValidationError):
+        Settings.load(partitions="zero")
+    with pytest.raises(ValidationError):
+        Settings.load(offset_reset="middle")
