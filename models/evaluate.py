@@ -7,7 +7,6 @@ the training split. Every row of results carries the naive baselines beside the 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from torch import nn
 from models.baselines import NAIVE
 from models.data import Prepared, Split, load_table, prepare, split_for
 from models.itransformer import ITransformer, ITransformerConfig
-from models.train import TrainConfig, mean_loss, pick_device, train
+from models.train import TrainConfig, pick_device, train
 from models.transformer import Transformer, TransformerConfig
 
 

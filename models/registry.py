@@ -23,7 +23,7 @@ def log_checkpoint(folder: Path, name: str, *, alias: str | None = None, metrics
     active = mlflow.active_run()
     if active is None:
         mlflow.set_experiment(experiment)  # by name in the current store, never a cached id from another
-    run = active or mlflow.start_run(run_name=f"register-{name}")
+        mlflow.start_run(run_name=f"register-{name}")
     try:
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Callable
 
 from pipeline import stack

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 
 from models.baselines import Persistence
 from models.data import Windows
