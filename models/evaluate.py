@@ -7,7 +7,7 @@ the training split. Every row of results carries the naive baselines beside the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -72,7 +72,6 @@ class BenchRow:
     mae: float
     train_seconds: float
     epochs: int
-    mse_per_step: list[float] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -119,7 +118,7 @@ def run_accuracy(
         n = len(data.channels)
         for name, cls in NAIVE.items():
             m = evaluate(cls(h), data.test)
-            rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0, m.mse_per_step))
+            rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
         for name in models:
             build = itransformer_for if name == "itransformer" else transformer_for
             model = build(lookback, h, n, protocol)
@@ -127,7 +126,7 @@ def run_accuracy(
             log(f"training {name} for horizon {h} on {path.name} ({len(data.train)} windows, {n} channels)")
             result = train(model, data.train, data.val, cfg, desc=f"{name} H={h}")
             m = evaluate(model, data.test, device)
-            rows.append(BenchRow(name, h, m.mse, m.mae, result.seconds, result.epochs, m.mse_per_step))
+            rows.append(BenchRow(name, h, m.mse, m.mae, result.seconds, result.epochs))
             log(f"  {name}: MSE {m.mse:.4f} MAE {m.mae:.4f} in {result.seconds:.0f} s, {result.epochs} epochs")
     return rows
 

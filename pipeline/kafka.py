@@ -41,7 +41,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
 SETTINGS_GROUP = "<settings.consumer_group>"
 
 
-def make_consumer(settings: Settings, *topics: str, group: str | None = SETTINGS_GROUP, **overrides: Any) -> KafkaConsumer:
+def make_consumer(settings: Settings, group: str | None = SETTINGS_GROUP, **overrides: Any) -> KafkaConsumer:
     """`group=None` makes a group-less consumer (it cannot commit); the default is the settings' group."""
     config: dict[str, Any] = dict(
         bootstrap_servers=settings.bootstrap_servers,
@@ -54,7 +54,7 @@ def make_consumer(settings: Settings, *topics: str, group: str | None = SETTINGS
     )
     config.update(overrides)
     try:
-        return KafkaConsumer(*topics, **config)
+        return KafkaConsumer(**config)
     except Exception as e:
         raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
 

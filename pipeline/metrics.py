@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -47,7 +45,3 @@ class ServiceMetrics:
         for rec in records:
             if rec.timestamp_ms:
                 self.e2e.observe(max(0.0, now_ms - rec.timestamp_ms) / 1000)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

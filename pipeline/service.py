@@ -87,7 +87,6 @@ class BatchStats:
     resets: int = 0
     inference_s: float = 0.0
     batch_rows: int = 0
-    oldest_record_ms: int = 0
 
 
 class ModelSlot:
