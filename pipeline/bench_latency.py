@@ -244,7 +244,7 @@ def against_kafka(settings: Settings, rate: int = 1000, entities: int = 100, dur
     tmp = tempfile.TemporaryDirectory(prefix="sensorcast-bench-")
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "SENSORCAST_READINGS_TOPIC": s.readings_topic,
            "SENSORCAST_FORECASTS_TOPIC": s.forecasts_topic, "SENSORCAST_DLQ_TOPIC": s.dlq_topic,
-           "SENSORCAST_METRICS_PORT": os.environ.get("SENSORCAST_BENCH_METRICS_PORT", "0"), "SENSORCAST_TORCH_THREADS": str(settings.torch_threads), "SENSORCAST_DEVICE": settings.device}
+           "SENSORCAST_METRICS_PORT": "0", "SENSORCAST_TORCH_THREADS": str(settings.torch_threads), "SENSORCAST_DEVICE": settings.device}
     rig = Rig(bench_checkpoint(Path(tmp.name) / "model"), env)
     sink = Sink(s)
     stream = Stream(s, entities)

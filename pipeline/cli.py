@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -177,12 +176,12 @@ def bench_accuracy(
 # -- streaming -----------------------------------------------------------------------------------
 
 
-def _logging(verbose: bool) -> None:
+def _logging(verbose: bool, kafka_level: str = "WARNING") -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sensorcast").setLevel(logging.INFO)
-    logging.getLogger("kafka").setLevel(os.environ.get("SENSORCAST_KAFKA_LOG_LEVEL", "WARNING"))
+    logging.getLogger("kafka").setLevel(kafka_level.upper())
 
 
 @app.command("serve")
@@ -200,9 +199,9 @@ def serve_cmd(
     from pipeline.model_source import ModelUnavailable
     from pipeline.serve import serve
 
-    _logging(verbose)
     settings = Settings.load(model_uri=model, device=device, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              metrics_port=metrics_port, consumer_group=group)
+    _logging(verbose, settings.kafka_log_level)
     try:
         raise typer.Exit(serve(settings))
     except (ModelUnavailable, KafkaUnavailable, ValueError) as e:

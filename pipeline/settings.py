@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     torch_threads: int = 1
     metrics_port: int = 9308
+    kafka_log_level: str = Field(default="WARNING", description="kafka-python's log level (DEBUG to trace a client)")
 
     # -- derived -------------------------------------------------------------------------------
     @property
