@@ -11,9 +11,11 @@ import threading
 import time
 from typing import Any, Iterable
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner import DefaultPartitioner
+from kafka.partitioner.default import murmur2
 
 from pipeline.settings import Settings
 
@@ -22,8 +24,33 @@ class KafkaUnavailable(RuntimeError):
     pass
 
 
+class KeyCachingPartitioner(DefaultPartitioner):
+    """The default partitioner's choice (murmur2 of the key, as the Java client), remembered per
+    key and partition count: kafka-python hashes in pure Python on every send, and a stream's keys
+    are a few thousand entities repeating."""
+
+    def __init__(self, max_keys: int = 100_000):
+        self.max_keys = max_keys
+        self._chosen: dict[tuple[bytes, int], int] = {}
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        if serialized_key is None:
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        slot = (serialized_key, len(partitions))
+        chosen = self._chosen.get(slot)
+        if chosen is None:
+            if len(self._chosen) >= self.max_keys:
+                self._chosen.clear()
+            chosen = self._chosen[slot] = sorted(partitions)[(murmur2(serialized_key) & 0x7FFFFFFF) % len(partitions)]
+        return chosen
+
+
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     config: dict[str, Any] = dict(
+        partitioner=KeyCachingPartitioner(),
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
         linger_ms=5,
@@ -115,7 +142,12 @@ def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) 
 
 
 class KafkaSource:
-    """pipeline.service.Source over a KafkaConsumer with manual commits.
+    """pipeline.service.Source over two KafkaConsumers: a group-less `fetcher` reads, a `committer`
+    in the consumer group commits.
+
+    Why two: kafka-python 3 makes every poll of a grouped consumer wait on its I/O thread to
+    confirm the group coordinator, about 8% of the serving loop under load; a group-less consumer
+    skips that, and the committer talks to the coordinator only on commits.
 
     Partitions are assigned explicitly (all of the topic's, or the `partitions` given), not by
     group rebalancing: kafka-python 3.0 was seen to stall for good in a rejoin right after its first
@@ -126,25 +158,28 @@ class KafkaSource:
     those records are marked as replays, so the windows that a previous process held are rebuilt
     before new readings are forecast: a restart costs no forecasts."""
 
-    def __init__(self, consumer: KafkaConsumer, topic: str, rehydrate_records: int = 0, partitions: list[int] | None = None,
-                 timeout_s: float = 30.0, new_group_from: str = "earliest"):
-        self.consumer = consumer
+    def __init__(self, fetcher: KafkaConsumer, committer: KafkaConsumer, topic: str, rehydrate_records: int = 0,
+                 partitions: list[int] | None = None, timeout_s: float = 30.0, new_group_from: str = "earliest"):
+        self.consumer, self.committer = fetcher, committer
         self.replay_until: dict[TopicPartition, int] = {}
-        self._next_offset: dict[TopicPartition, int] = {}
+        self._position: dict[TopicPartition, int] = {}  # next offset to read, per partition
+        self._committed: dict[TopicPartition, int] = {}
         self._last_unstick = 0.0
-        tps = [tp for tp in partitions_of(consumer, topic, timeout_s) if partitions is None or tp.partition in partitions]
-        consumer.assign(tps)
-        beginnings = consumer.beginning_offsets(tps)
-        ends = consumer.end_offsets(tps)
+        tps = [tp for tp in partitions_of(fetcher, topic, timeout_s) if partitions is None or tp.partition in partitions]
+        fetcher.assign(tps)
+        beginnings = fetcher.beginning_offsets(tps)
+        ends = fetcher.end_offsets(tps)
         for tp in tps:
-            committed = consumer.committed(tp)
+            committed = committer.committed(tp)
             if committed is None:  # a new group: from the topic's start, or only what comes next
-                consumer.seek(tp, beginnings[tp] if new_group_from == "earliest" else ends[tp])
-                continue
-            start = max(beginnings[tp], committed - rehydrate_records)
-            consumer.seek(tp, start)
-            if start < committed:
-                self.replay_until[tp] = committed
+                start = beginnings[tp] if new_group_from == "earliest" else ends[tp]
+            else:
+                self._committed[tp] = committed
+                start = max(beginnings[tp], committed - rehydrate_records)
+                if start < committed:
+                    self.replay_until[tp] = committed
+            fetcher.seek(tp, start)
+            self._position[tp] = start
 
     def poll(self, max_records: int, timeout_ms: float):
         from pipeline.service import Record
@@ -154,14 +189,15 @@ class KafkaSource:
             self._unstick()
         out = []
         for tp, records in batches.items():
+            if not records:
+                continue
             until = self.replay_until.get(tp)
             out.extend(
                 Record(r.value, r.key, r.topic, r.partition, r.offset, r.timestamp, until is not None and r.offset < until)
                 for r in records
             )
-            if records:
-                self._next_offset[tp] = records[-1].offset + 1
-            if until is not None and records and records[-1].offset + 1 >= until:
+            self._position[tp] = records[-1].offset + 1
+            if until is not None and records[-1].offset + 1 >= until:
                 del self.replay_until[tp]
         return out
 
@@ -177,7 +213,12 @@ class KafkaSource:
             self.consumer.position(tp)
 
     def commit(self) -> None:
-        self.consumer.commit()
+        """Commit every partition read past its last commit (the loop calls this only once all
+        that was polled is published and confirmed)."""
+        moved = {tp: pos for tp, pos in self._position.items() if self._committed.get(tp) != pos}
+        if moved:
+            self.committer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in moved.items()})
+            self._committed.update(moved)
 
     def lag(self) -> int | None:
         """Messages behind the high watermarks the last fetches reported: local state, no request
@@ -185,14 +226,32 @@ class KafkaSource:
         total, known = 0, False
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
-            if high is None or tp not in self._next_offset:
+            if high is None:
                 continue
             known = True
-            total += max(0, high - self._next_offset[tp])
+            total += max(0, high - self._position[tp])
         return total if known else None
 
     def close(self) -> None:
         self.consumer.close()
+        self.committer.close()
+
+
+def kafka_source(settings: Settings, **overrides: Any) -> KafkaSource:
+    """The service's source as the settings describe it: topic, group, partitions, rehydration."""
+    fetcher = make_consumer(settings, group=None, **{"max_poll_records": settings.max_batch, **overrides})
+    try:
+        committer = make_consumer(settings)
+    except KafkaUnavailable:
+        fetcher.close()
+        raise
+    try:
+        return KafkaSource(fetcher, committer, settings.readings_topic, settings.rehydrate_records,
+                           partitions=settings.partition_list, new_group_from=settings.offset_reset)
+    except Exception:
+        fetcher.close()
+        committer.close()
+        raise
 
 
 class KafkaSink:

@@ -132,9 +132,10 @@ def encode_reading(entity: str, ts: str | int, values: dict[str, float]) -> byte
 
 
 def encode_forecast(
-    entity: str, ts_ms: int, channels: list[str], forecast_nh: np.ndarray, model_name: str, model_version: str, produced_at_ms: int
+    entity: str, ts_ms: int, channels: list[str], forecast_nh: np.ndarray, model_name: str, model_version: str, produced_at: int | str
 ) -> bytes:
-    """`forecast_nh` is (N, H) and C-contiguous: each row goes out as one channel's list."""
+    """`forecast_nh` is (N, H) and C-contiguous: each row goes out as one channel's list.
+    `produced_at` in epoch ms, or already formatted (a batch formats it once for all its forecasts)."""
     return orjson.dumps(
         {
             "entity": entity,
@@ -143,7 +144,7 @@ def encode_forecast(
             "channels": channels,
             "forecast": {c: forecast_nh[i] for i, c in enumerate(channels)},
             "model": {"name": model_name, "version": str(model_version)},
-            "produced_at": format_ts(produced_at_ms),
+            "produced_at": produced_at if isinstance(produced_at, str) else format_ts(produced_at),
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )

@@ -4,6 +4,9 @@ The core (`ForecastCore`) turns a micro-batch of raw records into forecast and d
 messages and knows nothing of Kafka; `run` drives it from any `Source` and `Sink`, so the same code
 serves Kafka in production and in-memory queues in unit tests and `bench latency --in-memory`.
 Delivery is at-least-once: offsets are committed only after the sink confirms every message.
+Confirming and committing cost a broker round trip each, so the loop does them on a cadence
+(`commit_interval_ms`), whenever the stream goes quiet, and on stop, not after every batch: a
+crash re-forecasts at most that interval's readings, and the loop never idles waiting for acks.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from pipeline.messages import BadReading, encode_dead_letter, encode_forecast, parse_reading
+from pipeline.messages import BadReading, encode_dead_letter, encode_forecast, format_ts, parse_reading
 from pipeline.windows import EntityWindows
 
 log = logging.getLogger("sensorcast.service")
@@ -51,6 +55,7 @@ class ServiceConfig:
     max_payload_bytes: int = 64 * 1024
     max_fill_steps: int = 3
     interval_ms: int | None = None
+    commit_interval_ms: float = 250.0
 
     @classmethod
     def from_settings(cls, s) -> "ServiceConfig":
@@ -62,6 +67,7 @@ class ServiceConfig:
             max_payload_bytes=s.max_payload_bytes,
             max_fill_steps=s.max_fill_steps,
             interval_ms=int(s.reading_interval_s * 1000) if s.reading_interval_s else None,
+            commit_interval_ms=s.commit_interval_ms,
         )
 
 
@@ -111,6 +117,18 @@ class ModelSlot:
         return old
 
 
+@dataclass
+class Prepared:
+    """A batch between prepare and finish: its dead letters, and the staged windows to forecast."""
+
+    records: list[Record]
+    model: Model
+    x: np.ndarray  # (len(ready), L, N), a view of a staging buffer
+    ready: list[tuple[str, int, bytes | None]]  # (entity, ts, key) of each row of x
+    out: list[Outgoing]
+    stats: BatchStats
+
+
 class ForecastCore:
     """Pure logic of one micro-batch: every record becomes a forecast, a buffered reading, or a dead letter."""
 
@@ -120,15 +138,25 @@ class ForecastCore:
         m = slot.model
         self.channels = list(m.channels)
         self.windows = EntityWindows(len(self.channels), m.lookback, max_fill_steps=cfg.max_fill_steps, interval_ms=cfg.interval_ms)
-        self._x = np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32)
+        # two staging buffers: the loop prepares the next batch while the previous one is forecast
+        self._staging = [np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32) for _ in range(2)]
+        self._flip = 0
 
     def process(self, records: list[Record], now_ms: int | None = None) -> tuple[list[Outgoing], BatchStats]:
+        """One batch start to end: prepare → forecast → finish."""
+        batch = self.prepare(records)
+        return self.finish(batch, *self.forecast(batch), now_ms=now_ms)
+
+    def prepare(self, records: list[Record]) -> "Prepared":
+        """Parse, validate and window every record; stage the windows of those ready to forecast."""
         model = self.slot.model  # one model for the whole batch
         stats = BatchStats(readings=sum(not r.replay for r in records))
         out: list[Outgoing] = []
         ready: list[tuple[str, int, bytes | None]] = []  # (entity, ts, key) in record order
-        if len(records) > self._x.shape[0]:
-            self._x = np.zeros((len(records), model.lookback, len(self.channels)), dtype=np.float32)
+        self._flip ^= 1
+        x = self._staging[self._flip]
+        if len(records) > x.shape[0]:
+            x = self._staging[self._flip] = np.zeros((len(records), model.lookback, len(self.channels)), dtype=np.float32)
         for rec in records:
             if rec.replay:
                 self._replay(rec)
@@ -146,21 +174,31 @@ class ForecastCore:
                 stats.buffered += 1
                 continue
             # copy now: a later reading of the same entity in this batch moves its window on
-            self._x[len(ready)] = self.windows.window(reading.entity)
+            x[len(ready)] = self.windows.window(reading.entity)
             ready.append((reading.entity, reading.ts_ms, rec.key or reading.entity.encode()))
-        if ready:
-            started = time.perf_counter()
-            pred = model.predict(self._x[: len(ready)])  # (B, H, N)
-            stats.inference_s = time.perf_counter() - started
-            stats.batch_rows = len(ready)
+        return Prepared(records, model, x[: len(ready)], ready, out, stats)
+
+    @staticmethod
+    def forecast(batch: "Prepared") -> tuple[np.ndarray | None, float]:
+        """The forward pass alone, safe to run on another thread than prepare and finish."""
+        if not batch.ready:
+            return None, 0.0
+        started = time.perf_counter()
+        pred = batch.model.predict(batch.x)  # (B, H, N)
+        return pred, time.perf_counter() - started
+
+    def finish(self, batch: "Prepared", pred: np.ndarray | None, inference_s: float, now_ms: int | None = None) -> tuple[list[Outgoing], BatchStats]:
+        """Encode the batch's forecasts after its dead letters."""
+        out, stats, model = batch.out, batch.stats, batch.model
+        if batch.ready:
+            stats.inference_s = inference_s
+            stats.batch_rows = stats.forecasts = len(batch.ready)
             per_channel = np.ascontiguousarray(pred.transpose(0, 2, 1))  # (B, N, H): rows go out as lists
-            produced = now_ms if now_ms is not None else int(time.time() * 1000)
-            for i, (entity, ts, key) in enumerate(ready):
+            produced = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))  # once a batch
+            for i, (entity, ts, key) in enumerate(batch.ready):
                 value = encode_forecast(entity, ts, self.channels, per_channel[i], model.name, model.version, produced)
                 out.append(Outgoing(self.cfg.forecasts_topic, key, value))
-            stats.forecasts = len(ready)
         return out, stats
-
 
     def _replay(self, rec: Record) -> None:
         """A reading handled before this process started: rebuild its entity's window only. Its
@@ -189,23 +227,57 @@ class Sink(Protocol):
 
 
 class Observer(Protocol):
-    def on_batch(self, stats: BatchStats, records: list[Record], published_at: float) -> None: ...
+    def on_batch(self, stats: BatchStats, records: list[Record], published_at: float) -> None:
+        """After a batch's messages went to the sink (`published_at`: the hand-over, before confirmation)."""
+        ...
 
 
 def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, observer: Observer | None = None) -> int:
-    """Serve until `stop` is set; the batch in hand is always finished, published and committed."""
-    handled = 0
-    while not stop.is_set():
-        records = source.poll(core.cfg.max_batch, core.cfg.max_wait_ms)
-        if not records:
-            continue
-        messages, stats = core.process(records)
+    """Serve until `stop` is set; what was polled is always finished, published, confirmed and committed.
+
+    Pipelined one batch deep: batch k's forward pass runs on a worker thread (TorchScript and CUDA
+    release the GIL) while this thread polls and prepares batch k+1, and batch k+1's forward runs
+    while this thread encodes and publishes batch k. Batches still land in order.
+
+    A commit covers every record polled so far, so it first lands the batch in flight and waits
+    for the sink to confirm every message (`flush`): at-least-once, never a committed reading
+    without its output."""
+    handled, uncommitted = 0, False
+    every_s = core.cfg.commit_interval_ms / 1000
+    next_commit = time.monotonic() + every_s
+    in_flight: tuple[Prepared, Future] | None = None
+
+    def land(item: tuple[Prepared, Future]) -> None:
+        batch, future = item
+        messages, stats = core.finish(batch, *future.result())
         sink.publish(messages)
-        sink.flush()
-        source.commit()  # only after the sink confirmed: at-least-once
-        handled += len(records)
         if observer is not None:
-            observer.on_batch(stats, records, time.time())
+            observer.on_batch(stats, batch.records, time.time())
+
+    with ThreadPoolExecutor(1, thread_name_prefix="sensorcast-forward") as forward:
+        while not stop.is_set():
+            records = source.poll(core.cfg.max_batch, 0 if in_flight else core.cfg.max_wait_ms)
+            arrived = None
+            if records:
+                batch = core.prepare(records)
+                arrived = (batch, forward.submit(core.forecast, batch))
+                handled += len(records)
+                uncommitted = True
+            if in_flight is not None:
+                land(in_flight)
+            in_flight = arrived
+            if uncommitted and (not records or time.monotonic() >= next_commit):
+                if in_flight is not None:
+                    land(in_flight)
+                    in_flight = None
+                sink.flush()
+                source.commit()
+                uncommitted, next_commit = False, time.monotonic() + every_s
+        if in_flight is not None:
+            land(in_flight)
+        if uncommitted:
+            sink.flush()
+            source.commit()
     return handled
 
 

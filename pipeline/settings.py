@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = 2.0
     max_payload_bytes: int = 64 * 1024
     max_fill_steps: int = 3
+    commit_interval_ms: float = Field(default=250.0, gt=0, description="confirm forecasts and commit offsets at least this often")
     reading_interval_s: float | None = Field(default=None, description="expected cadence; None infers it per entity")
     rehydrate_records: int = Field(default=20_000, description="records per partition re-read on start to refill windows")
     device: str = "auto"

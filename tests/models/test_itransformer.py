@@ -28,9 +28,10 @@ def test_covariates_are_extra_tokens_not_outputs() -> None:
 
 def test_instance_norm_is_exactly_invertible() -> None:
     norm = InstanceNorm()
-    x = torch.randn(8, 24, 5, dtype=torch.float64) * 100 + 42
+    x = torch.randn(8, 5, 24, dtype=torch.float64) * 100 + 42  # (B, N, L) tokens
     z, mean, std = norm.normalize(x)
-    assert torch.allclose(z.mean(dim=1), torch.zeros(8, 5, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(z.mean(dim=-1), torch.zeros(8, 5, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(z.std(dim=-1, unbiased=False), torch.ones(8, 5, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(norm.denormalize(z, mean, std), x, rtol=0, atol=1e-9)
 
 

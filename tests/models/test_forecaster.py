@@ -1,0 +1,47 @@
+"""The CPU fast path: the TorchScript trace must forecast exactly what the eager network does, at
+every batch size (it was traced at one), for every architecture we checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import save
+from models.data import Scaler
+from models.forecaster import Forecaster
+from models.itransformer import ITransformer, ITransformerConfig
+from models.transformer import Transformer, TransformerConfig
+
+
+def _forecaster(tmp_path, model, channels=3) -> Forecaster:
+    torch.manual_seed(0)
+    scaler = Scaler(np.linspace(-5, 5, channels), np.linspace(1, 3, channels))
+    save(tmp_path, model.eval(), [f"c{i}" for i in range(channels)], scaler)
+    return Forecaster.from_checkpoint(tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        ITransformer(ITransformerConfig(lookback=16, horizon=4, d_model=32, n_heads=4, d_ff=32)),
+        Transformer(TransformerConfig(lookback=16, horizon=4, n_variates=3, label_len=8, d_model=32, n_heads=4, d_ff=32)),
+    ],
+)
+def test_the_traced_forward_matches_eager_at_every_batch_size(tmp_path, model) -> None:
+    f = _forecaster(tmp_path, model)
+    rng = np.random.default_rng(1)
+    for batch in (1, 3, 8, 77, 256):
+        x = rng.normal(size=(batch, 16, 3)).astype(np.float32) * 4 + 2
+        with torch.inference_mode():
+            eager = f._forward(torch.from_numpy(x)).numpy()
+        assert np.allclose(f.predict(x), eager, atol=1e-5), batch
+
+
+def test_the_itransformer_is_served_traced_on_cpu(tmp_path) -> None:
+    f = _forecaster(tmp_path, ITransformer(ITransformerConfig(lookback=16, horizon=4, d_model=32, n_heads=4, d_ff=32)))
+    assert isinstance(f.scripted, torch.jit.ScriptModule)
+    eager = Forecaster(f.model, f.meta, device="cpu", script=False)
+    assert eager.scripted is None
+    x = np.random.default_rng(2).normal(size=(5, 16, 3)).astype(np.float32)
+    assert np.allclose(f.predict(x), eager.predict(x), atol=1e-5)
