@@ -241,7 +241,7 @@ def _wait_for(sink: Sink, n: int, timeout_s: float) -> list[tuple[str, float]]:
 
 
 def against_kafka(settings: Settings, rate: int = 1000, entities: int = 100, duration_s: float = 30.0,
-                  ladder: tuple[int, ...] = (2000, 4000, 6000, 8000, 10000, 12000, 16000), step_s: float = 8.0,
+                  ladder: tuple[int, ...] = (2000, 4000, 6000, 7000, 8000, 9000, 10000, 12000, 16000), step_s: float = 8.0,
                   drain_readings: int = 20_000, log: Callable[[str], None] = print, keep_logs: bool | None = None) -> dict:
     from pipeline.kafka import ensure_topics
 

@@ -285,7 +285,7 @@ def bench_latency(
     rate: int = typer.Option(1000, help="(a) readings per second"),
     entities: int = typer.Option(100, help="(a) entities in the stream"),
     duration: float = typer.Option(30.0, help="(a) seconds at that rate"),
-    ladder: str = typer.Option("2000,4000,6000,8000,10000,12000,16000", help="(b) rates to climb"),
+    ladder: str = typer.Option("2000,4000,6000,7000,8000,9000,10000,12000,16000", help="(b) rates to climb"),
     step: float = typer.Option(8.0, help="(b) seconds per rung"),
     drain: int = typer.Option(20000, help="(d) backlog size for batched vs naive"),
 ) -> None:

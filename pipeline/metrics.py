@@ -10,7 +10,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.e2e = Histogram("sensorcast_e2e_latency_seconds", "reading produced → its forecast confirmed", buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("sensorcast_e2e_latency_seconds", "reading produced → its forecast handed to the producer", buckets=LATENCY_BUCKETS, registry=r)
         self.inference = Histogram("sensorcast_inference_latency_seconds", "one batched forward pass", buckets=LATENCY_BUCKETS, registry=r)
         self.batch_rows = Histogram("sensorcast_batch_size", "forecasts per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
         self.readings = Counter("sensorcast_readings", "readings consumed", registry=r)

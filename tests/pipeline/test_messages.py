@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline.messages import BadReading, encode_dead_letter, encode_forecast, format_ts, parse_reading, parse_ts
+from pipeline.messages import MAX_TS_MS, BadReading, encode_dead_letter, encode_forecast, format_ts, parse_reading, parse_ts
 
 CH = ["temp", "pressure"]
 
@@ -38,6 +38,9 @@ def test_timestamps_iso_offsets_and_epoch_ms() -> None:
         (b'{"entity": "a", "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),
         (b'{"entity": "a", "ts": "yesterday", "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),
         (b'{"entity": "a", "ts": true, "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),
+        (b'{"entity": "a", "ts": -1, "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),
+        (b'{"entity": "a", "ts": 1e17, "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),  # past year 9999
+        (b'{"entity": "a", "ts": "1969-12-31T23:00:00Z", "values": {"temp": 1, "pressure": 2}}', "bad_timestamp"),
         (b'{"entity": "a", "ts": 1, "values": [1, 2]}', "bad_values"),
         (b'{"entity": "a", "ts": 1, "values": {"temp": "hot", "pressure": 2}}', "bad_values"),
         (b'{"entity": "a", "ts": 1, "values": {"temp": null, "pressure": 2}}', "bad_values"),
@@ -52,6 +55,12 @@ def test_bad_input_is_refused_with_its_reason(raw, reason) -> None:
     with pytest.raises(BadReading) as err:
         parse_reading(raw, CH, max_bytes=64 * 1024)
     assert err.value.reason == reason
+
+
+def test_every_accepted_timestamp_can_be_written_back() -> None:
+    for ts in (0, 1, 999, 1795514400123, MAX_TS_MS):
+        assert parse_ts(format_ts(ts)) == ts
+    assert format_ts(MAX_TS_MS) == "9999-12-31T23:59:59.999Z"
 
 
 def test_float_overflow_to_inf_is_non_finite() -> None:
