@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def in_memory(device: str, entities: int = 100, readings: int = 50_000, log: Cal
     from models.forecaster import Forecaster
     from pipeline.producers import simulate
     from pipeline.messages import encode_reading, format_ts
-    from pipeline.service import ForecastCore, MemorySink, MemorySource, ModelSlot, Record, ServiceConfig
+    from pipeline.service import ForecastCore, MemorySink, MemorySource, ModelSlot, Record, ServiceConfig, run
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,15 +95,22 @@ def in_memory(device: str, entities: int = 100, readings: int = 50_000, log: Cal
     stream = [Record(encode_reading(e, format_ts(t), v), e.encode()) for e, t, v in (next(rows) for _ in range(readings))]
 
     def throughput(max_batch: int, limit: int) -> float:
+        """The service's own loop (pipelined forward passes included) until the source is drained."""
         core = ForecastCore(ModelSlot(forecaster), ServiceConfig(max_batch=max_batch))
         core.process(warm)
-        src, sink = MemorySource(stream[:limit]), MemorySink()
+        src, sink, stop = MemorySource(stream[:limit]), MemorySink(), threading.Event()
+
+        class StopWhenDrained:
+            def on_batch(self, stats, records, published_at):
+                if src.position >= limit:
+                    stop.set()
+
         t = time.perf_counter()
-        while batch := src.poll(max_batch, 0):
-            out, _ = core.process(batch)
-            sink.publish(out)
-            sink.flush()
-        return limit / (time.perf_counter() - t)
+        run(src, sink, core, stop, StopWhenDrained())
+        elapsed = time.perf_counter() - t
+        if len(sink.on(core.cfg.forecasts_topic)) != limit:
+            raise RuntimeError(f"in-memory run forecast {len(sink.on(core.cfg.forecasts_topic))} of {limit} readings")
+        return limit / elapsed
 
     batched = throughput(256, readings)
     log(f"in-memory batched: {batched:,.0f} readings/s")
