@@ -26,6 +26,11 @@ from models.train import pick_device
 
 BUCKETS = (1, 8, 32, 64, 128, 256, 512)
 log = logging.getLogger("sensorcast.forecaster")
+# TorchScript's deprecation notices and the tracer's generic cautions, on every model load (the module
+# docstring says why we trace; tests check the trace against eager). Process-wide filters narrowed to
+# those: `catch_warnings` is not thread-safe, and the hot-swap thread loads models too.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
 
 
 class Scaled(nn.Module):
@@ -89,8 +94,7 @@ class Forecaster:
         """Trace once at batch 8 (the trace is batch-size agnostic; tests check it against eager)."""
         example = torch.zeros(8, self.lookback, len(self.channels))
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # TorchScript's deprecation notices, once per load
+            with torch.no_grad():
                 return torch.jit.optimize_for_inference(torch.jit.trace(self.net, example))
         except Exception as e:  # an architecture the tracer cannot follow: serve it eagerly
             log.warning("TorchScript trace failed (%s); the CPU forward runs eagerly", e)
