@@ -160,7 +160,7 @@ class KafkaSource:
 
     def __init__(self, fetcher: KafkaConsumer, committer: KafkaConsumer, topic: str, rehydrate_records: int = 0,
                  partitions: list[int] | None = None, timeout_s: float = 30.0, new_group_from: str = "earliest"):
-        self.consumer, self.committer = fetcher, committer
+        self.fetcher, self.committer = fetcher, committer
         self.replay_until: dict[TopicPartition, int] = {}
         self._position: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._committed: dict[TopicPartition, int] = {}
@@ -184,7 +184,7 @@ class KafkaSource:
     def poll(self, max_records: int, timeout_ms: float):
         from pipeline.service import Record
 
-        batches = self.consumer.poll(timeout_ms=int(max(timeout_ms, 0)), max_records=max_records)
+        batches = self.fetcher.poll(timeout_ms=int(max(timeout_ms, 0)), max_records=max_records)
         if not batches:
             self._unstick()
         out = []
@@ -209,8 +209,8 @@ class KafkaSource:
         if now - self._last_unstick < 1.0:
             return
         self._last_unstick = now
-        for tp in self.consumer.assignment():
-            self.consumer.position(tp)
+        for tp in self.fetcher.assignment():
+            self.fetcher.position(tp)
 
     def commit(self) -> None:
         """Commit every partition read past its last commit (the loop calls this only once all
@@ -224,8 +224,8 @@ class KafkaSource:
         """Messages behind the high watermarks the last fetches reported: local state, no request
         to the broker on the serving path."""
         total, known = 0, False
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
+        for tp in self.fetcher.assignment():
+            high = self.fetcher.highwater(tp)
             if high is None:
                 continue
             known = True
@@ -233,7 +233,7 @@ class KafkaSource:
         return total if known else None
 
     def close(self) -> None:
-        self.consumer.close()
+        self.fetcher.close()
         self.committer.close()
 
 

@@ -141,10 +141,10 @@ def encode_reading(entity: str, ts: str | int, values: dict[str, float]) -> byte
 
 
 def encode_forecast(
-    entity: str, ts_ms: int, channels: list[str], forecast_nh: np.ndarray, model_name: str, model_version: str, produced_at: int | str
+    entity: str, ts_ms: int, channels: list[str], forecast_nh: np.ndarray, model_name: str, model_version: str, produced_at: str
 ) -> bytes:
     """`forecast_nh` is (N, H) and C-contiguous: each row goes out as one channel's list.
-    `produced_at` in epoch ms, or already formatted (a batch formats it once for all its forecasts)."""
+    `produced_at` comes formatted (`format_ts`): a batch formats it once for all its forecasts."""
     return orjson.dumps(
         {
             "entity": entity,
@@ -153,7 +153,7 @@ def encode_forecast(
             "channels": channels,
             "forecast": {c: forecast_nh[i] for i, c in enumerate(channels)},
             "model": {"name": model_name, "version": str(model_version)},
-            "produced_at": produced_at if isinstance(produced_at, str) else format_ts(produced_at),
+            "produced_at": produced_at,
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )

@@ -71,7 +71,7 @@ def test_float_overflow_to_inf_is_non_finite() -> None:
 
 def test_forecast_message_shape() -> None:
     fc = np.arange(6, dtype=np.float32).reshape(2, 3)
-    doc = orjson.loads(encode_forecast("pump-7", 1795514400000, CH, fc, "m", "3", 1795514400500))
+    doc = orjson.loads(encode_forecast("pump-7", 1795514400000, CH, fc, "m", "3", format_ts(1795514400500)))
     assert doc == {
         "entity": "pump-7",
         "ts": "2026-11-24T10:00:00Z",
