@@ -25,12 +25,25 @@ from models.checkpoint import CheckpointMeta, load
 from models.train import pick_device
 
 BUCKETS = (1, 8, 32, 64, 128, 256, 512)
+# The range a reading may take: within MAX_SCALED training standard deviations of the training mean.
+# A billion σ is far past any real excursion (it is a unit mistake or a corrupt value), and well inside
+# what float32 arithmetic in either network takes without overflow: scaled inputs of 1e9 square to
+# 1e18, summed over a window and the model width that stays many orders below float32's 3.4e38.
+# (The scaler's σ is at least 1e-8 or, for a constant channel, 1.0: the range is never narrower than ±10.)
+MAX_SCALED = 1e9
 log = logging.getLogger("sensorcast.forecaster")
 # TorchScript's deprecation notices and the tracer's generic cautions, on every model load (the module
 # docstring says why we trace; tests check the trace against eager). Process-wide filters narrowed to
 # those: `catch_warnings` is not thread-safe, and the hot-swap thread loads models too.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+
+
+def input_bounds(mean: np.ndarray, std: np.ndarray, max_scaled: float = MAX_SCALED) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) per channel: readings outside are refused as `out_of_range` before they reach the net."""
+    f32 = float(np.finfo(np.float32).max)
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    return np.clip(mean - max_scaled * std, -f32, f32), np.clip(mean + max_scaled * std, -f32, f32)
 
 
 class Scaled(nn.Module):
@@ -54,6 +67,7 @@ class Forecaster:
         mean = torch.as_tensor(np.asarray(meta.scaler["mean"], dtype=np.float32), device=self.device)
         std = torch.as_tensor(np.asarray(meta.scaler["std"], dtype=np.float32), device=self.device)
         self.net = Scaled(self.model, mean, std).eval()
+        self.input_bounds = input_bounds(np.asarray(meta.scaler["mean"]), np.asarray(meta.scaler["std"]))
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.scripted = self._script() if script and self.device.type == "cpu" else None

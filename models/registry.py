@@ -44,11 +44,24 @@ def log_checkpoint(folder: Path, name: str, *, alias: str | None = None, metrics
     return version
 
 
+class RegistryUnavailable(RuntimeError):
+    """The registry did not answer (server down, network, storage): not the same as "no such alias"."""
+
+
 def alias_version(name: str, alias: str) -> str | None:
+    """The version `name@alias` points at; None when the model or the alias does not exist. Raises
+    RegistryUnavailable for anything else, so a caller never mistakes an outage for "no alias"."""
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+    except mlflow.exceptions.MlflowException as e:
+        missing = e.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+            e.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(e) and "not found" in str(e)
+        )
+        if missing:
+            return None
+        raise RegistryUnavailable(f"the model registry did not answer for {name}@{alias}: {e}") from e
+    except Exception as e:  # e.g. a broken SQLite file, a proxy speaking HTML
+        raise RegistryUnavailable(f"the model registry did not answer for {name}@{alias}: {type(e).__name__}: {e}") from e
 
 
 def download_checkpoint(name: str, version: str, dst: Path) -> Path:

@@ -230,10 +230,13 @@ def produce_cmd(
         ensure_topics(settings)
         rows = simulate(simulate_entities) if simulate_entities else replay_rows(data, entity_column=entity_column, copies=copies, offset_rows=offset_rows)
         with tqdm(total=limit, unit="reading", desc=f"→ {settings.readings_topic}") as bar:
-            sent = stream_to_kafka(settings, paced(rows, rate, limit, duration), progress=bar.update)
+            delivery = stream_to_kafka(settings, paced(rows, rate, limit, duration), progress=bar.update)
     except (KafkaUnavailable, ValueError) as e:
         _fail(str(e))
-    console.print(f"sent {sent} readings to {settings.readings_topic} on {settings.bootstrap_servers}")
+    if delivery.failed:
+        _fail(f"{delivery.failed} of {delivery.sent} readings were not delivered to {settings.readings_topic} "
+              f"(first error: {delivery.first_error})")
+    console.print(f"sent {delivery.sent} readings to {settings.readings_topic} on {settings.bootstrap_servers}, all confirmed")
 
 
 @app.command("tail")

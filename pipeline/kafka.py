@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, UnknownError
 from kafka.partitioner import DefaultPartitioner
 from kafka.partitioner.default import murmur2
 
@@ -254,6 +254,34 @@ def kafka_source(settings: Settings, **overrides: Any) -> KafkaSource:
         raise
 
 
+def flush_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """`producer.flush`, working round a kafka-python 3.0 quirk: when the broker refuses a batch as too
+    large, the producer splits and re-sends it, and a flush racing that split raises
+    UnknownError('Future not done') though the halves are still on their way. Flush again until the
+    deadline; the per-send futures then say what really failed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+            return
+        except UnknownError:
+            if time.monotonic() >= deadline:
+                raise KafkaTimeoutError(f"sends not confirmed within {timeout_s} s") from None
+            time.sleep(0.01)
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close without raising: what was not confirmed by now is reported by the futures, not by close."""
+    try:
+        flush_producer(producer, timeout_s)
+    except KafkaError as e:
+        log.warning("closing the producer with unconfirmed sends: %s", e)
+    try:
+        producer.close(timeout=0)
+    except KafkaError as e:
+        log.warning("the producer did not close cleanly: %s", e)
+
+
 class KafkaSink:
     """pipeline.service.Sink over a KafkaProducer: flush returns only when every send is acknowledged."""
 
@@ -267,13 +295,13 @@ class KafkaSink:
         self._futures.extend(send(m.topic, key=m.key, value=m.value) for m in messages)
 
     def flush(self) -> None:
-        self.producer.flush(timeout=self.flush_timeout_s)
+        flush_producer(self.producer, self.flush_timeout_s)
         futures, self._futures = self._futures, []
         for f in futures:
             f.get(timeout=0)  # raises KafkaError if a send failed: the batch is then not committed
 
     def close(self) -> None:
-        self.producer.close(timeout=self.flush_timeout_s)
+        close_producer(self.producer, self.flush_timeout_s)
 
 
 def topic_reader(settings: Settings, topic: str, from_beginning: bool = False, timeout_s: float = 30.0, **overrides: Any) -> KafkaConsumer:

@@ -3,6 +3,11 @@
 Reading    {"entity": "pump-7", "ts": "2026-11-24T10:00:00Z" | epoch ms, "values": {"temp": 71.2, ...}}
 Forecast   {"entity", "ts", "horizon", "channels", "forecast": {channel: [H numbers]}, "model": {"name", "version"}, "produced_at"}
 DeadLetter {"error", "reason", "topic", "partition", "offset", "payload", "payload_encoding"}
+
+The guarantee of the decode step: whatever bytes arrive, `parse_reading` returns a valid `Reading`
+or raises `BadReading` with one of `REASONS`; nothing else escapes it (anything unforeseen becomes
+`undecodable`, naming the exception's type). tests/pipeline/test_messages_fuzz.py proves it with
+Hypothesis.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ REASONS = (
     "bad_timestamp",
     "bad_values",
     "non_finite",
+    "out_of_range",
     "missing_channels",
     "unknown_channels",
     "late",
     "duplicate",
+    "undecodable",
+    "non_finite_forecast",
 )
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class BadReading(ValueError):
@@ -58,20 +67,24 @@ def parse_ts(value: object) -> int:
     """ISO 8601 (a 'Z' or an offset; naive means UTC) or epoch milliseconds → epoch ms, 1970 to 9999."""
     if isinstance(value, bool):
         raise BadReading("bad_timestamp", f"ts must be an ISO 8601 string or epoch milliseconds, got {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):  # any size: a 400-digit integer compares fine, math.isfinite would overflow
+        if not 0 <= value <= MAX_TS_MS:
+            raise BadReading("bad_timestamp", f"ts {_short(value)} is not an epoch millisecond count between 1970 and 9999")
+        return value
+    if isinstance(value, float):
         if not math.isfinite(value) or not 0 <= value <= MAX_TS_MS:
             raise BadReading("bad_timestamp", f"ts {value!r} is not an epoch millisecond count between 1970 and 9999")
         return int(value)
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-        except ValueError:
-            raise BadReading("bad_timestamp", f"ts {value!r} is not ISO 8601") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt.timezone.utc)
-        ts_ms = int(parsed.timestamp() * 1000)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.timezone.utc)
+            ts_ms = int(parsed.timestamp() * 1000)  # year 1 or 9999 with an offset overflows here
+        except (ValueError, OverflowError):
+            raise BadReading("bad_timestamp", f"ts {_short(value)} is not an ISO 8601 time between 1970 and 9999") from None
         if not 0 <= ts_ms <= MAX_TS_MS:
-            raise BadReading("bad_timestamp", f"ts {value!r} is before 1970 or after 9999")
+            raise BadReading("bad_timestamp", f"ts {_short(value)} is before 1970 or after 9999")
         return ts_ms
     raise BadReading("bad_timestamp", f"ts must be an ISO 8601 string or epoch milliseconds, got {type(value).__name__}")
 
@@ -83,8 +96,21 @@ def format_ts(ts_ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms // 1000)) + (f".{ms:03d}Z" if ms else "Z")
 
 
-def parse_reading(raw: bytes | None, channels: list[str], max_bytes: int = 64 * 1024) -> Reading:
-    """Validate one message against the serving model's channels; raise BadReading on anything off."""
+Bounds = tuple[np.ndarray, np.ndarray]  # (low, high) per channel: what the serving model can take
+
+
+def parse_reading(raw: bytes | None, channels: list[str], max_bytes: int = 64 * 1024, bounds: Bounds | None = None) -> Reading:
+    """Validate one message against the serving model's channels (and, given `bounds`, the range the
+    model can take). The service's decode step: it returns a Reading or raises BadReading, nothing else."""
+    try:
+        return _parse_reading(raw, channels, max_bytes, bounds)
+    except BadReading:
+        raise
+    except Exception as e:  # the boundary: whatever we did not foresee is a dead letter, never a crash
+        raise BadReading("undecodable", f"{type(e).__name__}: {_short(e)}") from None
+
+
+def _parse_reading(raw: bytes | None, channels: list[str], max_bytes: int, bounds: Bounds | None) -> Reading:
     if not raw:
         raise BadReading("empty", "the message has no value")
     if len(raw) > max_bytes:
@@ -96,8 +122,8 @@ def parse_reading(raw: bytes | None, channels: list[str], max_bytes: int = 64 * 
     if not isinstance(doc, dict):
         raise BadReading("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
     entity = doc.get("entity")
-    if not isinstance(entity, str) or not entity or len(entity) > 256:
-        raise BadReading("bad_entity", f"entity must be a non-empty string of at most 256 characters, got {entity!r}")
+    if not isinstance(entity, str) or not entity or len(entity) > 256 or not _is_utf8(entity):
+        raise BadReading("bad_entity", f"entity must be a non-empty UTF-8 string of at most 256 characters, got {_short(entity)}")
     if "ts" not in doc:
         raise BadReading("bad_timestamp", "the reading has no ts")
     ts_ms = parse_ts(doc["ts"])
@@ -106,7 +132,7 @@ def parse_reading(raw: bytes | None, channels: list[str], max_bytes: int = 64 * 
         raise BadReading("bad_values", f"values must be an object of channel → number, got {type(values).__name__}")
     unknown = [k for k in values if k not in channels]
     if unknown:
-        raise BadReading("unknown_channels", f"channels {unknown} are not served by this model (it expects {channels})")
+        raise BadReading("unknown_channels", f"channels {_short(unknown)} are not served by this model (it expects {channels})")
     missing = [c for c in channels if c not in values]
     if missing:
         raise BadReading("missing_channels", f"channels {missing} are missing")
@@ -114,11 +140,45 @@ def parse_reading(raw: bytes | None, channels: list[str], max_bytes: int = 64 * 
     for i, c in enumerate(channels):
         v = values[c]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise BadReading("bad_values", f"channel {c!r} must be a number, got {v!r}")
-        if not math.isfinite(v) or abs(v) > 3.0e38:
+            raise BadReading("bad_values", f"channel {c!r} must be a number, got {_short(v)}")
+        try:
+            f = float(v)  # an integer of hundreds of digits overflows here
+        except OverflowError:
+            raise BadReading("out_of_range", f"channel {c!r} is {_short(v)}, beyond float32") from None
+        if not math.isfinite(f):
             raise BadReading("non_finite", f"channel {c!r} is {v!r}")
-        out[i] = v
+        if abs(f) > FLOAT32_MAX:
+            raise BadReading("out_of_range", f"channel {c!r} is {v!r}, beyond float32")
+        out[i] = f
+    if bounds is not None:
+        low, high = bounds
+        outside = np.flatnonzero((out < low) | (out > high))
+        if outside.size:
+            i = int(outside[0])
+            raise BadReading(
+                "out_of_range",
+                f"channel {channels[i]!r} is {float(out[i])!r}, outside the model's range [{low[i]:.4g}, {high[i]:.4g}]",
+            )
     return Reading(entity, ts_ms, out)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for strings with lone surrogates (Python's json lets "\\ud800" through): they cannot be
+    written back as a key or in a forecast."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _short(value: object, limit: int = 120) -> str:
+    """A repr for an error message, cut short: a refusal names the problem, the payload is in the dead letter."""
+    try:
+        text = repr(value)
+    except Exception:  # a repr of a huge int can itself refuse (the int digit limit)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 def _non_finite(constant: str) -> float:
@@ -132,7 +192,11 @@ def _lenient_json(raw: bytes, error: Exception) -> object:
         return json.loads(raw, parse_constant=_non_finite)
     except BadReading:
         raise
-    except (ValueError, UnicodeDecodeError):
+    except RecursionError:
+        raise BadReading("not_json", f"nested too deeply ({error})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        if "integer string conversion" in str(e):  # int()'s digit limit (4,300): valid JSON, absurd number
+            raise BadReading("out_of_range", "a number of more than 4,300 digits") from None
         raise BadReading("not_json", f"not valid UTF-8 JSON ({error})") from None
 
 
@@ -168,7 +232,7 @@ def encode_dead_letter(error: BadReading | str, topic: str, partition: int, offs
     reason = error.reason if isinstance(error, BadReading) else "error"
     return orjson.dumps(
         {
-            "error": str(error),
+            "error": str(error).encode("utf-8", "backslashreplace").decode("utf-8"),  # no lone surrogates
             "reason": reason,
             "topic": topic,
             "partition": partition,

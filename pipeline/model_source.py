@@ -7,6 +7,7 @@ import logging
 import re
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,9 +55,12 @@ def load_model(uri: str, device: str = "auto") -> tuple[Forecaster, RegistryRef 
         if not target.exists():
             raise ModelUnavailable(f"no checkpoint at {target}; train one with `sensorcast train --out {target}`")
         return Forecaster.from_checkpoint(target, device=device), None
-    from models.registry import alias_version
+    from models.registry import RegistryUnavailable, alias_version
 
-    version = alias_version(target.name, target.alias)
+    try:
+        version = alias_version(target.name, target.alias)
+    except RegistryUnavailable as e:
+        raise ModelUnavailable(f"{e}; is the MLflow server up? (or pass --model PATH to a checkpoint folder)") from e
     if version is None:
         raise ModelUnavailable(
             f"the registry has no {target.name}@{target.alias}; train and promote one first "
@@ -66,19 +70,34 @@ def load_model(uri: str, device: str = "auto") -> tuple[Forecaster, RegistryRef 
 
 
 class ModelWatcher(threading.Thread):
-    """Polls the alias; when it moves, loads and warms the new version off the hot path, then swaps."""
+    """Polls the alias; when it moves, loads and warms the new version off the hot path, then swaps.
 
-    def __init__(self, slot: ModelSlot, ref: RegistryRef, device: str, poll_s: float, on_swap: Callable[[Forecaster], None] | None = None):
+    A registry outage is logged once when it starts and once when it ends, not every poll; the
+    service keeps serving the model it has throughout."""
+
+    def __init__(self, slot: ModelSlot, ref: RegistryRef, device: str, poll_s: float, on_swap: Callable[[Forecaster], None] | None = None,
+                 lookup: Callable[[str, str], str | None] | None = None):
         super().__init__(name="model-watcher", daemon=True)
         self.slot, self.ref, self.device, self.poll_s = slot, ref, device, poll_s
         self.on_swap = on_swap
+        self.lookup = lookup
         self.stop = threading.Event()
         self.errors = 0
+        self.outage_since: float | None = None  # monotonic time the registry stopped answering
 
     def check_once(self) -> bool:
-        from models.registry import alias_version
+        from models.registry import RegistryUnavailable, alias_version
 
-        version = alias_version(self.ref.name, self.ref.alias)
+        try:
+            version = (self.lookup or alias_version)(self.ref.name, self.ref.alias)
+        except RegistryUnavailable as e:
+            if self.outage_since is None:
+                self.outage_since = time.monotonic()
+                log.error("model registry unreachable, still serving %s v%s: %s", self.ref.name, self.slot.model.version, e)
+            return False
+        if self.outage_since is not None:
+            log.info("model registry reachable again after %.0f s", time.monotonic() - self.outage_since)
+            self.outage_since = None
         if version is None or version == self.slot.model.version:
             return False
         new = load_version(self.ref, version, self.device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -89,21 +90,49 @@ def paced(rows: Iterator[Row], rate: float, limit: int | None = None, duration_s
         yield row
 
 
-def stream_to_kafka(settings, rows: Iterator[Row], progress: Callable[[int], None] | None = None) -> int:
-    from pipeline.kafka import make_producer
+@dataclass
+class Delivery:
+    """What the broker confirmed of a stream: `failed` counts sends it refused or never confirmed."""
+
+    sent: int = 0
+    confirmed: int = 0
+    first_error: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.confirmed
+
+
+def stream_to_kafka(settings, rows: Iterator[Row], progress: Callable[[int], None] | None = None) -> Delivery:
+    """Send every row and wait for the broker's answer to each; a refused send is counted, never silent."""
+    from kafka.errors import KafkaError
+
+    from pipeline.kafka import close_producer, flush_producer, make_producer
     from pipeline.messages import encode_reading, format_ts
 
     producer = make_producer(settings)
-    sent = 0
+    result = Delivery()
+
+    def confirmed(_metadata) -> None:
+        result.confirmed += 1  # only the producer's I/O thread writes these two
+
+    def refused(error: Exception) -> None:
+        if result.first_error is None:
+            result.first_error = f"{type(error).__name__}: {error}"
+
     try:
         for entity, ts, values in rows:
-            producer.send(settings.readings_topic, key=entity.encode(), value=encode_reading(entity, format_ts(ts), values))
-            sent += 1
-            if progress and sent % 100 == 0:
+            future = producer.send(settings.readings_topic, key=entity.encode(), value=encode_reading(entity, format_ts(ts), values))
+            future.add_callback(confirmed).add_errback(refused)
+            result.sent += 1
+            if progress and result.sent % 100 == 0:
                 progress(100)
-        producer.flush(timeout=60)
+        try:
+            flush_producer(producer, 60)
+        except KafkaError as e:
+            result.first_error = result.first_error or f"not confirmed within 60 s: {e}"
     finally:
-        producer.close(timeout=30)
+        close_producer(producer, 5)
     if progress:
-        progress(sent % 100)
-    return sent
+        progress(result.sent % 100)
+    return result

@@ -80,6 +80,7 @@ class Model(Protocol):
     horizon: int
     name: str
     version: str
+    input_bounds: tuple[np.ndarray, np.ndarray] | None  # (low, high) per channel, or None: any float32
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -125,7 +126,7 @@ class Prepared:
     records: list[Record]
     model: Model
     x: np.ndarray  # (len(ready), L, N), a view of a staging buffer
-    ready: list[tuple[str, int, bytes | None]]  # (entity, ts, key) of each row of x
+    ready: list[tuple[str, int, bytes, Record]]  # (entity, ts, key, record) of each row of x
     out: list[Outgoing]
     stats: BatchStats
 
@@ -153,7 +154,8 @@ class ForecastCore:
         model = self.slot.model  # one model for the whole batch
         stats = BatchStats(readings=sum(not r.replay for r in records))
         out: list[Outgoing] = []
-        ready: list[tuple[str, int, bytes | None]] = []  # (entity, ts, key) in record order
+        ready: list[tuple[str, int, bytes, Record]] = []  # (entity, ts, key, record) in record order
+        bounds = model.input_bounds
         self._flip ^= 1
         x = self._staging[self._flip]
         if len(records) > x.shape[0]:
@@ -163,11 +165,10 @@ class ForecastCore:
                 self._replay(rec)
                 continue
             try:
-                reading = parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes)
+                reading = parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, bounds)
                 pushed = self.windows.push(reading)
             except BadReading as bad:
-                stats.dead[bad.reason] = stats.dead.get(bad.reason, 0) + 1
-                out.append(Outgoing(self.cfg.dlq_topic, rec.key, encode_dead_letter(bad, rec.topic, rec.partition, rec.offset, rec.value)))
+                self._dead_letter(bad, rec, out, stats)
                 continue
             stats.filled += pushed.filled
             stats.resets += int(pushed.reset)
@@ -176,7 +177,7 @@ class ForecastCore:
                 continue
             # copy now: a later reading of the same entity in this batch moves its window on
             x[len(ready)] = self.windows.window(reading.entity)
-            ready.append((reading.entity, reading.ts_ms, rec.key or reading.entity.encode()))
+            ready.append((reading.entity, reading.ts_ms, rec.key or reading.entity.encode(), rec))
         return Prepared(records, model, x[: len(ready)], ready, out, stats)
 
     @staticmethod
@@ -189,23 +190,34 @@ class ForecastCore:
         return pred, time.perf_counter() - started
 
     def finish(self, batch: "Prepared", pred: np.ndarray | None, inference_s: float, now_ms: int | None = None) -> tuple[list[Outgoing], BatchStats]:
-        """Encode the batch's forecasts after its dead letters."""
+        """Encode the batch's forecasts after its dead letters. A row whose forecast holds NaN or inf
+        becomes a dead letter (`non_finite_forecast`): a forecast never carries a non-finite number."""
         out, stats, model = batch.out, batch.stats, batch.model
         if batch.ready:
             stats.inference_s = inference_s
-            stats.batch_rows = stats.forecasts = len(batch.ready)
+            stats.batch_rows = len(batch.ready)
             per_channel = np.ascontiguousarray(pred.transpose(0, 2, 1))  # (B, N, H): rows go out as lists
+            finite = np.isfinite(per_channel).all(axis=(1, 2))
             produced = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))  # once a batch
-            for i, (entity, ts, key) in enumerate(batch.ready):
+            for i, (entity, ts, key, rec) in enumerate(batch.ready):
+                if not finite[i]:
+                    bad = BadReading("non_finite_forecast", f"{model.name} v{model.version} forecast NaN or inf for {entity} at {format_ts(ts)}")
+                    self._dead_letter(bad, rec, out, stats)
+                    continue
                 value = encode_forecast(entity, ts, self.channels, per_channel[i], model.name, model.version, produced)
                 out.append(Outgoing(self.cfg.forecasts_topic, key, value))
+                stats.forecasts += 1
         return out, stats
+
+    def _dead_letter(self, bad: BadReading, rec: Record, out: list[Outgoing], stats: BatchStats) -> None:
+        stats.dead[bad.reason] = stats.dead.get(bad.reason, 0) + 1
+        out.append(Outgoing(self.cfg.dlq_topic, rec.key, encode_dead_letter(bad, rec.topic, rec.partition, rec.offset, rec.value)))
 
     def _replay(self, rec: Record) -> None:
         """A reading handled before this process started: rebuild its entity's window only. Its
         forecast or dead letter was published then; errors now are the same ones, already reported."""
         try:
-            self.windows.push(parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes))
+            self.windows.push(parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, self.slot.model.input_bounds))
         except BadReading:
             pass
 

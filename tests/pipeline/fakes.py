@@ -11,6 +11,7 @@ class LastValueModel:
     def __init__(self, channels: list[str], lookback: int = 4, horizon: int = 3, version: str = "1"):
         self.channels, self.lookback, self.horizon = channels, lookback, horizon
         self.name, self.version = "fake", version
+        self.input_bounds = None  # any float32
         self.calls: list[int] = []
 
     def predict(self, x: np.ndarray) -> np.ndarray:

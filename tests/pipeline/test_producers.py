@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
+import subprocess
+import sys
 
 import polars as pl
+import pytest
 
 from pipeline.producers import paced, replay_rows, simulate
 
@@ -36,3 +40,27 @@ def test_simulator_ticks_every_entity_with_increasing_time() -> None:
     assert [r[0] for r in rows[:3]] == ["sensor-0000", "sensor-0001", "sensor-0002"]
     assert [r[1] for r in rows[::3]] == [0, 1000, 2000]
     assert len(list(paced(iter(rows), rate=0, limit=4))) == 4
+
+
+@pytest.mark.integration
+def test_a_send_the_broker_refuses_is_counted_and_produce_exits_non_zero(kafka_settings) -> None:
+    """A topic that takes at most 200-byte messages refuses every weather reading (about 250 bytes)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from pipeline.kafka import ensure_topics
+    from pipeline.producers import stream_to_kafka
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap_servers)
+    admin.create_topics([NewTopic(kafka_settings.readings_topic, 1, 1, topic_configs={"max.message.bytes": "200"})])
+    admin.close()
+    ensure_topics(kafka_settings)
+    small = ("a", 0, {"v": 1.0})  # about 60 bytes: accepted
+    delivery = stream_to_kafka(kafka_settings, iter([small, *itertools.islice(replay_rows(), 3)]))
+    assert (delivery.sent, delivery.confirmed, delivery.failed) == (4, 1, 3)
+    assert "MessageSizeTooLarge" in delivery.first_error
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers, "SENSORCAST_READINGS_TOPIC": kafka_settings.readings_topic}
+    cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "produce", "--limit", "5", "--rate", "0"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert "5 of 5 readings were not delivered" in " ".join((cli.stdout + cli.stderr).split())

@@ -105,24 +105,36 @@ def test_every_valid_reading_yields_exactly_one_forecast(service_settings: Setti
     assert not thread.is_alive()
 
 
+BIG = "9" * 400
+BAD_PAYLOADS: list[tuple[bytes | None, str]] = [  # every refusal reason the wire can carry, and the crashes of issue #12
+    (b"not json at all", "not_json"),
+    (b"", "empty"),
+    (None, "empty"),  # a tombstone
+    (b"\xff\xfe\x00binary", "not_json"),
+    (b"[" * 1100, "not_json"),  # crashed the service: RecursionError
+    (b"[1, 2, 3]", "not_an_object"),
+    (b'{"ts": 1, "values": {"temp": 1, "pressure": 1}}', "bad_entity"),
+    (b'{"entity": "\\ud800", "ts": 1, "values": {"temp": 1, "pressure": 1}}', "bad_entity"),  # a lone surrogate
+    (b'{"entity": "e0", "ts": "whenever", "values": {"temp": 1, "pressure": 1}}', "bad_timestamp"),
+    (f'{{"entity": "e0", "ts": {BIG}, "values": {{"temp": 1, "pressure": 1}}}}'.encode(), "bad_timestamp"),  # crashed: OverflowError
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": "warm", "pressure": 1}}', "bad_values"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": NaN, "pressure": 1}}', "non_finite"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": Infinity, "pressure": 1}}', "non_finite"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": -Infinity, "pressure": 1}}', "non_finite"),
+    (f'{{"entity": "e0", "ts": 1, "values": {{"temp": {BIG}, "pressure": 1}}}}'.encode(), "out_of_range"),  # crashed: OverflowError
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": 3e38, "pressure": 3e38}}', "out_of_range"),  # finite, beyond the model
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": 1}}', "missing_channels"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1, "rpm": 5}}', "unknown_channels"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1}, "pad": "' + b"x" * 70_000 + b'"}', "oversized"),
+]
+
+
 def test_bad_input_lands_in_the_dead_letter_topic_while_valid_readings_flow(service_settings: Settings) -> None:
-    bad: list[tuple[bytes | None, bytes | None]] = [
-        (b"e0", b"not json at all"),
-        (b"e0", b""),
-        (b"e0", None),  # a tombstone
-        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": NaN, "pressure": 1}}'),
-        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": "warm", "pressure": 1}}'),
-        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": 1}}'),
-        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1, "rpm": 5}}'),
-        (b"e0", b'{"entity": "e0", "ts": "whenever", "values": {"temp": 1, "pressure": 1}}'),
-        (b"e0", b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1}, "pad": "' + b"x" * 70_000 + b'"}'),
-        (b"e0", b"[1, 2, 3]"),
-        (b"e0", b"\xff\xfe\x00binary"),
-    ]
     good = readings(3, range(20))
     going_back = [(b"e1", encode_reading("e1", 5 * HOUR, {"temp": 1.0, "pressure": 1.0})),  # late
                   (b"e1", encode_reading("e1", 19 * HOUR, {"temp": 1.0, "pressure": 1.0}))]  # duplicate
-    stream = good[:30] + bad + good[30:] + going_back
+    bad = [(b"e0", payload) for payload, _ in BAD_PAYLOADS]
+    stream = good[:30] + bad[::2] + good[30:45] + bad[1::2] + good[45:] + going_back  # interleaved with valid readings
     forecasts = Collector(service_settings, service_settings.forecasts_topic)
     dead = Collector(service_settings, service_settings.dlq_topic)
     thread, stop = start_service(service_settings)
@@ -131,21 +143,20 @@ def test_bad_input_lands_in_the_dead_letter_topic_while_valid_readings_flow(serv
         dead.wait_for(len(bad) + 2)
         forecasts.wait_for(3 * (20 - (L - 1)))
         time.sleep(1.0)
+        alive = thread.is_alive()
     finally:
         stop.set()
         thread.join(timeout=30)
         forecasts.close()
         dead.close()
-    reasons = sorted(d["reason"] for d in dead.docs)
-    assert reasons == sorted(
-        ["not_json", "empty", "empty", "non_finite", "bad_values", "missing_channels", "unknown_channels",
-         "bad_timestamp", "oversized", "not_an_object", "not_json", "late", "duplicate"]
-    )
+    assert alive, "the service must keep running through every bad payload"
+    assert sorted(d["reason"] for d in dead.docs) == sorted([reason for _, reason in BAD_PAYLOADS] + ["late", "duplicate"])
     assert all(d["topic"] == service_settings.readings_topic and d["offset"] >= 0 and d["error"] for d in dead.docs)
     binary = next(d for d in dead.docs if d["payload_encoding"] == "base64")
     assert binary["reason"] == "not_json"
-    assert len(forecasts.docs) == 3 * (20 - (L - 1))  # every valid reading still forecast
-    assert not thread.is_alive(), "the service must keep running until asked to stop, then stop"
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(keys) == len(set(keys)) == 3 * (20 - (L - 1)), "every valid reading after warm-up forecast exactly once"
+    assert not thread.is_alive(), "asked to stop, the service stops"
 
 
 def test_a_model_promoted_mid_stream_is_picked_up_with_no_reading_lost(service_settings: Settings, mlflow_tracking: str, tmp_path: Path) -> None:
