@@ -9,7 +9,7 @@ KAFKA_JARS := infra/kafka/jars
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_LINK_MODE ?= hardlink
 
-.PHONY: install kafka-jars test test-unit test-integration demo bench bench-accuracy bench-latency stack-up stack-down clean
+.PHONY: install kafka-jars lint format test test-unit test-integration demo bench bench-accuracy bench-latency stack-up stack-down clean
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv "uv==$(UV_VERSION)"
@@ -25,6 +25,14 @@ $(KAFKA_JARS)/.fetched: infra/kafka/pom.xml
 install: $(VENV)/.installed $(KAFKA_JARS)/.fetched  ## venv, Python packages (locked) and the Kafka jars
 
 kafka-jars: $(KAFKA_JARS)/.fetched
+
+lint: $(VENV)/.installed  ## ruff: lint and format check (line length 120, configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: install  ## unit and integration tests against a real broker (started here unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(PY) -m pytest tests

@@ -11,12 +11,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.data import Scaler
-from models.itransformer import ITransformer, ITransformerConfig
-from models.transformer import Transformer, TransformerConfig
+from models.nets import ARCHITECTURES, UnknownArchitecture, build
+from models.nets import architecture_of as _architecture_of
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
-ARCHITECTURES = {"itransformer": (ITransformer, ITransformerConfig), "transformer": (Transformer, TransformerConfig)}
 
 
 class CheckpointError(ValueError):
@@ -43,13 +42,21 @@ class CheckpointMeta:
 
 
 def architecture_of(model: nn.Module) -> str:
-    for name, (cls, _) in ARCHITECTURES.items():
-        if isinstance(model, cls):
-            return name
-    raise CheckpointError(f"cannot checkpoint a {type(model).__name__}")
+    try:
+        return _architecture_of(model)
+    except UnknownArchitecture as e:
+        raise CheckpointError(f"cannot checkpoint it: {e}") from None
 
 
-def save(folder: Path, model: nn.Module, channels: list[str], scaler: Scaler, *, name: str = "sensorcast-itransformer", extra: dict | None = None) -> Path:
+def save(
+    folder: Path,
+    model: nn.Module,
+    channels: list[str],
+    scaler: Scaler,
+    *,
+    name: str = "sensorcast-itransformer",
+    extra: dict | None = None,
+) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -79,7 +86,6 @@ def read_meta(folder: Path) -> CheckpointMeta:
 
 def load(folder: Path, device: str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     meta = read_meta(folder)
-    cls, cfg_cls = ARCHITECTURES[meta.architecture]
-    model = cls(cfg_cls(**meta.config))
+    model = build(meta.architecture, **meta.config)
     model.load_state_dict(load_file(str(Path(folder) / WEIGHTS), device="cpu"))
     return model.to(device).eval(), meta

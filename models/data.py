@@ -34,7 +34,9 @@ def shared_data_dir() -> Path:
     repo = Path(__file__).resolve().parents[1]
     candidates = [repo.parent / "shared" / "data"]
     try:
-        origin = subprocess.run(["git", "-C", str(repo), "config", "--get", "remote.origin.url"], capture_output=True, text=True, timeout=5).stdout.strip()
+        origin = subprocess.run(
+            ["git", "-C", str(repo), "config", "--get", "remote.origin.url"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         origin = ""
     if origin and Path(origin).is_dir():
@@ -64,14 +66,19 @@ def weather_csv_path() -> Path:
 def load_exchange(path: Path) -> pl.DataFrame:
     """exchange_rate.txt has no header and no dates: name the currencies, date the rows daily from 1990."""
     frame = pl.read_csv(path, has_header=False, new_columns=EXCHANGE_COLUMNS)
-    dates = pl.date_range(dt.date(1990, 1, 1), dt.date(1990, 1, 1) + dt.timedelta(days=frame.height - 1), "1d", eager=True)
+    dates = pl.date_range(
+        dt.date(1990, 1, 1), dt.date(1990, 1, 1) + dt.timedelta(days=frame.height - 1), "1d", eager=True
+    )
     return frame.insert_column(0, dates.alias("date"))
 
 
 def load_weather(path: Path | None = None) -> pl.DataFrame:
     """One row per airport and hour; gaps in a channel are filled forward, then backward, per airport."""
     frame = pl.read_csv(
-        path or weather_csv_path(), null_values="NA", try_parse_dates=True, schema_overrides={c: pl.Float64 for c in WEATHER_CHANNELS}
+        path or weather_csv_path(),
+        null_values="NA",
+        try_parse_dates=True,
+        schema_overrides={c: pl.Float64 for c in WEATHER_CHANNELS},
     )
     frame = frame.select("origin", pl.col("time_hour").alias("time"), *WEATHER_CHANNELS).sort("origin", "time")
     frame = frame.unique(subset=["origin", "time"], keep="first", maintain_order=True)
@@ -163,12 +170,12 @@ class Scaler:
     std: np.ndarray  # (N,)
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> "Scaler":
+    def fit(cls, values: np.ndarray) -> Scaler:
         std = values.std(axis=0)
         return cls(values.mean(axis=0), np.where(std > 1e-8, std, 1.0))
 
     @classmethod
-    def identity(cls, n: int) -> "Scaler":
+    def identity(cls, n: int) -> Scaler:
         return cls(np.zeros(n), np.ones(n))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -181,7 +188,7 @@ class Scaler:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Scaler":
+    def from_dict(cls, d: dict) -> Scaler:
         return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64))
 
 
@@ -259,7 +266,11 @@ def prepare(
         values = g.select(channels).to_numpy().astype(np.float64)
         if not np.isfinite(values).all():
             raise DataError("the data holds missing or non-finite values; fill them before training")
-        sp = split if split is not None and not entity_column else split_for(path_hint or Path("x.csv"), len(values), lookback)
+        sp = (
+            split
+            if split is not None and not entity_column
+            else split_for(path_hint or Path("x.csv"), len(values), lookback)
+        )
         for name in parts:
             a, b = getattr(sp, name)
             parts[name].append(values[max(a, 0) : b])

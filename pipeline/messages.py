@@ -1,7 +1,8 @@
 """The wire format, pure: parse and validate readings, encode forecasts and dead letters.
 
 Reading    {"entity": "pump-7", "ts": "2026-11-24T10:00:00Z" | epoch ms, "values": {"temp": 71.2, ...}}
-Forecast   {"entity", "ts", "horizon", "channels", "forecast": {channel: [H numbers]}, "model": {"name", "version"}, "produced_at"}
+Forecast   {"entity", "ts", "horizon", "channels", "forecast": {channel: [H numbers]},
+            "model": {"name", "version"}, "produced_at"}
 DeadLetter {"error", "reason", "topic", "partition", "offset", "payload", "payload_encoding"}
 
 The guarantee of the decode step: whatever bytes arrive, `parse_reading` returns a valid `Reading`
@@ -69,7 +70,9 @@ def parse_ts(value: object) -> int:
         raise BadReading("bad_timestamp", f"ts must be an ISO 8601 string or epoch milliseconds, got {value!r}")
     if isinstance(value, int):  # any size: a 400-digit integer compares fine, math.isfinite would overflow
         if not 0 <= value <= MAX_TS_MS:
-            raise BadReading("bad_timestamp", f"ts {_short(value)} is not an epoch millisecond count between 1970 and 9999")
+            raise BadReading(
+                "bad_timestamp", f"ts {_short(value)} is not an epoch millisecond count between 1970 and 9999"
+            )
         return value
     if isinstance(value, float):
         if not math.isfinite(value) or not 0 <= value <= MAX_TS_MS:
@@ -79,14 +82,18 @@ def parse_ts(value: object) -> int:
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
             if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.timezone.utc)
+                parsed = parsed.replace(tzinfo=dt.UTC)
             ts_ms = int(parsed.timestamp() * 1000)  # year 1 or 9999 with an offset overflows here
         except (ValueError, OverflowError):
-            raise BadReading("bad_timestamp", f"ts {_short(value)} is not an ISO 8601 time between 1970 and 9999") from None
+            raise BadReading(
+                "bad_timestamp", f"ts {_short(value)} is not an ISO 8601 time between 1970 and 9999"
+            ) from None
         if not 0 <= ts_ms <= MAX_TS_MS:
             raise BadReading("bad_timestamp", f"ts {_short(value)} is before 1970 or after 9999")
         return ts_ms
-    raise BadReading("bad_timestamp", f"ts must be an ISO 8601 string or epoch milliseconds, got {type(value).__name__}")
+    raise BadReading(
+        "bad_timestamp", f"ts must be an ISO 8601 string or epoch milliseconds, got {type(value).__name__}"
+    )
 
 
 def format_ts(ts_ms: int) -> str:
@@ -99,7 +106,9 @@ def format_ts(ts_ms: int) -> str:
 Bounds = tuple[np.ndarray, np.ndarray]  # (low, high) per channel: what the serving model can take
 
 
-def parse_reading(raw: bytes | None, channels: list[str], max_bytes: int = 64 * 1024, bounds: Bounds | None = None) -> Reading:
+def parse_reading(
+    raw: bytes | None, channels: list[str], max_bytes: int = 64 * 1024, bounds: Bounds | None = None
+) -> Reading:
     """Validate one message against the serving model's channels (and, given `bounds`, the range the
     model can take). The service's decode step: it returns a Reading or raises BadReading, nothing else."""
     try:
@@ -123,7 +132,9 @@ def _parse_reading(raw: bytes | None, channels: list[str], max_bytes: int, bound
         raise BadReading("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
     entity = doc.get("entity")
     if not isinstance(entity, str) or not entity or len(entity) > 256 or not _is_utf8(entity):
-        raise BadReading("bad_entity", f"entity must be a non-empty UTF-8 string of at most 256 characters, got {_short(entity)}")
+        raise BadReading(
+            "bad_entity", f"entity must be a non-empty UTF-8 string of at most 256 characters, got {_short(entity)}"
+        )
     if "ts" not in doc:
         raise BadReading("bad_timestamp", "the reading has no ts")
     ts_ms = parse_ts(doc["ts"])
@@ -132,7 +143,9 @@ def _parse_reading(raw: bytes | None, channels: list[str], max_bytes: int, bound
         raise BadReading("bad_values", f"values must be an object of channel → number, got {type(values).__name__}")
     unknown = [k for k in values if k not in channels]
     if unknown:
-        raise BadReading("unknown_channels", f"channels {_short(unknown)} are not served by this model (it expects {channels})")
+        raise BadReading(
+            "unknown_channels", f"channels {_short(unknown)} are not served by this model (it expects {channels})"
+        )
     missing = [c for c in channels if c not in values]
     if missing:
         raise BadReading("missing_channels", f"channels {missing} are missing")
@@ -157,7 +170,8 @@ def _parse_reading(raw: bytes | None, channels: list[str], max_bytes: int, bound
             i = int(outside[0])
             raise BadReading(
                 "out_of_range",
-                f"channel {channels[i]!r} is {float(out[i])!r}, outside the model's range [{low[i]:.4g}, {high[i]:.4g}]",
+                f"channel {channels[i]!r} is {float(out[i])!r}, "
+                f"outside the model's range [{low[i]:.4g}, {high[i]:.4g}]",
             )
     return Reading(entity, ts_ms, out)
 
@@ -205,7 +219,13 @@ def encode_reading(entity: str, ts: str | int, values: dict[str, float]) -> byte
 
 
 def encode_forecast(
-    entity: str, ts_ms: int, channels: list[str], forecast_nh: np.ndarray, model_name: str, model_version: str, produced_at: str
+    entity: str,
+    ts_ms: int,
+    channels: list[str],
+    forecast_nh: np.ndarray,
+    model_name: str,
+    model_version: str,
+    produced_at: str,
 ) -> bytes:
     """`forecast_nh` is (N, H) and C-contiguous: each row goes out as one channel's list.
     `produced_at` comes formatted (`format_ts`): a batch formats it once for all its forecasts."""
@@ -223,7 +243,9 @@ def encode_forecast(
     )
 
 
-def encode_dead_letter(error: BadReading | str, topic: str, partition: int, offset: int, payload: bytes | None) -> bytes:
+def encode_dead_letter(
+    error: BadReading | str, topic: str, partition: int, offset: int, payload: bytes | None
+) -> bytes:
     raw = payload or b""
     try:
         text, encoding = raw.decode("utf-8"), "utf-8"

@@ -10,9 +10,21 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.e2e = Histogram("sensorcast_e2e_latency_seconds", "reading produced → its forecast handed to the producer", buckets=LATENCY_BUCKETS, registry=r)
-        self.inference = Histogram("sensorcast_inference_latency_seconds", "one batched forward pass", buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_rows = Histogram("sensorcast_batch_size", "forecasts per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.e2e = Histogram(
+            "sensorcast_e2e_latency_seconds",
+            "reading produced → its forecast handed to the producer",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "sensorcast_inference_latency_seconds", "one batched forward pass", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_rows = Histogram(
+            "sensorcast_batch_size",
+            "forecasts per forward pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
         self.readings = Counter("sensorcast_readings", "readings consumed", registry=r)
         self.forecasts = Counter("sensorcast_forecasts", "forecasts published", registry=r)
         self.buffered = Counter("sensorcast_readings_buffered", "valid readings still warming a window", registry=r)
@@ -20,7 +32,12 @@ class ServiceMetrics:
         self.filled = Counter("sensorcast_steps_forward_filled", "missing steps filled forward", registry=r)
         self.resets = Counter("sensorcast_window_resets", "windows reset after a long gap", registry=r)
         self.lag = Gauge("sensorcast_consumer_lag", "messages behind the end of the assigned partitions", registry=r)
-        self.model_version = Gauge("sensorcast_model_version", "serving model version (numeric; 0 for a local checkpoint)", ["name"], registry=r)
+        self.model_version = Gauge(
+            "sensorcast_model_version",
+            "serving model version (numeric; 0 for a local checkpoint)",
+            ["name"],
+            registry=r,
+        )
         self.swaps = Counter("sensorcast_model_swaps", "hot swaps to a new model version", registry=r)
 
     def serve(self, port: int) -> None:

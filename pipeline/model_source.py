@@ -8,12 +8,12 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from models.forecaster import Forecaster
-from pipeline.service import ModelSlot
+from pipeline.core import ModelSlot
 
 log = logging.getLogger("sensorcast.models")
 ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
@@ -39,7 +39,7 @@ def parse_model_uri(uri: str) -> RegistryRef | Path:
 
 
 def load_version(ref: RegistryRef, version: str, device: str) -> Forecaster:
-    from models.registry import download_checkpoint
+    from models.mlflow.registry import download_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="sensorcast-model-") as tmp:
         folder = download_checkpoint(ref.name, version, Path(tmp))
@@ -55,7 +55,7 @@ def load_model(uri: str, device: str = "auto") -> tuple[Forecaster, RegistryRef 
         if not target.exists():
             raise ModelUnavailable(f"no checkpoint at {target}; train one with `sensorcast train --out {target}`")
         return Forecaster.from_checkpoint(target, device=device), None
-    from models.registry import RegistryUnavailable, alias_version
+    from models.mlflow.registry import RegistryUnavailable, alias_version
 
     try:
         version = alias_version(target.name, target.alias)
@@ -75,8 +75,15 @@ class ModelWatcher(threading.Thread):
     A registry outage is logged once when it starts and once when it ends, not every poll; the
     service keeps serving the model it has throughout."""
 
-    def __init__(self, slot: ModelSlot, ref: RegistryRef, device: str, poll_s: float, on_swap: Callable[[Forecaster], None] | None = None,
-                 lookup: Callable[[str, str], str | None] | None = None):
+    def __init__(
+        self,
+        slot: ModelSlot,
+        ref: RegistryRef,
+        device: str,
+        poll_s: float,
+        on_swap: Callable[[Forecaster], None] | None = None,
+        lookup: Callable[[str, str], str | None] | None = None,
+    ):
         super().__init__(name="model-watcher", daemon=True)
         self.slot, self.ref, self.device, self.poll_s = slot, ref, device, poll_s
         self.on_swap = on_swap
@@ -86,14 +93,16 @@ class ModelWatcher(threading.Thread):
         self.outage_since: float | None = None  # monotonic time the registry stopped answering
 
     def check_once(self) -> bool:
-        from models.registry import RegistryUnavailable, alias_version
+        from models.mlflow.registry import RegistryUnavailable, alias_version
 
         try:
             version = (self.lookup or alias_version)(self.ref.name, self.ref.alias)
         except RegistryUnavailable as e:
             if self.outage_since is None:
                 self.outage_since = time.monotonic()
-                log.error("model registry unreachable, still serving %s v%s: %s", self.ref.name, self.slot.model.version, e)
+                log.error(
+                    "model registry unreachable, still serving %s v%s: %s", self.ref.name, self.slot.model.version, e
+                )
             return False
         if self.outage_since is not None:
             log.info("model registry reachable again after %.0f s", time.monotonic() - self.outage_since)

@@ -1,5 +1,5 @@
 """Assemble the running service from settings: model, Kafka source and sink, metrics, hot swap,
-signals. The loop itself lives in pipeline.service; this module is the wiring around it."""
+signals. The loop itself lives in pipeline.loop; this module is the wiring around it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import time
 
 import torch
 
+from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
 from pipeline.kafka import KafkaSink, KafkaSource, ensure_topics, kafka_source, make_producer
+from pipeline.loop import run
 from pipeline.metrics import ServiceMetrics
 from pipeline.model_source import ModelWatcher, load_model
-from pipeline.service import ForecastCore, ModelSlot, ServiceConfig, run
 from pipeline.settings import Settings
 
 log = logging.getLogger("sensorcast.serve")
@@ -50,8 +51,15 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
         mlflow.set_tracking_uri(settings.tracking_uri)
     forecaster, ref = load_model(uri, settings.device)
     forecaster.warm_up()
-    log.info("serving %s v%s on %s (L=%d, H=%d, channels %s)", forecaster.name, forecaster.version, forecaster.device,
-             forecaster.lookback, forecaster.horizon, forecaster.channels)
+    log.info(
+        "serving %s v%s on %s (L=%d, H=%d, channels %s)",
+        forecaster.name,
+        forecaster.version,
+        forecaster.device,
+        forecaster.lookback,
+        forecaster.horizon,
+        forecaster.channels,
+    )
 
     ensure_topics(settings)
     source = kafka_source(settings)
@@ -76,7 +84,12 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     # in ~100 ms, every few seconds under load: the p99's worst spikes. Freeze them out of the walk.
     gc.collect()
     gc.freeze()
-    log.info("consuming %s as group %s, forecasts to %s", settings.readings_topic, settings.consumer_group, settings.forecasts_topic)
+    log.info(
+        "consuming %s as group %s, forecasts to %s",
+        settings.readings_topic,
+        settings.consumer_group,
+        settings.forecasts_topic,
+    )
     started = time.monotonic()
     try:
         handled = run(source, sink, core, stop, _Observer(metrics, source))

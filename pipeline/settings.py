@@ -50,8 +50,14 @@ class Settings(BaseSettings):
     models_topic: str = "sensorcast.models"
     topic_partitions: int = 3
     consumer_group: str = "sensorcast-forecaster"
-    partitions: str | None = Field(default=None, pattern=r"^\d+(,\d+)*$", description="readings partitions this instance serves, e.g. 0,2 (default: all)")
-    offset_reset: str = Field(default="earliest", pattern="^(earliest|latest)$", description="where a new consumer group starts")
+    partitions: str | None = Field(
+        default=None,
+        pattern=r"^\d+(,\d+)*$",
+        description="readings partitions this instance serves, e.g. 0,2 (default: all)",
+    )
+    offset_reset: str = Field(
+        default="earliest", pattern="^(earliest|latest)$", description="where a new consumer group starts"
+    )
 
     # -- model ---------------------------------------------------------------------------------
     model_name: str = "sensorcast-itransformer"
@@ -66,9 +72,13 @@ class Settings(BaseSettings):
     max_wait_ms: float = 2.0
     max_payload_bytes: int = 64 * 1024
     max_fill_steps: int = 3
-    commit_interval_ms: float = Field(default=250.0, gt=0, description="confirm forecasts and commit offsets at least this often")
+    commit_interval_ms: float = Field(
+        default=250.0, gt=0, description="confirm forecasts and commit offsets at least this often"
+    )
     reading_interval_s: float | None = Field(default=None, description="expected cadence; None infers it per entity")
-    rehydrate_records: int = Field(default=20_000, description="records per partition re-read on start to refill windows")
+    rehydrate_records: int = Field(
+        default=20_000, description="records per partition re-read on start to refill windows"
+    )
     device: str = "auto"
     torch_threads: int = 1
     metrics_port: int = 9308
@@ -96,7 +106,7 @@ class Settings(BaseSettings):
         return self.model_uri or f"models:/{self.model_name}@{self.model_alias}"
 
     @classmethod
-    def load(cls, **overrides: Any) -> "Settings":
+    def load(cls, **overrides: Any) -> Settings:
         """Env first, then CLI flags on top; a flag left at None does not override."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(**given)

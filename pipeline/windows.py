@@ -29,7 +29,15 @@ class Pushed:
 
 
 class EntityWindows:
-    def __init__(self, n_channels: int, lookback: int, *, max_fill_steps: int = 3, interval_ms: int | None = None, capacity: int = 64):
+    def __init__(
+        self,
+        n_channels: int,
+        lookback: int,
+        *,
+        max_fill_steps: int = 3,
+        interval_ms: int | None = None,
+        capacity: int = 64,
+    ):
         self.n, self.L = n_channels, lookback
         self.max_fill_steps = max_fill_steps
         self.fixed_interval_ms = interval_ms

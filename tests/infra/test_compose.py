@@ -24,7 +24,9 @@ def _host_port(service: str, container_port: int) -> int:
 
 
 def test_every_service_has_an_image_or_a_build_that_exists() -> None:
-    assert {"kafka", "postgres", "mlflow", "prefect-server", "prefect-worker", "forecaster", "producer"} <= set(SERVICES)
+    assert {"kafka", "postgres", "mlflow", "prefect-server", "prefect-worker", "forecaster", "producer"} <= set(
+        SERVICES
+    )
     for name, svc in SERVICES.items():
         assert svc.get("image") or svc.get("build"), name
         if "build" in svc:
@@ -82,6 +84,8 @@ def test_forecaster_reserves_a_gpu_and_has_a_cpu_variant() -> None:
 
 def test_mlflow_and_prefect_run_on_postgres() -> None:
     assert any("postgresql://" in arg for arg in SERVICES["mlflow"]["command"])
-    assert SERVICES["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert SERVICES["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith(
+        "postgresql+asyncpg://"
+    )
     init = Path(REPO_ROOT / "infra" / "postgres-init.sql").read_text()
     assert "CREATE DATABASE prefect" in init

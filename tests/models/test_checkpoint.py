@@ -9,15 +9,17 @@ import torch
 from models.checkpoint import META, WEIGHTS, CheckpointError, load, read_meta, save
 from models.data import Scaler
 from models.forecaster import Forecaster
-from models.itransformer import ITransformer, ITransformerConfig
-from models.transformer import Transformer, TransformerConfig
+from models.nets.itransformer import ITransformer, ITransformerConfig
+from models.nets.transformer import Transformer, TransformerConfig
 
 
 @pytest.mark.parametrize(
     "model",
     [
         ITransformer(ITransformerConfig(lookback=16, horizon=4, d_model=32, n_heads=4, d_ff=32)),
-        Transformer(TransformerConfig(lookback=16, horizon=4, n_variates=3, label_len=8, d_model=32, n_heads=4, d_ff=32)),
+        Transformer(
+            TransformerConfig(lookback=16, horizon=4, n_variates=3, label_len=8, d_model=32, n_heads=4, d_ff=32)
+        ),
     ],
 )
 def test_save_then_load_gives_identical_outputs(tmp_path, model) -> None:
@@ -44,7 +46,9 @@ def test_forecaster_applies_the_training_scaler(tmp_path) -> None:
     save(tmp_path, model, ["t", "p"], scaler)
     f = Forecaster.from_checkpoint(tmp_path, device="cpu", version="7")
     raw = np.random.default_rng(0).normal(size=(3, 16, 2)).astype(np.float32) * 3 + 10
-    expected = model(torch.as_tensor(scaler.transform(raw), dtype=torch.float32)).detach().numpy() * scaler.std + scaler.mean
+    expected = (
+        model(torch.as_tensor(scaler.transform(raw), dtype=torch.float32)).detach().numpy() * scaler.std + scaler.mean
+    )
     got = f.predict(raw)
     assert got.shape == (3, 4, 2) and got.dtype == np.float32
     assert np.allclose(got, expected, atol=1e-4)

@@ -10,8 +10,8 @@ import torch
 from models.checkpoint import save
 from models.data import Scaler
 from models.forecaster import Forecaster
-from models.itransformer import ITransformer, ITransformerConfig
-from models.transformer import Transformer, TransformerConfig
+from models.nets.itransformer import ITransformer, ITransformerConfig
+from models.nets.transformer import Transformer, TransformerConfig
 
 
 def _forecaster(tmp_path, model, channels=3) -> Forecaster:
@@ -25,7 +25,9 @@ def _forecaster(tmp_path, model, channels=3) -> Forecaster:
     "model",
     [
         ITransformer(ITransformerConfig(lookback=16, horizon=4, d_model=32, n_heads=4, d_ff=32)),
-        Transformer(TransformerConfig(lookback=16, horizon=4, n_variates=3, label_len=8, d_model=32, n_heads=4, d_ff=32)),
+        Transformer(
+            TransformerConfig(lookback=16, horizon=4, n_variates=3, label_len=8, d_model=32, n_heads=4, d_ff=32)
+        ),
     ],
 )
 def test_the_traced_forward_matches_eager_at_every_batch_size(tmp_path, model) -> None:

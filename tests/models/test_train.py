@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from models.data import Windows
-from models.itransformer import ITransformer, ITransformerConfig
+from models.nets.itransformer import ITransformer, ITransformerConfig
 from models.train import TrainConfig, train
 
 
@@ -28,28 +28,3 @@ def test_early_stopping_keeps_the_best_epoch(multi_sine) -> None:
     vals = [h["val_loss"] for h in result.history]
     assert result.best_val_loss == min(vals)
     assert result.epochs < 30 or vals[-1] == min(vals)
-
-
-def test_fit_checkpoint_on_a_csv_with_an_entity_column(tmp_path, multi_sine) -> None:
-    import datetime as dt
-
-    import numpy as np
-    import polars as pl
-
-    from models.forecaster import Forecaster
-    from models.train import fit_checkpoint
-
-    times = [dt.datetime(2026, 1, 1) + dt.timedelta(hours=i) for i in range(len(multi_sine))]
-    frames = [
-        pl.DataFrame({"time": times, "site": site, **{f"c{j}": multi_sine[:, j] + k for j in range(4)}})
-        for k, site in enumerate(["north", "south"])
-    ]
-    csv = tmp_path / "sites.csv"
-    pl.concat(frames).write_csv(csv)
-    out = tmp_path / "ckpt"
-    result = fit_checkpoint(csv, out, 24, 6, entity_column="site", model_cfg={"d_model": 32, "n_heads": 4, "d_ff": 32},
-                            cfg=TrainConfig(epochs=2, lr=1e-3, progress=False), log=lambda _m: None)
-    assert set(result["metrics"]) == {"itransformer", "persistence", "mean"}
-    f = Forecaster.from_checkpoint(out, device="cpu")
-    assert f.channels == ["c0", "c1", "c2", "c3"] and f.lookback == 24 and f.horizon == 6
-    assert f.predict(np.asarray(multi_sine[None, :24], dtype=np.float32)).shape == (1, 6, 4)

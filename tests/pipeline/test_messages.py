@@ -6,7 +6,15 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline.messages import MAX_TS_MS, BadReading, encode_dead_letter, encode_forecast, format_ts, parse_reading, parse_ts
+from pipeline.messages import (
+    MAX_TS_MS,
+    BadReading,
+    encode_dead_letter,
+    encode_forecast,
+    format_ts,
+    parse_reading,
+    parse_ts,
+)
 
 CH = ["temp", "pressure"]
 

@@ -14,7 +14,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.messages import REASONS, BadReading, encode_dead_letter, encode_forecast, format_ts, parse_reading, parse_ts
+from pipeline.messages import (
+    REASONS,
+    BadReading,
+    encode_dead_letter,
+    encode_forecast,
+    format_ts,
+    parse_reading,
+    parse_ts,
+)
+from tests.fixtures.payloads import json_values, readings, to_bytes
 
 CH = ["temp", "pressure"]
 BOUNDS = (np.array([-1e9, -10.0]), np.array([1e9, 10.0]))
@@ -36,49 +45,10 @@ def decode_or_refuse(raw: bytes | None) -> str:
     assert np.isfinite(reading.values).all()
     assert ((reading.values >= BOUNDS[0]) & (reading.values <= BOUNDS[1])).all()
     assert parse_ts(format_ts(reading.ts_ms)) == reading.ts_ms
-    orjson.loads(encode_forecast(reading.entity, reading.ts_ms, CH, np.zeros((2, 3), np.float32), "m", "1", format_ts(0)))
+    orjson.loads(
+        encode_forecast(reading.entity, reading.ts_ms, CH, np.zeros((2, 3), np.float32), "m", "1", format_ts(0))
+    )
     return "ok"
-
-
-# -- strategies ------------------------------------------------------------------------------------
-
-every_char = st.characters(codec=None, categories=None)  # every plane, lone surrogates included
-numbers = st.one_of(
-    st.integers(),
-    st.integers(min_value=-(10**450), max_value=10**450),  # huge integers
-    st.floats(allow_nan=True, allow_infinity=True),  # huge, tiny, NaN, ±Infinity
-    st.floats(min_value=-1e-300, max_value=1e-300),
-)
-scalars = st.one_of(st.none(), st.booleans(), numbers, st.text(every_char, max_size=20))
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(every_char, max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
-timestamps = st.one_of(
-    st.integers(min_value=-(10**20), max_value=10**20),
-    st.datetimes(timezones=st.timezones() | st.none()).map(lambda d: d.isoformat()),
-    json_values,
-)
-channel_values = st.one_of(numbers, st.floats(min_value=-20, max_value=20), json_values)
-readings = st.fixed_dictionaries(
-    {
-        "entity": st.one_of(st.text(every_char, min_size=1, max_size=300), json_values),
-        "ts": timestamps,
-        "values": st.one_of(
-            st.fixed_dictionaries({c: channel_values for c in CH}),
-            st.dictionaries(st.sampled_from(CH + ["rpm", ""]), channel_values, max_size=4),
-            json_values,
-        ),
-    },
-    optional={"extra": json_values},
-)
-
-
-def to_bytes(doc: object, ascii_only: bool) -> bytes:
-    """Python's json writes what orjson will not: NaN, Infinity, huge integers, lone surrogates."""
-    text = json.dumps(doc, ensure_ascii=ascii_only, allow_nan=True)
-    return text.encode("utf-8", "surrogatepass")  # raw surrogates make invalid UTF-8, on purpose
 
 
 # -- properties ------------------------------------------------------------------------------------
@@ -126,9 +96,18 @@ BIG = "9" * 400
     "raw, reason",
     [
         (b"[" * 1100, "not_json"),  # orjson refuses the depth; json.loads raised RecursionError
-        (f'{{"entity": "a", "ts": 1, "values": {{"temp": {BIG}, "pressure": 1}}}}'.encode(), "out_of_range"),  # OverflowError
-        (f'{{"entity": "a", "ts": {BIG}, "values": {{"temp": 1, "pressure": 1}}}}'.encode(), "bad_timestamp"),  # OverflowError
-        (b'{"entity": "a", "ts": 1, "values": {"temp": ' + b"9" * 5000 + b', "pressure": 1}}', "out_of_range"),  # int digit limit
+        (
+            f'{{"entity": "a", "ts": 1, "values": {{"temp": {BIG}, "pressure": 1}}}}'.encode(),
+            "out_of_range",
+        ),  # OverflowError
+        (
+            f'{{"entity": "a", "ts": {BIG}, "values": {{"temp": 1, "pressure": 1}}}}'.encode(),
+            "bad_timestamp",
+        ),  # OverflowError
+        (
+            b'{"entity": "a", "ts": 1, "values": {"temp": ' + b"9" * 5000 + b', "pressure": 1}}',
+            "out_of_range",
+        ),  # int digit limit
         (b'{"entity": "a", "ts": 1, "values": {"temp": 3e38, "pressure": 3e38}}', "out_of_range"),  # finite, absurd
         (b'{"entity": "a", "ts": 1, "values": {"temp": 1, "pressure": 11}}', "out_of_range"),  # past the model's range
         (b'{"entity": "a", "ts": 1, "values": {"temp": 1e39, "pressure": 1}}', "out_of_range"),  # beyond float32
@@ -137,7 +116,10 @@ BIG = "9" * 400
         (b'{"entity": "a", "ts": "9999-12-31T23:59:59-01:00", "values": {"temp": 1, "pressure": 1}}', "bad_timestamp"),
         (b'{"entity": "a", "ts": 1, "values": {"temp": Infinity, "pressure": 1}}', "non_finite"),
         (b'{"entity": "a", "ts": 1, "values": {"temp": -Infinity, "pressure": 1}}', "non_finite"),
-        (b'{"entity": "a", "ts": 1, "entity": 5, "values": {"temp": 1, "pressure": 1}}', "bad_entity"),  # the last key wins
+        (
+            b'{"entity": "a", "ts": 1, "entity": 5, "values": {"temp": 1, "pressure": 1}}',
+            "bad_entity",
+        ),  # the last key wins
         (b'{"entity": "a", "ts": 1, "values": {"temp": 1, "pressure": 1, "temp": "x"}}', "bad_values"),
     ],
 )

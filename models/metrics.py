@@ -1,0 +1,34 @@
+"""Forecast error: MSE and MAE, per horizon step and overall, on a set of windows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Metrics:
+    mse: float
+    mae: float
+    mse_per_step: list[float]
+    mae_per_step: list[float]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, windows, device: torch.device | str = "cpu", batch_size: int = 256) -> Metrics:
+    device = torch.device(device)
+    model.eval()
+    se = ae = None
+    count = 0
+    for start in range(0, len(windows), batch_size):
+        x, y = windows.batch(torch.arange(start, min(start + batch_size, len(windows))))
+        pred = model(x.to(device)).float().cpu()
+        err = pred - y  # (B, H, N)
+        se_b, ae_b = (err**2).sum(dim=(0, 2)), err.abs().sum(dim=(0, 2))  # per horizon step
+        se = se_b if se is None else se + se_b
+        ae = ae_b if ae is None else ae + ae_b
+        count += y.shape[0] * y.shape[2]
+    mse_steps, mae_steps = (se / count).tolist(), (ae / count).tolist()
+    return Metrics(sum(mse_steps) / len(mse_steps), sum(mae_steps) / len(mae_steps), mse_steps, mae_steps)

@@ -1,0 +1,81 @@
+"""The MLflow model registry, as sensorcast uses it: log a checkpoint as a registered version, move
+an alias, ask which version an alias points at, and fetch a version's checkpoint folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from models.checkpoint import META, read_meta
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+
+
+def log_checkpoint(
+    folder: Path,
+    name: str,
+    *,
+    alias: str | None = None,
+    metrics: dict[str, float] | None = None,
+    experiment: str = "sensorcast",
+) -> str:
+    """Log the checkpoint in the active run (or a new one in `experiment`) and register it; returns
+    the version."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    meta = read_meta(folder)
+    active = mlflow.active_run()
+    if active is None:
+        mlflow.set_experiment(experiment)  # by name in the current store, never a cached id from another
+        mlflow.start_run(run_name=f"register-{name}")
+    try:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"checkpoint": str(folder)},
+            pip_requirements=["torch", "safetensors", "numpy", "pandas"],
+            registered_model_name=name,
+            metadata={"architecture": meta.architecture, "channels": meta.channels},
+        )
+        if metrics:
+            mlflow.log_metrics(metrics)
+    finally:
+        if active is None:
+            mlflow.end_run()
+    version = str(info.registered_model_version)
+    if alias:
+        MlflowClient().set_registered_model_alias(name, alias, version)
+    return version
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry did not answer (server down, network, storage): not the same as "no such alias"."""
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version `name@alias` points at; None when the model or the alias does not exist. Raises
+    RegistryUnavailable for anything else, so a caller never mistakes an outage for "no alias"."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException as e:
+        missing = e.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+            e.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(e) and "not found" in str(e)
+        )
+        if missing:
+            return None
+        raise RegistryUnavailable(f"the model registry did not answer for {name}@{alias}: {e}") from e
+    except Exception as e:  # e.g. a broken SQLite file, a proxy speaking HTML
+        raise RegistryUnavailable(
+            f"the model registry did not answer for {name}@{alias}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def download_checkpoint(name: str, version: str, dst: Path) -> Path:
+    """Fetch the version's artifacts and return the folder that holds model.json."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    found = [p.parent for p in local.rglob(META)]
+    if not found:
+        raise FileNotFoundError(f"models:/{name}/{version} holds no sensorcast checkpoint ({META})")
+    return found[0]

@@ -1,0 +1,65 @@
+"""What a training run leaves in MLflow: parameters, per-epoch losses, test metrics beside the
+naive baselines, a forecast plot, and the checkpoint as a registered model version."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from models.fit import FitResult
+from models.mlflow.registry import log_checkpoint
+
+
+def forecast_plot(sample: dict[str, np.ndarray], channels: list[str], path: Path) -> Path:
+    """History, actual future and forecast, one panel per channel: easier to judge than a table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist, actual, pred = sample["history"], sample["actual"], sample["forecast"]
+    L, H = hist.shape[0], actual.shape[0]
+    fig, axes = plt.subplots(len(channels), 1, figsize=(10, 1.8 * len(channels)), sharex=True)
+    for i, (ax, ch) in enumerate(zip(np.atleast_1d(axes), channels, strict=True)):
+        ax.plot(range(L), hist[:, i], color="0.4", lw=1, label="history")
+        ax.plot(range(L, L + H), actual[:, i], color="tab:blue", lw=1.5, label="actual")
+        ax.plot(range(L, L + H), pred[:, i], color="tab:orange", lw=1.5, ls="--", label="forecast")
+        ax.set_ylabel(ch, rotation=0, ha="right")
+    np.atleast_1d(axes)[0].legend(loc="upper left", ncol=3, fontsize=8)
+    np.atleast_1d(axes)[-1].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def beats_baselines(metrics: dict[str, dict[str, float]], model: str = "itransformer") -> bool:
+    return all(metrics[model]["mse"] < m["mse"] for name, m in metrics.items() if name != model)
+
+
+def log_training_run(
+    result: FitResult, *, name: str, params: dict, experiment: str = "sensorcast", alias: str | None = "champion"
+) -> dict:
+    """Log one fit_checkpoint result as an MLflow run and register its checkpoint. The alias moves
+    only when the model beats every naive baseline on the held-out split."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"train-{name}") as run:
+        mlflow.log_params(params)
+        for rec in result.train.history:
+            mlflow.log_metrics(
+                {"train_loss": rec["train_loss"], "val_loss": rec["val_loss"], "lr": rec["lr"]}, step=rec["epoch"]
+            )
+        for model, m in result.metrics.items():
+            mlflow.log_metrics({f"test_mse_{model}": m["mse"], f"test_mae_{model}": m["mae"]})
+        mlflow.log_metric("train_seconds", result.train.seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(forecast_plot(result.sample, result.channels, Path(tmp) / "forecast.png")))
+        promote = beats_baselines(result.metrics)
+        version = log_checkpoint(result.checkpoint, name, alias=alias if promote else None)
+        mlflow.set_tag("promoted", str(promote))
+    return {"run_id": run.info.run_id, "version": version, "promoted": promote}

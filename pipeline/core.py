@@ -1,0 +1,208 @@
+"""The service core: a micro-batch of raw records in, forecast and dead-letter messages out.
+
+It knows nothing of Kafka: `prepare` (parse, validate, window, stage) → `forecast` (the forward
+pass, safe on another thread) → `finish` (encode). pipeline/loop.py drives it from any Source/Sink.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.messages import BadReading, encode_dead_letter, encode_forecast, format_ts, parse_reading
+from pipeline.records import Outgoing, Record
+from pipeline.windows import EntityWindows
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    forecasts_topic: str = "sensors.forecasts"
+    dlq_topic: str = "sensors.dlq"
+    max_batch: int = 256
+    max_wait_ms: float = 2.0
+    max_payload_bytes: int = 64 * 1024
+    max_fill_steps: int = 3
+    interval_ms: int | None = None
+    commit_interval_ms: float = 250.0
+
+    @classmethod
+    def from_settings(cls, s) -> ServiceConfig:
+        return cls(
+            forecasts_topic=s.forecasts_topic,
+            dlq_topic=s.dlq_topic,
+            max_batch=s.max_batch,
+            max_wait_ms=s.max_wait_ms,
+            max_payload_bytes=s.max_payload_bytes,
+            max_fill_steps=s.max_fill_steps,
+            interval_ms=int(s.reading_interval_s * 1000) if s.reading_interval_s else None,
+            commit_interval_ms=s.commit_interval_ms,
+        )
+
+
+class Model(Protocol):
+    """What the core needs of a model: `models.forecaster.Forecaster` is one."""
+
+    channels: list[str]
+    lookback: int
+    horizon: int
+    name: str
+    version: str
+    input_bounds: tuple[np.ndarray, np.ndarray] | None  # (low, high) per channel, or None: any float32
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class BatchStats:
+    readings: int = 0
+    forecasts: int = 0
+    buffered: int = 0  # valid readings still warming an entity's window
+    dead: dict[str, int] = field(default_factory=dict)
+    filled: int = 0
+    resets: int = 0
+    inference_s: float = 0.0
+    batch_rows: int = 0
+
+
+class ModelSlot:
+    """Holds the serving model; a swap is one reference assignment, so a batch in flight keeps the
+    model it started with and the next batch gets the new one."""
+
+    def __init__(self, model: Model):
+        self._model = model
+
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    def swap(self, new: Model) -> Model:
+        old = self._model
+        if new.channels != old.channels or new.lookback != old.lookback:
+            raise ValueError(
+                f"new model {new.name} v{new.version} expects channels {new.channels} and lookback {new.lookback}; "
+                f"the serving windows hold {old.channels} with lookback {old.lookback}: "
+                "restart the service to change them"
+            )
+        self._model = new
+        return old
+
+
+@dataclass
+class StagedBatch:
+    """A batch between prepare and finish: its dead letters, and the staged windows to forecast."""
+
+    records: list[Record]
+    model: Model
+    x: np.ndarray  # (len(ready), L, N), a view of a staging buffer
+    ready: list[tuple[str, int, bytes, Record]]  # (entity, ts, key, record) of each row of x
+    out: list[Outgoing]
+    stats: BatchStats
+
+
+class ForecastCore:
+    """Pure logic of one micro-batch: every record becomes a forecast, a buffered reading, or a dead letter."""
+
+    def __init__(self, slot: ModelSlot, cfg: ServiceConfig):
+        self.slot = slot
+        self.cfg = cfg
+        m = slot.model
+        self.channels = list(m.channels)
+        self.windows = EntityWindows(
+            len(self.channels), m.lookback, max_fill_steps=cfg.max_fill_steps, interval_ms=cfg.interval_ms
+        )
+        # two staging buffers: the loop prepares the next batch while the previous one is forecast
+        self._staging = [np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32) for _ in range(2)]
+        self._flip = 0
+
+    def process(self, records: list[Record], now_ms: int | None = None) -> tuple[list[Outgoing], BatchStats]:
+        """One batch start to end: prepare → forecast → finish."""
+        batch = self.prepare(records)
+        return self.finish(batch, *self.forecast(batch), now_ms=now_ms)
+
+    def prepare(self, records: list[Record]) -> StagedBatch:
+        """Parse, validate and window every record; stage the windows of those ready to forecast."""
+        model = self.slot.model  # one model for the whole batch
+        stats = BatchStats(readings=sum(not r.replay for r in records))
+        out: list[Outgoing] = []
+        ready: list[tuple[str, int, bytes, Record]] = []  # (entity, ts, key, record) in record order
+        bounds = model.input_bounds
+        self._flip ^= 1
+        x = self._staging[self._flip]
+        if len(records) > x.shape[0]:
+            x = self._staging[self._flip] = np.zeros(
+                (len(records), model.lookback, len(self.channels)), dtype=np.float32
+            )
+        for rec in records:
+            if rec.replay:
+                self._replay(rec)
+                continue
+            try:
+                reading = parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, bounds)
+                pushed = self.windows.push(reading)
+            except BadReading as bad:
+                self._dead_letter(bad, rec, out, stats)
+                continue
+            stats.filled += pushed.filled
+            stats.resets += int(pushed.reset)
+            if not pushed.ready:
+                stats.buffered += 1
+                continue
+            # copy now: a later reading of the same entity in this batch moves its window on
+            x[len(ready)] = self.windows.window(reading.entity)
+            ready.append((reading.entity, reading.ts_ms, rec.key or reading.entity.encode(), rec))
+        return StagedBatch(records, model, x[: len(ready)], ready, out, stats)
+
+    @staticmethod
+    def forecast(batch: StagedBatch) -> tuple[np.ndarray | None, float]:
+        """The forward pass alone, safe to run on another thread than prepare and finish."""
+        if not batch.ready:
+            return None, 0.0
+        started = time.perf_counter()
+        pred = batch.model.predict(batch.x)  # (B, H, N)
+        return pred, time.perf_counter() - started
+
+    def finish(
+        self, batch: StagedBatch, pred: np.ndarray | None, inference_s: float, now_ms: int | None = None
+    ) -> tuple[list[Outgoing], BatchStats]:
+        """Encode the batch's forecasts after its dead letters. A row whose forecast holds NaN or inf
+        becomes a dead letter (`non_finite_forecast`): a forecast never carries a non-finite number."""
+        out, stats, model = batch.out, batch.stats, batch.model
+        if batch.ready:
+            stats.inference_s = inference_s
+            stats.batch_rows = len(batch.ready)
+            per_channel = np.ascontiguousarray(pred.transpose(0, 2, 1))  # (B, N, H): rows go out as lists
+            finite = np.isfinite(per_channel).all(axis=(1, 2))
+            produced = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))  # once a batch
+            for i, (entity, ts, key, rec) in enumerate(batch.ready):
+                if not finite[i]:
+                    bad = BadReading(
+                        "non_finite_forecast",
+                        f"{model.name} v{model.version} forecast NaN or inf for {entity} at {format_ts(ts)}",
+                    )
+                    self._dead_letter(bad, rec, out, stats)
+                    continue
+                value = encode_forecast(entity, ts, self.channels, per_channel[i], model.name, model.version, produced)
+                out.append(Outgoing(self.cfg.forecasts_topic, key, value))
+                stats.forecasts += 1
+        return out, stats
+
+    def _dead_letter(self, bad: BadReading, rec: Record, out: list[Outgoing], stats: BatchStats) -> None:
+        stats.dead[bad.reason] = stats.dead.get(bad.reason, 0) + 1
+        out.append(
+            Outgoing(
+                self.cfg.dlq_topic, rec.key, encode_dead_letter(bad, rec.topic, rec.partition, rec.offset, rec.value)
+            )
+        )
+
+    def _replay(self, rec: Record) -> None:
+        """A reading handled before this process started: rebuild its entity's window only. Its
+        forecast or dead letter was published then; errors now are the same ones, already reported."""
+        try:
+            self.windows.push(
+                parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, self.slot.model.input_bounds)
+            )
+        except BadReading:
+            pass

@@ -1,0 +1,32 @@
+"""The only code that knows a Kafka client: factories and topics (clients), the service's Source
+(source) and Sink (sink), and topic readers for tools and tests (reader)."""
+
+from pipeline.kafka.clients import (
+    KafkaUnavailable,
+    close_producer,
+    ensure_topics,
+    flush_producer,
+    make_admin,
+    make_consumer,
+    make_producer,
+    partitions_of,
+)
+from pipeline.kafka.reader import TopicCollector, topic_reader
+from pipeline.kafka.sink import KafkaSink
+from pipeline.kafka.source import KafkaSource, kafka_source
+
+__all__ = [
+    "KafkaSink",
+    "KafkaSource",
+    "KafkaUnavailable",
+    "TopicCollector",
+    "close_producer",
+    "ensure_topics",
+    "flush_producer",
+    "kafka_source",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+    "partitions_of",
+    "topic_reader",
+]

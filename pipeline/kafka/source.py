@@ -1,0 +1,144 @@
+"""The service's Source over Kafka: read readings, rehydrate windows on start, commit to the group."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+
+from pipeline.kafka.clients import KafkaUnavailable, make_consumer, partitions_of
+from pipeline.records import Record
+from pipeline.settings import Settings
+
+log = logging.getLogger("sensorcast.kafka")
+
+
+class KafkaSource:
+    """pipeline.records.Source over two KafkaConsumers: a group-less `fetcher` reads, a `committer`
+    in the consumer group commits.
+
+    Why two: kafka-python 3 makes every poll of a grouped consumer wait on its I/O thread to
+    confirm the group coordinator, about 8% of the serving loop under load; a group-less consumer
+    skips that, and the committer talks to the coordinator only on commits.
+
+    Partitions are assigned explicitly (all of the topic's, or the `partitions` given), not by
+    group rebalancing: kafka-python 3.0 was seen to stall for good in a rejoin right after its first
+    commit (assignment made before topic metadata arrived, then a rebalance that never completed).
+    Offsets are still committed to the consumer group, so a restart resumes where it stopped.
+
+    On start each partition is rewound up to `rehydrate_records` before its committed offset and
+    those records are marked as replays, so the windows that a previous process held are rebuilt
+    before new readings are forecast: a restart costs no forecasts."""
+
+    def __init__(
+        self,
+        fetcher: KafkaConsumer,
+        committer: KafkaConsumer,
+        topic: str,
+        rehydrate_records: int = 0,
+        partitions: list[int] | None = None,
+        timeout_s: float = 30.0,
+        new_group_from: str = "earliest",
+    ):
+        self.fetcher, self.committer = fetcher, committer
+        self.replay_until: dict[TopicPartition, int] = {}
+        self._position: dict[TopicPartition, int] = {}  # next offset to read, per partition
+        self._committed: dict[TopicPartition, int] = {}
+        self._last_unstick = 0.0
+        tps = [
+            tp for tp in partitions_of(fetcher, topic, timeout_s) if partitions is None or tp.partition in partitions
+        ]
+        fetcher.assign(tps)
+        beginnings = fetcher.beginning_offsets(tps)
+        ends = fetcher.end_offsets(tps)
+        for tp in tps:
+            committed = committer.committed(tp)
+            if committed is None:  # a new group: from the topic's start, or only what comes next
+                start = beginnings[tp] if new_group_from == "earliest" else ends[tp]
+            else:
+                self._committed[tp] = committed
+                start = max(beginnings[tp], committed - rehydrate_records)
+                if start < committed:
+                    self.replay_until[tp] = committed
+            fetcher.seek(tp, start)
+            self._position[tp] = start
+
+    def poll(self, max_records: int, timeout_ms: float):
+        batches = self.fetcher.poll(timeout_ms=int(max(timeout_ms, 0)), max_records=max_records)
+        if not batches:
+            self._unstick()
+        out = []
+        for tp, records in batches.items():
+            if not records:
+                continue
+            until = self.replay_until.get(tp)
+            out.extend(
+                Record(
+                    r.value, r.key, r.topic, r.partition, r.offset, r.timestamp, until is not None and r.offset < until
+                )
+                for r in records
+            )
+            self._position[tp] = records[-1].offset + 1
+            if until is not None and records[-1].offset + 1 >= until:
+                del self.replay_until[tp]
+        return out
+
+    def _unstick(self) -> None:
+        """kafka-python 3 can stall after a fetched batch while a partition awaits offset validation
+        (dpkp/kafka-python#3106: empty polls, lag growing); position() waits for that validation.
+        Ask for it at most once a second, only when a poll came back empty."""
+        now = time.monotonic()
+        if now - self._last_unstick < 1.0:
+            return
+        self._last_unstick = now
+        for tp in self.fetcher.assignment():
+            self.fetcher.position(tp)
+
+    def commit(self) -> None:
+        """Commit every partition read past its last commit (the loop calls this only once all
+        that was polled is published and confirmed)."""
+        moved = {tp: pos for tp, pos in self._position.items() if self._committed.get(tp) != pos}
+        if moved:
+            self.committer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in moved.items()})
+            self._committed.update(moved)
+
+    def lag(self) -> int | None:
+        """Messages behind the high watermarks the last fetches reported: local state, no request
+        to the broker on the serving path."""
+        total, known = 0, False
+        for tp in self.fetcher.assignment():
+            high = self.fetcher.highwater(tp)
+            if high is None:
+                continue
+            known = True
+            total += max(0, high - self._position[tp])
+        return total if known else None
+
+    def close(self) -> None:
+        self.fetcher.close()
+        self.committer.close()
+
+
+def kafka_source(settings: Settings, **overrides: Any) -> KafkaSource:
+    """The service's source as the settings describe it: topic, group, partitions, rehydration."""
+    fetcher = make_consumer(settings, group=None, **{"max_poll_records": settings.max_batch, **overrides})
+    try:
+        committer = make_consumer(settings)
+    except KafkaUnavailable:
+        fetcher.close()
+        raise
+    try:
+        return KafkaSource(
+            fetcher,
+            committer,
+            settings.readings_topic,
+            settings.rehydrate_records,
+            partitions=settings.partition_list,
+            new_group_from=settings.offset_reset,
+        )
+    except Exception:
+        fetcher.close()
+        committer.close()
+        raise

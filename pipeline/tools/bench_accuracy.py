@@ -1,0 +1,115 @@
+"""The accuracy benchmark's two protocols (`sensorcast bench accuracy`).
+
+`seed`: lookback 10, horizon 1, first 80% of rows to train, last 20% to test, raw values.
+`standard`: the Time-Series-Library protocol, lookback 96, horizons 96/192/336/720, standardized by
+the training split. Every row of results carries the naive baselines beside the networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.data import Prepared, Split, load_table, prepare, split_for
+from models.device import pick_device
+from models.metrics import evaluate
+from models.nets import NAIVE, ITransformer, ITransformerConfig, Transformer, TransformerConfig
+from models.train import TrainConfig, train
+
+# -- model sizes for the benchmark (chosen so `--protocol standard --horizons 96` fits 5 min on 2 cores)
+
+
+def itransformer_for(lookback: int, horizon: int, n_variates: int, protocol: str) -> ITransformer:
+    if protocol == "seed":
+        cfg = ITransformerConfig(lookback, horizon, d_model=64, n_heads=4, e_layers=2, d_ff=128, dropout=0.1)
+    else:
+        cfg = ITransformerConfig(lookback, horizon, d_model=256, n_heads=8, e_layers=2, d_ff=256, dropout=0.1)
+    return ITransformer(cfg)
+
+
+def transformer_for(lookback: int, horizon: int, n_variates: int, protocol: str) -> Transformer:
+    label = min(48, lookback // 2)
+    cfg = TransformerConfig(
+        lookback, horizon, n_variates, label, d_model=64, n_heads=4, e_layers=2, d_layers=1, d_ff=128, dropout=0.1
+    )
+    return Transformer(cfg)
+
+
+@dataclass
+class BenchRow:
+    model: str
+    horizon: int
+    mse: float
+    mae: float
+    train_seconds: float
+    epochs: int
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "horizon": self.horizon,
+            "mse": round(self.mse, 6),
+            "mae": round(self.mae, 6),
+            "train_seconds": round(self.train_seconds, 2),
+            "epochs": self.epochs,
+        }
+
+
+def seed_split(n: int, lookback: int) -> Split:
+    """First 80% to train (its last tenth held out for early stopping), last 20% to test."""
+    n_train = int(n * 0.8)
+    n_fit = int(n_train * 0.9)
+    return Split((0, n_fit), (n_fit - lookback, n_train), (n_train - lookback, n))
+
+
+def run_accuracy(
+    path: Path,
+    protocol: str,
+    horizons: list[int] | None = None,
+    models: tuple[str, ...] = ("itransformer", "transformer"),
+    split_override: str | None = None,
+    rows_limit: int | None = None,
+    train_cfg: TrainConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> list[BenchRow]:
+    frame = load_table(path)
+    if rows_limit:
+        frame = frame.head(rows_limit)
+    if protocol == "seed":
+        lookback, horizons, scale = 10, horizons or [1], False
+    elif protocol == "standard":
+        lookback, horizons, scale = 96, horizons or [96, 192, 336, 720], True
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; choose seed or standard")
+    device = pick_device(train_cfg.device if train_cfg else "auto")
+    rows: list[BenchRow] = []
+    for h in horizons:
+        split = (
+            seed_split(frame.height, lookback)
+            if protocol == "seed"
+            else split_for(path, frame.height, lookback, split_override)
+        )
+        data: Prepared = prepare(frame, lookback, h, split, scale=scale, path_hint=path)
+        n = len(data.channels)
+        for name, cls in NAIVE.items():
+            m = evaluate(cls(h), data.test)
+            rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
+        for name in models:
+            build = itransformer_for if name == "itransformer" else transformer_for
+            model = build(lookback, h, n, protocol)
+            cfg = train_cfg or default_train_config(name, protocol)
+            log(f"training {name} for horizon {h} on {path.name} ({len(data.train)} windows, {n} channels)")
+            result = train(model, data.train, data.val, cfg, desc=f"{name} H={h}")
+            m = evaluate(model, data.test, device)
+            rows.append(BenchRow(name, h, m.mse, m.mae, result.seconds, result.epochs))
+            log(f"  {name}: MSE {m.mse:.4f} MAE {m.mae:.4f} in {result.seconds:.0f} s, {result.epochs} epochs")
+    return rows
+
+
+def default_train_config(model: str, protocol: str) -> TrainConfig:
+    if protocol == "seed":
+        return TrainConfig(epochs=10, batch_size=32, lr=1e-3, schedule="cosine", patience=3)
+    if model == "itransformer":
+        return TrainConfig(epochs=10, batch_size=32, lr=1e-4, schedule="halve", patience=3, max_seconds=110)
+    return TrainConfig(epochs=6, batch_size=32, lr=1e-4, schedule="halve", patience=3, max_seconds=90)

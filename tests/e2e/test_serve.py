@@ -1,0 +1,219 @@
+"""The forecasting service against the real broker: counts, dead letters, hot swap, SIGTERM."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.kafka import ensure_topics
+from pipeline.messages import encode_reading
+from pipeline.serve import serve
+from pipeline.settings import Settings
+from pipeline.tools.child import ServeProcess
+
+pytestmark = pytest.mark.integration
+
+CH = ["temp", "pressure"]
+L, H = 8, 4
+HOUR = 3_600_000
+
+
+def readings(entities: int, steps: range) -> list[tuple[bytes, bytes]]:
+    return [
+        (f"e{e}".encode(), encode_reading(f"e{e}", s * HOUR, {"temp": 20.0 + s % 7 + e, "pressure": 1.0 + 0.1 * e}))
+        for s in steps
+        for e in range(entities)
+    ]
+
+
+@pytest.fixture
+def service_settings(kafka_settings: Settings, tiny_checkpoint) -> Settings:
+    s = kafka_settings.model_copy(
+        update={"model_uri": str(tiny_checkpoint()), "metrics_port": 0, "topic_partitions": 3}
+    )
+    ensure_topics(s)
+    return s
+
+
+def start_service(settings: Settings) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(settings, stop), daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def test_every_valid_reading_yields_exactly_one_forecast(service_settings: Settings, produce, collect) -> None:
+    forecasts = collect(service_settings, service_settings.forecasts_topic)
+    thread, stop = start_service(service_settings)
+    try:
+        produce(service_settings, readings(6, range(40)))
+        expected = 6 * (40 - (L - 1))
+        docs = forecasts.wait_for(expected)
+        time.sleep(1.5)  # anything extra would arrive now
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(keys) == expected == len(set(keys))
+    assert {d["entity"] for d in docs} == {f"e{e}" for e in range(6)}
+    assert all(d["horizon"] == H and set(d["forecast"]) == set(CH) and len(d["forecast"]["temp"]) == H for d in docs)
+    assert not thread.is_alive()
+
+
+BIG = "9" * 400
+BAD_PAYLOADS: list[
+    tuple[bytes | None, str]
+] = [  # every refusal reason the wire can carry, and the crashes of issue #12
+    (b"not json at all", "not_json"),
+    (b"", "empty"),
+    (None, "empty"),  # a tombstone
+    (b"\xff\xfe\x00binary", "not_json"),
+    (b"[" * 1100, "not_json"),  # crashed the service: RecursionError
+    (b"[1, 2, 3]", "not_an_object"),
+    (b'{"ts": 1, "values": {"temp": 1, "pressure": 1}}', "bad_entity"),
+    (b'{"entity": "\\ud800", "ts": 1, "values": {"temp": 1, "pressure": 1}}', "bad_entity"),  # a lone surrogate
+    (b'{"entity": "e0", "ts": "whenever", "values": {"temp": 1, "pressure": 1}}', "bad_timestamp"),
+    (
+        f'{{"entity": "e0", "ts": {BIG}, "values": {{"temp": 1, "pressure": 1}}}}'.encode(),
+        "bad_timestamp",
+    ),  # crashed: OverflowError
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": "warm", "pressure": 1}}', "bad_values"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": NaN, "pressure": 1}}', "non_finite"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": Infinity, "pressure": 1}}', "non_finite"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": -Infinity, "pressure": 1}}', "non_finite"),
+    (
+        f'{{"entity": "e0", "ts": 1, "values": {{"temp": {BIG}, "pressure": 1}}}}'.encode(),
+        "out_of_range",
+    ),  # crashed: OverflowError
+    (
+        b'{"entity": "e0", "ts": 1, "values": {"temp": 3e38, "pressure": 3e38}}',
+        "out_of_range",
+    ),  # finite, beyond the model
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": 1}}', "missing_channels"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1, "rpm": 5}}', "unknown_channels"),
+    (b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1}, "pad": "' + b"x" * 70_000 + b'"}', "oversized"),
+]
+
+
+def test_bad_input_lands_in_the_dead_letter_topic_while_valid_readings_flow(
+    service_settings: Settings, produce, collect
+) -> None:
+    good = readings(3, range(20))
+    going_back = [
+        (b"e1", encode_reading("e1", 5 * HOUR, {"temp": 1.0, "pressure": 1.0})),  # late
+        (b"e1", encode_reading("e1", 19 * HOUR, {"temp": 1.0, "pressure": 1.0})),
+    ]  # duplicate
+    bad = [(b"e0", payload) for payload, _ in BAD_PAYLOADS]
+    stream = good[:30] + bad[::2] + good[30:45] + bad[1::2] + good[45:] + going_back  # interleaved with valid readings
+    forecasts = collect(service_settings, service_settings.forecasts_topic)
+    dead = collect(service_settings, service_settings.dlq_topic)
+    thread, stop = start_service(service_settings)
+    try:
+        produce(service_settings, stream)
+        dead.wait_for(len(bad) + 2)
+        forecasts.wait_for(3 * (20 - (L - 1)))
+        time.sleep(1.0)
+        alive = thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert alive, "the service must keep running through every bad payload"
+    assert sorted(d["reason"] for d in dead.docs) == sorted(
+        [reason for _, reason in BAD_PAYLOADS] + ["late", "duplicate"]
+    )
+    assert all(d["topic"] == service_settings.readings_topic and d["offset"] >= 0 and d["error"] for d in dead.docs)
+    binary = next(d for d in dead.docs if d["payload_encoding"] == "base64")
+    assert binary["reason"] == "not_json"
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(keys) == len(set(keys)) == 3 * (20 - (L - 1)), "every valid reading after warm-up forecast exactly once"
+    assert not thread.is_alive(), "asked to stop, the service stops"
+
+
+def test_a_model_promoted_mid_stream_is_picked_up_with_no_reading_lost(
+    service_settings: Settings, mlflow_tracking: str, tiny_checkpoint, produce, collect
+) -> None:
+    from models.mlflow.registry import log_checkpoint
+
+    name = f"sc-{service_settings.consumer_group}"
+    assert log_checkpoint(tiny_checkpoint("v1", seed=1), name, alias="champion") == "1"
+    settings = service_settings.model_copy(
+        update={"model_uri": f"models:/{name}@champion", "model_poll_s": 0.3, "mlflow_tracking_uri": mlflow_tracking}
+    )
+    forecasts = collect(settings, settings.forecasts_topic)
+    thread, stop = start_service(settings)
+    try:
+        produce(settings, readings(4, range(0, 20)))
+        forecasts.wait_for(4 * (20 - (L - 1)))
+        assert {d["model"]["version"] for d in forecasts.docs} == {"1"}
+        assert log_checkpoint(tiny_checkpoint("v2", seed=2), name, alias="champion") == "2"
+        produce(settings, readings(4, range(20, 60)), rate=100)  # keeps flowing during the swap
+        docs = forecasts.wait_for(4 * (60 - (L - 1)))
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(keys) == len(set(keys)) == 4 * (60 - (L - 1)), "every reading forecast exactly once across the swap"
+    versions = [d["model"]["version"] for d in sorted(docs, key=lambda d: d["ts"])]
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert versions == sorted(versions), "once swapped, the new model serves every later reading"
+
+
+def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
+    service_settings: Settings, produce, collect, tmp_path: Path
+) -> None:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": service_settings.bootstrap_servers,
+        "SENSORCAST_READINGS_TOPIC": service_settings.readings_topic,
+        "SENSORCAST_FORECASTS_TOPIC": service_settings.forecasts_topic,
+        "SENSORCAST_DLQ_TOPIC": service_settings.dlq_topic,
+        "SENSORCAST_CONSUMER_GROUP": service_settings.consumer_group,
+        "SENSORCAST_METRICS_PORT": "0",
+    }
+    forecasts = collect(service_settings, service_settings.forecasts_topic)
+    steps = 200
+    produce(service_settings, readings(10, range(0, 20)))  # enough to warm every window
+    producer = threading.Thread(target=produce, args=(service_settings, readings(10, range(20, steps)), 400))
+    first = ServeProcess(service_settings.model_uri, env, tmp_path / "first.log").start()
+    second = ServeProcess(service_settings.model_uri, env, tmp_path / "second.log")
+    try:
+        forecasts.wait_for(1, timeout_s=60)  # the service is up and forecasting
+        producer.start()  # 1,800 more readings over 4.5 s: the signal lands mid-stream
+        time.sleep(1.5)
+        assert first.stop() == 0, first.output()[-3000:]
+        before_restart = len(forecasts.docs)
+        producer.join(timeout=60)
+        second.start()
+        expected = 10 * (steps - (L - 1))
+        forecasts.wait_for(expected, timeout_s=90, unique=True)
+        time.sleep(1.5)
+        assert second.stop() == 0, second.output()[-3000:]
+    finally:
+        first.stop()
+        second.stop()
+    assert 0 < before_restart < expected, "the first process should stop mid-stream"
+    keys = {(d["entity"], d["ts"]) for d in forecasts.docs}
+    assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast"
+    # at-least-once: a duplicate can only come from a batch published but not committed
+    assert len(forecasts.docs) - len(keys) <= 2 * 2000
+
+
+def test_two_instances_split_the_partitions_and_forecast_everything_once(
+    service_settings: Settings, produce, collect
+) -> None:
+    forecasts = collect(service_settings, service_settings.forecasts_topic)
+    a = start_service(service_settings.model_copy(update={"partitions": "0"}))
+    b = start_service(service_settings.model_copy(update={"partitions": "1,2"}))
+    try:
+        produce(service_settings, readings(9, range(30)))
+        forecasts.wait_for(9 * (30 - (L - 1)))
+        time.sleep(1.0)
+    finally:
+        for thread, stop in (a, b):
+            stop.set()
+            thread.join(timeout=30)
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(keys) == len(set(keys)) == 9 * (30 - (L - 1))

@@ -1,0 +1,98 @@
+"""The service core, in memory: records in, forecasts and dead letters out."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
+from pipeline.messages import encode_reading
+from pipeline.records import Record
+from tests.fixtures.fakes import LastValueModel
+
+CH = ["temp", "pressure"]
+HOUR = 3_600_000
+
+
+def reading(entity: str, step: int, value: float | None = None) -> Record:
+    v = float(step if value is None else value)
+    return Record(encode_reading(entity, step * HOUR, {"temp": v, "pressure": -v}), entity.encode(), offset=step)
+
+
+def core(model=None, **cfg) -> ForecastCore:
+    return ForecastCore(ModelSlot(model or LastValueModel(CH)), ServiceConfig(**cfg))
+
+
+def test_every_valid_reading_after_warm_up_yields_one_forecast() -> None:
+    c = core()
+    records = [reading(e, s) for s in range(10) for e in ("a", "b", "c")]
+    out, stats = c.process(records)
+    forecasts = [orjson.loads(m.value) for m in out if m.topic == "sensors.forecasts"]
+    assert stats.buffered == 3 * 3  # lookback 4: the first 3 readings of each entity warm it up
+    assert len(forecasts) == stats.forecasts == 3 * 7
+    assert not [m for m in out if m.topic == "sensors.dlq"]
+    assert c.slot.model.calls == [21]  # one forward pass for the whole micro-batch
+
+
+def test_same_entity_twice_in_a_batch_uses_each_readings_own_window() -> None:
+    c = core()
+    out, _ = c.process([reading("a", s) for s in range(6)])
+    docs = [orjson.loads(m.value) for m in out]
+    # LastValueModel forecasts last value + step: the forecast after reading s starts at s + 1
+    assert [d["forecast"]["temp"][0] for d in docs] == [4.0, 5.0, 6.0]
+    assert [d["ts"] for d in docs] == ["1970-01-01T03:00:00Z", "1970-01-01T04:00:00Z", "1970-01-01T05:00:00Z"]
+    assert docs[0]["forecast"]["pressure"] == [-2.0, -1.0, 0.0]
+    assert docs[0]["model"] == {"name": "fake", "version": "1"} and docs[0]["horizon"] == 3
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_valid_readings_keep_flowing() -> None:
+    c = core()
+    bad = [
+        Record(b"", offset=100),
+        Record(b"{nope", offset=101),
+        Record(b'{"entity": "a", "ts": 99, "values": {"temp": NaN, "pressure": 1}}', offset=102),
+        Record(b'{"entity": "a", "ts": 99, "values": {"temp": 1}}', offset=103),
+        Record(b'{"entity": "a", "ts": 99, "values": {"temp": 1, "pressure": 1, "x": 2}}', offset=104),
+        Record(b'{"entity": "a", "ts": "later", "values": {"temp": 1, "pressure": 1}}', offset=105),
+        Record(b"x" * 100_000, offset=106),
+    ]
+    good = [reading("a", s) for s in range(6)]
+    records = good[:3] + bad + good[3:] + [reading("a", 2), reading("a", 5)]  # then a late and a duplicate
+    out, stats = c.process(records)
+    dead = [orjson.loads(m.value) for m in out if m.topic == "sensors.dlq"]
+    assert [d["reason"] for d in dead] == [
+        "empty",
+        "not_json",
+        "non_finite",
+        "missing_channels",
+        "unknown_channels",
+        "bad_timestamp",
+        "oversized",
+        "late",
+        "duplicate",
+    ]
+    assert dead[1]["offset"] == 101 and dead[1]["payload"] == "{nope"
+    assert stats.forecasts == 3 and stats.buffered == 3
+    assert stats.forecasts + stats.buffered + sum(stats.dead.values()) == len(records)  # nothing silently dropped
+
+
+def test_model_swap_between_batches_and_a_mismatched_model_is_refused() -> None:
+    c = core()
+    c.process([reading("a", s) for s in range(4)])
+    c.slot.swap(LastValueModel(CH, version="2"))
+    out, _ = c.process([reading("a", 4)])
+    assert orjson.loads(out[0].value)["model"]["version"] == "2"
+    with pytest.raises(ValueError, match="restart"):
+        c.slot.swap(LastValueModel(["temp"], version="3"))
+
+
+def test_with_a_real_itransformer_forecaster(tiny_checkpoint) -> None:
+    from models.forecaster import Forecaster
+
+    forecaster = Forecaster.from_checkpoint(tiny_checkpoint(horizon=5), device="cpu")
+    c = core(forecaster)
+    out, stats = c.process([reading(e, s) for s in range(12) for e in ("x", "y")])
+    assert stats.forecasts == 2 * 5
+    doc = orjson.loads(out[-1].value)
+    assert len(doc["forecast"]["temp"]) == 5 and all(np.isfinite(doc["forecast"]["pressure"]))

@@ -1,0 +1,119 @@
+"""The service loop driven in memory: confirm before commit, commit cadence, pipelined forward pass."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+
+from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
+from pipeline.loop import run
+from pipeline.messages import encode_reading, parse_ts
+from pipeline.records import Record
+from pipeline.testing import MemorySink, MemorySource
+from tests.fixtures.fakes import LastValueModel
+
+CH = ["temp", "pressure"]
+HOUR = 3_600_000
+
+
+def reading(entity: str, step: int, value: float | None = None) -> Record:
+    v = float(step if value is None else value)
+    return Record(encode_reading(entity, step * HOUR, {"temp": v, "pressure": -v}), entity.encode(), offset=step)
+
+
+def core(model=None, **cfg) -> ForecastCore:
+    return ForecastCore(ModelSlot(model or LastValueModel(CH)), ServiceConfig(**cfg))
+
+
+class ConfirmCheckingSource(MemorySource):
+    """Fails the test if the loop commits while a published message is still unconfirmed."""
+
+    def __init__(self, records, sink: MemorySink):
+        super().__init__(records)
+        self.sink, self.commits = sink, 0
+
+    def commit(self) -> None:
+        assert not self.sink.pending, "committed before the sink confirmed every message"
+        self.commits += 1
+        super().commit()
+
+
+def test_run_confirms_before_every_commit_and_commits_all_on_stop() -> None:
+    sink = MemorySink()
+    source = ConfirmCheckingSource([reading(e, s) for s in range(20) for e in "abcd"], sink)
+    stop = threading.Event()
+
+    class StopWhenDrained:
+        def on_batch(self, stats, records, published_at):
+            if source.position == len(source.records):
+                stop.set()
+
+    # a long cadence: nothing is committed until the stop, and then everything is
+    handled = run(source, sink, core(max_batch=16, commit_interval_ms=60_000), stop, StopWhenDrained())
+    assert handled == 80
+    assert len(sink.on("sensors.forecasts")) == 4 * 17
+    assert source.committed == 80
+    assert source.commits == 1
+
+
+def test_run_commits_on_its_cadence_while_records_keep_coming() -> None:
+    sink = MemorySink()
+    source = ConfirmCheckingSource([reading(e, s) for s in range(50) for e in "abcd"], sink)
+    stop = threading.Event()
+
+    class SlowBatches:  # 5 ms a batch, 13 batches, a commit due every 20 ms
+        def on_batch(self, stats, records, published_at):
+            time.sleep(0.005)
+            if source.position == len(source.records):
+                stop.set()
+
+    run(source, sink, core(max_batch=16, commit_interval_ms=20), stop, SlowBatches())
+    assert source.committed == 200
+    assert 2 <= source.commits < 13  # on the cadence, not after every batch
+
+
+def test_run_commits_when_the_stream_goes_quiet() -> None:
+    sink = MemorySink()
+    source = ConfirmCheckingSource([reading(e, s) for s in range(5) for e in "ab"], sink)
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(source, sink, core(max_batch=16, commit_interval_ms=60_000), stop))
+    t.start()
+    deadline = time.monotonic() + 5
+    while source.committed < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    t.join(5)
+    assert source.committed == 10  # committed by the first empty poll, long before the cadence
+    assert source.commits >= 1
+
+
+def test_forward_passes_run_off_the_loop_thread_and_batches_land_in_order() -> None:
+    class SlowThreadNotingModel(LastValueModel):
+        def predict(self, x):
+            self.threads.add(threading.current_thread().name)
+            time.sleep(0.002)
+            return super().predict(x)
+
+    model = SlowThreadNotingModel(CH)
+    model.threads = set()
+    sink = MemorySink()
+    source = MemorySource([reading(e, s) for s in range(40) for e in "abc"])
+    stop = threading.Event()
+
+    class StopWhenDrained:
+        def on_batch(self, stats, records, published_at):
+            if source.position == len(source.records):
+                stop.set()
+
+    run(source, sink, core(model, max_batch=7), stop, StopWhenDrained())
+    assert model.threads and threading.current_thread().name not in model.threads
+    forecasts = [orjson.loads(m.value) for m in sink.on("sensors.forecasts")]
+    assert len(forecasts) == 3 * 37
+    for e in "abc":
+        stamps = [f["ts"] for f in forecasts if f["entity"] == e]
+        assert stamps == sorted(stamps) and len(set(stamps)) == 37
+    for f in forecasts:  # each forecast from its own window: no staging buffer reused while in flight
+        step = parse_ts(f["ts"]) // HOUR
+        assert f["forecast"]["temp"] == [step + 1.0, step + 2.0, step + 3.0]

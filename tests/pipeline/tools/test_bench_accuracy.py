@@ -1,0 +1,75 @@
+"""`sensorcast bench accuracy` end to end on slices of the real benchmark data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+
+def _bench(tmp_path, *args: str) -> dict:
+    out = tmp_path / "acc.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.tools.cli", "bench", "accuracy", *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_bench_accuracy_standard_runs_end_to_end_on_a_slice(tmp_path, shared_data) -> None:
+    doc = _bench(
+        tmp_path,
+        "--protocol",
+        "standard",
+        "--dataset",
+        "etth1",
+        "--horizons",
+        "24",
+        "--rows",
+        "2000",
+        "--split",
+        "7/1/2",
+        "--epochs",
+        "1",
+        "--shared-data",
+        str(shared_data),
+    )
+    assert doc["protocol"] == "standard"
+    models = {r["model"] for r in doc["results"]}
+    assert models == {"itransformer", "transformer", "persistence", "mean"}
+    for r in doc["results"]:
+        assert r["horizon"] == 24 and r["mse"] > 0 and r["mae"] > 0 and np.isfinite(r["mse"])
+        assert set(r) == {"model", "horizon", "mse", "mae", "train_seconds", "epochs"}
+
+
+def test_bench_accuracy_seed_protocol_says_persistence_is_hard_to_beat(tmp_path, shared_data) -> None:
+    doc = _bench(
+        tmp_path,
+        "--protocol",
+        "seed",
+        "--dataset",
+        "exchange",
+        "--rows",
+        "1500",
+        "--epochs",
+        "1",
+        "--shared-data",
+        str(shared_data),
+    )
+    assert {r["horizon"] for r in doc["results"]} == {1}
+    assert any("persistence" in n for n in doc["notes"])
+
+
+def test_unknown_protocol_is_a_clear_error() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.tools.cli", "bench", "accuracy", "--protocol", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1 and "unknown protocol" in res.stderr
