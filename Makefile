@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 KAFKA_JARS := infra/kafka/jars
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_LINK_MODE ?= hardlink
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: install kafka-jars lint format test test-unit test-integration demo bench bench-accuracy bench-latency stack-up stack-down clean
 

@@ -1,7 +1,6 @@
-"""Prefect flows: retraining on a schedule and on demand, and the promotion gate.
+"""Prefect flows: retraining from the stream, gated promotion.
 
-Not built yet (the retraining issue follows). The pieces they will compose already exist:
-`models.fit.fit_checkpoint` (train on a frame, write a checkpoint), `models.mlflow.tracking.log_training_run`
-(MLflow run, registered version, @champion only when it beats the naive baselines) and the service's
-`pipeline.model_source.ModelWatcher`, which picks up a moved alias without a restart.
+`window` pulls and aligns a training window from Kafka, `gate` splits, scores and decides (pure),
+`retrain` is the flow that composes them with the training loop, MLflow and the announcement the
+running service follows. Importable from tools; never imported by the service.
 """

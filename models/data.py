@@ -192,6 +192,29 @@ class Scaler:
         return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64))
 
 
+# -- time features ---------------------------------------------------------------------------------
+
+
+def time_features(times: np.ndarray) -> np.ndarray:
+    """The Time-Series-Library's `timeF` encoding: calendar position scaled to [-0.5, 0.5].
+    Hourly (or finer) data gets hour of day, day of week, day of month, day of year; daily data
+    drops the hour. (T,) datetime64 → (T, 4 or 3) float32."""
+    t = pl.Series(np.asarray(times, dtype="datetime64[ms]"))
+    columns = [
+        (t.dt.weekday().to_numpy() - 1) / 6.0 - 0.5,
+        (t.dt.day().to_numpy() - 1) / 30.0 - 0.5,
+        (t.dt.ordinal_day().to_numpy() - 1) / 365.0 - 0.5,
+    ]
+    if len(t) > 1 and (np.diff(np.asarray(times, dtype="datetime64[ms]").astype(np.int64)) < 86_400_000).any():
+        columns.insert(0, t.dt.hour().to_numpy() / 23.0 - 0.5)
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def wants_time_features(model: torch.nn.Module) -> bool:
+    """Whether a network's forward takes (x, x_mark, y_mark): the Transformer built with time features."""
+    return getattr(getattr(model, "cfg", None), "n_time_features", 0) > 0
+
+
 # -- windows -------------------------------------------------------------------------------------
 
 
@@ -201,14 +224,18 @@ class Windows(torch.utils.data.Dataset):
     Several series (one per entity) are kept apart, so no window straddles two entities.
     """
 
-    def __init__(self, series: list[np.ndarray], lookback: int, horizon: int):
+    def __init__(self, series: list[np.ndarray], lookback: int, horizon: int, marks: list[np.ndarray] | None = None):
         self.lookback, self.horizon = lookback, horizon
         size = lookback + horizon
         self.views: list[Tensor] = []
-        for s in series:
+        self.mark_views: list[Tensor] = []  # time features of the same windows, when given
+        for i, s in enumerate(series):
             t = torch.as_tensor(np.ascontiguousarray(s, dtype=np.float32))
             if t.shape[0] >= size:
                 self.views.append(t.unfold(0, size, 1))  # (num, N, L + H), a view
+                if marks is not None:
+                    m = torch.as_tensor(np.ascontiguousarray(marks[i], dtype=np.float32))
+                    self.mark_views.append(m.unfold(0, size, 1))
         if not self.views:
             raise DataError(f"no series is long enough for lookback {lookback} + horizon {horizon}")
         self.offsets = np.cumsum([0] + [v.shape[0] for v in self.views])
@@ -223,11 +250,27 @@ class Windows(torch.utils.data.Dataset):
 
     def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """A whole batch by fancy indexing, far cheaper than a DataLoader's per-item collate."""
-        if len(self.views) == 1:
-            w = self.views[0][index].transpose(1, 2)  # (B, L + H, N)
-        else:
-            w = torch.stack([torch.cat(self[int(i)], dim=0) for i in index])
+        w = self._gather(self.views, index)
         return w[:, : self.lookback], w[:, self.lookback :]
+
+    def model_batch(self, index: Tensor, with_marks: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
+        """(inputs, y): inputs are (x,), or (x, x_mark, y_mark) for a network that takes time features."""
+        x, y = self.batch(index)
+        if not with_marks:
+            return (x,), y
+        if not self.mark_views:
+            raise DataError("this network needs time features, and these windows were built without them")
+        m = self._gather(self.mark_views, index)
+        return (x, m[:, : self.lookback], m[:, self.lookback :]), y
+
+    def _gather(self, views: list[Tensor], index: Tensor) -> Tensor:
+        if len(views) == 1:
+            return views[0][index].transpose(1, 2)  # (B, L + H, N)
+        parts = []
+        for i in index:
+            k = int(np.searchsorted(self.offsets, int(i), side="right") - 1)
+            parts.append(views[k][int(i) - self.offsets[k]].T)
+        return torch.stack(parts)
 
 
 @dataclass
@@ -252,6 +295,7 @@ def prepare(
     channels: list[str] | None = None,
     scale: bool = True,
     path_hint: Path | None = None,
+    with_time_features: bool = False,
 ) -> Prepared:
     time_column = time_column or guess_time_column(frame)
     channels = channels or channel_columns(frame, time_column, entity_column)
@@ -260,6 +304,9 @@ def prepare(
         raise DataError(f"channels {missing} are not columns of the data ({frame.columns})")
     groups = frame.partition_by(entity_column, maintain_order=True) if entity_column else [frame]
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    marks: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    if with_time_features and not time_column:
+        raise DataError("time features need a time column")
     for g in groups:
         if time_column:
             g = g.sort(time_column)
@@ -274,6 +321,11 @@ def prepare(
         for name in parts:
             a, b = getattr(sp, name)
             parts[name].append(values[max(a, 0) : b])
+            if with_time_features:
+                marks[name].append(time_features(g[time_column].to_numpy()[max(a, 0) : b]))
     scaler = Scaler.fit(np.concatenate(parts["train"])) if scale else Scaler.identity(len(channels))
-    made = {k: Windows([scaler.transform(v) for v in vs], lookback, horizon) for k, vs in parts.items()}
+    made = {
+        k: Windows([scaler.transform(v) for v in vs], lookback, horizon, marks[k] if with_time_features else None)
+        for k, vs in parts.items()
+    }
     return Prepared(channels, scaler, made["train"], made["val"], made["test"])

@@ -82,6 +82,8 @@ class Forecaster:
     @classmethod
     def from_checkpoint(cls, folder: Path, device: str = "auto", version: str | None = None) -> Forecaster:
         model, meta = load(folder, device="cpu")
+        if meta.config.get("n_time_features", 0):
+            raise ValueError("checkpoints trained with time features are not servable yet; retrain without them")
         if meta.architecture == "itransformer" and meta.config.get("n_covariates", 0):
             raise ValueError(
                 "checkpoints trained with time covariates are not servable yet; retrain with n_covariates=0"

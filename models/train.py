@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.data import Windows
+from models.data import Windows, wants_time_features
 from models.device import pick_device, seed_everything
 
 
@@ -39,6 +39,7 @@ class TrainResult:
     seconds: float
     device: str
     history: list[dict] = field(default_factory=list)
+    stopped_by: str = "epochs"  # "epochs" (the schedule ran out), "patience" (early stopping) or "time_cap"
 
 
 def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
@@ -53,12 +54,13 @@ def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
 def mean_loss(model: nn.Module, windows: Windows, device: torch.device, batch_size: int = 256) -> float:
     model.eval()
     total, count = 0.0, 0
+    marks = wants_time_features(model)
     for start in range(0, len(windows), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(windows)))
-        x, y = windows.batch(idx)
-        x, y = x.to(device), y.to(device)
+        inputs, y = windows.model_batch(idx, marks)
+        inputs, y = [t.to(device) for t in inputs], y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = model(x)
+            pred = model(*inputs)
         total += nn.functional.mse_loss(pred.float(), y, reduction="sum").item()
         count += y.numel()
     return total / max(count, 1)
@@ -85,6 +87,8 @@ def train(
     if cfg.max_batches_per_epoch:
         n_batches = min(n_batches, cfg.max_batches_per_epoch)
 
+    marks = wants_time_features(model)
+    stopped_by = "epochs"
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         for g in opt.param_groups:
@@ -94,10 +98,10 @@ def train(
         running = 0.0
         bar = tqdm(range(n_batches), desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False)
         for b in bar:
-            x, y = train_set.batch(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            inputs, y = train_set.model_batch(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], marks)
+            inputs, y = [t.to(device, non_blocking=True) for t in inputs], y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                pred = model(x)
+                pred = model(*inputs)
             loss = nn.functional.mse_loss(pred.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -115,9 +119,11 @@ def train(
         else:
             bad_epochs += 1
         if bad_epochs >= cfg.patience:
+            stopped_by = "patience"
             break
-        if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
+        if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds and epoch < cfg.epochs:
+            stopped_by = "time_cap"
             break
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(best, epoch, time.perf_counter() - started, str(device), history)
+    return TrainResult(best, epoch, time.perf_counter() - started, str(device), history, stopped_by)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -89,6 +90,7 @@ class ModelWatcher(threading.Thread):
         self.on_swap = on_swap
         self.lookup = lookup
         self.stop = threading.Event()
+        self.wake = threading.Event()  # set by an announcement: check now, not at the next poll
         self.errors = 0
         self.outage_since: float | None = None  # monotonic time the registry stopped answering
 
@@ -117,8 +119,21 @@ class ModelWatcher(threading.Thread):
             self.on_swap(new)
         return True
 
+    def announced(self, message: bytes | None) -> None:
+        """A promotion announced on the models topic (JSON with "name"): check at once if it is ours."""
+        try:
+            name = json.loads(message or b"{}").get("name")
+        except ValueError:
+            return
+        if name == self.ref.name:
+            self.wake.set()
+
     def run(self) -> None:
-        while not self.stop.wait(self.poll_s):
+        while not self.stop.is_set():
+            self.wake.wait(self.poll_s)
+            self.wake.clear()
+            if self.stop.is_set():
+                break
             try:
                 self.check_once()
             except Exception as e:  # keep serving the current model

@@ -12,7 +12,7 @@ import time
 import torch
 
 from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
-from pipeline.kafka import KafkaSink, KafkaSource, ensure_topics, kafka_source, make_producer
+from pipeline.kafka import KafkaSink, KafkaSource, TopicFollower, ensure_topics, kafka_source, make_producer
 from pipeline.loop import run
 from pipeline.metrics import ServiceMetrics
 from pipeline.model_source import ModelWatcher, load_model
@@ -78,8 +78,11 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
         gc.freeze()  # the new model's objects join the frozen ones (see below)
 
     watcher = ModelWatcher(slot, ref, settings.device, settings.model_poll_s, on_swap=swapped) if ref else None
+    follower = None
     if watcher:
         watcher.start()
+        follower = TopicFollower(settings, settings.models_topic, watcher.announced)  # promotions land at once
+        follower.start()
     # torch, numpy and the clients leave ~10^6 long-lived objects; a full collection walked them all
     # in ~100 ms, every few seconds under load: the p99's worst spikes. Freeze them out of the walk.
     gc.collect()
@@ -97,6 +100,9 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     finally:
         if watcher:
             watcher.stop.set()
+            watcher.wake.set()
+        if follower:
+            follower.close()
         sink.close()
         source.close()
     return 0

@@ -12,6 +12,22 @@ from mlflow import MlflowClient
 from models.checkpoint import META, read_meta
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+MODELS_PACKAGE = Path(__file__).resolve().parents[1]  # shipped as code_paths: the pyfunc imports models.forecaster
+
+
+def pyfunc_example(folder: Path):
+    """(input example, signature) for a checkpoint: L rows of its channels in, H rows out."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from models.forecaster import Forecaster
+
+    forecaster = Forecaster.from_checkpoint(folder, device="cpu")
+    mean = np.asarray(forecaster.meta.scaler["mean"], dtype=np.float32)
+    example = pd.DataFrame(np.tile(mean, (forecaster.lookback, 1)), columns=forecaster.channels)
+    out = pd.DataFrame(forecaster.predict(example.to_numpy()[None])[0], columns=forecaster.channels)
+    return example, infer_signature(example, out)
 
 
 def log_checkpoint(
@@ -31,11 +47,15 @@ def log_checkpoint(
         mlflow.set_experiment(experiment)  # by name in the current store, never a cached id from another
         mlflow.start_run(run_name=f"register-{name}")
     try:
+        example, signature = pyfunc_example(folder)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_CODE),
             artifacts={"checkpoint": str(folder)},
-            pip_requirements=["torch", "safetensors", "numpy", "pandas"],
+            code_paths=[str(MODELS_PACKAGE)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
             registered_model_name=name,
             metadata={"architecture": meta.architecture, "channels": meta.channels},
         )
@@ -48,6 +68,13 @@ def log_checkpoint(
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version)
     return version
+
+
+def _requirements() -> list[str]:
+    """The packages the pyfunc imports, pinned to what is installed (no "unknown pip version" warning)."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "safetensors", "numpy", "pandas", "mlflow")]
 
 
 class RegistryUnavailable(RuntimeError):

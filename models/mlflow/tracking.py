@@ -37,6 +37,26 @@ def forecast_plot(sample: dict[str, np.ndarray], channels: list[str], path: Path
     return path
 
 
+def loss_plot(history: list[dict], path: Path) -> Path:
+    """Training and validation loss per epoch: where early stopping chose is plain to see."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (scaled)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def beats_baselines(metrics: dict[str, dict[str, float]], model: str = "itransformer") -> bool:
     return all(metrics[model]["mse"] < m["mse"] for name, m in metrics.items() if name != model)
 

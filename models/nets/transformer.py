@@ -29,17 +29,20 @@ class TransformerConfig:
     d_layers: int = 1
     d_ff: int = 256
     dropout: float = 0.1
+    n_time_features: int = 0  # TSLib's timeF calendar features (4 hourly, 3 daily); 0: none
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class StepEmbedding(nn.Module):
-    """One token per time step: a circular 3-tap convolution over time (as TSLib's TokenEmbedding) + positions."""
+    """One token per time step, as TSLib's DataEmbedding: a circular 3-tap convolution over time
+    (TokenEmbedding) + sinusoidal positions (+ a linear embedding of the calendar features), then dropout."""
 
-    def __init__(self, n_variates: int, d_model: int, dropout: float, max_len: int = 4096):
+    def __init__(self, n_variates: int, d_model: int, dropout: float, n_time_features: int = 0, max_len: int = 4096):
         super().__init__()
         self.conv = nn.Conv1d(n_variates, d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False)
+        self.time = nn.Linear(n_time_features, d_model, bias=False) if n_time_features else None
         pos = torch.arange(max_len).unsqueeze(1)
         div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
         pe = torch.zeros(max_len, d_model)
@@ -48,16 +51,19 @@ class StepEmbedding(nn.Module):
         self.register_buffer("pe", pe, persistent=False)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, N) → (B, T, D)
-        return self.dropout(self.conv(x.transpose(1, 2)).transpose(1, 2) + self.pe[: x.shape[1]])
+    def forward(self, x: Tensor, mark: Tensor | None = None) -> Tensor:  # (B, T, N), (B, T, C) → (B, T, D)
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2) + self.pe[: x.shape[1]]
+        if self.time is not None:
+            h = h + self.time(mark)
+        return self.dropout(h)
 
 
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        self.enc_embed = StepEmbedding(cfg.n_variates, cfg.d_model, cfg.dropout)
-        self.dec_embed = StepEmbedding(cfg.n_variates, cfg.d_model, cfg.dropout)
+        self.enc_embed = StepEmbedding(cfg.n_variates, cfg.d_model, cfg.dropout, cfg.n_time_features)
+        self.dec_embed = StepEmbedding(cfg.n_variates, cfg.d_model, cfg.dropout, cfg.n_time_features)
         self.encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(
                 cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, activation="gelu", batch_first=True
@@ -77,13 +83,20 @@ class Transformer(nn.Module):
         steps = cfg.label_len + cfg.horizon
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(steps), persistent=False)
 
-    def forward(self, x: Tensor, x_mark: Tensor | None = None) -> Tensor:
-        """x (B, L, N) → (B, H, N); x_mark is accepted for interface parity and unused."""
+    def forward(self, x: Tensor, x_mark: Tensor | None = None, y_mark: Tensor | None = None) -> Tensor:
+        """x (B, L, N) → (B, H, N). Built with time features, it also takes their values over the
+        lookback (x_mark, (B, L, C)) and the horizon (y_mark, (B, H, C): calendar time is known ahead)."""
         B, L, N = x.shape
         if N != self.cfg.n_variates:
             raise ValueError(f"this Transformer was built for {self.cfg.n_variates} variates, got {N}")
-        memory = self.encoder(self.enc_embed(x))  # (B, L, D)
+        dec_mark = None
+        if self.cfg.n_time_features:
+            if x_mark is None or y_mark is None:
+                raise ValueError("this Transformer was built with time features: pass x_mark and y_mark")
+            dec_mark = torch.cat([x_mark[:, L - self.cfg.label_len :], y_mark], dim=1)
         known = x[:, L - self.cfg.label_len :]
         dec_in = torch.cat([known, torch.zeros(B, self.cfg.horizon, N, device=x.device, dtype=x.dtype)], dim=1)
-        h = self.decoder(self.dec_embed(dec_in), memory, tgt_mask=self.causal, tgt_is_causal=True)  # (B, label+H, D)
+        dec = self.dec_embed(dec_in, dec_mark)
+        memory = self.encoder(self.enc_embed(x, x_mark))  # (B, L, D)
+        h = self.decoder(dec, memory, tgt_mask=self.causal, tgt_is_causal=True)  # (B, label+H, D)
         return self.project(h[:, -self.cfg.horizon :])  # (B, H, N)

@@ -11,7 +11,7 @@ from pipeline.kafka.clients import (
     make_producer,
     partitions_of,
 )
-from pipeline.kafka.reader import TopicCollector, topic_reader
+from pipeline.kafka.reader import TopicCollector, TopicFollower, TopicSlice, read_since, topic_reader
 from pipeline.kafka.sink import KafkaSink
 from pipeline.kafka.source import KafkaSource, kafka_source
 
@@ -20,6 +20,8 @@ __all__ = [
     "KafkaSource",
     "KafkaUnavailable",
     "TopicCollector",
+    "TopicFollower",
+    "TopicSlice",
     "close_producer",
     "ensure_topics",
     "flush_producer",
@@ -28,5 +30,6 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "partitions_of",
+    "read_since",
     "topic_reader",
 ]

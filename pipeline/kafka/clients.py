@@ -143,9 +143,6 @@ def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) 
     return [TopicPartition(topic, p) for p in sorted(found)]
 
 
-# -- the service's Source and Sink on Kafka ------------------------------------------------------
-
-
 def flush_producer(producer: KafkaProducer, timeout_s: float) -> None:
     """`producer.flush`, working round a kafka-python 3.0 quirk: when the broker refuses a batch as too
     large, the producer splits and re-sends it, and a flush racing that split raises

@@ -1,15 +1,21 @@
-"""Reading whole topics from now or from their start: for tailing, the demo, benchmarks and tests."""
+"""Reading topics outside the service: tailing from now or from the start (tools, benchmarks, tests),
+and a bounded slice since a time (the retraining window)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer
 
 from pipeline.kafka.clients import KafkaUnavailable, make_consumer, partitions_of
+from pipeline.records import Record
 from pipeline.settings import Settings
+
+log = logging.getLogger("sensorcast.kafka")
 
 
 def topic_reader(
@@ -56,4 +62,81 @@ class TopicCollector(threading.Thread):
 
     def close(self) -> None:
         self._halt.set()
+        self.join(timeout=10)
+
+
+@dataclass
+class TopicSlice:
+    """What `read_since` read: the records, and per partition the offsets [first, end) it covered."""
+
+    topic: str
+    records: list[Record]
+    offsets: dict[int, tuple[int, int]]
+
+
+def read_since(settings: Settings, topic: str, since_ms: int | None, timeout_s: float = 120.0) -> TopicSlice:
+    """Every record of `topic` written at or after `since_ms` (broker time; None: from the start) up
+    to the end offsets as they are now, by a group-less consumer: no consumer group is joined or
+    moved, so the service's offsets are never touched. Bounded in time: raises KafkaUnavailable
+    rather than hang."""
+    consumer = make_consumer(settings, group=None, max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024)
+    try:
+        tps = partitions_of(consumer, topic, timeout_s=30)
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps)
+        if since_ms is None:
+            starts = consumer.beginning_offsets(tps)
+        else:
+            found = consumer.offsets_for_times({tp: since_ms for tp in tps})
+            starts = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        pending = {tp for tp in tps if starts[tp] < ends[tp]}
+        while pending:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"reading {topic} did not reach its end offsets within {timeout_s:.0f} s")
+            for tp, batch in consumer.poll(timeout_ms=200).items():
+                end = ends[tp]
+                records.extend(
+                    Record(r.value, r.key, r.topic, r.partition, r.offset, r.timestamp) for r in batch if r.offset < end
+                )
+            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+        return TopicSlice(topic, records, {tp.partition: (starts[tp], ends[tp]) for tp in tps})
+    finally:
+        consumer.close()
+
+
+class TopicFollower(threading.Thread):
+    """Calls `on_message(value)` for every message that arrives on `topic` from now on (the service
+    follows model announcements this way). A broker hiccup is retried, never raised into the caller."""
+
+    def __init__(self, settings: Settings, topic: str, on_message, poll_ms: int = 200):
+        super().__init__(name=f"follow-{topic}", daemon=True)
+        self.settings, self.topic, self.on_message, self.poll_ms = settings, topic, on_message, poll_ms
+        self.halt = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        consumer = None
+        while not self.halt.is_set():
+            try:
+                if consumer is None:
+                    consumer = topic_reader(self.settings, self.topic)
+                    self.ready.set()
+                for records in consumer.poll(timeout_ms=self.poll_ms).values():
+                    for r in records:
+                        self.on_message(r.value)
+            except Exception as e:  # keep following; the registry poll is the fallback meanwhile
+                log.warning("following %s failed (%s); retrying", self.topic, e)
+                if consumer is not None:
+                    consumer.close()
+                    consumer = None
+                self.halt.wait(2.0)
+        if consumer is not None:
+            consumer.close()
+
+    def close(self) -> None:
+        self.halt.set()
         self.join(timeout=10)

@@ -153,6 +153,9 @@ def bench_accuracy(
         envvar="SENSORCAST_SHARED_DATA",
         help="folder of exchange_rate.txt and ETTh1.csv (default: ../shared/data)",
     ),
+    max_seconds: Optional[float] = typer.Option(
+        None, help="a training budget per network (default: none, the full schedule); reported in the results"
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
 ) -> None:
     """Train and test iTransformer and Transformer beside the naive baselines; print a table, write JSON."""
@@ -171,17 +174,28 @@ def bench_accuracy(
         cfg = None
         if epochs is not None:
             cfg = default_train_config("itransformer", protocol)
-            cfg.epochs, cfg.max_seconds = epochs, None
+            cfg.epochs = epochs
         rows_out = run_accuracy(
-            path, protocol, hs, split_override=split, rows_limit=rows, train_cfg=cfg, log=lambda m: console.print(m)
+            path,
+            protocol,
+            hs,
+            split_override=split,
+            rows_limit=rows,
+            train_cfg=cfg,
+            max_seconds=max_seconds,
+            log=lambda m: console.print(m),
         )
     except DataError as e:
         _fail(str(e))
     table = Table(title=f"accuracy, protocol {protocol}, {path.name} (test split)")
-    for col in ("model", "horizon", "MSE", "MAE", "train s", "epochs"):
+    for col in ("model", "horizon", "MSE", "MAE", "train s", "epochs", "stopped by"):
         table.add_column(col)
     for r in rows_out:
-        table.add_row(r.model, str(r.horizon), f"{r.mse:.6g}", f"{r.mae:.6g}", f"{r.train_seconds:.1f}", str(r.epochs))
+        stopped = r.stopped_by or ""
+        if r.stopped_by == "time_cap":
+            stopped = f"time cap {r.time_cap_s:.0f} s"
+        cells = (f"{r.mse:.6g}", f"{r.mae:.6g}", f"{r.train_seconds:.1f}", str(r.epochs), stopped)
+        table.add_row(r.model, str(r.horizon), *cells)
     Console().print(table)
     notes = []
     if protocol == "seed":
@@ -198,7 +212,13 @@ def bench_accuracy(
         console.print(f"[yellow]note:[/] {n}")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"protocol": protocol, "dataset": str(path), "results": [r.to_json() for r in rows_out], "notes": notes}
+        doc = {
+            "protocol": protocol,
+            "dataset": str(path),
+            "time_cap_s": max_seconds,
+            "results": [r.to_json() for r in rows_out],
+            "notes": notes,
+        }
         json_path.write_text(json.dumps(doc, indent=2))
         console.print(f"results written to {json_path}")
 
@@ -385,6 +405,42 @@ def bench_latency(
         console.print(f"results written to {json_path}")
     else:
         print(json.dumps(doc, indent=2))
+
+
+@app.command("retrain")
+def retrain_cmd(
+    hours: Optional[float] = typer.Option(None, help="train on the last HOURS of the readings topic (default: all)"),
+    margin: float = typer.Option(0.0, help="promote only when the holdout MSE beats the champion's by this fraction"),
+    epochs: int = typer.Option(5, help="training epochs (early stopping may end sooner)"),
+    warm_start: bool = typer.Option(True, help="start from the champion's weights when the shapes allow"),
+    reason: str = typer.Option("", help="why, for the run's record"),
+) -> None:
+    """Retrain now on the readings topic (a Prefect flow run), gate on the holdout, promote if it wins."""
+    import os
+
+    settings = Settings.load()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    if stack_mod.port_open(settings.host, settings.prefect_port) and not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_API_URL"] = settings.prefect_url  # the local stack's Prefect: the run shows in its UI
+    os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
+    from flows.retrain import retrain
+
+    report = retrain(trigger="manual", reason=reason, hours=hours, warm_start=warm_start, margin=margin, epochs=epochs)
+    table = Table(title=f"retrain: {report['gate']}")
+    for col in ("contender", "holdout MSE (scaled)"):
+        table.add_column(col)
+    for name, mse in report["scores"].items():
+        table.add_row(name, f"{mse:.4f}")
+    Console().print(table)
+    if report["run_id"]:
+        import mlflow
+
+        run = mlflow.MlflowClient(settings.tracking_uri).get_run(report["run_id"])
+        console.print(
+            f"MLflow run: {settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        )
+    state = "promoted to @" + settings.model_alias if report["promoted"] else "not promoted"
+    console.print(f"version {report['version'] or '-'}: {state}")
 
 
 @app.command("demo")

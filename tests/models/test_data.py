@@ -86,3 +86,31 @@ def test_weather_table_has_three_airports_and_no_gaps_in_values() -> None:
     assert sorted(frame["origin"].unique().to_list()) == ["EWR", "JFK", "LGA"]
     assert frame.drop("origin", "time").null_count().sum_horizontal().item() == 0
     assert frame.group_by("origin").agg(pl.col("time").is_sorted()).get_column("time").all()
+
+
+def test_time_features_are_tslib_timef_hourly_and_daily() -> None:
+    import numpy as np
+
+    from models.data import time_features
+
+    hourly = np.array(["2016-07-01T00:00", "2016-07-01T23:00"], dtype="datetime64[ms]")  # a Friday
+    f = time_features(hourly)
+    assert f.shape == (2, 4) and f.dtype == np.float32
+    assert np.allclose(f[:, 0], [-0.5, 0.5])  # hour of day
+    assert np.allclose(f[0, 1:], [4 / 6 - 0.5, 0 / 30 - 0.5, 182 / 365 - 0.5])  # weekday, day of month, day of year
+    daily = np.array(["1990-01-01", "1990-01-02"], dtype="datetime64[ms]")
+    assert time_features(daily).shape == (2, 3)
+
+
+def test_windows_carry_time_features_beside_the_values() -> None:
+    import numpy as np
+    import torch
+
+    from models.data import Windows
+
+    values = np.arange(20, dtype=np.float32)[:, None]
+    marks = np.arange(20, dtype=np.float32)[:, None] * 10
+    w = Windows([values, values + 100], lookback=4, horizon=2, marks=[marks, marks + 1000])
+    (x, x_mark, y_mark), y = w.model_batch(torch.tensor([0, 15]), with_marks=True)
+    assert x[1, 0, 0] == 100 and x_mark[1, 0, 0] == 1000  # the second series' first window, values and marks aligned
+    assert y_mark.shape == (2, 2, 1) and y_mark[0, 0, 0] == 40

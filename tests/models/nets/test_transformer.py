@@ -36,3 +36,20 @@ def test_overfits_a_small_multi_sine_set(multi_sine) -> None:
     train(model, data, data, TrainConfig(epochs=15, lr=2e-3, batch_size=32, patience=15, progress=False))
     after = mean_loss(model, data, torch.device("cpu"))
     assert after < before / 10, (before, after)
+
+
+def test_time_features_enter_both_embeddings_and_are_required() -> None:
+    import pytest
+    import torch
+
+    from models.nets import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    net = Transformer(TransformerConfig(lookback=12, horizon=4, n_variates=3, label_len=6, d_model=16, n_heads=2,
+                                        d_ff=32, dropout=0.0, n_time_features=4)).eval()  # fmt: skip
+    x, x_mark, y_mark = torch.randn(2, 12, 3), torch.rand(2, 12, 4) - 0.5, torch.rand(2, 4, 4) - 0.5
+    out = net(x, x_mark, y_mark)
+    assert out.shape == (2, 4, 3)
+    assert not torch.allclose(out, net(x, x_mark, y_mark + 0.3)), "the horizon's calendar changes the forecast"
+    with pytest.raises(ValueError, match="time features"):
+        net(x)

@@ -31,7 +31,7 @@ def test_bench_accuracy_standard_runs_end_to_end_on_a_slice(tmp_path, shared_dat
         "--horizons",
         "24",
         "--rows",
-        "2000",
+        "900",
         "--split",
         "7/1/2",
         "--epochs",
@@ -44,7 +44,21 @@ def test_bench_accuracy_standard_runs_end_to_end_on_a_slice(tmp_path, shared_dat
     assert models == {"itransformer", "transformer", "persistence", "mean"}
     for r in doc["results"]:
         assert r["horizon"] == 24 and r["mse"] > 0 and r["mae"] > 0 and np.isfinite(r["mse"])
-        assert set(r) == {"model", "horizon", "mse", "mae", "train_seconds", "epochs"}
+        assert set(r) == {
+            "model",
+            "horizon",
+            "mse",
+            "mae",
+            "train_seconds",
+            "epochs",
+            "stopped_by",
+            "time_cap_s",
+            "config",
+        }
+    transformer = next(r for r in doc["results"] if r["model"] == "transformer")
+    assert transformer["config"]["d_model"] == 512 and transformer["config"]["d_ff"] == 2048
+    assert transformer["config"]["n_time_features"] == 4  # hourly ETTh1: hour, weekday, day of month, day of year
+    assert transformer["stopped_by"] == "epochs" and transformer["time_cap_s"] is None
 
 
 def test_bench_accuracy_seed_protocol_says_persistence_is_hard_to_beat(tmp_path, shared_data) -> None:

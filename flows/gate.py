@@ -1,0 +1,94 @@
+"""The promotion gate, pure: split a window chronologically, score every contender on the same
+holdout, and decide.
+
+A candidate is promoted only when it beats persistence and beats the serving champion by at least
+`margin` (relative MSE). Scores are MSEs in the candidate's scaled units: each channel's error is
+divided by the candidate's training standard deviation, so every contender is measured on one scale
+whatever scaler it was trained with.
+
+>>> decide({"candidate": 0.40, "champion": 0.50, "persistence": 0.90, "mean": 0.70}, margin=0.05).promote
+True
+>>> decide({"candidate": 0.49, "champion": 0.50, "persistence": 0.90, "mean": 0.70}, margin=0.05).reason
+'candidate MSE 0.49 is not 5% better than the champion 0.5'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.data import DataError, Scaler, Windows
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Raw-unit series cut in time: train (fit), validation (early stopping), holdout (the gate)."""
+
+    train: list[np.ndarray]
+    val: list[np.ndarray]
+    holdout: list[np.ndarray]
+
+
+def chronological_split(series: list[np.ndarray], lookback: int, val: float = 0.1, holdout: float = 0.2) -> Splits:
+    """Cut each series at the same fractions of its length; validation and holdout start `lookback`
+    rows early so their first window has history (nothing of the future leaks into training)."""
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "holdout": []}
+    for s in series:
+        n = len(s)
+        a, b = int(n * (1 - val - holdout)), int(n * (1 - holdout))
+        parts["train"].append(s[:a])
+        parts["val"].append(s[max(a - lookback, 0) : b])
+        parts["holdout"].append(s[max(b - lookback, 0) :])
+    return Splits(**parts)
+
+
+def windows(series: list[np.ndarray], lookback: int, horizon: int, what: str) -> Windows:
+    try:
+        return Windows([s.astype(np.float32) for s in series], lookback, horizon)
+    except DataError:
+        need = lookback + horizon
+        raise DataError(
+            f"too little data: no series has the {need} rows a {what} window needs (lookback {lookback} + horizon "
+            f"{horizon}); stream more readings or shorten the window"
+        ) from None
+
+
+Forecast = Callable[[torch.Tensor], torch.Tensor]  # raw (B, L, N) → raw (B, H, N)
+
+
+@torch.no_grad()
+def scaled_mse(forecast: Forecast, holdout: Windows, scaler: Scaler, batch_size: int = 512) -> float:
+    """MSE over the holdout windows, each channel's error in units of the candidate's training σ."""
+    std = torch.as_tensor(np.asarray(scaler.std, dtype=np.float32))
+    total, count = 0.0, 0
+    for start in range(0, len(holdout), batch_size):
+        x, y = holdout.batch(torch.arange(start, min(start + batch_size, len(holdout))))
+        err = (forecast(x).float() - y) / std
+        total += float((err**2).sum())
+        count += err.numel()
+    return total / max(count, 1)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    scores: dict[str, float]  # contender → holdout MSE (candidate, champion when there is one, persistence, mean)
+    margin: float
+
+
+def decide(scores: dict[str, float], margin: float) -> GateDecision:
+    cand, pers = scores["candidate"], scores["persistence"]
+    champ = scores.get("champion")
+    if not np.isfinite(cand):
+        return GateDecision(False, f"candidate MSE is {cand}", scores, margin)
+    if cand >= pers:
+        return GateDecision(False, f"candidate MSE {cand:.4g} does not beat persistence {pers:.4g}", scores, margin)
+    if champ is not None and cand > champ * (1 - margin):
+        reason = f"candidate MSE {cand:.4g} is not {margin:.0%} better than the champion {champ:.4g}"
+        return GateDecision(False, reason, scores, margin)
+    versus = f"the champion {champ:.4g} by more than {margin:.0%}" if champ is not None else "no champion yet"
+    return GateDecision(True, f"candidate MSE {cand:.4g} beats persistence {pers:.4g} and {versus}", scores, margin)

@@ -1,0 +1,230 @@
+"""The retraining flow: Kafka window → split → fit → track in MLflow → gate → promote → announce.
+
+    pull_window ─▶ chronological_split ─▶ fit (warm start from @champion when shapes allow)
+        ─▶ log run + register version (pyfunc with signature, input example, code_paths)
+        ─▶ score candidate, champion, persistence, window mean on the same holdout
+        ─▶ @champion moves only if the gate says so ─▶ announce on the models topic
+
+Each step is a Prefect task; the ones that talk to Kafka or MLflow retry. Settings come from the
+environment (`pipeline.settings.Settings`), parameters say what this run is for.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.gate import GateDecision, chronological_split, decide, scaled_mse, windows
+from flows.window import TrainingWindow, WindowError, pull_window
+from models.checkpoint import save
+from models.data import DataError, Scaler
+from models.forecaster import Forecaster, Scaled
+from models.nets import NAIVE, PRESETS, build
+from models.train import TrainConfig, TrainResult, train
+from pipeline.settings import Settings
+
+TRIGGERS = ("schedule", "manual", "drift")
+
+
+@dataclass
+class Candidate:
+    model: torch.nn.Module
+    scaler: Scaler
+    result: TrainResult
+    warm_started: bool
+    checkpoint: Path
+
+
+@dataclass
+class RetrainReport:
+    """What one run did, JSON-able (the flow's return value, and what `sensorcast retrain` prints)."""
+
+    trigger: str
+    reason: str
+    promoted: bool
+    gate: str
+    scores: dict[str, float]
+    version: str | None = None
+    run_id: str | None = None
+    warm_started: bool = False
+    train_seconds: float = 0.0
+    epochs: int = 0
+    readings: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def pull(hours: float | None, channels: list[str] | None) -> TrainingWindow:
+    return pull_window(Settings.load(), hours, channels)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def current_champion() -> Forecaster | None:
+    """The serving model, or None when nothing is registered yet (an outage raises, and retries)."""
+    from models.mlflow.registry import alias_version
+    from pipeline.model_source import RegistryRef, load_version
+
+    settings = Settings.load()
+    version = alias_version(settings.model_name, settings.model_alias)
+    if version is None:
+        return None
+    return load_version(RegistryRef(settings.model_name, settings.model_alias), version, "cpu")
+
+
+@task(cache_policy=NO_CACHE)
+def fit(
+    window: TrainingWindow, champion: Forecaster | None, warm_start: bool, epochs: int, out: Path
+) -> tuple[Candidate, dict]:
+    """Train on the window's train split; early stopping on its validation split."""
+    settings = Settings.load()
+    L, H = settings.lookback, settings.horizon
+    splits = chronological_split(window.series(), L)
+    scaler = Scaler.fit(np.concatenate([s for s in splits.train if len(s)]))
+    train_w = windows([scaler.transform(s) for s in splits.train], L, H, "training")
+    val_w = windows([scaler.transform(s) for s in splits.val], L, H, "validation")
+    holdout = windows(splits.holdout, L, H, "holdout")  # raw units: every contender is scored the same way
+    model = build("itransformer", lookback=L, horizon=H, **PRESETS["serving"])
+    warm = False
+    if warm_start and champion is not None and champion.meta.architecture == "itransformer":
+        state = champion.model.state_dict()
+        if all(k in state and state[k].shape == v.shape for k, v in model.state_dict().items()):
+            model.load_state_dict(state)  # iTransformer weights do not depend on the number of variates
+            warm = True
+    cfg = TrainConfig(epochs=epochs, lr=1e-3, schedule="cosine", patience=3, progress=False)
+    result = train(model, train_w, val_w, cfg, desc="retrain")
+    extra = {"train_seconds": result.seconds, "epochs": result.epochs, "warm_started": warm}
+    save(out, model, window.channels, scaler, name=settings.model_name, extra=extra)
+    sizes = {"train_windows": len(train_w), "val_windows": len(val_w), "holdout_windows": len(holdout)}
+    return Candidate(model, scaler, result, warm, out), {"holdout": holdout, **sizes}
+
+
+@task(cache_policy=NO_CACHE)
+def score(
+    candidate: Candidate, champion: Forecaster | None, holdout, margin: float, channels: list[str]
+) -> GateDecision:
+    """Every contender on the same holdout windows, in the candidate's scaled units."""
+    mean = torch.as_tensor(np.asarray(candidate.scaler.mean, dtype=np.float32))
+    std = torch.as_tensor(np.asarray(candidate.scaler.std, dtype=np.float32))
+    contenders = {"candidate": Scaled(candidate.model.cpu().eval(), mean, std).eval()}
+    if champion is not None and champion.channels == channels and champion.lookback == holdout.lookback:
+        contenders["champion"] = champion.net.cpu()
+    horizon = holdout.horizon
+    contenders.update({name: cls(horizon) for name, cls in NAIVE.items()})
+    scores = {name: scaled_mse(net, holdout, candidate.scaler) for name, net in contenders.items()}
+    return decide(scores, margin)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def register(
+    candidate: Candidate, decision: GateDecision, window: TrainingWindow, trigger: str, reason: str, sizes: dict
+) -> tuple[str, str]:
+    """One MLflow run: parameters, losses, provenance, plots, the model; registered, alias moved only
+    when the gate promotes. Returns (version, run id)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from models.mlflow.registry import log_checkpoint
+    from models.mlflow.tracking import loss_plot
+
+    settings = Settings.load()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_experiment("sensorcast-retrain")
+    with mlflow.start_run(run_name=f"retrain-{trigger}") as run:
+        mlflow.set_tags({"trigger": trigger, "trigger_reason": reason or trigger, "promoted": str(decision.promote)})
+        mlflow.log_params(
+            {
+                "lookback": settings.lookback,
+                "horizon": settings.horizon,
+                "channels": ",".join(window.channels),
+                "warm_start": candidate.warm_started,
+                "topic": window.provenance.topic,
+                **PRESETS["serving"],
+                **sizes,
+            }
+        )
+        for rec in candidate.result.history:
+            mlflow.log_metrics({k: rec[k] for k in ("train_loss", "val_loss", "lr")}, step=rec["epoch"])
+        mlflow.log_metrics({f"holdout_mse_{k}": v for k, v in decision.scores.items()})
+        mlflow.log_metric("train_seconds", candidate.result.seconds)
+        mlflow.log_dict(window.provenance.to_dict(), "provenance.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(loss_plot(candidate.result.history, Path(tmp) / "loss.png")))
+        mlflow.log_text(decision.reason, "gate.txt")
+        version = log_checkpoint(candidate.checkpoint, settings.model_name)
+        client = MlflowClient()
+        client.set_model_version_tag(settings.model_name, version, "gate", decision.reason)
+        client.set_model_version_tag(settings.model_name, version, "holdout_mse", json.dumps(decision.scores))
+        if decision.promote:
+            client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
+    return version, run.info.run_id
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def announce(version: str, run_id: str) -> None:
+    """Tell running services at once (they also poll the registry, as the fallback)."""
+    from pipeline.kafka import ensure_topics, make_producer
+
+    settings = Settings.load()
+    ensure_topics(settings, [settings.models_topic])
+    producer = make_producer(settings)
+    doc = {"name": settings.model_name, "alias": settings.model_alias, "version": version, "run_id": run_id}
+    producer.send(settings.models_topic, key=settings.model_name.encode(), value=json.dumps(doc).encode()).get(30)
+    producer.close()
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    trigger: str = "manual",
+    reason: str = "",
+    hours: float | None = None,
+    warm_start: bool = True,
+    margin: float = 0.0,
+    epochs: int = 5,
+) -> dict:
+    """Retrain the serving model on the readings topic and promote it only if it wins on the holdout."""
+    if trigger not in TRIGGERS:
+        raise ValueError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
+    logger = get_run_logger()
+    started = time.monotonic()
+    champion = current_champion()
+    try:
+        window = pull(hours, champion.channels if champion is not None else None)
+    except WindowError as e:  # nothing to train on: no run, no version, and the reason said
+        logger.warning("not retrained: %s", e)
+        return RetrainReport(trigger, reason or trigger, False, f"not retrained: {e}", {}).to_dict()
+    prov = window.provenance
+    logger.info("window: %d readings, refused %s, %d series", prov.readings, prov.refused, prov.segments)
+    with tempfile.TemporaryDirectory(prefix="sensorcast-retrain-") as tmp:
+        try:
+            candidate, info = fit(window, champion, warm_start, epochs, Path(tmp) / "candidate")
+        except DataError as e:
+            logger.warning("not retrained: %s", e)
+            report = RetrainReport(trigger, reason or trigger, False, f"not retrained: {e}", {})
+            report.readings, report.refused = window.provenance.readings, window.provenance.refused
+            return report.to_dict()
+        holdout = info.pop("holdout")
+        decision = score(candidate, champion, holdout, margin, window.channels)
+        logger.info("gate: %s", decision.reason)
+        version, run_id = register(candidate, decision, window, trigger, reason, info)
+    if decision.promote:
+        announce(version, run_id)
+    report = RetrainReport(
+        trigger, reason or trigger, decision.promote, decision.reason, decision.scores, version, run_id,
+        candidate.warm_started, candidate.result.seconds, candidate.result.epochs, window.provenance.readings,
+        window.provenance.refused,
+    )  # fmt: skip
+    logger.info(
+        "retrain done in %.0f s: version %s, promoted %s", time.monotonic() - started, version, decision.promote
+    )
+    return report.to_dict()
