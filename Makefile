@@ -36,7 +36,7 @@ format: $(VENV)/.installed  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 test: install  ## unit and integration tests against a real broker (started here unless KAFKA_BOOTSTRAP_SERVERS is set)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 test-unit: install
 	$(PY) -m pytest tests -m "not integration"
@@ -53,6 +53,7 @@ bench: install  ## JSON results under bench-results/
 	$(VENV)/bin/sensorcast bench accuracy --protocol standard --dataset etth1 --horizons 96 --json bench-results/accuracy-etth1.json
 	$(VENV)/bin/sensorcast bench accuracy --protocol seed --dataset exchange --json bench-results/accuracy-seed.json
 	$(VENV)/bin/sensorcast bench latency --json bench-results/latency.json
+	$(VENV)/bin/sensorcast bench retrain --json bench-results/retrain.json
 
 stack-up: install
 	$(VENV)/bin/sensorcast stack up

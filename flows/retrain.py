@@ -16,20 +16,21 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.gate import GateDecision, chronological_split, decide, scaled_mse, windows
 from flows.window import TrainingWindow, WindowError, pull_window
-from models.checkpoint import save
-from models.data import DataError, Scaler
-from models.forecaster import Forecaster, Scaled
-from models.nets import NAIVE, PRESETS, build
-from models.train import TrainConfig, TrainResult, train
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:  # torch, MLflow and the models load inside the tasks: a superseded run never pays for them
+    import torch
+
+    from flows.gate import GateDecision
+    from models.data import Scaler
+    from models.forecaster import Forecaster
+    from models.train import TrainResult
 
 TRIGGERS = ("schedule", "manual", "drift")
 
@@ -87,6 +88,14 @@ def fit(
     window: TrainingWindow, champion: Forecaster | None, warm_start: bool, epochs: int, out: Path
 ) -> tuple[Candidate, dict]:
     """Train on the window's train split; early stopping on its validation split."""
+    import numpy as np
+
+    from flows.gate import chronological_split, windows
+    from models.checkpoint import save
+    from models.data import Scaler
+    from models.nets import PRESETS, build
+    from models.train import TrainConfig, train
+
     settings = Settings.load()
     L, H = settings.lookback, settings.horizon
     splits = chronological_split(window.series(), L)
@@ -114,6 +123,13 @@ def score(
     candidate: Candidate, champion: Forecaster | None, holdout, margin: float, channels: list[str]
 ) -> GateDecision:
     """Every contender on the same holdout windows, in the candidate's scaled units."""
+    import numpy as np
+    import torch
+
+    from flows.gate import decide, scaled_mse
+    from models.forecaster import Scaled
+    from models.nets import NAIVE
+
     mean = torch.as_tensor(np.asarray(candidate.scaler.mean, dtype=np.float32))
     std = torch.as_tensor(np.asarray(candidate.scaler.std, dtype=np.float32))
     contenders = {"candidate": Scaled(candidate.model.cpu().eval(), mean, std).eval()}
@@ -136,6 +152,7 @@ def register(
 
     from models.mlflow.registry import log_checkpoint
     from models.mlflow.tracking import loss_plot
+    from models.nets import PRESETS
 
     settings = Settings.load()
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -197,6 +214,16 @@ def retrain(
         raise ValueError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
     logger = get_run_logger()
     started = time.monotonic()
+    if trigger == "schedule":
+        from flows.schedule import later_slot_is_due
+
+        if later_slot_is_due():  # missed slots collapse into the latest one
+            logger.info("superseded: a later scheduled slot is already due and will retrain")
+            return RetrainReport(
+                trigger, reason or trigger, False, "superseded by a later scheduled slot", {}
+            ).to_dict()
+    from models.data import DataError
+
     champion = current_champion()
     try:
         window = pull(hours, champion.channels if champion is not None else None)

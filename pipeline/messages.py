@@ -61,6 +61,8 @@ class Reading:
     values: np.ndarray  # (N,) float32, in the model's channel order
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MILLISECOND = dt.timedelta(milliseconds=1)
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last instant a forecast's ts can be written as
 
 
@@ -83,7 +85,7 @@ def parse_ts(value: object) -> int:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=dt.UTC)
-            ts_ms = int(parsed.timestamp() * 1000)  # year 1 or 9999 with an offset overflows here
+            ts_ms = (parsed - EPOCH) // MILLISECOND  # exact: float seconds × 1000 lost a millisecond
         except (ValueError, OverflowError):
             raise BadReading(
                 "bad_timestamp", f"ts {_short(value)} is not an ISO 8601 time between 1970 and 9999"

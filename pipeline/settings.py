@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     lookback: int = 96
     horizon: int = 24
 
+    # -- retraining ----------------------------------------------------------------------------
+    retrain_cron: str | None = Field(default="0 3 * * *", description="when `flows serve` retrains (UTC cron)")
+    retrain_interval_s: float | None = Field(default=None, description="retrain every this many seconds instead")
+    retrain_hours: float | None = Field(default=168.0, description="scheduled runs train on this many hours")
+    retrain_margin: float = Field(default=0.0, description="relative holdout MSE a candidate must beat the champion by")
+
     # -- service -------------------------------------------------------------------------------
     max_batch: int = 256
     max_wait_ms: float = 2.0

@@ -174,7 +174,9 @@ class Rig:
     env: dict
 
 
-class Sink:
+class ArrivalStamper:
+    """Stamps the arrival time of every forecast, in a process of its own (off this process's GIL)."""
+
     def __init__(self, settings: Settings):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
@@ -250,7 +252,7 @@ def _latencies(stream: Stream, stamps: dict[str, float]) -> list[float]:
     return [(arrived - stream.sent[k]) * 1000 for k, arrived in stamps.items()]
 
 
-def _wait_for(sink: Sink, n: int, timeout_s: float) -> list[tuple[str, float]]:
+def _wait_for(sink: ArrivalStamper, n: int, timeout_s: float) -> list[tuple[str, float]]:
     got: list[tuple[str, float]] = []
     deadline = time.monotonic() + timeout_s
     while len(got) < n and time.monotonic() < deadline:
@@ -259,7 +261,7 @@ def _wait_for(sink: Sink, n: int, timeout_s: float) -> list[tuple[str, float]]:
     return got
 
 
-def _wait_for_readings(sink: Sink, wanted: set[str], timeout_s: float) -> dict[str, float]:
+def _wait_for_readings(sink: ArrivalStamper, wanted: set[str], timeout_s: float) -> dict[str, float]:
     """The first forecast of each wanted reading, as it arrived; forecasts of other readings are
     ignored, so a step counts only its own readings."""
     got: dict[str, float] = {}
@@ -307,7 +309,7 @@ def against_kafka(
         "SENSORCAST_DEVICE": settings.device,
     }
     rig = Rig(bench_checkpoint(Path(tmp.name) / "model"), env)
-    sink = Sink(s)
+    sink = ArrivalStamper(s)
     stream = Stream(s, entities)
     gc.collect()
     gc.freeze()  # keep full collections of this process's imports from pausing the load generator
@@ -382,7 +384,7 @@ def against_kafka(
         backlog = Stream(d, entities)
         backlog.send(drain_readings)
         expected = drain_readings - entities * (LOOKBACK - 1)  # each entity's first L - 1 readings warm it up
-        sink = Sink(d)
+        sink = ArrivalStamper(d)
         env = {
             **rig.env,
             "SENSORCAST_READINGS_TOPIC": d.readings_topic,

@@ -1,6 +1,6 @@
-"""`sensorcast serve` as a child process, as the demo, the latency benchmark and the end-to-end tests
-run it: configured by environment variables, its output in a log file, ready once it logs that it is
-consuming, stopped with SIGTERM (then SIGKILL after a grace period)."""
+"""`sensorcast` commands as child processes, as the demo, the benchmarks and the end-to-end tests run
+them: configured by environment variables, output in a log file, ready once they log a known line,
+stopped with SIGTERM (then SIGKILL after a grace period)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import time
 from pathlib import Path
 
 
-class ServeProcess:
-    """One `sensorcast serve` child. A context manager: leaving the block stops it."""
+class CliProcess:
+    """One `sensorcast ARGS...` child. A context manager: leaving the block stops it."""
 
-    def __init__(self, model_uri: str, env: dict[str, str], log_path: Path, *args: str):
-        self.cmd = [sys.executable, "-m", "pipeline.tools.cli", "serve", "--model", model_uri, "-v", *args]
+    ready_marker = ""  # a line the command logs once it is ready (see wait_ready)
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.cmd = [sys.executable, "-m", "pipeline.tools.cli", *args]
         self.env = {**os.environ, **env}
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> ServeProcess:
+    def start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log:  # the child keeps its own handle
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -30,10 +32,10 @@ class ServeProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_ready(self, timeout_s: float = 120) -> ServeProcess:
-        """Return once the service consumes; raise with the log's tail if it exits or takes too long."""
+    def wait_ready(self, timeout_s: float = 120):
+        """Return once the ready line is logged; raise with the log's tail if it exits or takes too long."""
         deadline = time.monotonic() + timeout_s
-        while "consuming" not in self.output():
+        while self.ready_marker not in self.output():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 state = (
                     f"exited with {self.proc.returncode}"
@@ -57,8 +59,17 @@ class ServeProcess:
                 self.proc.wait(10)
         return self.proc.returncode
 
-    def __enter__(self) -> ServeProcess:
+    def __enter__(self):
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServeProcess(CliProcess):
+    """`sensorcast serve --model URI -v`, ready once it consumes."""
+
+    ready_marker = "consuming"
+
+    def __init__(self, model_uri: str, env: dict[str, str], log_path: Path, *args: str):
+        super().__init__(["serve", "--model", model_uri, "-v", *args], env, log_path)

@@ -407,6 +407,55 @@ def bench_latency(
         print(json.dumps(doc, indent=2))
 
 
+flows_app = typer.Typer(help="Prefect deployments of the retraining flow", no_args_is_help=True)
+app.add_typer(flows_app, name="flows")
+
+
+@flows_app.command("serve")
+def flows_serve() -> None:
+    """Serve the retrain deployment on its schedule (SENSORCAST_RETRAIN_CRON or _INTERVAL_S) until Ctrl-C."""
+    import os
+    from urllib.parse import urlparse
+
+    settings = Settings.load()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    os.environ.setdefault("PREFECT_API_URL", settings.prefect_url)
+    os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
+    api = urlparse(os.environ["PREFECT_API_URL"])
+    if not stack_mod.port_open(api.hostname or "127.0.0.1", api.port or 80):
+        _fail(f"no Prefect server at {os.environ['PREFECT_API_URL']}; start it with `sensorcast stack up prefect`")
+    from flows.schedule import DEPLOYMENT, serve_retrain
+
+    when = (
+        f"every {settings.retrain_interval_s:.0f} s" if settings.retrain_interval_s else f"cron {settings.retrain_cron}"
+    )
+    console.print(f"serving retrain/{DEPLOYMENT} ({when}, UTC); Prefect UI {os.environ['PREFECT_API_URL'][:-4]}")
+    serve_retrain(settings)
+
+
+@bench_app.command("retrain")
+def bench_retrain(
+    readings: int = typer.Option(1_000_000, help="(a) readings to produce and pull"),
+    epochs: int = typer.Option(3, help="(b) epochs for each model of the warm-start comparison"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+) -> None:
+    """Window pull throughput (Kafka → frame) and warm start vs from scratch on one window."""
+    from pipeline.tools import bench_retrain as br
+
+    settings = Settings.load()
+    if not stack_mod.kafka_answers(settings.bootstrap_servers):
+        console.print(f"no broker at {settings.bootstrap_servers}: starting the local one")
+        stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
+    doc = br.run(settings, readings=readings, epochs=epochs, log=lambda m: console.print(m))
+    text = json.dumps(doc, indent=2)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text)
+        console.print(f"results written to {json_path}")
+    else:
+        print(text)
+
+
 @app.command("retrain")
 def retrain_cmd(
     hours: Optional[float] = typer.Option(None, help="train on the last HOURS of the readings topic (default: all)"),

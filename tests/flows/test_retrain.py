@@ -74,8 +74,8 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
 
     from models.mlflow.registry import alias_version
 
-    produce(loop_settings, history(range(300)) + [(b"x", b"{broken")])
-    first = retrain(trigger="manual", reason="first model", epochs=4)
+    produce(loop_settings, history(range(200)) + [(b"x", b"{broken")])
+    first = retrain(trigger="manual", reason="first model", epochs=3)
     assert first["promoted"] is True and first["version"] == "1", first
     assert first["scores"]["candidate"] < first["scores"]["persistence"]
     assert first["refused"] == {"not_json": 1}
@@ -88,7 +88,7 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"provenance.json", "loss.png", "gate.txt"} <= artifacts
     provenance = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/provenance.json")
-    assert provenance["rows_per_entity"] == {e: 300 for e in ENTITIES} and provenance["refused"] == {"not_json": 1}
+    assert provenance["rows_per_entity"] == {e: 200 for e in ENTITIES} and provenance["refused"] == {"not_json": 1}
 
     # the registered model predicts in a clean process, from the registry alone
     probe = (
@@ -115,23 +115,39 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     # a service on @champion with a slow registry poll: the announcement alone makes it switch
     live = loop_settings.model_copy(update={"model_poll_s": 120.0, "mlflow_tracking_uri": mlflow_tracking})
     forecasts = collect(live, live.forecasts_topic)
+    announcements = collect(live, live.models_topic)
     stop = threading.Event()
     service = threading.Thread(target=serve, args=(live, stop), daemon=True)
     service.start()
-    stream = threading.Thread(target=produce, args=(live, history(range(300, 700)), 40))
+    enough = threading.Event()  # live readings flow until the switch has been seen, then a little more
+    sent_steps: list[int] = []
+
+    def stream_live() -> None:
+        step = 200
+        while not enough.is_set() or step < 260:
+            produce(live, history(range(step, step + 5)), 60)
+            sent_steps.extend(range(step, step + 5))
+            step += 5
+
+    stream = threading.Thread(target=stream_live, daemon=True)
     try:
         stream.start()
         forecasts.wait_for(3)
         assert {d["model"]["version"] for d in forecasts.docs} == {"1"}
-        third = retrain(trigger="drift", reason="test", margin=-1.0, epochs=1)  # promotes whatever beats persistence
-        announced = time.time()
+        third = retrain(trigger="drift", reason="test", margin=-1e6, epochs=1)  # whatever beats persistence wins
         assert third["promoted"] is True and third["version"] == "3", third
+        deadline = time.monotonic() + 30
+        while not any(d["version"] == "3" for d in announcements.docs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        announced = next(t for t, d in announcements.arrivals if d["version"] == "3")
         deadline = time.monotonic() + 30
         while not any(d["model"]["version"] == "3" for d in forecasts.docs) and time.monotonic() < deadline:
             time.sleep(0.02)
         switched = next(t for t, d in forecasts.arrivals if d["model"]["version"] == "3")
+        enough.set()
         stream.join(timeout=60)
-        forecasts.wait_for(len(ENTITIES) * (700 - (L - 1)), timeout_s=60, unique=True)
+        last = max(sent_steps) + 1
+        forecasts.wait_for(len(ENTITIES) * (last - (L - 1)), timeout_s=60, unique=True)
     finally:
         stop.set()
         service.join(timeout=30)
@@ -139,6 +155,6 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     assert switched - announced < 2.0, f"the service switched {switched - announced:.1f} s after the announcement"
     keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
     # a new consumer group reads the topic from its start: every reading after warm-up, history and live
-    assert len(set(keys)) == len(ENTITIES) * (700 - (L - 1)), "every reading forecast across the switch"
+    assert len(set(keys)) == len(ENTITIES) * (last - (L - 1)), "every reading forecast across the switch"
     versions = [d["model"]["version"] for d in sorted(forecasts.docs, key=lambda d: d["ts"])]
     assert versions[0] == "1" and versions[-1] == "3" and json.dumps(versions).count('"2"') == 0

@@ -1,0 +1,89 @@
+"""Missed schedule slots collapse into one retrain, against a real Prefect server and `flows serve`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from pipeline.kafka import ensure_topics
+from pipeline.tools import stack
+from pipeline.tools.child import CliProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def prefect_api(local_settings, monkeypatch: pytest.MonkeyPatch):
+    settings = local_settings("prefect-state")
+    stack.up(settings, ["prefect"], log=lambda _m: None)
+    monkeypatch.setenv("PREFECT_API_URL", settings.prefect_url)
+    try:
+        yield settings
+    finally:
+        stack.down(settings, ["prefect"], log=lambda _m: None)
+
+
+def test_three_missed_slots_run_one_retrain(prefect_api, kafka_settings, mlflow_tracking, tmp_path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Scheduled
+
+    from flows.schedule import deployment
+
+    ensure_topics(kafka_settings, [kafka_settings.readings_topic])  # empty: the one run that works ends quickly
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "SENSORCAST_READINGS_TOPIC": kafka_settings.readings_topic,
+        "SENSORCAST_MODEL_NAME": f"sched-{kafka_settings.consumer_group}",
+        "SENSORCAST_RETRAIN_CRON": "0 3 * * *",
+        "MLFLOW_TRACKING_URI": mlflow_tracking,
+        "PREFECT_API_URL": prefect_api.prefect_url,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    # this process may already know another API (a flow run earlier in the session): say which one
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api.prefect_url}):
+        deployment_id = deployment(prefect_api).apply()
+        now = dt.datetime.now(dt.UTC)
+        with get_client(sync_client=True) as client:
+            missed = [
+                client.create_flow_run_from_deployment(
+                    deployment_id,
+                    parameters={"trigger": "schedule"},
+                    state=Scheduled(scheduled_time=now - dt.timedelta(hours=h)),
+                ).id
+                for h in (3, 2, 1)  # three slots passed while nothing served the deployment
+            ]
+        # `flows serve` comes back: it finds the three Late runs
+        server = CliProcess(["flows", "serve"], env, tmp_path / "flows-serve.log").start()
+        try:
+            deadline = time.monotonic() + 240
+            with get_client(sync_client=True) as client:
+                while time.monotonic() < deadline:
+                    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=missed)))
+                    if len(runs) == 3 and all(r.state and r.state.is_final() for r in runs):
+                        break
+                    time.sleep(1)
+                states = [r.state.type.value for r in sorted(runs, key=lambda r: missed.index(r.id))]
+                logs: dict = {}
+                while time.monotonic() < deadline:  # run logs reach the API in batches, shortly after the run
+                    logs = {
+                        run_id: " ".join(
+                            e.message
+                            for e in client.read_logs(
+                                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+                            )
+                        )
+                        for run_id in missed
+                    }
+                    if all("superseded" in text or "not retrained" in text for text in logs.values()):
+                        break
+                    time.sleep(1)
+        finally:
+            server.stop()
+    assert states == ["COMPLETED"] * 3, (states, server.output()[-3000:])
+    superseded = [run_id for run_id in missed if "superseded" in logs[run_id]]
+    assert superseded == missed[:2], logs  # the two older slots give way ...
+    assert "not retrained" in logs[missed[2]], logs  # ... and the latest one does the work (here: no data yet)
