@@ -161,11 +161,13 @@ def flush_producer(producer: KafkaProducer, timeout_s: float) -> None:
 
 def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
     """Close without raising: what was not confirmed by now is reported by the futures, not by close."""
+    flushed = True
     try:
         flush_producer(producer, timeout_s)
     except KafkaError as e:
+        flushed = False
         log.warning("closing the producer with unconfirmed sends: %s", e)
     try:
-        producer.close(timeout=0)
+        producer.close(timeout=timeout_s if flushed else 0)
     except KafkaError as e:
         log.warning("the producer did not close cleanly: %s", e)
