@@ -6,22 +6,12 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
-from pipeline.messages import encode_reading
 from pipeline.records import Record
-from tests.fixtures.fakes import LastValueModel
+from tests.fixtures.fakes import LastValueModel, reading
+from tests.fixtures.fakes import fake_core as core
 
 CH = ["temp", "pressure"]
 HOUR = 3_600_000
-
-
-def reading(entity: str, step: int, value: float | None = None) -> Record:
-    v = float(step if value is None else value)
-    return Record(encode_reading(entity, step * HOUR, {"temp": v, "pressure": -v}), entity.encode(), offset=step)
-
-
-def core(model=None, **cfg) -> ForecastCore:
-    return ForecastCore(ModelSlot(model or LastValueModel(CH)), ServiceConfig(**cfg))
 
 
 def test_every_valid_reading_after_warm_up_yields_one_forecast() -> None:

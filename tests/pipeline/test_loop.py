@@ -7,24 +7,14 @@ import time
 
 import orjson
 
-from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
 from pipeline.loop import run
-from pipeline.messages import encode_reading, parse_ts
-from pipeline.records import Record
+from pipeline.messages import parse_ts
 from pipeline.testing import MemorySink, MemorySource
-from tests.fixtures.fakes import LastValueModel
+from tests.fixtures.fakes import LastValueModel, reading
+from tests.fixtures.fakes import fake_core as core
 
 CH = ["temp", "pressure"]
 HOUR = 3_600_000
-
-
-def reading(entity: str, step: int, value: float | None = None) -> Record:
-    v = float(step if value is None else value)
-    return Record(encode_reading(entity, step * HOUR, {"temp": v, "pressure": -v}), entity.encode(), offset=step)
-
-
-def core(model=None, **cfg) -> ForecastCore:
-    return ForecastCore(ModelSlot(model or LastValueModel(CH)), ServiceConfig(**cfg))
 
 
 class ConfirmCheckingSource(MemorySource):
