@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,10 @@ from rich.table import Table
 
 from pipeline.settings import Settings
 from pipeline.tools import stack as stack_mod
+
+# Prefect's temporary server (flows run without PREFECT_API_URL) hit "database is locked" on SQLite with
+# its analytics on; nothing here wants them
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(help="sensorcast: streaming multivariate forecasting on Kafka.", no_args_is_help=True)
 stack_app = typer.Typer(
