@@ -1,0 +1,114 @@
+"""Drift, pure: join each forecast with the readings that later arrive, keep a rolling error per entity
+and channel beside persistence's (an online skill score), and say when a retrain is due.
+
+A forecast made after the reading at time t holds H steps; the k-th step is scored when the reading
+at t + k·cadence arrives (the cadence is the entity's smallest gap, as the service's windows keep it).
+Persistence is scored on the same steps: it would have said "the reading at t" for all of them.
+
+Drift fires when the model's rolling MAE, in units of the champion's holdout MAE, stays above
+`threshold` for `patience` consecutive scored readings of one entity, and at most once per `cooldown_s`.
+
+>>> d = DriftTracker(["temp"], reference_mae=1.0, window=4, threshold=2.0, patience=2, cooldown_s=60)
+>>> for h in range(3):  # forecasts of 10 for the next two steps after each reading; the truth follows
+...     _ = d.on_reading("a", h, {"temp": 10.0}, now_s=h)
+...     d.on_forecast("a", h, {"temp": [10.0, 10.0]})
+>>> round(d.mae("a", "temp"), 2), d.drifting("a")
+(0.0, False)
+>>> for h in range(3, 8):  # the level moves by 5: the forecasts of 10 are off by 5
+...     fired = d.on_reading("a", h, {"temp": 15.0}, now_s=h)
+...     d.on_forecast("a", h, {"temp": [10.0, 10.0]})
+>>> d.fired_at is not None, d.mae("a", "temp") > 2.0
+(True, True)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Entity:
+    cadence: float | None = None
+    last_ts: float | None = None
+    pending: dict[float, list[tuple[str, float, float]]] = field(default_factory=dict)  # due ts → (ch, pred, last)
+    errors: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of the model
+    naive: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of persistence
+    above: int = 0  # consecutive scored readings over the threshold
+
+
+class DriftTracker:
+    def __init__(
+        self,
+        channels: list[str],
+        reference_mae: float,
+        window: int = 200,
+        threshold: float = 2.0,
+        patience: int = 20,
+        cooldown_s: float = 3600.0,
+    ):
+        self.channels = list(channels)
+        self.reference_mae = max(reference_mae, 1e-12)
+        self.window, self.threshold, self.patience, self.cooldown_s = window, threshold, patience, cooldown_s
+        self.entities: dict[str, _Entity] = {}
+        self._last_values: dict[str, dict[str, float]] = {}  # entity → its latest reading: persistence's forecast
+        self.fired_at: float | None = None
+        self.fired_entity: str | None = None
+
+    def _entity(self, entity: str) -> _Entity:
+        e = self.entities.get(entity)
+        if e is None:
+            e = self.entities[entity] = _Entity()
+            for c in self.channels:
+                e.errors[c], e.naive[c] = deque(maxlen=self.window), deque(maxlen=self.window)
+        return e
+
+    def on_forecast(self, entity: str, ts: float, forecast: dict[str, list[float]]) -> None:
+        """A forecast made after the reading at `ts`: its steps wait for the readings they predict."""
+        e = self._entity(entity)
+        if e.cadence is None or e.last_ts is None:
+            return
+        last = self._last_values.get(entity, {})
+        for k in range(len(next(iter(forecast.values()), []))):
+            due = ts + (k + 1) * e.cadence
+            e.pending.setdefault(due, []).extend((c, forecast[c][k], last.get(c, float("nan"))) for c in forecast)
+
+    def on_reading(self, entity: str, ts: float, values: dict[str, float], now_s: float) -> bool:
+        """Score every pending step due at `ts`; returns True when this reading makes drift fire."""
+        e = self._entity(entity)
+        if e.last_ts is not None and ts > e.last_ts:
+            gap = ts - e.last_ts
+            e.cadence = gap if e.cadence is None else min(e.cadence, gap)
+        e.last_ts = ts if e.last_ts is None else max(e.last_ts, ts)
+        self._last_values[entity] = dict(values)
+        scored = False
+        for channel, pred, last in e.pending.pop(ts, []):
+            if channel in values:
+                e.errors[channel].append(abs(values[channel] - pred))
+                e.naive[channel].append(abs(values[channel] - last))
+                scored = True
+        for due in [d for d in e.pending if d < ts]:  # steps whose reading never came (a gap): drop them
+            del e.pending[due]
+        if not scored:
+            return False
+        e.above = e.above + 1 if self.drifting(entity) else 0
+        cooled = self.fired_at is None or now_s - self.fired_at >= self.cooldown_s
+        if e.above >= self.patience and cooled:
+            self.fired_at, self.fired_entity = now_s, entity
+            e.above = 0
+            return True
+        return False
+
+    def mae(self, entity: str, channel: str, naive: bool = False) -> float:
+        """Rolling MAE of the model (or of persistence) in units of the champion's holdout MAE."""
+        e = self.entities.get(entity)
+        errs = (e.naive if naive else e.errors).get(channel) if e else None
+        return sum(errs) / len(errs) / self.reference_mae if errs else 0.0
+
+    def skill(self, entity: str, channel: str) -> float | None:
+        """1 − MAE / persistence's MAE on the same steps: above 0 the model is worth serving."""
+        naive = self.mae(entity, channel, naive=True)
+        return None if naive == 0 else 1 - self.mae(entity, channel) / naive
+
+    def drifting(self, entity: str) -> bool:
+        return any(self.mae(entity, c) > self.threshold for c in self.channels)

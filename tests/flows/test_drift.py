@@ -1,0 +1,46 @@
+"""The drift tracker, pure: quiet on a clean stream, fires on a level shift, once per cool-down."""
+
+from __future__ import annotations
+
+import math
+
+from flows.drift import DriftTracker
+
+H = 4
+
+
+def truth(t: int, shift_at: int | None = None) -> float:
+    return 20 + 5 * math.sin(2 * math.pi * t / 24) + (8.0 if shift_at is not None and t >= shift_at else 0.0)
+
+
+def run(tracker: DriftTracker, steps: int, shift_at: int | None = None) -> list[int]:
+    """A model that knows the daily cycle but not the shift; returns the steps at which drift fired."""
+    fired = []
+    for t in range(steps):
+        if tracker.on_reading("site", t, {"temp": truth(t, shift_at)}, now_s=t):
+            fired.append(t)
+        tracker.on_forecast("site", t, {"temp": [truth(t + k) + 0.1 for k in range(1, H + 1)]})
+    return fired
+
+
+def test_quiet_on_a_clean_stream_and_the_model_beats_persistence() -> None:
+    tracker = DriftTracker(["temp"], reference_mae=0.5, window=48, threshold=2.0, patience=6)
+    assert run(tracker, 24 * 10) == []
+    assert tracker.mae("site", "temp") < 0.5 and tracker.skill("site", "temp") > 0.5
+
+
+def test_a_level_shift_fires_once_per_cool_down() -> None:
+    tracker = DriftTracker(["temp"], reference_mae=0.5, window=24, threshold=2.0, patience=6, cooldown_s=100)
+    fired = run(tracker, 24 * 10, shift_at=100)
+    assert fired and 100 < fired[0] <= 112, fired  # within half a day of the shift
+    assert len(fired) == 2 and fired[1] - fired[0] >= 100, fired  # drift persists: again, after the cool-down
+    assert tracker.fired_entity == "site"
+
+
+def test_steps_whose_reading_never_comes_are_dropped() -> None:
+    tracker = DriftTracker(["temp"], reference_mae=1.0, window=10)
+    for t in (0, 1):
+        tracker.on_reading("a", t, {"temp": 1.0}, now_s=t)
+        tracker.on_forecast("a", t, {"temp": [1.0, 1.0, 1.0]})
+    tracker.on_reading("a", 10, {"temp": 1.0}, now_s=10)  # a gap: steps 2 to 4 never arrived
+    assert tracker.entities["a"].pending == {}

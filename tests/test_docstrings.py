@@ -1,0 +1,16 @@
+"""The runnable examples in docstrings run: a docstring that says how to call something stays true."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["flows.drift", "flows.gate", "flows.schedule", "models.nets"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0
