@@ -41,14 +41,16 @@ class DriftTracker:
     def __init__(
         self,
         channels: list[str],
-        reference_mae: float,
+        reference_mae: float | dict[str, float],
         window: int = 200,
         threshold: float = 2.0,
         patience: int = 20,
         cooldown_s: float = 3600.0,
     ):
         self.channels = list(channels)
-        self.reference_mae = max(reference_mae, 1e-12)
+        # the champion's holdout MAE, one for all channels or per channel (raw units)
+        ref = reference_mae if isinstance(reference_mae, dict) else dict.fromkeys(channels, reference_mae)
+        self.reference_mae = {c: max(float(ref.get(c, 1.0)), 1e-12) for c in channels}
         self.window, self.threshold, self.patience, self.cooldown_s = window, threshold, patience, cooldown_s
         self.entities: dict[str, _Entity] = {}
         self._last_values: dict[str, dict[str, float]] = {}  # entity → its latest reading: persistence's forecast
@@ -103,7 +105,7 @@ class DriftTracker:
         """Rolling MAE of the model (or of persistence) in units of the champion's holdout MAE."""
         e = self.entities.get(entity)
         errs = (e.naive if naive else e.errors).get(channel) if e else None
-        return sum(errs) / len(errs) / self.reference_mae if errs else 0.0
+        return sum(errs) / len(errs) / self.reference_mae[channel] if errs else 0.0
 
     def skill(self, entity: str, channel: str) -> float | None:
         """1 − MAE / persistence's MAE on the same steps: above 0 the model is worth serving."""

@@ -15,7 +15,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -72,12 +72,25 @@ def scaled_mse(forecast: Forecast, holdout: Windows, scaler: Scaler, batch_size:
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def holdout_mae(forecast: Forecast, holdout: Windows, channels: list[str], batch_size: int = 512) -> dict[str, float]:
+    """Per-channel MAE over the holdout, raw units: the drift monitor's yardstick for this model."""
+    total, count = None, 0
+    for start in range(0, len(holdout), batch_size):
+        x, y = holdout.batch(torch.arange(start, min(start + batch_size, len(holdout))))
+        err = (forecast(x).float() - y).abs().sum(dim=(0, 1))
+        total = err if total is None else total + err
+        count += y.shape[0] * y.shape[1]
+    return {c: float(v) / max(count, 1) for c, v in zip(channels, total.tolist(), strict=True)}
+
+
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
     reason: str
     scores: dict[str, float]  # contender → holdout MSE (candidate, champion when there is one, persistence, mean)
     margin: float
+    candidate_mae: dict[str, float] = field(default_factory=dict)  # per channel, raw units
 
 
 def decide(scores: dict[str, float], margin: float) -> GateDecision:

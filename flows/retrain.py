@@ -123,10 +123,12 @@ def score(
     candidate: Candidate, champion: Forecaster | None, holdout, margin: float, channels: list[str]
 ) -> GateDecision:
     """Every contender on the same holdout windows, in the candidate's scaled units."""
+    from dataclasses import replace
+
     import numpy as np
     import torch
 
-    from flows.gate import decide, scaled_mse
+    from flows.gate import decide, holdout_mae, scaled_mse
     from models.forecaster import Scaled
     from models.nets import NAIVE
 
@@ -138,7 +140,7 @@ def score(
     horizon = holdout.horizon
     contenders.update({name: cls(horizon) for name, cls in NAIVE.items()})
     scores = {name: scaled_mse(net, holdout, candidate.scaler) for name, net in contenders.items()}
-    return decide(scores, margin)
+    return replace(decide(scores, margin), candidate_mae=holdout_mae(contenders["candidate"], holdout, channels))
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -182,6 +184,7 @@ def register(
         client = MlflowClient()
         client.set_model_version_tag(settings.model_name, version, "gate", decision.reason)
         client.set_model_version_tag(settings.model_name, version, "holdout_mse", json.dumps(decision.scores))
+        client.set_model_version_tag(settings.model_name, version, "holdout_mae", json.dumps(decision.candidate_mae))
         if decision.promote:
             client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
     return version, run.info.run_id

@@ -497,6 +497,46 @@ def retrain_cmd(
     console.print(f"version {report['version'] or '-'}: {state}")
 
 
+@app.command("monitor")
+def monitor_cmd(
+    threshold: float = typer.Option(
+        2.0, help="fire when the rolling MAE exceeds this multiple of the champion's holdout MAE"
+    ),
+    patience: int = typer.Option(20, help="... for this many scored readings of one entity in a row"),
+    cooldown: float = typer.Option(3600.0, help="seconds between two firings"),
+    window: int = typer.Option(200, help="scored steps in the rolling MAE, per entity and channel"),
+    metrics_port: int = typer.Option(9309, help="Prometheus metrics (0: none)"),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Watch live forecasts against the readings that arrive; emit a Prefect drift event when they part."""
+    import signal
+    import threading
+    import time
+
+    from prometheus_client import Gauge, start_http_server
+
+    from flows.monitor import DriftMonitor, champion_reference, emit_drift_event
+
+    _logging(verbose)
+    settings = Settings.load()
+    os.environ.setdefault("PREFECT_API_URL", settings.prefect_url)
+    try:
+        version, reference = champion_reference(settings)
+    except Exception as e:
+        _fail(f"no champion to measure against: {e}")
+    gauge = Gauge("sensorcast_rolling_mae_ratio", "rolling MAE / champion holdout MAE", ["entity", "channel", "model"])
+    if metrics_port:
+        start_http_server(metrics_port)
+    monitor = DriftMonitor(
+        settings, reference, lambda d: emit_drift_event(settings, d), threshold, patience, cooldown, window, gauge
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(f"watching {settings.forecasts_topic} against {settings.readings_topic} (champion v{version})")
+    monitor.run(stop, time.monotonic)
+
+
 @app.command("demo")
 def demo(
     state_dir: Optional[Path] = StateDir,

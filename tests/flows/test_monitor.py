@@ -1,0 +1,80 @@
+"""The drift monitor on real topics: quiet on a clean stream, fires once on an injected level shift."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import orjson
+import pytest
+
+from flows.monitor import DriftMonitor
+from pipeline.kafka import ensure_topics, make_producer
+from pipeline.messages import encode_reading, format_ts
+
+pytestmark = pytest.mark.integration
+
+HOUR = 3_600_000
+H = 4
+
+
+def truth(t: int, shift_at: int | None) -> float:
+    return 20 + 5 * math.sin(2 * math.pi * t / 24) + (8.0 if shift_at is not None and t >= shift_at else 0.0)
+
+
+def stream(settings, steps: range, shift_at: int | None) -> None:
+    """Readings as they arrive, and after each the forecast a model that never saw the shift would make."""
+    producer = make_producer(settings, linger_ms=0)
+    for t in steps:
+        producer.send(
+            settings.readings_topic, key=b"site", value=encode_reading("site", t * HOUR, {"temp": truth(t, shift_at)})
+        )
+        forecast = {
+            "entity": "site",
+            "ts": format_ts(t * HOUR),
+            "forecast": {"temp": [truth(t + k, None) + 0.1 for k in range(1, H + 1)]},
+        }
+        producer.send(settings.forecasts_topic, key=b"site", value=orjson.dumps(forecast))
+        producer.flush()
+        time.sleep(0.03)  # a cadence: each forecast is in before the next reading
+    producer.close()
+
+
+def test_quiet_on_the_clean_stream_then_fires_once_on_a_level_shift(kafka_settings) -> None:
+    ensure_topics(kafka_settings)
+    fired: list[dict] = []
+    monitor = DriftMonitor(kafka_settings, {"temp": 0.5}, fired.append, threshold=2.0, patience=6, window=24)
+    stop = threading.Event()
+    runner = threading.Thread(target=monitor.run, args=(stop, time.monotonic), daemon=True)
+    runner.start()
+    try:
+        assert monitor.wait_ready(30)
+        stream(kafka_settings, range(0, 96), shift_at=None)
+        time.sleep(0.5)
+        quiet = list(fired)
+        stream(kafka_settings, range(96, 160), shift_at=100)
+        deadline = time.monotonic() + 10
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+    assert quiet == [], quiet
+    assert len(fired) == 1 and fired[0]["entity"] == "site" and fired[0]["mae_ratio"]["temp"] > 2.0, fired
+    assert monitor.tracker.skill("site", "temp") is not None
+
+
+def test_the_yardstick_is_the_champions_holdout_mae_tag(mlflow_tracking, tiny_checkpoint) -> None:
+    from mlflow import MlflowClient
+
+    from flows.monitor import champion_reference
+    from models.mlflow.registry import log_checkpoint
+    from pipeline.settings import Settings
+
+    settings = Settings.load(mlflow_tracking_uri=mlflow_tracking, model_name="yardstick")
+    version = log_checkpoint(tiny_checkpoint(), "yardstick", alias="champion")
+    with pytest.raises(RuntimeError, match="no holdout_mae tag"):
+        champion_reference(settings)
+    MlflowClient().set_model_version_tag("yardstick", version, "holdout_mae", '{"temp": 0.4, "pressure": 0.1}')
+    assert champion_reference(settings) == (version, {"temp": 0.4, "pressure": 0.1})
