@@ -471,9 +471,15 @@ def retrain_cmd(
 ) -> None:
     """Retrain now on the readings topic (a Prefect flow run), gate on the holdout, promote if it wins."""
     import os
+    from urllib.parse import urlparse
 
     settings = Settings.load()
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    if not stack_mod.kafka_answers(settings.bootstrap_servers):
+        _fail(f"no Kafka at {settings.bootstrap_servers}; start the local stack with `sensorcast stack up`")
+    tracking = urlparse(settings.tracking_uri)
+    if tracking.scheme.startswith("http") and not stack_mod.port_open(tracking.hostname or "", tracking.port or 80):
+        _fail(f"no MLflow server at {settings.tracking_uri}; start the local stack with `sensorcast stack up`")
     if stack_mod.port_open(settings.host, settings.prefect_port) and not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_API_URL"] = settings.prefect_url  # the local stack's Prefect: the run shows in its UI
     os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
