@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -11,8 +10,6 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from pipeline.kafka.clients import KafkaUnavailable, make_consumer, partitions_of
 from pipeline.records import Record
 from pipeline.settings import Settings
-
-log = logging.getLogger("sensorcast.kafka")
 
 
 class KafkaSource:
