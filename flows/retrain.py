@@ -43,6 +43,17 @@ class Candidate:
     warm_started: bool
     checkpoint: Path
 
+    def raw_net(self) -> torch.nn.Module:
+        """The candidate between its scaler's two halves: raw readings in, raw forecasts out."""
+        import numpy as np
+        import torch
+
+        from models.forecaster import Scaled
+
+        mean = torch.as_tensor(np.asarray(self.scaler.mean, dtype=np.float32))
+        std = torch.as_tensor(np.asarray(self.scaler.std, dtype=np.float32))
+        return Scaled(self.model.cpu().eval(), mean, std).eval()
+
 
 @dataclass
 class RetrainReport:
@@ -125,16 +136,10 @@ def score(
     """Every contender on the same holdout windows, in the candidate's scaled units."""
     from dataclasses import replace
 
-    import numpy as np
-    import torch
-
     from flows.gate import decide, holdout_mae, scaled_mse
-    from models.forecaster import Scaled
     from models.nets import NAIVE
 
-    mean = torch.as_tensor(np.asarray(candidate.scaler.mean, dtype=np.float32))
-    std = torch.as_tensor(np.asarray(candidate.scaler.std, dtype=np.float32))
-    contenders = {"candidate": Scaled(candidate.model.cpu().eval(), mean, std).eval()}
+    contenders = {"candidate": candidate.raw_net()}
     if champion is not None and champion.channels == channels and champion.lookback == holdout.lookback:
         contenders["champion"] = champion.net.cpu()
     horizon = holdout.horizon

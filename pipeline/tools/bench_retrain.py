@@ -45,7 +45,7 @@ def run(
     from flows.gate import chronological_split, scaled_mse, windows
     from flows.retrain import fit
     from flows.window import pull_window
-    from models.forecaster import Forecaster, Scaled
+    from models.forecaster import Forecaster
     from models.nets import NAIVE
     from pipeline.kafka import ensure_topics
     from pipeline.tools.producers import simulate, stream_to_kafka
@@ -89,7 +89,7 @@ def run(
         results = {}
         for name, warm in (("warm_start", True), ("scratch", False)):
             cand, _ = fit.fn(window, champion, warm, epochs, Path(tmp) / name)
-            net = Scaled(cand.model.cpu().eval(), *_scaler_tensors(cand.scaler)).eval()
+            net = cand.raw_net()
             results[name] = {
                 "holdout_mse": round(scaled_mse(net, holdout, cand.scaler), 5),
                 "train_seconds": round(cand.result.seconds, 1),
@@ -118,13 +118,3 @@ def run(
         doc["flow"] = {"seconds": round(time.perf_counter() - started, 1), "promoted": report["promoted"]}
         log(f"    {doc['flow']['seconds']} s, promoted: {report['promoted']} ({report['gate']})")
     return doc
-
-
-def _scaler_tensors(scaler):
-    import numpy as np
-    import torch
-
-    return (
-        torch.as_tensor(np.asarray(scaler.mean, dtype=np.float32)),
-        torch.as_tensor(np.asarray(scaler.std, dtype=np.float32)),
-    )
