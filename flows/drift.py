@@ -26,6 +26,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+DRIFT_EVENT = "sensorcast.drift"  # the Prefect event the monitor emits and the retrain deployment's trigger expects
+
+
+def drift_resource(model_name: str) -> str:
+    """The Prefect resource id a drift event is about: one model, so one trigger per registered name."""
+    return f"sensorcast.model.{model_name}"
+
 
 @dataclass
 class _Entity:
@@ -114,3 +121,19 @@ class DriftTracker:
 
     def drifting(self, entity: str) -> bool:
         return any(self.mae(entity, c) > self.threshold for c in self.channels)
+
+    def summary(self) -> dict[str, float]:
+        """Per channel, over the entities scored so far: the rolling MAE of the model and of persistence
+        (in champion-holdout units) and the model's skill; metric names as MLflow logs them."""
+        out: dict[str, float] = {}
+        for c in self.channels:
+            scored = [name for name, e in self.entities.items() if e.errors[c]]
+            if not scored:
+                continue
+            out[f"mae_ratio_{c}"] = sum(self.mae(n, c) for n in scored) / len(scored)
+            out[f"persistence_mae_ratio_{c}"] = sum(self.mae(n, c, naive=True) for n in scored) / len(scored)
+            if out[f"persistence_mae_ratio_{c}"] > 0:
+                out[f"skill_{c}"] = 1 - out[f"mae_ratio_{c}"] / out[f"persistence_mae_ratio_{c}"]
+        if out:
+            out["entities_scored"] = float(sum(1 for e in self.entities.values() if any(e.errors.values())))
+        return out

@@ -1,7 +1,7 @@
 """The drift monitor, a process of its own (`sensorcast monitor`): Prefect's client stays out of the
 serving process. It follows the readings and forecasts topics from now, scores every forecast step
 when its reading arrives (`flows.drift.DriftTracker`), exports the rolling errors as Prometheus
-metrics, and when drift fires, emits the Prefect event `sensorcast.drift`, at most once per cool-down.
+metrics and logs them to an MLflow run of its own (`MlflowLog`), and when drift fires, emits the Prefect event `sensorcast.drift`, at most once per cool-down.
 The yardstick is the champion's per-channel holdout MAE, tagged on its version by the retrain flow.
 """
 
@@ -11,17 +11,17 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import orjson
 
-from flows.drift import DriftTracker
+from flows.drift import DRIFT_EVENT, DriftTracker, drift_resource
 from pipeline.kafka import TopicFollower
 from pipeline.messages import BadReading, parse_ts
 from pipeline.settings import Settings
 
 log = logging.getLogger("sensorcast.monitor")
-DRIFT_EVENT = "sensorcast.drift"
 
 
 def champion_reference(settings: Settings) -> tuple[str, dict[str, float]]:
@@ -44,11 +44,75 @@ def emit_drift_event(settings: Settings, detail: dict) -> None:
 
         emit_event(
             event=DRIFT_EVENT,
-            resource={"prefect.resource.id": f"sensorcast.model.{settings.model_name}"},
+            resource={"prefect.resource.id": drift_resource(settings.model_name)},
             payload=detail,
         )
     except Exception as e:
         log.error("could not emit %s to Prefect (%s); the next firing tries again", DRIFT_EVENT, e)
+
+
+class MlflowLog:
+    """The monitor's own MLflow run (experiment "sensorcast-monitor"): the tracker's summary as metrics
+    every time it is called, and each drift firing as a text artifact. An MLflow outage costs a log
+    line, once, never the monitor."""
+
+    EXPERIMENT = "sensorcast-monitor"
+
+    def __init__(self, settings: Settings, champion_version: str):
+        self.settings, self.version = settings, champion_version
+        self.run_id: str | None = None
+        self.step = 0
+        self._down = False
+
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.settings.tracking_uri)
+
+    def _run(self, client) -> str:
+        if self.run_id is None:
+            experiment = client.get_experiment_by_name(self.EXPERIMENT)
+            exp_id = experiment.experiment_id if experiment else client.create_experiment(self.EXPERIMENT)
+            run = client.create_run(
+                exp_id,
+                run_name=f"monitor-{self.settings.model_name}-v{self.version}",
+                tags={"model_name": self.settings.model_name, "champion_version": self.version},
+            )
+            self.run_id = run.info.run_id
+        return self.run_id
+
+    def _guard(self, what: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+            if self._down:
+                log.info("MLflow answers again")
+            self._down = False
+        except Exception as e:
+            if not self._down:
+                log.error("could not %s in MLflow (%s); the monitor goes on and retries", what, e)
+            self._down = True
+
+    def metrics(self, summary: dict[str, float]) -> None:
+        if not summary:
+            return
+
+        def send() -> None:
+            from mlflow.entities import Metric
+
+            client = self._client()
+            now_ms = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now_ms, self.step) for k, v in summary.items()]
+            client.log_batch(self._run(client), metrics=batch)
+            self.step += 1
+
+        self._guard("log the rolling errors", send)
+
+    def drift(self, detail: dict) -> None:
+        def send() -> None:
+            client = self._client()
+            client.log_dict(self._run(client), detail, f"drift/{self.step:06d}.json")
+
+        self._guard("log a drift firing", send)
 
 
 class DriftMonitor:
@@ -97,18 +161,31 @@ class DriftMonitor:
                 self.metrics.labels(entity, c, "model").set(self.tracker.mae(entity, c))
                 self.metrics.labels(entity, c, "persistence").set(self.tracker.mae(entity, c, naive=True))
 
-    def run(self, stop: threading.Event, clock: Callable[[], float]) -> None:
-        """Follow both topics from now until `stop`; `clock` gives the cool-down's seconds."""
+    def run(
+        self,
+        stop: threading.Event,
+        clock: Callable[[], float],
+        on_summary: Callable[[dict[str, float]], None] | None = None,
+        summary_every_s: float = 60.0,
+    ) -> None:
+        """Follow both topics from now until `stop`; `clock` gives the cool-down's seconds. Every
+        `summary_every_s` (and once at the end) the tracker's summary goes to `on_summary`."""
         followers = self.followers
         for f in followers:
             f.start()
+        next_summary = clock() + summary_every_s
         try:
             while not stop.is_set():
+                if on_summary is not None and clock() >= next_summary:
+                    on_summary(self.tracker.summary())
+                    next_summary = clock() + summary_every_s
                 try:
                     topic, value = self.inbox.get(timeout=0.2)
                 except queue.Empty:
                     continue
                 self.handle(topic, value, clock())
+            if on_summary is not None:
+                on_summary(self.tracker.summary())
         finally:
             for f in followers:
                 f.close()

@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # torch, MLflow and the models load inside the tasks: a super
     from models.train import TrainResult
 
 TRIGGERS = ("schedule", "manual", "drift")
+EXPERIMENT = "sensorcast-retrain"
+FLOW_RUN_TAG = "prefect_flow_run_id"
 
 
 @dataclass
@@ -77,8 +79,12 @@ class RetrainReport:
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def pull(hours: float | None, channels: list[str] | None) -> TrainingWindow:
-    return pull_window(Settings.load(), hours, channels)
+def pull(hours: float | None, channels: list[str] | None) -> TrainingWindow | WindowError:
+    """The window, or why there is none: too little data is an answer, not a failure to retry."""
+    try:
+        return pull_window(Settings.load(), hours, channels)
+    except WindowError as e:
+        return e
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -156,6 +162,7 @@ def register(
     when the gate promotes. Returns (version, run id)."""
     import mlflow
     from mlflow import MlflowClient
+    from prefect import runtime as prefect_runtime
 
     from models.mlflow.registry import log_checkpoint
     from models.mlflow.tracking import loss_plot
@@ -163,9 +170,17 @@ def register(
 
     settings = Settings.load()
     mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_experiment("sensorcast-retrain")
+    mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=f"retrain-{trigger}") as run:
-        mlflow.set_tags({"trigger": trigger, "trigger_reason": reason or trigger, "promoted": str(decision.promote)})
+        mlflow.set_tags(
+            {
+                "trigger": trigger,
+                "trigger_reason": reason or trigger,
+                "promoted": str(decision.promote),
+                "gate": decision.reason,
+                FLOW_RUN_TAG: str(prefect_runtime.flow_run.id or ""),  # `sensorcast retrain --wait` finds it
+            }
+        )
         mlflow.log_params(
             {
                 "lookback": settings.lookback,
@@ -233,11 +248,10 @@ def retrain(
     from models.data import DataError
 
     champion = current_champion()
-    try:
-        window = pull(hours, champion.channels if champion is not None else None)
-    except WindowError as e:  # nothing to train on: no run, no version, and the reason said
-        logger.warning("not retrained: %s", e)
-        return RetrainReport(trigger, reason or trigger, False, f"not retrained: {e}", {}).to_dict()
+    window = pull(hours, champion.channels if champion is not None else None)
+    if isinstance(window, WindowError):  # nothing to train on: no run, no version, and the reason said
+        logger.warning("not retrained: %s", window)
+        return RetrainReport(trigger, reason or trigger, False, f"not retrained: {window}", {}).to_dict()
     prov = window.provenance
     logger.info("window: %d readings, refused %s, %d series", prov.readings, prov.refused, prov.segments)
     with tempfile.TemporaryDirectory(prefix="sensorcast-retrain-") as tmp:

@@ -5,7 +5,12 @@ a process work pool and a worker run it instead). Prefect has no catch-up switch
 was down across several slots, each missed slot's run goes Late and all of them run once something
 picks them up. So a scheduled run first asks the API whether a later slot of its deployment is
 already due; if so it ends at once ("superseded") and the latest slot does the work: however many
-slots were missed, one retrain runs. Runs also queue one at a time (a concurrency limit of 1).
+slots were missed, one retrain runs. Runs also queue one at a time (a concurrency limit of 1: a
+drift or on-demand run waits for the scheduled one rather than being dropped, as CANCEL_NEW would).
+
+The same deployment carries the drift trigger: Prefect's automation turns each `sensorcast.drift`
+event about this model (`sensorcast monitor` emits it) into a run with trigger "drift" and the
+event's reason.
 """
 
 from __future__ import annotations
@@ -63,10 +68,25 @@ def later_slot_is_due() -> bool:
 
 
 def deployment(settings: Settings):
-    """The retrain flow as a deployment with the settings' schedule (cron, else an interval)."""
+    """The retrain flow as a deployment with the settings' schedule (cron, else an interval) and
+    the drift trigger."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
+    from flows.drift import DRIFT_EVENT, drift_resource
     from flows.retrain import retrain
+
+    on_drift = DeploymentEventTrigger(
+        name=f"retrain {settings.model_name} on drift",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": drift_resource(settings.model_name)},
+        parameters={
+            "trigger": "drift",
+            "reason": "{{ event.payload.reason }}",
+            "hours": settings.retrain_hours,
+            "margin": settings.retrain_margin,
+        },
+    )
 
     timing = (
         {"interval": settings.retrain_interval_s} if settings.retrain_interval_s else {"cron": settings.retrain_cron}
@@ -76,6 +96,7 @@ def deployment(settings: Settings):
         **timing,
         parameters={"trigger": "schedule", "hours": settings.retrain_hours, "margin": settings.retrain_margin},
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        triggers=[on_drift],
         description="Retrain on the readings topic, gate on the holdout, promote and announce if it wins.",
     )
 
@@ -85,3 +106,33 @@ def serve_retrain(settings: Settings) -> None:
     from prefect import serve
 
     serve(deployment(settings))
+
+
+def served_deployment_id(settings: Settings) -> str | None:
+    """The retrain deployment's id when a runner serves it now (it polled the API lately), else None:
+    a run of an unserved deployment would wait for nobody."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_url}):
+        with get_client(sync_client=True) as client:
+            try:
+                found = client.read_deployment_by_name(f"retrain/{DEPLOYMENT}")
+            except Exception:  # ObjectNotFound, or a server that answers the port but not the API
+                return None
+    status = getattr(found.status, "value", found.status)
+    return str(found.id) if status == "READY" else None
+
+
+def start_run(settings: Settings, parameters: dict, wait: bool) -> tuple[str, str]:
+    """Start a run of the served deployment (`sensorcast retrain`); with `wait`, until it ends.
+    Returns (flow run id, final state name or "SCHEDULED")."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_url}):
+        run = run_deployment(
+            f"retrain/{DEPLOYMENT}", parameters=parameters, timeout=None if wait else 0, poll_interval=2
+        )
+    state = run.state.type.value if run.state else "SCHEDULED"
+    return str(run.id), state

@@ -468,8 +468,10 @@ def retrain_cmd(
     epochs: int = typer.Option(5, help="training epochs (early stopping may end sooner)"),
     warm_start: bool = typer.Option(True, help="start from the champion's weights when the shapes allow"),
     reason: str = typer.Option("", help="why, for the run's record"),
+    wait: bool = typer.Option(False, "--wait", help="on a served deployment: wait for the run and print its outcome"),
 ) -> None:
-    """Retrain now on the readings topic (a Prefect flow run), gate on the holdout, promote if it wins."""
+    """Retrain now on the readings topic, gate on the holdout, promote if it wins: a run of the served
+    retrain deployment when `sensorcast flows serve` runs, else the flow in this process."""
     import os
     from urllib.parse import urlparse
 
@@ -480,12 +482,28 @@ def retrain_cmd(
     tracking = urlparse(settings.tracking_uri)
     if tracking.scheme.startswith("http") and not stack_mod.port_open(tracking.hostname or "", tracking.port or 80):
         _fail(f"no MLflow server at {settings.tracking_uri}; start the local stack with `sensorcast stack up`")
-    if stack_mod.port_open(settings.host, settings.prefect_port) and not os.environ.get("PREFECT_API_URL"):
-        os.environ["PREFECT_API_URL"] = settings.prefect_url  # the local stack's Prefect: the run shows in its UI
     os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
+    params = {"trigger": "manual", "reason": reason, "hours": hours, "warm_start": warm_start, "margin": margin}
+    params["epochs"] = epochs
+    prefect_api = urlparse(settings.prefect_url)
+    if stack_mod.port_open(prefect_api.hostname or "127.0.0.1", prefect_api.port or 80):
+        from flows.schedule import served_deployment_id, start_run
+
+        if served_deployment_id(settings):
+            flow_run_id, state = start_run(settings, params, wait)
+            console.print(f"Prefect run: {settings.prefect_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}")
+            if not wait:
+                console.print("started on the served deployment (`--wait` follows it to the end)")
+                return
+            _print_retrain_outcome(settings, flow_run_id)
+            if state != "COMPLETED":
+                _fail(f"the retrain run ended {state}: see its logs in the Prefect UI")
+            return
+        os.environ.setdefault("PREFECT_API_URL", settings.prefect_url)  # the run still shows in its UI
+        console.print("no runner serves the retrain deployment: running the flow in this process")
     from flows.retrain import retrain
 
-    report = retrain(trigger="manual", reason=reason, hours=hours, warm_start=warm_start, margin=margin, epochs=epochs)
+    report = retrain(**params)
     table = Table(title=f"retrain: {report['gate']}")
     for col in ("contender", "holdout MSE (scaled)"):
         table.add_column(col)
@@ -493,14 +511,39 @@ def retrain_cmd(
         table.add_row(name, f"{mse:.4f}")
     Console().print(table)
     if report["run_id"]:
-        import mlflow
-
-        run = mlflow.MlflowClient(settings.tracking_uri).get_run(report["run_id"])
-        console.print(
-            f"MLflow run: {settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-        )
+        console.print(f"MLflow run: {_mlflow_run_url(settings, report['run_id'])}")
     state = "promoted to @" + settings.model_alias if report["promoted"] else "not promoted"
     console.print(f"version {report['version'] or '-'}: {state}")
+
+
+def _mlflow_run_url(settings: Settings, run_id: str) -> str:
+    import mlflow
+
+    run = mlflow.MlflowClient(settings.tracking_uri).get_run(run_id)
+    return f"{settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:
+    """What a deployment run did, from the MLflow run it tagged with its flow run id."""
+    import mlflow
+
+    from flows.retrain import EXPERIMENT, FLOW_RUN_TAG
+
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = (
+        client.search_runs([experiment.experiment_id], f"tags.{FLOW_RUN_TAG} = '{flow_run_id}'")
+        if experiment
+        else []
+    )
+    if not runs:
+        console.print("no MLflow run: nothing was trained (the Prefect run's logs say why)")
+        return
+    run = runs[0]
+    console.print(f"gate: {run.data.tags.get('gate', '?')}")
+    console.print(f"MLflow run: {_mlflow_run_url(settings, run.info.run_id)}")
+    state = "promoted to @" + settings.model_alias if run.data.tags.get("promoted") == "True" else "not promoted"
+    console.print(state)
 
 
 @app.command("monitor")
@@ -512,6 +555,7 @@ def monitor_cmd(
     cooldown: float = typer.Option(3600.0, help="seconds between two firings"),
     window: int = typer.Option(200, help="scored steps in the rolling MAE, per entity and channel"),
     metrics_port: int = typer.Option(9309, help="Prometheus metrics (0: none)"),
+    summary_every: float = typer.Option(60.0, help="seconds between two summaries logged to MLflow"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Watch live forecasts against the readings that arrive; emit a Prefect drift event when they part."""
@@ -521,7 +565,7 @@ def monitor_cmd(
 
     from prometheus_client import Gauge, start_http_server
 
-    from flows.monitor import DriftMonitor, champion_reference, emit_drift_event
+    from flows.monitor import DriftMonitor, MlflowLog, champion_reference, emit_drift_event
 
     _logging(verbose)
     settings = Settings.load()
@@ -533,14 +577,18 @@ def monitor_cmd(
     gauge = Gauge("sensorcast_rolling_mae_ratio", "rolling MAE / champion holdout MAE", ["entity", "channel", "model"])
     if metrics_port:
         start_http_server(metrics_port)
-    monitor = DriftMonitor(
-        settings, reference, lambda d: emit_drift_event(settings, d), threshold, patience, cooldown, window, gauge
-    )
+    mlflow_log = MlflowLog(settings, version)
+
+    def on_drift(detail: dict) -> None:
+        mlflow_log.drift(detail)
+        emit_drift_event(settings, detail)
+
+    monitor = DriftMonitor(settings, reference, on_drift, threshold, patience, cooldown, window, gauge)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     console.print(f"watching {settings.forecasts_topic} against {settings.readings_topic} (champion v{version})")
-    monitor.run(stop, time.monotonic)
+    monitor.run(stop, time.monotonic, on_summary=mlflow_log.metrics, summary_every_s=summary_every)
 
 
 @app.command("demo")

@@ -44,3 +44,13 @@ def test_steps_whose_reading_never_comes_are_dropped() -> None:
         tracker.on_forecast("a", t, {"temp": [1.0, 1.0, 1.0]})
     tracker.on_reading("a", 10, {"temp": 1.0}, now_s=10)  # a gap: steps 2 to 4 never arrived
     assert tracker.entities["a"].pending == {}
+
+
+def test_the_summary_averages_entities_and_names_metrics_per_channel() -> None:
+    tracker = DriftTracker(["temp"], reference_mae=0.5, window=48)
+    assert tracker.summary() == {}  # nothing scored yet: nothing to log
+    run(tracker, 48)
+    summary = tracker.summary()
+    assert set(summary) == {"mae_ratio_temp", "persistence_mae_ratio_temp", "skill_temp", "entities_scored"}
+    assert summary["mae_ratio_temp"] == tracker.mae("site", "temp") and summary["entities_scored"] == 1
+    assert summary["skill_temp"] == tracker.skill("site", "temp")

@@ -1,8 +1,13 @@
-"""Missed schedule slots collapse into one retrain, against a real Prefect server and `flows serve`."""
+"""The retrain deployment against a real Prefect server and `flows serve`: missed schedule slots
+collapse into one retrain, a drift event from the monitor's code starts a retrain, and
+`sensorcast retrain --wait` runs on the served deployment."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -25,9 +30,24 @@ def prefect_api(local_settings, monkeypatch: pytest.MonkeyPatch):
         stack.down(settings, ["prefect"], log=lambda _m: None)
 
 
-def test_three_missed_slots_run_one_retrain(prefect_api, kafka_settings, mlflow_tracking, tmp_path) -> None:
+EMIT_DRIFT = (
+    "from flows.monitor import emit_drift_event; from pipeline.settings import Settings; "
+    "emit_drift_event(Settings.load(), {'entity': 'a', 'reason': 'level shift on a'})"
+)
+
+
+def test_missed_slots_run_one_retrain_and_drift_runs_another(
+    prefect_api, kafka_settings, mlflow_tracking, tmp_path
+) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Scheduled
 
@@ -81,9 +101,29 @@ def test_three_missed_slots_run_one_retrain(prefect_api, kafka_settings, mlflow_
                     if all("superseded" in text or "not retrained" in text for text in logs.values()):
                         break
                     time.sleep(1)
+            # the monitor's emitter, in a process of its own as in `sensorcast monitor`
+            subprocess.run([sys.executable, "-c", EMIT_DRIFT], env={**os.environ, **env}, check=True, timeout=120)
+            drift_runs: list = []
+            with get_client(sync_client=True) as client:
+                while time.monotonic() < deadline:
+                    runs = client.read_flow_runs(
+                        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+                    )
+                    drift_runs = [r for r in runs if r.parameters.get("trigger") == "drift"]
+                    if drift_runs and all(r.state and r.state.is_final() for r in drift_runs):
+                        break
+                    time.sleep(1)
+            # on demand: `sensorcast retrain --wait` goes through the served deployment
+            cmd = [sys.executable, "-m", "pipeline.tools.cli", "retrain", "--wait", "--reason", "by hand"]
+            on_demand = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=180)
         finally:
             server.stop()
     assert states == ["COMPLETED"] * 3, (states, server.output()[-3000:])
     superseded = [run_id for run_id in missed if "superseded" in logs[run_id]]
     assert superseded == missed[:2], logs  # the two older slots give way ...
     assert "not retrained" in logs[missed[2]], logs  # ... and the latest one does the work (here: no data yet)
+    assert len(drift_runs) == 1, (drift_runs, server.output()[-3000:])  # one event, one run
+    assert drift_runs[0].state.type.value == "COMPLETED"
+    assert drift_runs[0].parameters["reason"] == "level shift on a"
+    assert on_demand.returncode == 0, on_demand.stderr[-3000:]
+    assert "/runs/flow-run/" in on_demand.stderr and "nothing was trained" in on_demand.stderr, on_demand.stderr
