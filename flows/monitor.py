@@ -1,8 +1,9 @@
 """The drift monitor, a process of its own (`sensorcast monitor`): Prefect's client stays out of the
 serving process. It follows the readings and forecasts topics from now, scores every forecast step
 when its reading arrives (`flows.drift.DriftTracker`), exports the rolling errors as Prometheus
-metrics and logs them to an MLflow run of its own (`MlflowLog`), and when drift fires, emits the Prefect event `sensorcast.drift`, at most once per cool-down.
-The yardstick is the champion's per-channel holdout MAE, tagged on its version by the retrain flow.
+metrics and logs them to an MLflow run of its own (`MlflowLog`), and when drift fires, emits the
+Prefect event `sensorcast.drift`, at most once per cool-down; the retrain deployment's trigger turns
+it into a run. The yardstick is the champion's per-channel holdout MAE, tagged on its version by the retrain flow.
 """
 
 from __future__ import annotations

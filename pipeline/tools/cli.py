@@ -532,9 +532,7 @@ def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:
     client = mlflow.MlflowClient(settings.tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = (
-        client.search_runs([experiment.experiment_id], f"tags.{FLOW_RUN_TAG} = '{flow_run_id}'")
-        if experiment
-        else []
+        client.search_runs([experiment.experiment_id], f"tags.{FLOW_RUN_TAG} = '{flow_run_id}'") if experiment else []
     )
     if not runs:
         console.print("no MLflow run: nothing was trained (the Prefect run's logs say why)")
