@@ -46,7 +46,8 @@ def test_quiet_on_the_clean_stream_then_fires_once_on_a_level_shift(kafka_settin
     fired: list[dict] = []
     monitor = DriftMonitor(kafka_settings, {"temp": 0.5}, fired.append, threshold=2.0, patience=6, window=24)
     stop = threading.Event()
-    runner = threading.Thread(target=monitor.run, args=(stop, time.monotonic), daemon=True)
+    summaries: list[dict] = []
+    runner = threading.Thread(target=monitor.run, args=(stop, time.monotonic, summaries.append, 0.5), daemon=True)
     runner.start()
     try:
         assert monitor.wait_ready(30)
@@ -63,6 +64,7 @@ def test_quiet_on_the_clean_stream_then_fires_once_on_a_level_shift(kafka_settin
     assert quiet == [], quiet
     assert len(fired) == 1 and fired[0]["entity"] == "site" and fired[0]["mae_ratio"]["temp"] > 2.0, fired
     assert monitor.tracker.skill("site", "temp") is not None
+    assert summaries[-1]["mae_ratio_temp"] == monitor.tracker.mae("site", "temp")  # the last one, at the stop
 
 
 def test_the_yardstick_is_the_champions_holdout_mae_tag(mlflow_tracking, tiny_checkpoint) -> None:
@@ -78,3 +80,34 @@ def test_the_yardstick_is_the_champions_holdout_mae_tag(mlflow_tracking, tiny_ch
         champion_reference(settings)
     MlflowClient().set_model_version_tag("yardstick", version, "holdout_mae", '{"temp": 0.4, "pressure": 0.1}')
     assert champion_reference(settings) == (version, {"temp": 0.4, "pressure": 0.1})
+
+
+def test_the_rolling_errors_go_to_an_mlflow_run_of_the_monitors_own(mlflow_tracking) -> None:
+    from mlflow import MlflowClient
+
+    from flows.monitor import MlflowLog
+    from pipeline.settings import Settings
+
+    log = MlflowLog(Settings.load(mlflow_tracking_uri=mlflow_tracking, model_name="watched"), "3")
+    log.metrics({})  # nothing scored yet: no run is opened for it
+    assert log.run_id is None
+    for ratio in (0.8, 2.5):
+        log.metrics({"mae_ratio_temp": ratio, "persistence_mae_ratio_temp": 1.6})
+    log.drift({"entity": "site", "reason": "level shift"})
+    run = MlflowClient(mlflow_tracking).get_run(log.run_id)
+    history = MlflowClient(mlflow_tracking).get_metric_history(log.run_id, "mae_ratio_temp")
+    assert [m.value for m in history] == [0.8, 2.5] and run.data.tags["champion_version"] == "3"
+    assert run.info.run_name == "monitor-watched-v3"
+
+
+def test_an_mlflow_outage_is_one_log_line_and_the_monitor_goes_on(monkeypatch, caplog) -> None:
+    from flows.monitor import MlflowLog
+    from pipeline.settings import Settings
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    log = MlflowLog(Settings.load(mlflow_tracking_uri="http://127.0.0.1:9"), "1")  # nothing listens on port 9
+    with caplog.at_level("ERROR", logger="sensorcast.monitor"):
+        for _ in range(3):
+            log.metrics({"mae_ratio_temp": 1.0})
+        log.drift({"entity": "site"})
+    assert len(caplog.records) == 1 and "retries" in caplog.records[0].getMessage()
