@@ -1,7 +1,8 @@
 """The retrain deployment: on a schedule, on demand, and never a pile-up of missed slots.
 
-`serve_retrain` serves the deployment from this process (`sensorcast flows serve`; in docker-compose
-a process work pool and a worker run it instead). Prefect has no catch-up switch: when the scheduler
+`serve_retrain` serves the deployment from this process (`sensorcast flows serve`); `deploy_to_pool`
+registers it on a process work pool whose workers run it instead (`sensorcast flows deploy`, as
+docker-compose does). Prefect has no catch-up switch: when the scheduler
 was down across several slots, each missed slot's run goes Late and all of them run once something
 picks them up. So a scheduled run first asks the API whether a later slot of its deployment is
 already due; if so it ends at once ("superseded") and the latest slot does the work: however many
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.settings import Settings
 
@@ -67,14 +69,13 @@ def later_slot_is_due() -> bool:
     return me is not None and superseded(me, slots, now)
 
 
-def deployment(settings: Settings):
-    """The retrain flow as a deployment with the settings' schedule (cron, else an interval) and
-    the drift trigger."""
+def deployment_options(settings: Settings) -> dict:
+    """What every form of the retrain deployment shares: the settings' schedule (cron, else an
+    interval), the schedule's parameters, one run at a time, and the drift trigger."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
     from flows.drift import DRIFT_EVENT, drift_resource
-    from flows.retrain import retrain
 
     on_drift = DeploymentEventTrigger(
         name=f"retrain {settings.model_name} on drift",
@@ -87,18 +88,41 @@ def deployment(settings: Settings):
             "margin": settings.retrain_margin,
         },
     )
-
     timing = (
         {"interval": settings.retrain_interval_s} if settings.retrain_interval_s else {"cron": settings.retrain_cron}
     )
-    return retrain.to_deployment(
-        name=DEPLOYMENT,
+    return {
+        "name": DEPLOYMENT,
         **timing,
-        parameters={"trigger": "schedule", "hours": settings.retrain_hours, "margin": settings.retrain_margin},
-        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
-        triggers=[on_drift],
-        description="Retrain on the readings topic, gate on the holdout, promote and announce if it wins.",
-    )
+        "parameters": {"trigger": "schedule", "hours": settings.retrain_hours, "margin": settings.retrain_margin},
+        "concurrency_limit": ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        "triggers": [on_drift],
+        "description": "Retrain on the readings topic, gate on the holdout, promote and announce if it wins.",
+    }
+
+
+def deployment(settings: Settings):
+    """The retrain deployment, to serve from this process (`serve_retrain`)."""
+    from flows.retrain import retrain
+
+    return retrain.to_deployment(**deployment_options(settings))
+
+
+def deploy_to_pool(settings: Settings, pool: str, source: Path) -> str:
+    """Register the retrain deployment on a process work pool (created if missing), its code read
+    from `source` by the pool's workers (docker-compose: the image's /app). Returns its id."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        except ObjectAlreadyExists:
+            pass
+    retrain = flow.from_source(source=str(source), entrypoint="flows/retrain.py:retrain")
+    return str(retrain.deploy(work_pool_name=pool, print_next_steps=False, **deployment_options(settings)))
 
 
 def serve_retrain(settings: Settings) -> None:

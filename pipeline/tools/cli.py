@@ -438,6 +438,24 @@ def flows_serve() -> None:
     serve_retrain(settings)
 
 
+@flows_app.command("deploy")
+def flows_deploy(
+    pool: str = typer.Option("sensorcast", help="the process work pool (created if missing)"),
+    source: Path = typer.Option(Path("."), help="where the pool's workers find the code (the checkout or image)"),
+) -> None:
+    """Register the retrain deployment on a work pool; `prefect worker start --pool POOL` runs it."""
+    import os
+
+    settings = Settings.load()
+    os.environ.setdefault("PREFECT_API_URL", settings.prefect_url)
+    os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
+    from flows.schedule import DEPLOYMENT, deploy_to_pool
+
+    deployment_id = deploy_to_pool(settings, pool, source.resolve())
+    console.print(f"retrain/{DEPLOYMENT} ({deployment_id}) on work pool {pool!r}: start a worker with")
+    console.print(f"  prefect worker start --pool {pool}")
+
+
 @bench_app.command("retrain")
 def bench_retrain(
     readings: int = typer.Option(1_000_000, help="(a) readings to produce and pull"),

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from pipeline.kafka import ensure_topics
+from pipeline.settings import REPO_ROOT
 from pipeline.tools import stack
 from pipeline.tools.child import CliProcess
 
@@ -36,7 +37,7 @@ EMIT_DRIFT = (
 )
 
 
-def test_missed_slots_run_one_retrain_and_drift_runs_another(
+def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_the_same(
     prefect_api, kafka_settings, mlflow_tracking, tmp_path
 ) -> None:
     from prefect.client.orchestration import get_client
@@ -51,7 +52,7 @@ def test_missed_slots_run_one_retrain_and_drift_runs_another(
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Scheduled
 
-    from flows.schedule import deployment
+    from flows.schedule import deploy_to_pool, deployment
 
     ensure_topics(kafka_settings, [kafka_settings.readings_topic])  # empty: the one run that works ends quickly
     env = {
@@ -118,6 +119,12 @@ def test_missed_slots_run_one_retrain_and_drift_runs_another(
             on_demand = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=180)
         finally:
             server.stop()
+        # docker-compose's form: the same deployment on a process work pool (a worker runs it there)
+        pooled_id = deploy_to_pool(prefect_api, "sensorcast-test", REPO_ROOT)
+        with get_client(sync_client=True) as client:
+            pooled = client.read_deployment(pooled_id)
+            pool = client.read_work_pool("sensorcast-test")
+            automations = client.read_automations_by_name(f"retrain {prefect_api.model_name} on drift")
     assert states == ["COMPLETED"] * 3, (states, server.output()[-3000:])
     superseded = [run_id for run_id in missed if "superseded" in logs[run_id]]
     assert superseded == missed[:2], logs  # the two older slots give way ...
@@ -127,3 +134,6 @@ def test_missed_slots_run_one_retrain_and_drift_runs_another(
     assert drift_runs[0].parameters["reason"] == "level shift on a"
     assert on_demand.returncode == 0, on_demand.stderr[-3000:]
     assert "/runs/flow-run/" in on_demand.stderr and "nothing was trained" in on_demand.stderr, on_demand.stderr
+    assert pool.type == "process" and pooled.work_pool_name == "sensorcast-test"
+    assert pooled.entrypoint == "flows/retrain.py:retrain" and pooled.schedules[0].schedule.cron == "0 3 * * *"
+    assert automations and automations[0].trigger.expect == {"sensorcast.drift"}

@@ -43,11 +43,11 @@ def test_our_services_env_names_real_settings(service: str) -> None:
             continue
         if key.startswith("SENSORCAST_"):
             assert key.removeprefix("SENSORCAST_").lower() in fields, f"{service}: {key} is no setting"
-    if service in {"forecaster", "forecaster-cpu", "producer", "prefect-worker"}:
+    if service in {"forecaster", "forecaster-cpu", "producer", "prefect-worker", "prefect-deploy", "monitor"}:
         assert STANDARD_ENV <= set(env), f"{service} lacks one of {STANDARD_ENV}"
 
 
-@pytest.mark.parametrize("service", ["forecaster", "producer", "prefect-worker"])
+@pytest.mark.parametrize("service", ["forecaster", "producer", "prefect-worker", "prefect-deploy", "monitor"])
 def test_addresses_point_at_compose_services(service: str) -> None:
     env = {k: str(v) for k, v in SERVICES[service]["environment"].items()}
     settings = Settings(**{k: v for k, v in env.items() if k in STANDARD_ENV})
@@ -89,3 +89,14 @@ def test_mlflow_and_prefect_run_on_postgres() -> None:
     )
     init = Path(REPO_ROOT / "infra" / "postgres-init.sql").read_text()
     assert "CREATE DATABASE prefect" in init
+
+
+def test_the_worker_runs_the_pool_the_deploy_step_registers_the_retrain_on() -> None:
+    deploy, worker = SERVICES["prefect-deploy"]["command"], SERVICES["prefect-worker"]["command"]
+    assert deploy[:3] == ["sensorcast", "flows", "deploy"] and worker[:3] == ["prefect", "worker", "start"]
+    pool = deploy[deploy.index("--pool") + 1]
+    assert worker[worker.index("--pool") + 1] == pool and worker[worker.index("--type") + 1] == "process"
+    assert deploy[deploy.index("--source") + 1] == "/app"  # where infra/Dockerfile puts the code
+    assert "WORKDIR /app" in (REPO_ROOT / "infra/Dockerfile").read_text()
+    assert SERVICES["prefect-worker"]["depends_on"]["prefect-deploy"]["condition"] == "service_completed_successfully"
+    assert SERVICES["monitor"]["command"] == ["sensorcast", "monitor"]
