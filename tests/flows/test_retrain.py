@@ -1,5 +1,6 @@
-"""The retraining loop against real Kafka, a real MLflow store and Prefect's own engine: readings on
-the topic become a registered, gated model, and a running service follows a promotion at once."""
+"""The retraining loop against real Kafka, a real MLflow tracking server and Prefect's own engine:
+readings on the topic become a registered, gated model, and a running service follows a promotion
+at once."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def history(steps: range) -> list[tuple[bytes, bytes]]:
 
 
 @pytest.fixture
-def loop_settings(kafka_settings: Settings, mlflow_tracking: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def loop_settings(kafka_settings: Settings, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """The flow reads its settings from the environment, as a Prefect worker would."""
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
@@ -67,7 +68,7 @@ def test_too_little_data_is_not_retrained_and_says_why(loop_settings: Settings, 
 
 
 def test_the_loop_closes_register_gate_promote_and_the_service_follows(
-    loop_settings: Settings, produce, collect, mlflow_tracking: str
+    loop_settings: Settings, produce, collect, mlflow_server: str
 ) -> None:
     import mlflow
     from mlflow import MlflowClient
@@ -113,7 +114,7 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     assert {"holdout_mse", "holdout_mae"} <= set(tags) and "better than the champion" in tags["gate"]
 
     # a service on @champion with a slow registry poll: the announcement alone makes it switch
-    live = loop_settings.model_copy(update={"model_poll_s": 120.0, "mlflow_tracking_uri": mlflow_tracking})
+    live = loop_settings.model_copy(update={"model_poll_s": 120.0, "mlflow_tracking_uri": mlflow_server})
     forecasts = collect(live, live.forecasts_topic)
     announcements = collect(live, live.models_topic)
     stop = threading.Event()
