@@ -45,6 +45,20 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
         if observer is not None:
             observer.on_batch(stats, batch.records, time.time())
 
+    def hand_over() -> None:
+        """Before a rebalance takes partitions away: land, confirm and commit all polled so far."""
+        nonlocal in_flight, uncommitted, next_commit
+        if in_flight is not None:
+            land(in_flight)
+            in_flight = None
+        if uncommitted:
+            sink.flush()
+            source.commit()
+            uncommitted, next_commit = False, time.monotonic() + every_s
+
+    rebalancing = hasattr(source, "before_revoke")  # a consumer-group source (pipeline.records.RebalancingSource)
+    if rebalancing:
+        source.before_revoke = hand_over
     with ThreadPoolExecutor(1, thread_name_prefix="sensorcast-forward") as forward:
         while not stop.is_set():
             records = source.poll(core.cfg.max_batch, 0 if in_flight else core.cfg.max_wait_ms)
@@ -69,4 +83,6 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
         if uncommitted:
             sink.flush()
             source.commit()
+    if rebalancing:
+        source.before_revoke = None
     return handled

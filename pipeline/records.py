@@ -6,6 +6,7 @@ pipeline/testing.py has in-memory ones)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,3 +46,10 @@ class Sink(Protocol):
     def flush(self) -> None:
         """Return only when every published message is confirmed; raise if any failed."""
         ...
+
+
+class RebalancingSource(Source, Protocol):
+    """A source whose partitions a consumer group can take away (pipeline/kafka/confluent.py). The
+    loop sets `before_revoke`; the source calls it, from inside `poll`, before giving partitions up."""
+
+    before_revoke: Callable[[], None] | None

@@ -12,7 +12,7 @@ import time
 import torch
 
 from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
-from pipeline.kafka import KafkaSink, KafkaSource, TopicFollower, ensure_topics, kafka_source, make_producer
+from pipeline.kafka import TopicFollower, ensure_topics, service_sink, service_source
 from pipeline.loop import run
 from pipeline.metrics import ServiceMetrics
 from pipeline.model_source import ModelWatcher, load_model
@@ -24,7 +24,7 @@ log = logging.getLogger("sensorcast.serve")
 class _Observer:
     """Feeds the metrics after each batch and refreshes consumer lag every few seconds."""
 
-    def __init__(self, metrics: ServiceMetrics, source: KafkaSource, every_s: float = 5.0):
+    def __init__(self, metrics: ServiceMetrics, source, every_s: float = 5.0):
         self.metrics, self.source, self.every_s = metrics, source, every_s
         self._next = 0.0
 
@@ -62,8 +62,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     )
 
     ensure_topics(settings)
-    source = kafka_source(settings)
-    sink = KafkaSink(make_producer(settings, linger_ms=1))
+    source = service_source(settings)
+    sink = service_sink(settings)
     slot = ModelSlot(forecaster)
     core = ForecastCore(slot, ServiceConfig.from_settings(settings))
 
@@ -88,9 +88,10 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     gc.collect()
     gc.freeze()
     log.info(
-        "consuming %s as group %s, forecasts to %s",
+        "consuming %s as group %s with %s, forecasts to %s",
         settings.readings_topic,
         settings.consumer_group,
+        settings.kafka_client,
         settings.forecasts_topic,
     )
     started = time.monotonic()

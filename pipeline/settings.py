@@ -49,11 +49,16 @@ class Settings(BaseSettings):
     dlq_topic: str = "sensors.dlq"
     models_topic: str = "sensorcast.models"
     topic_partitions: int = 3
+    kafka_client: str = Field(
+        default="kafka-python",
+        pattern="^(kafka-python|confluent)$",
+        description="the service's Kafka client: kafka-python, or confluent (librdkafka, consumer-group scale-out)",
+    )
     consumer_group: str = "sensorcast-forecaster"
     partitions: str | None = Field(
         default=None,
         pattern=r"^\d+(,\d+)*$",
-        description="readings partitions this instance serves, e.g. 0,2 (default: all)",
+        description="readings partitions this instance serves, e.g. 0,2 (default: all; kafka-python only)",
     )
     offset_reset: str = Field(
         default="earliest", pattern="^(earliest|latest)$", description="where a new consumer group starts"

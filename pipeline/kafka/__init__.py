@@ -1,5 +1,6 @@
 """The only code that knows a Kafka client: factories and topics (clients), the service's Source
-(source) and Sink (sink), and topic readers for tools and tests (reader)."""
+(source) and Sink (sink) on kafka-python and on confluent-kafka (confluent), the one chosen by the
+settings (endpoints), and topic readers for tools and tests (reader)."""
 
 from pipeline.kafka.clients import (
     KafkaUnavailable,
@@ -11,6 +12,7 @@ from pipeline.kafka.clients import (
     make_producer,
     partitions_of,
 )
+from pipeline.kafka.endpoints import service_sink, service_source
 from pipeline.kafka.reader import TopicCollector, TopicFollower, TopicSlice, read_since, topic_reader
 from pipeline.kafka.sink import KafkaSink
 from pipeline.kafka.source import KafkaSource, kafka_source
@@ -31,5 +33,7 @@ __all__ = [
     "make_producer",
     "partitions_of",
     "read_since",
+    "service_sink",
+    "service_source",
     "topic_reader",
 ]

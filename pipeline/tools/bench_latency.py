@@ -2,7 +2,10 @@
 
 Against the real broker: the service runs as its own process (`sensorcast serve`), the producer in
 this process, and a sink that stamps each forecast's arrival in a third process, so no two of them
-share a GIL. End-to-end latency is the sink's arrival time minus the moment the reading was sent.
+share a GIL. End-to-end latency is the sink's arrival time minus the moment the reading was due.
+Each Kafka client is measured twice in the same run: the service, and the same loop with no model
+(`sensorcast bench relay`: the floor Kafka and the client set on this machine). The load generator
+and the stamper use confluent-kafka, the fastest client, for every row.
 `--in-memory` drives the same core without Kafka (the path to measure on a GPU machine).
 """
 
@@ -23,11 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.settings import Settings
-from pipeline.tools.child import ServeProcess
+from pipeline.tools.child import CliProcess, RelayProcess, ServeProcess
 
 CHANNELS = 7
 LOOKBACK, HORIZON = 96, 24
 BURST_S = 0.001  # the load generator sends what is due at least this often
+KAFKA_CLIENTS = ("kafka-python", "confluent")
+LADDER = (2000, 4000, 6000, 8000, 10000, 12000, 16000, 20000, 25000, 30000)
 
 
 def bench_checkpoint(folder: Path) -> Path:
@@ -142,23 +147,35 @@ def in_memory(device: str, entities: int = 100, readings: int = 50_000, log: Cal
 
 
 def _sink_process(bootstrap: str, topic: str, conn, ready) -> None:
-    """Stamp each forecast's arrival; hand the stamps over when asked."""
+    """Stamp each forecast's arrival; hand the stamps over when asked. confluent-kafka, the fastest
+    client, for every row: the stamper takes as little of the two cores as it can."""
     import orjson
+    from confluent_kafka import Consumer
 
-    from pipeline.kafka import topic_reader
-
-    consumer = topic_reader(Settings(kafka_bootstrap_servers=bootstrap), topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-sink-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,
+        }
+    )
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        consumer.poll(0.1)
     gc.collect()
     gc.freeze()  # no full collection walks the imports while stamping arrivals (see pipeline.serve)
     ready.set()
     seen: list[tuple[str, float]] = []
     while True:
-        batches = consumer.poll(timeout_ms=20)
+        first = consumer.poll(0.02)
         now = time.time()
-        for records in batches.values():
-            for r in records:
-                doc = orjson.loads(r.value)
-                seen.append((f"{doc['entity']}|{doc['ts']}", now))
+        if first is not None:
+            for m in [first, *consumer.consume(10_000, 0)]:
+                if m.error() is None:
+                    doc = orjson.loads(m.value())
+                    seen.append((f"{doc['entity']}|{doc['ts']}", now))
         if conn.poll():
             if conn.recv() == "stop":
                 conn.send(seen)
@@ -198,27 +215,46 @@ class ArrivalStamper:
         self.proc.join(10)
 
 
-def _start_service(rig: Rig, group: str, max_batch: int) -> ServeProcess:
-    env = {**rig.env, "SENSORCAST_CONSUMER_GROUP": group, "SENSORCAST_MAX_BATCH": str(max_batch)}
-    return ServeProcess(str(rig.checkpoint), env, rig.checkpoint.parent / f"service-{group}.log").start()
+def _start(rig: Rig, group: str, max_batch: int, client: str, relay: bool) -> CliProcess:
+    """The service (or the no-model relay) on `client`, as a process of its own."""
+    env = {
+        **rig.env,
+        "SENSORCAST_CONSUMER_GROUP": group,
+        "SENSORCAST_MAX_BATCH": str(max_batch),
+        "SENSORCAST_KAFKA_CLIENT": client,
+    }
+    log_path = rig.checkpoint.parent / f"{'relay' if relay else 'service'}-{group}.log"
+    proc = RelayProcess(env, log_path) if relay else ServeProcess(str(rig.checkpoint), env, log_path)
+    return proc.start()
 
 
-def _stop_service(proc: ServeProcess) -> None:
+def _stop_service(proc: CliProcess) -> None:
     proc.stop(grace_s=30)
 
 
 class Stream:
-    """Simulated sensors, paced, remembering when each reading was sent."""
+    """Simulated sensors, paced, remembering when each reading was sent (confluent-kafka's producer,
+    the fastest client, for every row)."""
 
     def __init__(self, settings: Settings, entities: int):
-        from pipeline.kafka import make_producer
+        from confluent_kafka import Producer
+
+        from pipeline.kafka.confluent import producer_config
         from pipeline.tools.producers import simulate
 
         self.topic = settings.readings_topic
         self.rows = simulate(entities, CHANNELS, start_ms=1_800_000_000_000)
-        self.producer = make_producer(settings, linger_ms=5)
+        self.producer = Producer(producer_config(settings, **{"linger.ms": 5, "client.id": "bench-load"}))
         self.sent: dict[str, float] = {}  # reading → when it was due (paced) or sent (flat out), wall clock
         self.last: set[str] = set()  # the readings of the latest `send`
+
+    def _produce(self, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key)
+                return
+            except BufferError:
+                self.producer.poll(0.01)
 
     def send(self, n: int, rate: float = 0) -> float:
         """Send n readings at `rate` a second (0 = flat out); returns the achieved rate. The readings
@@ -231,7 +267,7 @@ class Stream:
             entity, ts, values = next(self.rows)
             stamp = format_ts(ts)
             ready.append((f"{entity}|{stamp}", entity.encode(), encode_reading(entity, stamp, values)))
-        send, sent, topic, clock = self.producer.send, self.sent, self.topic, time.perf_counter
+        produce, sent, clock = self._produce, self.sent, time.perf_counter
         self.last = {ident for ident, _, _ in ready}
         started, started_wall, i = clock(), time.time(), 0
         while i < n:  # every millisecond, what is due: a sleep per reading would cost more than the send
@@ -240,12 +276,17 @@ class Stream:
                 ident, key, value = ready[k]
                 # latency counts from when the reading was due, not from when the generator got to it
                 sent[ident] = started_wall + k / rate if rate else time.time()
-                send(topic, key=key, value=value)
+                produce(key, value)
             i = due
+            self.producer.poll(0)
             if i < n:
                 time.sleep(BURST_S)
-        self.producer.flush(30)
+        if self.producer.flush(30):
+            raise RuntimeError("the load generator's sends were not confirmed within 30 s")
         return n / (clock() - started)
+
+    def close(self) -> None:
+        self.producer.flush(30)
 
 
 def _latencies(stream: Stream, stamps: dict[str, float]) -> list[float]:
@@ -276,15 +317,19 @@ def _wait_for_readings(sink: ArrivalStamper, wanted: set[str], timeout_s: float)
 
 def against_kafka(
     settings: Settings,
+    client: str = "kafka-python",
+    relay: bool = False,
     rate: int = 1000,
     entities: int = 100,
     duration_s: float = 30.0,
-    ladder: tuple[int, ...] = (2000, 4000, 6000, 7000, 8000, 9000, 10000, 12000, 16000),
+    ladder: tuple[int, ...] = LADDER,
     step_s: float = 8.0,
     drain_readings: int = 20_000,
     log: Callable[[str], None] = print,
     keep_logs: bool | None = None,
 ) -> dict:
+    """(a) latency at `rate`, (b) the highest rung of the ladder held, and for the service (d) a
+    backlog drained batched and naive; `relay` measures the same with no model (the floor)."""
     from pipeline.kafka import ensure_topics
 
     tag = uuid.uuid4().hex[:6]
@@ -314,15 +359,18 @@ def against_kafka(
     gc.collect()
     gc.freeze()  # keep full collections of this process's imports from pausing the load generator
     result: dict = {}
-    service = _start_service(rig, f"bench-{tag}-batched", settings.max_batch)
+    what = f"{'relay (no model)' if relay else 'service'} on {client}"
+    service = _start(rig, f"bench-{tag}-batched", settings.max_batch, client, relay)
     try:
         # warm every window, then wait for the first tick of forecasts: the service is caught up
         stream.send(entities * (LOOKBACK - 1))
         stream.send(entities)
-        if len(_wait_for(sink, entities, 120)) < entities:
-            tail = (rig.checkpoint.parent / f"service-bench-{tag}-batched.log").read_text()[-3000:]
-            raise RuntimeError(f"the service produced no forecasts within 120 s; its log ends:\n{tail}")
-        log(f"(a) {rate} readings/s over {entities} entities for {duration_s:.0f} s")
+        wanted = entities if not relay else entities * LOOKBACK  # the relay answers every reading
+        if len(_wait_for(sink, wanted, 120)) < wanted:
+            raise RuntimeError(
+                f"the {what} produced no forecasts within 120 s; its log ends:\n{service.output()[-3000:]}"
+            )
+        log(f"{what}: (a) {rate} readings/s over {entities} entities for {duration_s:.0f} s")
         sink.take()
         n = int(rate * duration_s)
         achieved = stream.send(n, rate)
@@ -341,7 +389,7 @@ def against_kafka(
             f"p99 {result['e2e']['p99_ms']} ms ({len(lat)}/{n} forecasts)"
         )
 
-        log("(b) rate ladder: the highest rate with p99 under 100 ms")
+        log(f"{what}: (b) rate ladder: the highest rate with every reading answered and p99 under 100 ms")
         ladder_rows, sustained = [], 0
         for r in ladder:
             sink.take()
@@ -368,9 +416,13 @@ def against_kafka(
         result["sustained_readings_per_s"] = sustained
     finally:
         _stop_service(service)
+        sink.close()
+        stream.close()
+    if relay:
+        tmp.cleanup()
+        return result
 
-    log(f"(d) drain a backlog of {drain_readings:,} readings: batched vs a naive per-message loop")
-    sink.close()
+    log(f"{what}: (d) drain a backlog of {drain_readings:,} readings: batched vs a naive per-message loop")
     drains = {}
     for name, max_batch in (("batched", settings.max_batch), ("naive", 1)):
         # topics of its own holding exactly the backlog: the timed forecasts are those of the backlog only
@@ -390,7 +442,7 @@ def against_kafka(
             "SENSORCAST_READINGS_TOPIC": d.readings_topic,
             "SENSORCAST_FORECASTS_TOPIC": d.forecasts_topic,
         }
-        proc = _start_service(Rig(rig.checkpoint, env), f"bench-{tag}-drain-{name}", max_batch)
+        proc = _start(Rig(rig.checkpoint, env), f"bench-{tag}-drain-{name}", max_batch, client, relay=False)
         try:
             got = _wait_for(sink, 1, 120)  # timed from the first forecast: start-up is not drain speed
             deadline = time.monotonic() + 120
@@ -404,7 +456,7 @@ def against_kafka(
         finally:
             _stop_service(proc)
             sink.close()
-            backlog.producer.close()
+            backlog.close()
     if not keep_logs:
         tmp.cleanup()
     else:
@@ -415,17 +467,59 @@ def against_kafka(
     return result
 
 
-def run(settings: Settings, in_memory_only: bool = False, log: Callable[[str], None] = print, **kw) -> dict:
+def machine() -> dict:
+    """What the figures were measured on: they do not travel between machines."""
     import platform
 
     import torch
 
-    doc: dict = {"host": {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__}}
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def run(
+    settings: Settings,
+    in_memory_only: bool = False,
+    clients: tuple[str, ...] = KAFKA_CLIENTS,
+    log: Callable[[str], None] = print,
+    **kw,
+) -> dict:
+    """Everything side by side in one run: in memory, then per client the no-model floor and the service."""
+    import torch
+
+    doc: dict = {"machine": machine()}
     doc["in_memory"] = {"cpu": in_memory("cpu", log=log)}
     if torch.cuda.is_available():
         doc["in_memory"]["cuda"] = in_memory("cuda", log=log)
     serving = doc["in_memory"].get("cuda", doc["in_memory"]["cpu"])  # the device `auto` picks
     doc["device"], doc["inference"] = serving["device"], serving["inference"]
-    if not in_memory_only:
-        doc.update(against_kafka(settings, log=log, **kw))
+    if in_memory_only:
+        return doc
+    doc["clients"] = {}
+    for client in clients:
+        floor = against_kafka(settings, client, relay=True, log=log, **kw)
+        service = against_kafka(settings, client, relay=False, log=log, **kw)
+        doc["clients"][client] = {
+            **service,
+            "floor": {k: floor[k] for k in ("e2e", "sustained_readings_per_s", "ladder")},
+            "p99_vs_floor": round(service["e2e"]["p99_ms"] / floor["e2e"]["p99_ms"], 2)
+            if floor["e2e"]["p99_ms"]
+            else None,
+            "sustained_vs_floor": round(service["sustained_readings_per_s"] / floor["sustained_readings_per_s"], 2)
+            if floor["sustained_readings_per_s"]
+            else None,
+        }
     return doc

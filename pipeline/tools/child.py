@@ -73,3 +73,12 @@ class ServeProcess(CliProcess):
 
     def __init__(self, model_uri: str, env: dict[str, str], log_path: Path, *args: str):
         super().__init__(["serve", "--model", model_uri, "-v", *args], env, log_path)
+
+
+class RelayProcess(CliProcess):
+    """`sensorcast bench relay`: the service's loop with no model, ready once it consumes."""
+
+    ready_marker = "consuming"
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        super().__init__(["bench", "relay"], env, log_path)

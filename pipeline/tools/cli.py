@@ -251,6 +251,9 @@ def serve_cmd(
     max_wait_ms: Optional[float] = typer.Option(None, help="longest wait for a micro-batch to fill"),
     metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (0 = off)"),
     group: Optional[str] = typer.Option(None, help="consumer group"),
+    kafka_client: Optional[str] = typer.Option(
+        None, "--kafka-client", help="kafka-python (default) or confluent (librdkafka; instances share partitions)"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Consume readings, forecast every channel H steps ahead, publish forecasts; SIGTERM stops cleanly."""
@@ -265,6 +268,7 @@ def serve_cmd(
         max_wait_ms=max_wait_ms,
         metrics_port=metrics_port,
         consumer_group=group,
+        kafka_client=kafka_client,
     )
     _logging(verbose, settings.kafka_log_level)
     try:
@@ -363,11 +367,13 @@ def bench_latency(
     rate: int = typer.Option(1000, help="(a) readings per second"),
     entities: int = typer.Option(100, help="(a) entities in the stream"),
     duration: float = typer.Option(30.0, help="(a) seconds at that rate"),
-    ladder: str = typer.Option("2000,4000,6000,7000,8000,9000,10000,12000,16000", help="(b) rates to climb"),
+    ladder: str = typer.Option("2000,4000,6000,8000,10000,12000,16000,20000,25000,30000", help="(b) rates to climb"),
     step: float = typer.Option(8.0, help="(b) seconds per rung"),
     drain: int = typer.Option(20000, help="(d) backlog size for batched vs naive"),
+    clients: str = typer.Option("kafka-python,confluent", help="Kafka clients to measure, side by side"),
 ) -> None:
-    """End-to-end latency, sustained rate, inference per batch size, batched vs naive."""
+    """End-to-end latency, sustained rate, inference per batch size, batched vs naive; per Kafka
+    client, beside the same loop with no model (the floor)."""
     from pipeline.kafka import KafkaUnavailable
     from pipeline.tools import bench_latency as bl
 
@@ -382,6 +388,7 @@ def bench_latency(
         doc = bl.run(
             settings,
             in_memory_only=in_memory,
+            clients=tuple(c.strip() for c in clients.split(",") if c.strip()),
             log=lambda m: console.print(m),
             **(
                 {}
@@ -404,6 +411,18 @@ def bench_latency(
     for r in doc["inference"]:
         table.add_row(str(r["batch"]), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}")
     Console().print(table)
+    if doc.get("clients"):
+        table = Table(title=f"against Kafka ({doc['machine']['cpu_model']}, {doc['machine']['cpus']} cores)")
+        for col in ("client", "row", f"p50 ms @{rate}/s", "p99 ms", "sustained /s", "drain /s", "naive /s"):
+            table.add_column(col)
+        for client, r in doc["clients"].items():
+            f = r["floor"]
+            table.add_row(client, "no model (floor)", *(str(f["e2e"][k]) for k in ("p50_ms", "p99_ms")),
+                          str(f["sustained_readings_per_s"]), "", "")  # fmt: skip
+            table.add_row(client, "service", *(str(r["e2e"][k]) for k in ("p50_ms", "p99_ms")),
+                          str(r["sustained_readings_per_s"]), str(r["drain_readings_per_s"]),
+                          str(r["naive_readings_per_s"]))  # fmt: skip
+        Console().print(table)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(doc, indent=2))
@@ -454,6 +473,19 @@ def flows_deploy(
     deployment_id = deploy_to_pool(settings, pool, source.resolve())
     console.print(f"retrain/{DEPLOYMENT} ({deployment_id}) on work pool {pool!r}: start a worker with")
     console.print(f"  prefect worker start --pool {pool}")
+
+
+@bench_app.command("relay")
+def bench_relay(
+    kafka_client: Optional[str] = typer.Option(None, "--kafka-client", help="kafka-python or confluent"),
+    group: Optional[str] = typer.Option(None, help="consumer group"),
+) -> None:
+    """The service's loop with no model (the Kafka floor the latency benchmark measures)."""
+    from pipeline.tools.relay import relay
+
+    settings = Settings.load(kafka_client=kafka_client, consumer_group=group)
+    _logging(True, settings.kafka_log_level)
+    raise typer.Exit(0 if relay(settings) >= 0 else 1)
 
 
 @bench_app.command("retrain")

@@ -30,9 +30,15 @@ def readings(entities: int, steps: range) -> list[tuple[bytes, bytes]]:
 
 
 @pytest.fixture
-def service_settings(kafka_settings: Settings, tiny_checkpoint) -> Settings:
+def service_settings(kafka_settings: Settings, kafka_client: str, tiny_checkpoint) -> Settings:
+    """The service on a tiny model, once per Kafka client."""
     s = kafka_settings.model_copy(
-        update={"model_uri": str(tiny_checkpoint()), "metrics_port": 0, "topic_partitions": 3}
+        update={
+            "model_uri": str(tiny_checkpoint()),
+            "metrics_port": 0,
+            "topic_partitions": 3,
+            "kafka_client": kafka_client,
+        }
     )
     ensure_topics(s)
     return s
@@ -172,6 +178,7 @@ def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
         "SENSORCAST_DLQ_TOPIC": service_settings.dlq_topic,
         "SENSORCAST_CONSUMER_GROUP": service_settings.consumer_group,
         "SENSORCAST_METRICS_PORT": "0",
+        "SENSORCAST_KAFKA_CLIENT": service_settings.kafka_client,
     }
     forecasts = collect(service_settings, service_settings.forecasts_topic)
     steps = 200
@@ -197,10 +204,11 @@ def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
     assert 0 < before_restart < expected, "the first process should stop mid-stream"
     keys = {(d["entity"], d["ts"]) for d in forecasts.docs}
     assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast"
-    # at-least-once: a duplicate can only come from a batch published but not committed
-    assert len(forecasts.docs) - len(keys) <= 2 * 2000
+    # a clean stop lands, confirms and commits everything it polled: the restart re-forecasts nothing
+    assert len(forecasts.docs) == len(keys), f"{len(forecasts.docs) - len(keys)} readings forecast twice"
 
 
+@pytest.mark.parametrize("kafka_client", ["kafka-python"])  # explicit partition lists; confluent: the group test
 def test_two_instances_split_the_partitions_and_forecast_everything_once(
     service_settings: Settings, produce, collect
 ) -> None:
@@ -217,3 +225,42 @@ def test_two_instances_split_the_partitions_and_forecast_everything_once(
             thread.join(timeout=30)
     keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
     assert len(keys) == len(set(keys)) == 9 * (30 - (L - 1))
+
+
+@pytest.mark.parametrize("kafka_client", ["confluent"])
+def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_one(
+    service_settings: Settings, produce, collect, tmp_path: Path
+) -> None:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": service_settings.bootstrap_servers,
+        "SENSORCAST_READINGS_TOPIC": service_settings.readings_topic,
+        "SENSORCAST_FORECASTS_TOPIC": service_settings.forecasts_topic,
+        "SENSORCAST_DLQ_TOPIC": service_settings.dlq_topic,
+        "SENSORCAST_CONSUMER_GROUP": service_settings.consumer_group,
+        "SENSORCAST_METRICS_PORT": "0",
+        "SENSORCAST_KAFKA_CLIENT": "confluent",
+    }
+    forecasts = collect(service_settings, service_settings.forecasts_topic)
+    steps, entities = 160, 9
+    a = ServeProcess(service_settings.model_uri, env, tmp_path / "a.log").start().wait_ready()
+    b = ServeProcess(service_settings.model_uri, env, tmp_path / "b.log").start().wait_ready()
+    producer = threading.Thread(target=produce, args=(service_settings, readings(entities, range(steps)), 400))
+    try:
+        producer.start()  # 1,440 readings over 3.6 s
+        forecasts.wait_for(200, timeout_s=60)
+        assert "assigned partitions" in a.output() and "assigned partitions" in b.output()
+        assert a.stop() == 0, a.output()[-3000:]  # mid-stream: b takes a's partitions over
+        before = len(forecasts.docs)
+        producer.join(timeout=60)
+        expected = entities * (steps - (L - 1))
+        forecasts.wait_for(expected, timeout_s=90, unique=True)
+        time.sleep(1.5)
+    finally:
+        a.stop()
+        b.stop()
+    keys = {(d["entity"], d["ts"]) for d in forecasts.docs}
+    assert 0 < before < expected, "a should stop mid-stream"
+    assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast across the hand-over"
+    assert len(forecasts.docs) == len(keys), "a hand-over commits first: nothing is forecast twice"
+    assert "gave up partitions" in a.output(), a.output()[-2000:]
+    assert b.output().count("assigned partitions") >= 2, b.output()[-2000:]  # its share, then a's

@@ -1,8 +1,10 @@
-"""The producer's key-caching partitioner must pick exactly what kafka-python's default would
-(murmur2, as the Java client), or an entity's forecasts would land on another partition."""
+"""The producer's key-caching partitioner and the confluent producer must pick exactly what
+kafka-python's default would (murmur2, as the Java client), or an entity's readings would land on
+another partition depending on the client that wrote them."""
 
 from __future__ import annotations
 
+import pytest
 from kafka.partitioner import DefaultPartitioner
 
 from pipeline.kafka.clients import KeyCachingPartitioner
@@ -43,3 +45,26 @@ def test_a_topic_that_grew_partitions_is_rehashed() -> None:
     after = ours.partition("t", key, key, None, None, Cluster(8))
     assert before == DefaultPartitioner().partition("t", key, key, None, None, Cluster(3))
     assert after == DefaultPartitioner().partition("t", key, key, None, None, Cluster(8))
+
+
+@pytest.mark.integration
+def test_confluent_producer_puts_every_key_where_kafka_python_does(kafka_settings) -> None:
+    """librdkafka hashes in C: ask the broker where its sends landed, for many keys and partition counts."""
+    from confluent_kafka import Producer
+
+    from pipeline.kafka import ensure_topics
+    from pipeline.kafka.confluent import producer_config
+
+    keys = [f"entity-{i}".encode() for i in range(300)] + [b"pump-7", "capteur-é".encode(), b"\x00\xff"]
+    landed: dict[tuple[str, bytes], int] = {}
+    producer = Producer(producer_config(kafka_settings))
+    for n in (1, 2, 3, 5, 7, 12):
+        topic = f"{kafka_settings.readings_topic}-{n}"
+        ensure_topics(kafka_settings, [topic], partitions=n)
+        for k in keys:
+            producer.produce(
+                topic, b"v", k, on_delivery=lambda err, msg, n=n: landed.update({(n, msg.key()): msg.partition()})
+            )
+        assert producer.flush(30) == 0
+        for k in keys:
+            assert landed[(n, k)] == DefaultPartitioner().partition(topic, k, k, b"v", b"v", Cluster(n)), (n, k)

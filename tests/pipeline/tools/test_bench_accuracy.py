@@ -31,7 +31,7 @@ def test_bench_accuracy_standard_runs_end_to_end_on_a_slice(tmp_path, shared_dat
         "--horizons",
         "24",
         "--rows",
-        "600",
+        "400",
         "--split",
         "7/1/2",
         "--epochs",

@@ -1,0 +1,256 @@
+"""The service's Source and Sink over confluent-kafka (librdkafka): its I/O runs in C threads outside
+the GIL, and its consumer groups rebalance for real, so several instances share the partitions.
+
+Chosen with `SENSORCAST_KAFKA_CLIENT=confluent` (`--kafka-client confluent`); kafka-python stays the
+default. Same contract as pipeline/kafka/source.py and sink.py: commit only what was published and
+confirmed, rebuild the windows of every partition taken on, dead letters and lag as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from pipeline.kafka.clients import KafkaUnavailable
+from pipeline.records import Outgoing, Record
+from pipeline.settings import Settings
+
+log = logging.getLogger("sensorcast.kafka")
+REBALANCING = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION}  # a commit to try again
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Idempotent, acks=all, and murmur2 partitioning so a key lands where Java clients and
+    kafka-python put it (librdkafka's default, CRC32, would not)."""
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "partitioner": "murmur2_random",
+        "client.id": "sensorcast-producer",
+        **overrides,
+    }
+
+
+def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.consumer_group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": settings.offset_reset,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "fetch.wait.max.ms": 5,
+        "client.id": "sensorcast-consumer",
+        **overrides,
+    }
+
+
+def make_confluent_producer(settings: Settings, **overrides: Any) -> Producer:
+    producer = Producer(producer_config(settings, **overrides))
+    try:
+        producer.list_topics(timeout=settings.startup_timeout_s / 3)  # fail fast, not on the first send
+    except KafkaException as e:
+        raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
+    return producer
+
+
+class ConfluentSink:
+    """pipeline.records.Sink over a confluent Producer: flush returns only when every message is
+    acknowledged, and raises if any was refused (the loop then does not commit)."""
+
+    def __init__(self, producer: Producer, flush_timeout_s: float = 30.0):
+        self.producer, self.flush_timeout_s = producer, flush_timeout_s
+        self._failed: list[KafkaError] = []
+
+    def _delivered(self, err: KafkaError | None, _msg) -> None:
+        if err is not None:
+            self._failed.append(err)
+
+    def publish(self, messages: list[Outgoing]) -> None:
+        produce, delivered = self.producer.produce, self._delivered
+        for m in messages:
+            while True:
+                try:
+                    produce(m.topic, m.value, m.key, on_delivery=delivered)
+                    break
+                except BufferError:  # librdkafka's queue is full: let it drain a little
+                    self.producer.poll(0.05)
+        self.producer.poll(0)  # serve delivery callbacks as they come, not all at flush
+
+    def flush(self) -> None:
+        left = self.producer.flush(self.flush_timeout_s)
+        failed, self._failed = self._failed, []
+        if left:
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{left} sends not confirmed"))
+        if failed:
+            raise KafkaException(failed[0])
+
+    def close(self) -> None:
+        left = self.producer.flush(self.flush_timeout_s)
+        if left:
+            log.warning("closing the producer with %d unconfirmed sends", left)
+
+
+class ConfluentSource:
+    """pipeline.records.Source over a confluent Consumer in the settings' consumer group, with the
+    cooperative-sticky assignor: instances share the topic's partitions and rebalance as they come
+    and go.
+
+    On assignment, each new partition is rewound up to `rehydrate_records` before its committed
+    offset and those records are replays (they refill windows, emit nothing), as on a restart.
+    On revocation, `before_revoke` (set by the loop) lands the batch in flight, waits for every
+    message to be confirmed and commits, before the partitions go to another instance: a hand-over
+    re-forecasts nothing that was confirmed."""
+
+    def __init__(self, consumer: Consumer, topic: str, rehydrate_records: int = 0, timeout_s: float = 30.0):
+        self.consumer, self.topic = consumer, topic
+        self.rehydrate_records, self.timeout_s = rehydrate_records, timeout_s
+        self.before_revoke: Callable[[], None] | None = None
+        self.replay_until: dict[int, int] = {}
+        self._position: dict[int, int] = {}  # partition → next offset to read
+        self._committed: dict[int, int] = {}
+        self._buffer: list = []  # messages polled while waiting for the first assignment
+        self.assigned: set[int] = set()
+        self.rebalances = 0
+        consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    # -- rebalancing (librdkafka calls these from inside poll/consume, on this thread) -------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        if not partitions:
+            return
+        committed = consumer.committed(partitions, timeout=self.timeout_s)
+        start_at = []
+        for tp in committed:
+            p = tp.partition
+            if tp.offset < 0:  # nothing committed: librdkafka starts where auto.offset.reset says
+                self._committed.pop(p, None)
+                start = tp.offset
+            else:
+                low, _high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+                self._committed[p] = tp.offset
+                start = max(low, tp.offset - self.rehydrate_records)
+                if start < tp.offset:
+                    self.replay_until[p] = tp.offset
+                self._position[p] = start
+            start_at.append(TopicPartition(self.topic, p, start))
+        consumer.incremental_assign(start_at)
+        self.assigned |= {tp.partition for tp in partitions}
+        log.info("assigned partitions %s of %s", sorted(tp.partition for tp in partitions), self.topic)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        if partitions and self.before_revoke is not None:
+            self.before_revoke()  # land, confirm, commit: everything polled so far is handled
+        self._forget(consumer, partitions)
+        log.info("gave up partitions %s of %s", sorted(tp.partition for tp in partitions), self.topic)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # taken away without a hand-over (this instance missed its session): nothing may be committed
+        self._forget(consumer, partitions)
+        log.warning("lost partitions %s of %s", sorted(tp.partition for tp in partitions), self.topic)
+
+    def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            for table in (self._position, self._committed, self.replay_until):
+                table.pop(tp.partition, None)
+            self.assigned.discard(tp.partition)
+        self._buffer = [m for m in self._buffer if m.partition() in self.assigned]
+        if partitions:
+            consumer.incremental_unassign(partitions)
+
+    # -- Source --------------------------------------------------------------------------------
+    def wait_assigned(self, timeout_s: float | None = None) -> None:
+        """Join the group and take a share of the partitions (what arrives meanwhile is kept)."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while not self.assigned:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"no partitions of {self.topic} assigned within {timeout_s or self.timeout_s} s")
+            msg = self.consumer.poll(0.1)
+            if msg is not None:
+                self._buffer.append(msg)
+
+    def poll(self, max_records: int, timeout_ms: float) -> list[Record]:
+        # poll() for the first message, then consume(n, 0) for what is already fetched: consume(n, t)
+        # would wait for n messages or t, pure latency at low rates
+        messages, self._buffer = self._buffer, []
+        if not messages:
+            first = self.consumer.poll(max(timeout_ms, 0) / 1000)
+            if first is None:
+                return []
+            messages = [first]
+        if len(messages) < max_records:
+            messages.extend(self.consumer.consume(max_records - len(messages), 0))
+        out = []
+        position, replay_until = self._position, self.replay_until
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer: %s", err)
+                continue
+            p, offset = m.partition(), m.offset()
+            until = replay_until.get(p)
+            out.append(
+                Record(m.value(), m.key(), m.topic(), p, offset, m.timestamp()[1], until is not None and offset < until)
+            )
+            position[p] = offset + 1
+            if until is not None and offset + 1 >= until:
+                del replay_until[p]
+        return out
+
+    def commit(self) -> None:
+        moved = [
+            TopicPartition(self.topic, p, pos) for p, pos in self._position.items() if self._committed.get(p) != pos
+        ]
+        if not moved:
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self.consumer.commit(offsets=moved, asynchronous=False)
+                self._committed.update({tp.partition: tp.offset for tp in moved})
+                return
+            except KafkaException as e:
+                # another instance joining or leaving: the group refuses commits until its new
+                # generation is synced, which librdkafka does in the background. Try again until it
+                # is; give up only after `timeout_s` (then the next owner re-forecasts: at-least-once)
+                if e.args[0].code() not in REBALANCING or time.monotonic() > deadline:
+                    if e.args[0].code() in REBALANCING:
+                        log.warning("commit refused through a rebalance (%s); the next owner may repeat", e)
+                        return
+                    raise
+                time.sleep(0.05)
+
+    def lag(self) -> int | None:
+        """Messages behind the high watermarks of the last fetches (cached: no broker request)."""
+        total, known = 0, False
+        for p, pos in self._position.items():
+            _low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            if high is None or high < 0:
+                continue
+            known = True
+            total += max(0, high - pos)
+        return total if known else None
+
+    def close(self) -> None:
+        self.before_revoke = None  # the loop has ended: nothing in flight to land
+        self.consumer.close()  # leaves the group at once: the others rebalance without waiting
+
+
+def confluent_source(settings: Settings, **overrides: Any) -> ConfluentSource:
+    """The service's source as the settings describe it (the readings topic, the group, rehydration)."""
+    config = consumer_config(settings, **overrides)
+    consumer = Consumer(config)
+    try:
+        consumer.list_topics(settings.readings_topic, timeout=settings.startup_timeout_s / 3)
+    except KafkaException as e:
+        consumer.close()
+        raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
+    return ConfluentSource(consumer, settings.readings_topic, settings.rehydrate_records)

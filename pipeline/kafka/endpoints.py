@@ -1,0 +1,33 @@
+"""The service's two ends over the client the settings choose (`SENSORCAST_KAFKA_CLIENT`):
+kafka-python (the default) or confluent-kafka (librdkafka: I/O outside the GIL, consumer-group
+scale-out). Both keep the same contract; see source.py, sink.py and confluent.py."""
+
+from __future__ import annotations
+
+from pipeline.kafka.clients import make_producer
+from pipeline.kafka.sink import KafkaSink
+from pipeline.kafka.source import kafka_source
+from pipeline.records import Sink, Source
+from pipeline.settings import Settings
+
+
+def service_source(settings: Settings) -> Source:
+    if settings.kafka_client == "confluent":
+        from pipeline.kafka.confluent import confluent_source
+
+        source = confluent_source(settings)
+        try:
+            source.wait_assigned(settings.startup_timeout_s)
+        except Exception:
+            source.close()
+            raise
+        return source
+    return kafka_source(settings)
+
+
+def service_sink(settings: Settings) -> Sink:
+    if settings.kafka_client == "confluent":
+        from pipeline.kafka.confluent import ConfluentSink, make_confluent_producer
+
+        return ConfluentSink(make_confluent_producer(settings, **{"linger.ms": 1}))
+    return KafkaSink(make_producer(settings, linger_ms=1))
