@@ -27,6 +27,7 @@ class ServiceConfig:
     max_fill_steps: int = 3
     interval_ms: int | None = None
     commit_interval_ms: float = 250.0
+    entity_ttl_s: float | None = None  # forget entities silent this long (None: keep every window)
 
     @classmethod
     def from_settings(cls, s) -> ServiceConfig:
@@ -39,6 +40,7 @@ class ServiceConfig:
             max_fill_steps=s.max_fill_steps,
             interval_ms=int(s.reading_interval_s * 1000) if s.reading_interval_s else None,
             commit_interval_ms=s.commit_interval_ms,
+            entity_ttl_s=s.entity_ttl_s,
         )
 
 
@@ -65,6 +67,7 @@ class BatchStats:
     resets: int = 0
     inference_s: float = 0.0
     batch_rows: int = 0
+    evicted: int = 0  # idle entities forgotten (their windows freed)
 
 
 class ModelSlot:
@@ -116,14 +119,17 @@ class ForecastCore:
         # two staging buffers: the loop prepares the next batch while the previous one is forecast
         self._staging = [np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32) for _ in range(2)]
         self._flip = 0
+        self._next_eviction = 0.0
 
     def process(self, records: list[Record], now_ms: int | None = None) -> tuple[list[Outgoing], BatchStats]:
         """One batch start to end: prepare → forecast → finish."""
         batch = self.prepare(records)
         return self.finish(batch, *self.forecast(batch), now_ms=now_ms)
 
-    def prepare(self, records: list[Record]) -> StagedBatch:
-        """Parse, validate and window every record; stage the windows of those ready to forecast."""
+    def prepare(self, records: list[Record], now_s: float | None = None) -> StagedBatch:
+        """Parse, validate and window every record; stage the windows of those ready to forecast.
+        `now_s` (monotonic seconds; default now) dates the entities' last word for the idle TTL."""
+        now = time.monotonic() if now_s is None else now_s
         model = self.slot.model  # one model for the whole batch
         stats = BatchStats(readings=sum(not r.replay for r in records))
         out: list[Outgoing] = []
@@ -137,11 +143,11 @@ class ForecastCore:
             )
         for rec in records:
             if rec.replay:
-                self._replay(rec)
+                self._replay(rec, now)
                 continue
             try:
                 reading = parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, bounds)
-                pushed = self.windows.push(reading)
+                pushed = self.windows.push(reading, now)
             except BadReading as bad:
                 self._dead_letter(bad, rec, out, stats)
                 continue
@@ -153,6 +159,10 @@ class ForecastCore:
             # copy now: a later reading of the same entity in this batch moves its window on
             x[len(ready)] = self.windows.window(reading.entity)
             ready.append((reading.entity, reading.ts_ms, rec.key or reading.entity.encode(), rec))
+        ttl = self.cfg.entity_ttl_s
+        if ttl is not None and now >= self._next_eviction:  # a scan of every slot: not every batch
+            stats.evicted = len(self.windows.evict_idle(now, ttl))
+            self._next_eviction = now + min(ttl / 10, 60.0)
         return StagedBatch(records, model, x[: len(ready)], ready, out, stats)
 
     @staticmethod
@@ -197,12 +207,12 @@ class ForecastCore:
             )
         )
 
-    def _replay(self, rec: Record) -> None:
+    def _replay(self, rec: Record, now: float) -> None:
         """A reading handled before this process started: rebuild its entity's window only. Its
         forecast or dead letter was published then; errors now are the same ones, already reported."""
         try:
             self.windows.push(
-                parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, self.slot.model.input_bounds)
+                parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, self.slot.model.input_bounds), now
             )
         except BadReading:
             pass

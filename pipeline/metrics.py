@@ -31,6 +31,7 @@ class ServiceMetrics:
         self.dead = Counter("sensorcast_dead_letters", "readings sent to the dead-letter topic", ["reason"], registry=r)
         self.filled = Counter("sensorcast_steps_forward_filled", "missing steps filled forward", registry=r)
         self.resets = Counter("sensorcast_window_resets", "windows reset after a long gap", registry=r)
+        self.evicted = Counter("sensorcast_entities_evicted", "idle entities whose windows were freed", registry=r)
         self.lag = Gauge("sensorcast_consumer_lag", "messages behind the end of the assigned partitions", registry=r)
         self.model_version = Gauge(
             "sensorcast_model_version",
@@ -53,6 +54,7 @@ class ServiceMetrics:
         self.buffered.inc(stats.buffered)
         self.filled.inc(stats.filled)
         self.resets.inc(stats.resets)
+        self.evicted.inc(stats.evicted)
         for reason, n in stats.dead.items():
             self.dead.labels(reason=reason).inc(n)
         if stats.batch_rows:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
         default=250.0, gt=0, description="confirm forecasts and commit offsets at least this often"
     )
     reading_interval_s: float | None = Field(default=None, description="expected cadence; None infers it per entity")
+    entity_ttl_s: float | None = Field(
+        default=86_400.0, description="forget an entity's window after this many seconds without a reading"
+    )
     rehydrate_records: int = Field(
         default=20_000, description="records per partition re-read on start to refill windows"
     )

@@ -9,7 +9,8 @@ Timestamp policy (documented in the README):
   both are refused (the service sends them to the dead-letter topic with that reason);
 - the entity's cadence is the smallest gap seen between its readings (or the configured interval);
 - a gap of up to `max_fill_steps` missing steps is forward-filled with the last values;
-- a longer gap resets the entity's window: stale history would mislead the model.
+- a longer gap resets the entity's window: stale history would mislead the model;
+- an entity silent for longer than a TTL is forgotten (`evict_idle`): its slot is reused.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class EntityWindows:
         self.count = np.zeros(capacity, dtype=np.int64)  # readings held, up to L
         self.last_ts = np.zeros(capacity, dtype=np.int64)
         self.interval = np.zeros(capacity, dtype=np.int64)  # 0 = not known yet
+        self.seen = np.zeros(capacity, dtype=np.float64)  # when the entity last spoke (the caller's clock)
         self.slots: dict[str, int] = {}
+        self.free: list[int] = []  # slots of evicted entities, reused before the array grows
         self._arange = np.arange(lookback)
 
     def __len__(self) -> int:
@@ -55,16 +58,19 @@ class EntityWindows:
     def _slot(self, entity: str) -> int:
         slot = self.slots.get(entity)
         if slot is None:
-            slot = len(self.slots)
-            if slot == self.data.shape[0]:
-                self._grow()
+            if self.free:
+                slot = self.free.pop()
+            else:
+                slot = len(self.slots)
+                if slot == self.data.shape[0]:
+                    self._grow()
             self.slots[entity] = slot
         return slot
 
     def _grow(self) -> None:
         cap = self.data.shape[0] * 2
         self.data = np.concatenate([self.data, np.zeros_like(self.data)])
-        for name in ("pos", "count", "last_ts", "interval"):
+        for name in ("pos", "count", "last_ts", "interval", "seen"):
             arr = getattr(self, name)
             setattr(self, name, np.concatenate([arr, np.zeros(cap - arr.shape[0], dtype=arr.dtype)]))
 
@@ -87,9 +93,10 @@ class EntityWindows:
         if reading.ts_ms < last:
             raise BadReading("late", f"{reading.entity} ts {reading.ts_ms} is before its last reading at {last}")
 
-    def push(self, reading: Reading) -> Pushed:
+    def push(self, reading: Reading, seen_s: float = 0.0) -> Pushed:
         self.check(reading)
         slot = self._slot(reading.entity)
+        self.seen[slot] = seen_s
         filled, reset = 0, False
         if self.count[slot] > 0:
             delta = reading.ts_ms - int(self.last_ts[slot])
@@ -110,6 +117,24 @@ class EntityWindows:
         self._write(slot, reading.values)
         self.last_ts[slot] = reading.ts_ms
         return Pushed(bool(self.count[slot] >= self.L), filled, reset)
+
+    def evict_idle(self, now_s: float, ttl_s: float) -> list[str]:
+        """Forget the entities silent for longer than `ttl_s` (their slots are reused): memory follows
+        the entities alive now, not every entity ever seen. Returns the evicted."""
+        if not self.slots:
+            return []
+        live = len(self.slots) + len(self.free)
+        idle = np.flatnonzero(self.seen[:live] < now_s - ttl_s)
+        if not idle.size:
+            return []
+        by_slot = {slot: entity for entity, slot in self.slots.items()}
+        gone = [by_slot[s] for s in idle.tolist() if s in by_slot]
+        for entity in gone:
+            slot = self.slots.pop(entity)
+            self.count[slot] = self.pos[slot] = self.last_ts[slot] = self.interval[slot] = 0
+            self.seen[slot] = np.inf  # free: never idle again until reused
+            self.free.append(slot)
+        return gone
 
     def window(self, entity: str) -> np.ndarray:
         """The latest L readings, oldest first, as a view: copy it before the next push."""

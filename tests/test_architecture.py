@@ -49,6 +49,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "pipeline.model_source",
         "pipeline.settings",
     ),
+    "pipeline.api": ("pipeline.kafka", "pipeline.messages", "pipeline.settings"),
     "pipeline.tools": ("pipeline", "models", "flows"),  # on top: tools may use everything below
     "pipeline": (),  # the package files themselves (their submodules need rules of their own)
     "models": (),

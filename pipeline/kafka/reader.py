@@ -19,10 +19,16 @@ log = logging.getLogger("sensorcast.kafka")
 
 
 def topic_reader(
-    settings: Settings, topic: str, from_beginning: bool = False, timeout_s: float = 30.0, **overrides: Any
+    settings: Settings,
+    topic: str,
+    from_beginning: bool = False,
+    timeout_s: float = 30.0,
+    since_ms: int | None = None,
+    **overrides: Any,
 ) -> KafkaConsumer:
-    """A group-less consumer of every partition of `topic`, placed at its start or its end now:
-    for tailing, tests and benchmarks (explicit assignment, so there is no join to wait for)."""
+    """A group-less consumer of every partition of `topic`, placed at its start, at the first message
+    written at or after `since_ms` (broker time), or at its end now: for tailing, tests, benchmarks
+    and the query API (explicit assignment, so there is no join to wait for)."""
     consumer = make_consumer(settings, group=None, **overrides)
     try:
         tps = partitions_of(consumer, topic, timeout_s)
@@ -30,7 +36,14 @@ def topic_reader(
         consumer.close()
         raise
     consumer.assign(tps)
-    offsets = consumer.beginning_offsets(tps) if from_beginning else consumer.end_offsets(tps)
+    ends = consumer.end_offsets(tps)
+    if from_beginning:
+        offsets = consumer.beginning_offsets(tps)
+    elif since_ms is not None:
+        found = consumer.offsets_for_times({tp: since_ms for tp in tps})
+        offsets = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
+    else:
+        offsets = ends
     for tp in tps:
         consumer.seek(tp, offsets[tp])
     return consumer
@@ -112,9 +125,10 @@ class TopicFollower(threading.Thread):
     """Calls `on_message(value)` for every message that arrives on `topic` from now on (the service
     follows model announcements this way). A broker hiccup is retried, never raised into the caller."""
 
-    def __init__(self, settings: Settings, topic: str, on_message, poll_ms: int = 200):
+    def __init__(self, settings: Settings, topic: str, on_message, poll_ms: int = 200, since_ms: int | None = None):
         super().__init__(name=f"follow-{topic}", daemon=True)
         self.settings, self.topic, self.on_message, self.poll_ms = settings, topic, on_message, poll_ms
+        self.since_ms = since_ms  # start from the messages written since then (None: from now)
         self.halt = threading.Event()
         self.ready = threading.Event()
 
@@ -123,7 +137,8 @@ class TopicFollower(threading.Thread):
         while not self.halt.is_set():
             try:
                 if consumer is None:
-                    consumer = topic_reader(self.settings, self.topic)
+                    consumer = topic_reader(self.settings, self.topic, since_ms=self.since_ms)
+                    self.since_ms = None  # after a reconnect: from then on, not the history again
                     self.ready.set()
                 for records in consumer.poll(timeout_ms=self.poll_ms).values():
                     for r in records:

@@ -424,7 +424,12 @@ def against_kafka(
 
     log(f"{what}: (d) drain a backlog of {drain_readings:,} readings: batched vs a naive per-message loop")
     drains = {}
-    for name, max_batch in (("batched", settings.max_batch), ("naive", 1)):
+    # (name, max_batch, instances, waiting): a backlog already on the topic when the service starts;
+    # on confluent also a burst sent while one, then two, instances of one consumer group wait for it
+    variants = [("batched", settings.max_batch, 1, False), ("naive", 1, 1, False)]
+    if client == "confluent":
+        variants += [("one_instance", settings.max_batch, 1, True), ("two_instances", settings.max_batch, 2, True)]
+    for name, max_batch, instances, waiting in variants:
         # topics of its own holding exactly the backlog: the timed forecasts are those of the backlog only
         d = s.model_copy(
             update={
@@ -434,7 +439,8 @@ def against_kafka(
         )
         ensure_topics(d, [d.readings_topic, d.forecasts_topic])
         backlog = Stream(d, entities)
-        backlog.send(drain_readings)
+        if not waiting:
+            backlog.send(drain_readings)
         expected = drain_readings - entities * (LOOKBACK - 1)  # each entity's first L - 1 readings warm it up
         sink = ArrivalStamper(d)
         env = {
@@ -442,8 +448,16 @@ def against_kafka(
             "SENSORCAST_READINGS_TOPIC": d.readings_topic,
             "SENSORCAST_FORECASTS_TOPIC": d.forecasts_topic,
         }
-        proc = _start(Rig(rig.checkpoint, env), f"bench-{tag}-drain-{name}", max_batch, client, relay=False)
+        procs = [
+            _start(Rig(rig.checkpoint, env), f"bench-{tag}-drain-{name}", max_batch, client, relay=False)
+            for _ in range(instances)
+        ]
         try:
+            if waiting:
+                for proc in procs:
+                    proc.wait_ready(120)
+                time.sleep(2.0)  # the group settles: each instance holds its share
+                backlog.send(drain_readings)
             got = _wait_for(sink, 1, 120)  # timed from the first forecast: start-up is not drain speed
             deadline = time.monotonic() + 120
             while len(got) < expected and time.monotonic() < deadline:
@@ -454,7 +468,8 @@ def against_kafka(
             drains[name] = round((len(arrivals) - 1) / span) if span and span > 0 else 0
             log(f"    {name}: {drains[name]:,} readings/s ({len(arrivals):,}/{expected:,} forecasts in {span:.1f} s)")
         finally:
-            _stop_service(proc)
+            for proc in procs:
+                _stop_service(proc)
             sink.close()
             backlog.close()
     if not keep_logs:
@@ -464,6 +479,11 @@ def against_kafka(
     result["drain_readings_per_s"] = drains["batched"]
     result["naive_readings_per_s"] = drains["naive"]
     result["speedup"] = round(drains["batched"] / drains["naive"], 2) if drains["naive"] else None
+    if "two_instances" in drains:
+        result["group_burst_readings_per_s"] = {
+            "one_instance": drains["one_instance"],
+            "two_instances": drains["two_instances"],
+        }
     return result
 
 

@@ -289,6 +289,7 @@ def produce_cmd(
     rate: float = typer.Option(10.0, help="readings per second (0 = as fast as possible)"),
     limit: Optional[int] = typer.Option(None, help="stop after this many readings"),
     duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+    kafka_client: Optional[str] = typer.Option(None, "--kafka-client", help="kafka-python (default) or confluent"),
 ) -> None:
     """Replay a CSV as a live stream of readings, or simulate many sensors."""
     from tqdm import tqdm
@@ -296,7 +297,7 @@ def produce_cmd(
     from pipeline.kafka import KafkaUnavailable, ensure_topics
     from pipeline.tools.producers import paced, replay_rows, simulate, stream_to_kafka
 
-    settings = Settings.load()
+    settings = Settings.load(kafka_client=kafka_client)
     try:
         ensure_topics(settings)
         rows = (
@@ -592,6 +593,35 @@ def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:
     console.print(f"MLflow run: {_mlflow_run_url(settings, run.info.run_id)}")
     state = "promoted to @" + settings.model_alias if run.data.tags.get("promoted") == "True" else "not promoted"
     console.print(state)
+
+
+@app.command("api")
+def api_cmd(
+    port: int = typer.Option(8000, help="HTTP port"),
+    host: Optional[str] = typer.Option(None, help="address to bind (default: the settings' host, 127.0.0.1)"),
+    history_hours: float = typer.Option(24.0, help="load the forecasts of the last HOURS on start"),
+) -> None:
+    """The latest forecast per entity over HTTP: GET /forecasts/ENTITY, /forecasts?entity=A&entity=B,
+    /forecasts, /healthz. A process of its own: queries never touch the serving loop."""
+    import signal
+    import threading
+
+    from pipeline.api import ForecastApi
+
+    _logging(False)
+    settings = Settings.load()
+    if not stack_mod.kafka_answers(settings.bootstrap_servers):
+        _fail(f"no Kafka at {settings.bootstrap_servers}; start the local stack with `sensorcast stack up`")
+    try:
+        api = ForecastApi(settings, port, host, history_s=history_hours * 3600).start()
+    except OSError as e:
+        _fail(f"cannot listen on port {port}: {e}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(f"forecasts of {settings.forecasts_topic} at http://{host or settings.host}:{api.port}/forecasts")
+    stop.wait()
+    api.close()
 
 
 @app.command("monitor")

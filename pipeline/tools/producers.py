@@ -114,6 +114,8 @@ def stream_to_kafka(settings, rows: Iterator[Row], progress: Callable[[int], Non
     from pipeline.kafka import close_producer, flush_producer, make_producer
     from pipeline.messages import encode_reading, format_ts
 
+    if settings.kafka_client == "confluent":
+        return _stream_with_confluent(settings, rows, progress)
     producer = make_producer(settings)
     result = Delivery()
 
@@ -139,6 +141,40 @@ def stream_to_kafka(settings, rows: Iterator[Row], progress: Callable[[int], Non
             result.first_error = result.first_error or f"not confirmed within 60 s: {e}"
     finally:
         close_producer(producer, 5)
+    if progress:
+        progress(result.sent % 100)
+    return result
+
+
+def _stream_with_confluent(settings, rows: Iterator[Row], progress: Callable[[int], None] | None) -> Delivery:
+    """`stream_to_kafka` on confluent-kafka: the same keys land on the same partitions (murmur2)."""
+    from pipeline.kafka.confluent import make_confluent_producer
+    from pipeline.messages import encode_reading, format_ts
+
+    producer = make_confluent_producer(settings)
+    result = Delivery()
+
+    def delivered(err, _msg) -> None:  # called from poll/flush, on this thread
+        if err is None:
+            result.confirmed += 1
+        elif result.first_error is None:
+            result.first_error = f"KafkaError: {err.str()}"
+
+    for entity, ts, values in rows:
+        value = encode_reading(entity, format_ts(ts), values)
+        while True:
+            try:
+                producer.produce(settings.readings_topic, value, entity.encode(), on_delivery=delivered)
+                break
+            except BufferError:  # librdkafka's queue is full: let deliveries drain
+                producer.poll(0.05)
+        result.sent += 1
+        if result.sent % 100 == 0:
+            producer.poll(0)
+            if progress:
+                progress(100)
+    if producer.flush(60) and result.first_error is None:
+        result.first_error = "not confirmed within 60 s"
     if progress:
         progress(result.sent % 100)
     return result

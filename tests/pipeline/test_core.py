@@ -86,3 +86,13 @@ def test_with_a_real_itransformer_forecaster(tiny_checkpoint) -> None:
     assert stats.forecasts == 2 * 5
     doc = orjson.loads(out[-1].value)
     assert len(doc["forecast"]["temp"]) == 5 and all(np.isfinite(doc["forecast"]["pressure"]))
+
+
+def test_an_entity_silent_past_the_ttl_is_forgotten_and_warms_up_again() -> None:
+    c = core(entity_ttl_s=60.0)
+    warm = c.prepare([reading("quiet", s) for s in range(4)] + [reading("busy", 0)], now_s=0.0)
+    assert len(warm.ready) == 1 and len(c.windows) == 2
+    later = c.prepare([reading("busy", 1)], now_s=100.0)  # quiet said nothing for 100 s
+    assert later.stats.evicted == 1 and set(c.windows.slots) == {"busy"}
+    back = c.prepare([reading("quiet", 4)], now_s=101.0)
+    assert back.ready == [] and back.stats.buffered == 1  # a fresh window: warming again, no stale history

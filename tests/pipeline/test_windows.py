@@ -67,3 +67,26 @@ def test_configured_interval_overrides_inference() -> None:
     w.push(r("a", 0))
     pushed = w.push(r("a", 1))  # one half-hour step missing
     assert pushed.filled == 1
+
+
+def test_idle_entities_are_evicted_and_their_slots_reused() -> None:
+    w = EntityWindows(1, 2, capacity=4)
+    for i in range(2):
+        w.push(r("old", i), seen_s=0.0)
+        w.push(r("busy", i), seen_s=50.0)
+    assert w.evict_idle(now_s=100.0, ttl_s=60.0) == ["old"]
+    assert len(w) == 1 and "old" not in w.slots and w.window("busy")[:, 0].tolist() == [0.0, 1.0]
+    assert not w.push(r("old", 5), seen_s=100.0).ready  # back after eviction: a fresh window to warm
+    assert w.push(r("new", 0), seen_s=100.0) and w.data.shape[0] == 4  # the freed slot is reused, no growth
+
+
+def test_a_stream_of_many_distinct_entities_stays_within_the_live_ones() -> None:
+    """200,000 entities that each speak once: with eviction, capacity follows the entities alive
+    within the TTL, not every entity ever seen."""
+    w = EntityWindows(2, 4, capacity=64)
+    for i in range(200_000):
+        now = i / 1000  # 1,000 new entities a second
+        w.push(Reading(f"e{i}", 0, np.ones(2, dtype=np.float32)), seen_s=now)
+        if i % 1000 == 0:
+            w.evict_idle(now, ttl_s=5.0)
+    assert len(w) <= 6000 and w.data.shape[0] <= 8192

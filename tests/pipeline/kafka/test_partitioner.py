@@ -67,4 +67,4 @@ def test_confluent_producer_puts_every_key_where_kafka_python_does(kafka_setting
             )
         assert producer.flush(30) == 0
         for k in keys:
-            assert landed[(n, k)] == DefaultPartitioner().partition(topic, k, k, b"v", b"v", Cluster(n)), (n, k)
+            assert landed[(n, k)] == DefaultPartitioner().partition("t", k, k, b"v", b"v", Cluster(n)), (n, k)
