@@ -154,9 +154,26 @@ def score(
     return replace(decide(scores, margin), candidate_mae=holdout_mae(contenders["candidate"], holdout, channels))
 
 
+def holdout_sample(candidate: Candidate, holdout) -> dict:
+    """The last holdout window, its actual future and the candidate's forecast, in raw units: the
+    forecast plot of the run."""
+    import torch
+
+    x, y = holdout[len(holdout) - 1]
+    with torch.no_grad():
+        pred = candidate.raw_net()(x[None])[0]
+    return {"history": x.numpy(), "actual": y.numpy(), "forecast": pred.numpy()}
+
+
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register(
-    candidate: Candidate, decision: GateDecision, window: TrainingWindow, trigger: str, reason: str, sizes: dict
+    candidate: Candidate,
+    decision: GateDecision,
+    window: TrainingWindow,
+    trigger: str,
+    reason: str,
+    sizes: dict,
+    sample: dict | None = None,
 ) -> tuple[str, str]:
     """One MLflow run: parameters, losses, provenance, plots, the model; registered, alias moved only
     when the gate promotes. Returns (version, run id)."""
@@ -165,7 +182,7 @@ def register(
     from prefect import runtime as prefect_runtime
 
     from models.mlflow.registry import log_checkpoint
-    from models.mlflow.tracking import loss_plot
+    from models.mlflow.tracking import forecast_plot, loss_plot
     from models.nets import PRESETS
 
     settings = Settings.load()
@@ -199,6 +216,8 @@ def register(
         mlflow.log_dict(window.provenance.to_dict(), "provenance.json")
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(loss_plot(candidate.result.history, Path(tmp) / "loss.png")))
+            if sample is not None:
+                mlflow.log_artifact(str(forecast_plot(sample, window.channels, Path(tmp) / "forecast.png")))
         mlflow.log_text(decision.reason, "gate.txt")
         version = log_checkpoint(candidate.checkpoint, settings.model_name)
         client = MlflowClient()
@@ -265,7 +284,8 @@ def retrain(
         holdout = info.pop("holdout")
         decision = score(candidate, champion, holdout, margin, window.channels)
         logger.info("gate: %s", decision.reason)
-        version, run_id = register(candidate, decision, window, trigger, reason, info)
+        sample = holdout_sample(candidate, holdout)
+        version, run_id = register(candidate, decision, window, trigger, reason, info, sample)
     if decision.promote:
         announce(version, run_id)
     report = RetrainReport(

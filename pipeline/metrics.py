@@ -40,6 +40,15 @@ class ServiceMetrics:
             registry=r,
         )
         self.swaps = Counter("sensorcast_model_swaps", "hot swaps to a new model version", registry=r)
+        self.model_info = Gauge(
+            "sensorcast_model_info",
+            "the serving model (1; name and version in the labels)",
+            ["name", "version"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "sensorcast_consumer_lag_seconds", "now minus the produce time of the newest reading handled", registry=r
+        )
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
@@ -47,6 +56,8 @@ class ServiceMetrics:
     def set_model(self, name: str, version: str) -> None:
         self.model_version.clear()
         self.model_version.labels(name=name).set(float(version) if str(version).isdigit() else 0.0)
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=str(version)).set(1)
 
     def on_batch(self, stats, records, published_at: float) -> None:
         self.readings.inc(stats.readings)
@@ -61,6 +72,10 @@ class ServiceMetrics:
             self.inference.observe(stats.inference_s)
             self.batch_rows.observe(stats.batch_rows)
         now_ms = published_at * 1000
+        newest = 0
         for rec in records:
             if rec.timestamp_ms:
                 self.e2e.observe(max(0.0, now_ms - rec.timestamp_ms) / 1000)
+                newest = max(newest, rec.timestamp_ms)
+        if newest:
+            self.lag_seconds.set(max(0.0, now_ms - newest) / 1000)

@@ -119,6 +119,19 @@ class Settings(BaseSettings):
     def default_model_uri(self) -> str:
         return self.model_uri or f"models:/{self.model_name}@{self.model_alias}"
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process or an in-process flow that
+        reads its settings from the environment (`Settings.load()` there gives back these)."""
+        env = {
+            f"SENSORCAST_{name.upper()}": str(value)
+            for name, value in self.model_dump().items()
+            if value is not None and name not in ("kafka_bootstrap_servers", "mlflow_tracking_uri", "prefect_api_url")
+        }
+        env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap_servers
+        env["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        env["PREFECT_API_URL"] = self.prefect_url
+        return env
+
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
         """Env first, then CLI flags on top; a flag left at None does not override."""

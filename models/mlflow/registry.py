@@ -100,7 +100,19 @@ def alias_version(name: str, alias: str) -> str | None:
 
 
 def download_checkpoint(name: str, version: str, dst: Path) -> Path:
-    """Fetch the version's artifacts and return the folder that holds model.json."""
+    """Fetch the version's checkpoint and return the folder that holds model.json. Only the
+    checkpoint's files (three requests to a tracking server, not one per file of the pyfunc's code
+    copy: a hot swap waits on this); the whole model folder if its layout is not the expected one."""
+    try:
+        root = mlflow.MlflowClient().get_model_version_download_uri(name, version).rstrip("/") + "/artifacts"
+        folders = [e.path for e in mlflow.artifacts.list_artifacts(artifact_uri=root) if e.is_dir]
+        if len(folders) == 1:
+            sub = folders[0].rsplit("/", 1)[-1]
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{sub}", dst_path=str(dst)))
+            if (local / META).exists():
+                return local
+    except mlflow.exceptions.MlflowException:
+        pass
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
     found = [p.parent for p in local.rglob(META)]
     if not found:

@@ -672,20 +672,37 @@ def monitor_cmd(
 @app.command("demo")
 def demo(
     state_dir: Optional[Path] = StateDir,
-    hours: int = typer.Option(240, help="hours of weather to replay per airport"),
-    rate: float = typer.Option(120.0, help="readings per second"),
-    epochs: int = typer.Option(4, help="training epochs"),
-    keep_stack: bool = typer.Option(True, help="leave the stack running to browse MLflow afterwards"),
+    history_hours: int = typer.Option(720, help="hours of weather streamed first, for the first retrain"),
+    hours: int = typer.Option(240, help="hours of weather then replayed live per site"),
+    sites: int = typer.Option(3, help="copies of the three airports, a week apart (3 → 9 sites)"),
+    rate: float = typer.Option(60.0, help="live readings per second"),
+    epochs: int = typer.Option(3, help="training epochs of each retrain"),
+    duration: Optional[float] = typer.Option(None, help="run the live part this many seconds, then summarize"),
+    retrain_midway: bool = typer.Option(True, help="a second retrain on demand halfway through the live part"),
+    keep_stack: bool = typer.Option(True, help="leave the stack running to browse MLflow and Prefect afterwards"),
 ) -> None:
-    """The main job on embedded defaults: stack, training, registry, live forecasts, summary."""
+    """The closed loop on embedded defaults: stack, first retrain from the topic, live forecasts in a
+    live view, a second retrain midway, summary. Ctrl-C stops what it started."""
     from pipeline.tools.demo import run_demo
 
     _logging(False)
     settings = Settings.load(state_dir=state_dir)
     try:
         summary = run_demo(
-            settings, hours=hours, rate=rate, epochs=epochs, keep_stack=keep_stack, log=lambda m: console.print(m)
+            settings,
+            history_hours=history_hours,
+            hours=hours,
+            sites=sites,
+            rate=rate,
+            epochs=epochs,
+            duration=duration,
+            retrain_midway=retrain_midway,
+            live_view=sys.stdout.isatty(),
+            keep_stack=keep_stack,
+            log=lambda m: console.print(m),
         )
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     except (stack_mod.StackError, RuntimeError) as e:
         _fail(str(e))
     if summary["forecasts"] == 0 or summary["service_exit_code"] != 0:

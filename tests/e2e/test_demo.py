@@ -1,4 +1,5 @@
-"""`make demo`'s job, end to end on a private stack: train, register, serve, stream, summarize."""
+"""`make demo`'s job, end to end on a private stack: the first model trained by the Prefect flow
+from the readings topic, registered and promoted, served live, summarized."""
 
 from __future__ import annotations
 
@@ -10,24 +11,35 @@ from pipeline.tools.demo import BROKEN, run_demo
 pytestmark = pytest.mark.integration
 
 
-def test_demo_runs_the_whole_system_and_stops_cleanly(local_settings, monkeypatch) -> None:
+def test_demo_closes_the_loop_from_the_topic_and_stops_cleanly(local_settings, monkeypatch) -> None:
     settings = local_settings()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key, value in settings.as_env().items():  # run_demo exports its settings: restored after the test
+        monkeypatch.setenv(key, value)
     try:
-        summary = run_demo(settings, hours=130, rate=400, epochs=1, keep_stack=True, log=lambda _m: None)
-        import mlflow
+        summary = run_demo(
+            settings,
+            history_hours=300,
+            hours=130,
+            sites=1,
+            rate=400,
+            epochs=1,
+            retrain_midway=False,
+            log=lambda _m: None,
+        )
         from mlflow import MlflowClient
 
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        versions = MlflowClient().search_model_versions(f"name='{settings.model_name}'")
-        run = MlflowClient().get_run(versions[0].run_id)
-        artifacts = [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
+        client = MlflowClient(settings.tracking_uri)
+        version = client.get_model_version(settings.model_name, summary["first_retrain"]["version"])
+        artifacts = {a.path for a in client.list_artifacts(version.run_id)}
+        tags = client.get_run(version.run_id).data.tags
     finally:
         stack.down(settings, log=lambda _m: None)
     assert summary["service_exit_code"] == 0
+    assert summary["first_retrain"]["version"] == "1" and tags["trigger"] == "manual"
     # every airport forecasts once its window holds L readings (gaps forward-filled count toward it)
     assert 3 * (130 - (settings.lookback - 1)) <= summary["forecasts"] <= 3 * 130
+    assert sum(summary["versions_served"].values()) == summary["forecasts"]
     assert sum(summary["dead_letters"].values()) == len(BROKEN)
-    assert len(versions) == 1 and "forecast.png" in artifacts
-    assert "test_mse_itransformer" in run.data.metrics and "test_mse_persistence" in run.data.metrics
+    assert {"forecast.png", "loss.png", "provenance.json"} <= artifacts
+    assert summary["rolling_mae"] and summary["persistence_mae"]  # the view's skill figures were scored
     assert not stack.port_open("127.0.0.1", settings.kafka_port)

@@ -87,7 +87,7 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     assert run.data.tags["trigger"] == "manual" and run.data.tags["trigger_reason"] == "first model"
     assert {"holdout_mse_candidate", "holdout_mse_persistence", "holdout_mse_mean", "val_loss"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"provenance.json", "loss.png", "gate.txt"} <= artifacts
+    assert {"provenance.json", "loss.png", "forecast.png", "gate.txt"} <= artifacts
     provenance = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/provenance.json")
     assert provenance["rows_per_entity"] == {e: 200 for e in ENTITIES} and provenance["refused"] == {"not_json": 1}
 

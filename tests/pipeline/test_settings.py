@@ -24,3 +24,18 @@ def test_partitions_and_their_validation() -> None:
         Settings.load(partitions="zero")
     with pytest.raises(ValidationError):
         Settings.load(offset_reset="middle")
+
+
+def test_settings_travel_through_the_environment_unchanged(monkeypatch) -> None:
+    from pipeline.settings import Settings
+
+    original = Settings.load(kafka_port=19092, model_name="m", retrain_interval_s=30.0, kafka_client="confluent")
+    for key, value in original.as_env().items():
+        monkeypatch.setenv(key, value)
+    again = Settings.load()
+    assert again.bootstrap_servers == "127.0.0.1:19092" and again.model_dump() == {
+        **original.model_dump(),
+        "kafka_bootstrap_servers": "127.0.0.1:19092",
+        "mlflow_tracking_uri": original.tracking_uri,
+        "prefect_api_url": original.prefect_url,
+    }
