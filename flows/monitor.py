@@ -73,7 +73,13 @@ class MlflowLog:
     def _run(self, client) -> str:
         if self.run_id is None:
             experiment = client.get_experiment_by_name(self.EXPERIMENT)
-            exp_id = experiment.experiment_id if experiment else client.create_experiment(self.EXPERIMENT)
+            exp_id = (
+                experiment.experiment_id
+                if experiment
+                else client.create_experiment(
+                    self.EXPERIMENT, tags={"mlflow.experimentKind": "custom_model_development"}
+                )
+            )
             run = client.create_run(
                 exp_id,
                 run_name=f"monitor-{self.settings.model_name}-v{self.version}",

@@ -181,13 +181,13 @@ def register(
     from mlflow import MlflowClient
     from prefect import runtime as prefect_runtime
 
-    from models.mlflow.registry import log_checkpoint
+    from models.mlflow.registry import log_checkpoint, use_experiment
     from models.mlflow.tracking import forecast_plot, loss_plot
     from models.nets import PRESETS
 
     settings = Settings.load()
     mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_experiment(EXPERIMENT)
+    use_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=f"retrain-{trigger}") as run:
         mlflow.set_tags(
             {

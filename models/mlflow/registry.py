@@ -30,6 +30,24 @@ def pyfunc_example(folder: Path):
     return example, infer_signature(example, out)
 
 
+MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs, not GenAI
+
+
+def use_experiment(name: str) -> str:
+    """Make `name` the active experiment (created if missing), marked as a model-training experiment
+    so MLflow 3's UI opens it on its runs and metrics rather than the GenAI overview. Returns its id."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        exp_id = client.create_experiment(name, tags=MODEL_TRAINING)
+    else:
+        exp_id = found.experiment_id
+        if found.tags.get("mlflow.experimentKind") is None:
+            client.set_experiment_tag(exp_id, "mlflow.experimentKind", MODEL_TRAINING["mlflow.experimentKind"])
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
 def log_checkpoint(
     folder: Path,
     name: str,
@@ -44,7 +62,7 @@ def log_checkpoint(
     meta = read_meta(folder)
     active = mlflow.active_run()
     if active is None:
-        mlflow.set_experiment(experiment)  # by name in the current store, never a cached id from another
+        use_experiment(experiment)  # by name in the current store, never a cached id from another
         mlflow.start_run(run_name=f"register-{name}")
     try:
         example, signature = pyfunc_example(folder)

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 
 from models.fit import FitResult
-from models.mlflow.registry import log_checkpoint
+from models.mlflow.registry import log_checkpoint, use_experiment
 
 
 def forecast_plot(sample: dict[str, np.ndarray], channels: list[str], path: Path) -> Path:
@@ -67,7 +67,7 @@ def log_training_run(
     """Log one fit_checkpoint result as an MLflow run and register its checkpoint. The alias moves
     only when the model beats every naive baseline on the held-out split."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     with mlflow.start_run(run_name=f"train-{name}") as run:
         mlflow.log_params(params)
         for rec in result.train.history:

@@ -672,11 +672,11 @@ def monitor_cmd(
 @app.command("demo")
 def demo(
     state_dir: Optional[Path] = StateDir,
-    history_hours: int = typer.Option(720, help="hours of weather streamed first, for the first retrain"),
+    history_hours: int = typer.Option(2160, help="hours of weather streamed first, for the first retrain"),
     hours: int = typer.Option(240, help="hours of weather then replayed live per site"),
     sites: int = typer.Option(3, help="copies of the three airports, a week apart (3 → 9 sites)"),
     rate: float = typer.Option(60.0, help="live readings per second"),
-    epochs: int = typer.Option(3, help="training epochs of each retrain"),
+    epochs: int = typer.Option(4, help="training epochs of each retrain"),
     duration: Optional[float] = typer.Option(None, help="run the live part this many seconds, then summarize"),
     retrain_midway: bool = typer.Option(True, help="a second retrain on demand halfway through the live part"),
     keep_stack: bool = typer.Option(True, help="leave the stack running to browse MLflow and Prefect afterwards"),

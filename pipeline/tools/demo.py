@@ -49,6 +49,19 @@ class LiveState:
         return round(lat[int(len(lat) * 0.99)], 1) if lat else None
 
 
+def _quiet_libraries() -> None:
+    """The demo's screen is progress and the URLs that matter: Prefect's per-task lines, MLflow's
+    INFO lines and download bars go (MLflow's own run and registration lines stay: they are links)."""
+    import logging
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # read when Prefect is first imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet = {"prefect": logging.WARNING, "mlflow": logging.WARNING, "mlflow.utils.environment": logging.ERROR}
+    quiet["kafka"] = logging.ERROR  # the readers' "task ran for 0.5 s" warnings on a busy machine
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)  # environment: "pip version unknown" (uv's venvs carry no pip)
+
+
 def _view(state: LiveState, tracker, dead: Counter, note: str):
     from rich.table import Table
 
@@ -84,6 +97,13 @@ def _retrain(settings: Settings, reason: str, epochs: int) -> dict:
         return retrain(trigger="manual", reason=reason, epochs=epochs)
 
 
+def _run_url(settings: Settings, run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    run = MlflowClient(settings.tracking_uri).get_run(run_id)
+    return f"{settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
 def _first_model(settings: Settings, epochs: int, log: Callable[[str], None]) -> dict:
     report = _retrain(settings, "demo: the first model", epochs)
     if report["version"] is None:
@@ -97,11 +117,11 @@ def _first_model(settings: Settings, epochs: int, log: Callable[[str], None]) ->
 def run_demo(
     settings: Settings,
     *,
-    history_hours: int = 720,
+    history_hours: int = 2160,
     hours: int = 240,
     sites: int = 3,
     rate: float = 60.0,
-    epochs: int = 3,
+    epochs: int = 4,
     retrain_midway: bool = True,
     duration: float | None = None,
     live_view: bool = False,
@@ -115,8 +135,9 @@ def run_demo(
     from pipeline.messages import encode_reading, format_ts, parse_ts
     from pipeline.tools.producers import paced, replay_rows
 
+    _quiet_libraries()
     entities = 3 * sites
-    started_stack = not stack.kafka_answers(settings.bootstrap_servers)
+    started_stack = not stack.port_open(settings.host, settings.kafka_port)  # Ctrl-C stops only what we started
     log("1/6  starting the local stack (Kafka, MLflow, Prefect)")
     urls = stack.up(settings, log=log)
     ensure_topics(settings)
@@ -146,7 +167,7 @@ def run_demo(
             MlflowClient().set_registered_model_alias(settings.model_name, "demo-candidate", first["version"])
             model_uri = f"models:/{settings.model_name}@demo-candidate"
             log("       it did not beat persistence: serving it as @demo-candidate, not @champion")
-        log(f"       MLflow: {settings.tracking_uri}/#/experiments (sensorcast-retrain), version {first['version']}")
+        log(f"       MLflow run: {_run_url(settings, first['run_id'])} (version {first['version']})")
 
         log(f"4/6  the forecasting service on {model_uri}")
         forecasts, dead = (
@@ -209,7 +230,8 @@ def run_demo(
         )
         deadline = time.monotonic() + duration if duration else None
         with live:
-            rows = paced(weather, rate, limit=None if duration else live_n)
+            rows = paced(weather, rate)
+            retrain_started, overrun_at, said = False, None, note
             for i, (entity, ts, values) in enumerate(rows):
                 stamp = format_ts(ts)
                 state.sent_at[(entity, stamp)] = time.time()
@@ -219,16 +241,37 @@ def run_demo(
                 tracker.on_reading(entity, ts / 1000, {VIEW_CHANNEL: values[VIEW_CHANNEL]}, time.monotonic())
                 if i in broken_at:
                     producer.send(settings.readings_topic, key=b"broken", value=BROKEN[broken_at[i]])
-                if retrain_midway and not retrainer.is_alive() and not second and i >= live_n // 2:
+                halfway = i >= live_n // 2 if deadline is None else time.monotonic() >= deadline - duration / 2
+                if retrain_midway and not retrain_started and halfway:
                     retrainer.start()
-                    note = "a second retrain runs now (on demand): the service switches if it wins"
-                if retrain_midway and second and "switch" not in note:
-                    note = f"second retrain: {second['gate']} (version {second['version']}); switch when announced"
+                    retrain_started = True
+                    note = "a second retrain runs now (on demand): the service switches to it if it wins"
                 absorb()
+                switched = bool(second) and second.get("version") in state.versions_served
+                if second and second.get("promoted") and not switched:
+                    note = f"version {second['version']} promoted: the service switches on the announcement"
+                elif second:
+                    note = f"second retrain: {second['gate']}" + (
+                        f"; now serving v{second['version']}" if switched else ""
+                    )
                 if live_view and i % 10 == 0:
                     live.update(_view(state, tracker, Counter(d["reason"] for d in dead.docs), note))
-                if deadline and time.monotonic() >= deadline:
-                    break
+                elif not live_view and note != said:
+                    log(f"       {note}")  # no terminal to redraw: the notes as lines
+                    said = note
+                if deadline is not None:
+                    if time.monotonic() >= deadline:
+                        break
+                    continue
+                # the planned hours are out; go on while the second retrain runs, and until a promoted
+                # version serves (at most two minutes more): the switch is what the demo shows
+                settled = not retrain_midway or (
+                    retrain_started and not retrainer.is_alive() and (not second.get("promoted") or switched)
+                )
+                if i + 1 >= live_n:
+                    overrun_at = overrun_at or time.monotonic() + 120
+                    if settled or time.monotonic() >= overrun_at:
+                        break
             producer.flush(30)
             if retrainer.is_alive():
                 retrainer.join(timeout=300)

@@ -79,15 +79,29 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 
 
 def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
-    """A real metadata request, not just an open port: the broker must have finished starting."""
+    """A real metadata request, not just an open port: the broker must have finished starting.
+    Quiet: no listening port is a plain False (no client is made, so no retry storm of connection
+    errors in the log), and the client's own complaints while the broker starts are held back."""
+    import logging
+
     from kafka import KafkaAdminClient
 
+    if not any(port_open(*_host_port(b)) for b in bootstrap.split(",")):
+        return False
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), client_id="sensorcast-probe"
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+            client_id="sensorcast-probe",
         )
     except Exception:
         return False
+    finally:
+        kafka_log.setLevel(level)
     try:
         admin.list_topics()
         return True
@@ -95,6 +109,11 @@ def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
         return False
     finally:
         admin.close()
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    return host or "127.0.0.1", int(port or 9092)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -85,6 +85,8 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     client = MlflowClient()
     run = client.get_run(first["run_id"])
     assert run.data.tags["trigger"] == "manual" and run.data.tags["trigger_reason"] == "first model"
+    experiment = client.get_experiment(run.info.experiment_id)  # MLflow 3's UI opens it on runs, not GenAI
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert {"holdout_mse_candidate", "holdout_mse_persistence", "holdout_mse_mean", "val_loss"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"provenance.json", "loss.png", "forecast.png", "gate.txt"} <= artifacts
