@@ -50,16 +50,19 @@ class LiveState:
 
 
 def _quiet_libraries() -> None:
-    """The demo's screen is progress and the URLs that matter: Prefect's per-task lines, MLflow's
-    INFO lines and download bars go (MLflow's own run and registration lines stay: they are links)."""
+    """The demo's screen is progress and the URLs that matter: Prefect's per-task lines on the
+    console, MLflow's INFO lines and download bars go (runs still send every log line to the Prefect
+    API, and MLflow's own run and registration lines stay: they are links)."""
     import logging
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # read when Prefect is first imported
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # read when Prefect sets up logging
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    quiet = {"prefect": logging.WARNING, "mlflow": logging.WARNING, "mlflow.utils.environment": logging.ERROR}
+    quiet = {"mlflow": logging.WARNING, "mlflow.utils.environment": logging.ERROR}  # "pip version unknown": uv
     quiet["kafka"] = logging.ERROR  # the readers' "task ran for 0.5 s" warnings on a busy machine
     for name, level in quiet.items():
-        logging.getLogger(name).setLevel(level)  # environment: "pip version unknown" (uv's venvs carry no pip)
+        logging.getLogger(name).setLevel(level)
+    for handler in logging.getLogger().handlers:  # the CLI's own console handler: Prefect's INFO lines propagate there
+        handler.addFilter(lambda r: not (r.name.startswith("prefect") and r.levelno < logging.WARNING))
 
 
 def _view(state: LiveState, tracker, dead: Counter, note: str):

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.integration
 
 def test_demo_closes_the_loop_from_the_topic_and_stops_cleanly(local_settings, monkeypatch) -> None:
     settings = local_settings()
-    for key, value in settings.as_env().items():  # run_demo exports its settings: restored after the test
+    quiet = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    for key, value in {**settings.as_env(), **quiet}.items():  # what run_demo exports: restored after the test
         monkeypatch.setenv(key, value)
     try:
         summary = run_demo(
