@@ -264,3 +264,60 @@ def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_o
     assert len(forecasts.docs) == len(keys), "a hand-over commits first: nothing is forecast twice"
     assert "gave up partitions" in a.output(), a.output()[-2000:]
     assert b.output().count("assigned partitions") >= 2, b.output()[-2000:]  # its share, then a's
+
+
+def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_last_commit(
+    service_settings: Settings, produce, collect, tmp_path: Path
+) -> None:
+    import orjson
+
+    from pipeline.kafka import make_admin, read_since
+    from pipeline.messages import format_ts, parse_ts
+
+    rate, interval_ms = 400, 250
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": service_settings.bootstrap_servers,
+        "SENSORCAST_READINGS_TOPIC": service_settings.readings_topic,
+        "SENSORCAST_FORECASTS_TOPIC": service_settings.forecasts_topic,
+        "SENSORCAST_DLQ_TOPIC": service_settings.dlq_topic,
+        "SENSORCAST_CONSUMER_GROUP": service_settings.consumer_group,
+        "SENSORCAST_METRICS_PORT": "0",
+        "SENSORCAST_KAFKA_CLIENT": service_settings.kafka_client,
+        "SENSORCAST_COMMIT_INTERVAL_MS": str(interval_ms),
+    }
+    forecasts = collect(service_settings, service_settings.forecasts_topic)
+    steps = 200
+    produce(service_settings, readings(10, range(0, 20)))
+    producer = threading.Thread(target=produce, args=(service_settings, readings(10, range(20, steps)), rate))
+    first = ServeProcess(service_settings.model_uri, env, tmp_path / "first.log").start()
+    second = ServeProcess(service_settings.model_uri, env, tmp_path / "second.log")
+    try:
+        forecasts.wait_for(1, timeout_s=60)
+        producer.start()
+        time.sleep(1.5)
+        first.proc.kill()  # SIGKILL: no batch landed, no final commit
+        first.proc.wait(10)
+        admin = make_admin(service_settings)
+        committed = {
+            tp.partition: m.offset for tp, m in admin.list_group_offsets(service_settings.consumer_group).items()
+        }
+        admin.close()
+        producer.join(timeout=60)
+        second.start()
+        expected = 10 * (steps - (L - 1))
+        forecasts.wait_for(expected, timeout_s=90, unique=True)
+        time.sleep(1.5)
+        assert second.stop() == 0, second.output()[-3000:]
+    finally:
+        first.stop()
+        second.stop()
+    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    assert len(set(keys)) == expected, f"{expected - len(set(keys))} readings lost their forecast"
+    twice = {k for k in set(keys) if keys.count(k) > 1}
+    # the repeats are readings the killed process had forecast but not yet committed: past the group's offsets
+    where = {}
+    for r in read_since(service_settings, service_settings.readings_topic, None).records:
+        doc = orjson.loads(r.value)
+        where[(doc["entity"], format_ts(parse_ts(doc["ts"])))] = (r.partition, r.offset)
+    assert all(where[k][1] >= committed.get(where[k][0], 0) for k in twice), "a committed reading was repeated"
+    assert len(keys) - len(set(keys)) <= rate * interval_ms / 1000 + service_settings.max_batch
