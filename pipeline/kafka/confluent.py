@@ -44,6 +44,10 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "enable.auto.commit": False,
         "auto.offset.reset": settings.offset_reset,
         "partition.assignment.strategy": "cooperative-sticky",
+        # an instance that dies without leaving (SIGKILL, a lost host) holds its partitions until its
+        # session expires: 10 s, as kafka-python's default, not librdkafka's 45 s
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
         "fetch.wait.max.ms": 5,
         "client.id": "sensorcast-consumer",
         **overrides,
