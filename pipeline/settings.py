@@ -23,38 +23,55 @@ class Settings(BaseSettings):
 
     # -- local stack ---------------------------------------------------------------------------
     state_dir: Path = Field(default=REPO_ROOT / ".state", description="where the local stack keeps its data and logs")
-    host: str = "127.0.0.1"
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    kafka_heap: str = "1G"
-    kafka_jars_dir: Path = REPO_ROOT / "infra" / "kafka" / "jars"
-    mlflow_port: int = 5000
-    prefect_port: int = 4200
-    startup_timeout_s: float = 90.0
+    host: str = Field(default="127.0.0.1", description="address every local server binds and clients dial")
+    kafka_port: int = Field(default=9092, description="the local broker's client port")
+    kafka_controller_port: int = Field(default=9093, description="the local broker's KRaft controller port")
+    kafka_heap: str = Field(default="1G", description="the local broker's JVM heap (-Xmx)")
+    kafka_jars_dir: Path = Field(
+        default=REPO_ROOT / "infra" / "kafka" / "jars",
+        description="where `make install` puts the Kafka jars from Maven Central",
+    )
+    mlflow_port: int = Field(default=5000, description="the local MLflow server's port")
+    prefect_port: int = Field(default=4200, description="the local Prefect server's port")
+    startup_timeout_s: float = Field(
+        default=90.0, description="how long a local server may take to answer before start-up fails"
+    )
 
     # -- where the services are (defaults point at the local stack) ----------------------------
     kafka_bootstrap_servers: str | None = Field(
-        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SENSORCAST_KAFKA_BOOTSTRAP_SERVERS")
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SENSORCAST_KAFKA_BOOTSTRAP_SERVERS"),
+        description="the Kafka cluster (default: the local broker at host:kafka_port)",
     )
     mlflow_tracking_uri: str | None = Field(
-        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SENSORCAST_MLFLOW_TRACKING_URI")
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SENSORCAST_MLFLOW_TRACKING_URI"),
+        description="the MLflow tracking server (default: the local one at host:mlflow_port)",
     )
     prefect_api_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("PREFECT_API_URL", "SENSORCAST_PREFECT_API_URL")
+        default=None,
+        validation_alias=AliasChoices("PREFECT_API_URL", "SENSORCAST_PREFECT_API_URL"),
+        description="the Prefect API (default: the local server at host:prefect_port)",
     )
 
     # -- topics --------------------------------------------------------------------------------
-    readings_topic: str = "sensors.readings"
-    forecasts_topic: str = "sensors.forecasts"
-    dlq_topic: str = "sensors.dlq"
-    models_topic: str = "sensorcast.models"
-    topic_partitions: int = 3
+    readings_topic: str = Field(default="sensors.readings", description="sensor readings in (JSON, keyed by entity)")
+    forecasts_topic: str = Field(
+        default="sensors.forecasts", description="forecasts out, one per reading once its entity's window is full"
+    )
+    dlq_topic: str = Field(default="sensors.dlq", description="refused readings, with the reason")
+    models_topic: str = Field(
+        default="sensorcast.models", description="promotion announcements: the service reloads at once"
+    )
+    topic_partitions: int = Field(default=3, description="partitions of topics the project creates")
     kafka_client: str = Field(
         default="kafka-python",
         pattern="^(kafka-python|confluent)$",
         description="the service's Kafka client: kafka-python, or confluent (librdkafka, consumer-group scale-out)",
     )
-    consumer_group: str = "sensorcast-forecaster"
+    consumer_group: str = Field(
+        default="sensorcast-forecaster", description="the service's consumer group (its committed offsets)"
+    )
     partitions: str | None = Field(
         default=None,
         pattern=r"^\d+(,\d+)*$",
@@ -65,12 +82,14 @@ class Settings(BaseSettings):
     )
 
     # -- model ---------------------------------------------------------------------------------
-    model_name: str = "sensorcast-itransformer"
-    model_alias: str = "champion"
+    model_name: str = Field(default="sensorcast-itransformer", description="the registered model's name in MLflow")
+    model_alias: str = Field(default="champion", description="the alias the service follows and the gate moves")
     model_uri: str | None = Field(default=None, description="a checkpoint folder or models:/NAME@ALIAS")
-    model_poll_s: float = 10.0
-    lookback: int = 96
-    horizon: int = 24
+    model_poll_s: float = Field(
+        default=10.0, description="seconds between registry polls for a new alias version (announcements are instant)"
+    )
+    lookback: int = Field(default=96, description="readings per window (L)")
+    horizon: int = Field(default=24, description="steps forecast ahead (H)")
 
     # -- retraining ----------------------------------------------------------------------------
     retrain_cron: str | None = Field(default="0 3 * * *", description="when `flows serve` retrains (UTC cron)")
@@ -79,10 +98,12 @@ class Settings(BaseSettings):
     retrain_margin: float = Field(default=0.0, description="relative holdout MSE a candidate must beat the champion by")
 
     # -- service -------------------------------------------------------------------------------
-    max_batch: int = 256
-    max_wait_ms: float = 2.0
-    max_payload_bytes: int = 64 * 1024
-    max_fill_steps: int = 3
+    max_batch: int = Field(default=256, description="most readings in one micro-batch")
+    max_wait_ms: float = Field(
+        default=2.0, description="longest wait for a micro-batch to fill when nothing is in flight"
+    )
+    max_payload_bytes: int = Field(default=64 * 1024, description="larger messages are refused as oversized")
+    max_fill_steps: int = Field(default=3, description="missing steps forward-filled; a longer gap resets the window")
     commit_interval_ms: float = Field(
         default=250.0, gt=0, description="confirm forecasts and commit offsets at least this often"
     )
@@ -93,9 +114,9 @@ class Settings(BaseSettings):
     rehydrate_records: int = Field(
         default=20_000, description="records per partition re-read on start to refill windows"
     )
-    device: str = "auto"
-    torch_threads: int = 1
-    metrics_port: int = 9308
+    device: str = Field(default="auto", description="auto (CUDA when present), cuda or cpu")
+    torch_threads: int = Field(default=1, description="torch intra-op threads for the forward pass")
+    metrics_port: int = Field(default=9308, description="Prometheus port of the service (0: off)")
     kafka_log_level: str = Field(default="WARNING", description="kafka-python's log level (DEBUG to trace a client)")
 
     # -- derived -------------------------------------------------------------------------------
@@ -137,3 +158,22 @@ class Settings(BaseSettings):
         """Env first, then CLI flags on top; a flag left at None does not override."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(**given)
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table: env var, default, what it does (the README's copy is checked
+    against this by a test; `python -m pipeline.settings` prints it)."""
+    rows = ["| env var | default | what it does |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env = alias.choices[0] if isinstance(alias, AliasChoices) else f"SENSORCAST_{name.upper()}"
+        default = field.get_default()
+        if isinstance(default, Path):
+            default = f"<repo>/{default.relative_to(REPO_ROOT)}" if default.is_relative_to(REPO_ROOT) else default
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `{env}` | {shown} | {(field.description or '').replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")
