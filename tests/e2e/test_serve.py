@@ -171,15 +171,7 @@ def test_a_model_promoted_mid_stream_is_picked_up_with_no_reading_lost(
 def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
     service_settings: Settings, produce, collect, tmp_path: Path
 ) -> None:
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": service_settings.bootstrap_servers,
-        "SENSORCAST_READINGS_TOPIC": service_settings.readings_topic,
-        "SENSORCAST_FORECASTS_TOPIC": service_settings.forecasts_topic,
-        "SENSORCAST_DLQ_TOPIC": service_settings.dlq_topic,
-        "SENSORCAST_CONSUMER_GROUP": service_settings.consumer_group,
-        "SENSORCAST_METRICS_PORT": "0",
-        "SENSORCAST_KAFKA_CLIENT": service_settings.kafka_client,
-    }
+    env = service_settings.as_env()
     forecasts = collect(service_settings, service_settings.forecasts_topic)
     steps = 200
     produce(service_settings, readings(10, range(0, 20)))  # enough to warm every window
@@ -231,15 +223,7 @@ def test_two_instances_split_the_partitions_and_forecast_everything_once(
 def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_one(
     service_settings: Settings, produce, collect, tmp_path: Path
 ) -> None:
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": service_settings.bootstrap_servers,
-        "SENSORCAST_READINGS_TOPIC": service_settings.readings_topic,
-        "SENSORCAST_FORECASTS_TOPIC": service_settings.forecasts_topic,
-        "SENSORCAST_DLQ_TOPIC": service_settings.dlq_topic,
-        "SENSORCAST_CONSUMER_GROUP": service_settings.consumer_group,
-        "SENSORCAST_METRICS_PORT": "0",
-        "SENSORCAST_KAFKA_CLIENT": "confluent",
-    }
+    env = service_settings.as_env()  # the confluent client: the test is parametrized on it alone
     forecasts = collect(service_settings, service_settings.forecasts_topic)
     steps, entities = 160, 9
     a = ServeProcess(service_settings.model_uri, env, tmp_path / "a.log").start().wait_ready()
@@ -275,16 +259,7 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_las
     from pipeline.messages import format_ts, parse_ts
 
     rate, interval_ms = 400, 250
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": service_settings.bootstrap_servers,
-        "SENSORCAST_READINGS_TOPIC": service_settings.readings_topic,
-        "SENSORCAST_FORECASTS_TOPIC": service_settings.forecasts_topic,
-        "SENSORCAST_DLQ_TOPIC": service_settings.dlq_topic,
-        "SENSORCAST_CONSUMER_GROUP": service_settings.consumer_group,
-        "SENSORCAST_METRICS_PORT": "0",
-        "SENSORCAST_KAFKA_CLIENT": service_settings.kafka_client,
-        "SENSORCAST_COMMIT_INTERVAL_MS": str(interval_ms),
-    }
+    env = {**service_settings.as_env(), "SENSORCAST_COMMIT_INTERVAL_MS": str(interval_ms)}
     forecasts = collect(service_settings, service_settings.forecasts_topic)
     steps = 200
     produce(service_settings, readings(10, range(0, 20)))
