@@ -168,31 +168,46 @@ def test_a_model_promoted_mid_stream_is_picked_up_with_no_reading_lost(
     assert versions == sorted(versions), "once swapped, the new model serves every later reading"
 
 
-def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
-    service_settings: Settings, produce, collect, tmp_path: Path
-) -> None:
-    env = service_settings.as_env()
-    forecasts = collect(service_settings, service_settings.forecasts_topic)
-    steps = 200
-    produce(service_settings, readings(10, range(0, 20)))  # enough to warm every window
-    producer = threading.Thread(target=produce, args=(service_settings, readings(10, range(20, steps)), 400))
-    first = ServeProcess(service_settings.model_uri, env, tmp_path / "first.log").start()
-    second = ServeProcess(service_settings.model_uri, env, tmp_path / "second.log")
+STEPS, RATE = 200, 400  # 10 entities: 1,800 readings over 4.5 s after the warm-up, the stop lands mid-stream
+
+
+def stop_mid_stream_then_restart(settings: Settings, env: dict, produce, forecasts, tmp_path: Path, stop_first):
+    """A service forecasting a paced stream is stopped by `stop_first(process)` 1.5 s into it; a second
+    one starts once the stream is in and runs until every reading has its forecast. Returns (what
+    `stop_first` returned, forecasts arrived before the restart, forecasts expected)."""
+    produce(settings, readings(10, range(0, 20)))  # enough to warm every window
+    producer = threading.Thread(target=produce, args=(settings, readings(10, range(20, STEPS)), RATE))
+    first = ServeProcess(settings.model_uri, env, tmp_path / "first.log").start()
+    second = ServeProcess(settings.model_uri, env, tmp_path / "second.log")
+    expected = 10 * (STEPS - (L - 1))
     try:
         forecasts.wait_for(1, timeout_s=60)  # the service is up and forecasting
-        producer.start()  # 1,800 more readings over 4.5 s: the signal lands mid-stream
+        producer.start()
         time.sleep(1.5)
-        assert first.stop() == 0, first.output()[-3000:]
+        stopped = stop_first(first)
         before_restart = len(forecasts.docs)
         producer.join(timeout=60)
         second.start()
-        expected = 10 * (steps - (L - 1))
         forecasts.wait_for(expected, timeout_s=90, unique=True)
         time.sleep(1.5)
         assert second.stop() == 0, second.output()[-3000:]
     finally:
         first.stop()
         second.stop()
+    return stopped, before_restart, expected
+
+
+def exits_cleanly(process: ServeProcess) -> None:
+    assert process.stop() == 0, process.output()[-3000:]
+
+
+def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
+    service_settings: Settings, produce, collect, tmp_path: Path
+) -> None:
+    forecasts = collect(service_settings, service_settings.forecasts_topic)
+    _, before_restart, expected = stop_mid_stream_then_restart(
+        service_settings, service_settings.as_env(), produce, forecasts, tmp_path, exits_cleanly
+    )
     assert 0 < before_restart < expected, "the first process should stop mid-stream"
     keys = {(d["entity"], d["ts"]) for d in forecasts.docs}
     assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast"
@@ -253,45 +268,35 @@ def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_o
 def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_last_commit(
     service_settings: Settings, produce, collect, tmp_path: Path
 ) -> None:
+    from collections import Counter
+
     import orjson
 
     from pipeline.kafka import make_admin, read_since
     from pipeline.messages import format_ts, parse_ts
 
-    rate, interval_ms = 400, 250
+    interval_ms = 250
     env = {**service_settings.as_env(), "SENSORCAST_COMMIT_INTERVAL_MS": str(interval_ms)}
     forecasts = collect(service_settings, service_settings.forecasts_topic)
-    steps = 200
-    produce(service_settings, readings(10, range(0, 20)))
-    producer = threading.Thread(target=produce, args=(service_settings, readings(10, range(20, steps)), rate))
-    first = ServeProcess(service_settings.model_uri, env, tmp_path / "first.log").start()
-    second = ServeProcess(service_settings.model_uri, env, tmp_path / "second.log")
-    try:
-        forecasts.wait_for(1, timeout_s=60)
-        producer.start()
-        time.sleep(1.5)
-        first.proc.kill()  # SIGKILL: no batch landed, no final commit
-        first.proc.wait(10)
-        admin = make_admin(service_settings)
-        group = service_settings.consumer_group
-        committed = {tp.partition: m.offset for tp, m in admin.list_group_offsets(group)[group].items()}
-        admin.close()
-        producer.join(timeout=60)
-        second.start()
-        expected = 10 * (steps - (L - 1))
-        forecasts.wait_for(expected, timeout_s=90, unique=True)
-        time.sleep(1.5)
-        assert second.stop() == 0, second.output()[-3000:]
-    finally:
-        first.stop()
-        second.stop()
-    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
-    assert len(set(keys)) == expected, f"{expected - len(set(keys))} readings lost their forecast"
-    twice = {k for k in set(keys) if keys.count(k) > 1}
+
+    def kill(process: ServeProcess) -> dict[int, int]:
+        """SIGKILL: no batch landed, no final commit. Returns the group's committed offsets then."""
+        process.proc.kill()
+        process.proc.wait(10)
+        admin, group = make_admin(service_settings), service_settings.consumer_group
+        try:
+            return {tp.partition: m.offset for tp, m in admin.list_group_offsets(group)[group].items()}
+        finally:
+            admin.close()
+
+    committed, _, expected = stop_mid_stream_then_restart(service_settings, env, produce, forecasts, tmp_path, kill)
+    counts = Counter((d["entity"], d["ts"]) for d in forecasts.docs)
+    assert len(counts) == expected, f"{expected - len(counts)} readings lost their forecast"
+    twice = {k for k, n in counts.items() if n > 1}
     # the repeats are readings the killed process had forecast but not yet committed: past the group's offsets
     where = {}
     for r in read_since(service_settings, service_settings.readings_topic, None).records:
         doc = orjson.loads(r.value)
         where[(doc["entity"], format_ts(parse_ts(doc["ts"])))] = (r.partition, r.offset)
     assert all(where[k][1] >= committed.get(where[k][0], 0) for k in twice), "a committed reading was repeated"
-    assert len(keys) - len(set(keys)) <= rate * interval_ms / 1000 + service_settings.max_batch
+    assert sum(counts.values()) - len(counts) <= RATE * interval_ms / 1000 + service_settings.max_batch
