@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address every local server binds and clients dial")
     kafka_port: int = Field(default=9092, description="the local broker's client port")
     kafka_controller_port: int = Field(default=9093, description="the local broker's KRaft controller port")
+    kafka_brokers: int = Field(
+        default=1, ge=1, le=9, description="brokers of the local cluster (3: replicated, min.insync.replicas 2)"
+    )
     kafka_heap: str = Field(default="1G", description="the local broker's JVM heap (-Xmx)")
     kafka_jars_dir: Path = Field(
         default=REPO_ROOT / "infra" / "kafka" / "jars",
@@ -52,6 +55,28 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("PREFECT_API_URL", "SENSORCAST_PREFECT_API_URL"),
         description="the Prefect API (default: the local server at host:prefect_port)",
+    )
+
+    # -- Kafka security (librdkafka's and kafka-python's knobs, one name each) -------------------
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT",
+        pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        default=None,
+        pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
+        description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL_ protocol)",
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="the SASL user")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="the SASL password (never logged, never in MLflow or metrics)"
+    )
+    kafka_ssl_cafile: Path | None = Field(default=None, description="PEM file of the CA that signed the brokers")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="PEM client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="PEM client key (mutual TLS)")
+    topic_replication: int = Field(
+        default=1, ge=1, description="replication factor of topics the project creates (3 on a 3-broker cluster)"
     )
 
     # -- topics --------------------------------------------------------------------------------
@@ -122,7 +147,8 @@ class Settings(BaseSettings):
     # -- derived -------------------------------------------------------------------------------
     @property
     def bootstrap_servers(self) -> str:
-        return self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}"
+        local = ",".join(f"{self.host}:{self.kafka_port + 10 * i}" for i in range(self.kafka_brokers))
+        return self.kafka_bootstrap_servers or local
 
     @property
     def tracking_uri(self) -> str:
@@ -144,7 +170,7 @@ class Settings(BaseSettings):
         """These settings as environment variables, for a child process or an in-process flow that
         reads its settings from the environment (`Settings.load()` there gives back these)."""
         env = {
-            f"SENSORCAST_{name.upper()}": str(value)
+            f"SENSORCAST_{name.upper()}": value.get_secret_value() if isinstance(value, SecretStr) else str(value)
             for name, value in self.model_dump().items()
             if value is not None and name not in ("kafka_bootstrap_servers", "mlflow_tracking_uri", "prefect_api_url")
         }

@@ -18,6 +18,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError,
 from kafka.partitioner import DefaultPartitioner
 from kafka.partitioner.default import murmur2
 
+from pipeline.kafka.security import kafka_python_security
 from pipeline.settings import Settings
 
 log = logging.getLogger("sensorcast.kafka")
@@ -25,6 +26,17 @@ log = logging.getLogger("sensorcast.kafka")
 
 class KafkaUnavailable(RuntimeError):
     pass
+
+
+def unreachable(settings: Settings, error: object) -> KafkaUnavailable:
+    """The error for a cluster that did not answer; on a secured one, where to look first."""
+    hint = ""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        hint = (
+            f" (over {settings.kafka_security_protocol}: check SENSORCAST_KAFKA_SASL_USERNAME/_PASSWORD, the "
+            "mechanism and SENSORCAST_KAFKA_SSL_CAFILE)"
+        )
+    return KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {error}{hint}")
 
 
 class KeyCachingPartitioner(DefaultPartitioner):
@@ -60,12 +72,13 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         batch_size=256 * 1024,
         max_request_size=4 * 1024 * 1024,
         client_id="sensorcast-producer",
+        **kafka_python_security(settings),
     )
     config.update(overrides)
     try:
         return KafkaProducer(**config)
     except Exception as e:  # NoBrokersAvailable and friends
-        raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
+        raise unreachable(settings, e) from e
 
 
 SETTINGS_GROUP = "<settings.consumer_group>"
@@ -81,19 +94,21 @@ def make_consumer(settings: Settings, group: str | None = SETTINGS_GROUP, **over
         max_poll_records=2000,
         fetch_max_wait_ms=5,
         client_id="sensorcast-consumer",
+        **kafka_python_security(settings),
     )
     config.update(overrides)
     try:
         return KafkaConsumer(**config)
     except Exception as e:
-        raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
+        raise unreachable(settings, e) from e
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:
     try:
-        return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="sensorcast-admin")
+        security = kafka_python_security(settings)
+        return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="sensorcast-admin", **security)
     except Exception as e:
-        raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
+        raise unreachable(settings, e) from e
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, partitions: int | None = None) -> None:
@@ -108,7 +123,9 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, parti
         missing = [n for n in names if n not in existing]
         if missing:
             try:
-                admin.create_topics([NewTopic(n, num_partitions=parts, replication_factor=1) for n in missing])
+                admin.create_topics(
+                    [NewTopic(n, num_partitions=parts, replication_factor=settings.topic_replication) for n in missing]
+                )
             except TopicAlreadyExistsError:
                 pass
         deadline = time.monotonic() + 30

