@@ -1,8 +1,15 @@
-"""Prometheus metrics of the service, in a registry of its own (no process globals)."""
+"""Prometheus metrics of the service, in a registry of its own (no process globals), served with a
+health endpoint beside them: GET /metrics, GET /healthz."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -32,7 +39,9 @@ class ServiceMetrics:
         self.filled = Counter("sensorcast_steps_forward_filled", "missing steps filled forward", registry=r)
         self.resets = Counter("sensorcast_window_resets", "windows reset after a long gap", registry=r)
         self.evicted = Counter("sensorcast_entities_evicted", "idle entities whose windows were freed", registry=r)
-        self.lag = Gauge("sensorcast_consumer_lag", "messages behind the end of the assigned partitions", registry=r)
+        self.lag = Gauge(
+            "sensorcast_consumer_lag", "messages behind the end of each assigned partition", ["partition"], registry=r
+        )
         self.model_version = Gauge(
             "sensorcast_model_version",
             "serving model version (numeric; 0 for a local checkpoint)",
@@ -50,16 +59,63 @@ class ServiceMetrics:
             "sensorcast_consumer_lag_seconds", "now minus the produce time of the newest reading handled", registry=r
         )
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+        self.model: dict[str, str] = {}
+        self.started = time.monotonic()
+        self.last_batch: float | None = None
+
+    def serve(self, port: int, host: str = "127.0.0.1", running: Callable[[], bool] = lambda: True):
+        """/metrics for Prometheus and /healthz (200 while serving a model, 503 before or while stopping),
+        on a daemon thread; returns the server (`shutdown()` stops it)."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                if self.path.split("?")[0] == "/metrics":
+                    self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    status, doc = metrics.health(running())
+                    self._send(status, json.dumps(doc).encode(), "application/json")
+                else:
+                    self._send(404, b"try /metrics or /healthz\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args) -> None:  # scrapes every few seconds: not worth a log line each
+                pass
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="sensorcast-metrics", daemon=True).start()
+        return server
+
+    def health(self, running: bool) -> tuple[int, dict]:
+        now = time.monotonic()
+        doc = {
+            "status": "serving" if running and self.model else ("stopping" if self.model else "starting"),
+            "model": self.model,
+            "uptime_s": round(now - self.started, 1),
+            "last_batch_age_s": None if self.last_batch is None else round(now - self.last_batch, 1),
+        }
+        return (200 if doc["status"] == "serving" else 503), doc
+
+    def set_lag(self, behind: dict[int, int]) -> None:
+        for partition, n in behind.items():
+            self.lag.labels(partition=str(partition)).set(n)
 
     def set_model(self, name: str, version: str) -> None:
         self.model_version.clear()
         self.model_version.labels(name=name).set(float(version) if str(version).isdigit() else 0.0)
         self.model_info.clear()
         self.model_info.labels(name=name, version=str(version)).set(1)
+        self.model = {"name": name, "version": str(version)}
 
     def on_batch(self, stats, records, published_at: float) -> None:
+        self.last_batch = time.monotonic()
         self.readings.inc(stats.readings)
         self.forecasts.inc(stats.forecasts)
         self.buffered.inc(stats.buffered)

@@ -32,9 +32,8 @@ class _Observer:
         self.metrics.on_batch(stats, records, published_at)
         if published_at >= self._next:
             self._next = published_at + self.every_s
-            lag = self.source.lag()
-            if lag is not None:
-                self.metrics.lag.set(lag)
+            lag = getattr(self.source, "lag", dict)()
+            self.metrics.set_lag(lag)
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, metrics: ServiceMetrics | None = None) -> int:
@@ -70,7 +69,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     metrics = metrics or ServiceMetrics()
     metrics.set_model(forecaster.name, forecaster.version)
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host, lambda: not stop.is_set())
 
     def swapped(new) -> None:
         metrics.set_model(new.name, new.version)

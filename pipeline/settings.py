@@ -141,7 +141,10 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="auto (CUDA when present), cuda or cpu")
     torch_threads: int = Field(default=1, description="torch intra-op threads for the forward pass")
-    metrics_port: int = Field(default=9308, description="Prometheus port of the service (0: off)")
+    metrics_port: int = Field(default=9308, description="the service's /metrics and /healthz port (0: off)")
+    metrics_host: str = Field(
+        default="127.0.0.1", description="address /metrics binds (0.0.0.0 in a container Prometheus scrapes)"
+    )
     kafka_log_level: str = Field(default="WARNING", description="kafka-python's log level (DEBUG to trace a client)")
 
     # -- derived -------------------------------------------------------------------------------

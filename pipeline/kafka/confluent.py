@@ -235,16 +235,15 @@ class ConfluentSource:
                     raise
                 time.sleep(0.05)
 
-    def lag(self) -> int | None:
-        """Messages behind the high watermarks of the last fetches (cached: no broker request)."""
-        total, known = 0, False
+    def lag(self) -> dict[int, int]:
+        """Messages behind the high watermark per partition, as the last fetches saw it (cached: no
+        broker request)."""
+        behind = {}
         for p, pos in self._position.items():
             _low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
-            if high is None or high < 0:
-                continue
-            known = True
-            total += max(0, high - pos)
-        return total if known else None
+            if high is not None and high >= 0:
+                behind[p] = max(0, high - pos)
+        return behind
 
     def close(self) -> None:
         self.before_revoke = None  # the loop has ended: nothing in flight to land

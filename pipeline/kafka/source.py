@@ -101,17 +101,15 @@ class KafkaSource:
             self.committer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in moved.items()})
             self._committed.update(moved)
 
-    def lag(self) -> int | None:
-        """Messages behind the high watermarks the last fetches reported: local state, no request
-        to the broker on the serving path."""
-        total, known = 0, False
+    def lag(self) -> dict[int, int]:
+        """Messages behind the high watermark, per partition the last fetches reported on: local
+        state, no request to the broker on the serving path."""
+        behind = {}
         for tp in self.fetcher.assignment():
             high = self.fetcher.highwater(tp)
-            if high is None:
-                continue
-            known = True
-            total += max(0, high - self._position[tp])
-        return total if known else None
+            if high is not None:
+                behind[tp.partition] = max(0, high - self._position[tp])
+        return behind
 
     def close(self) -> None:
         self.fetcher.close()

@@ -669,7 +669,7 @@ def monitor_cmd(
         _fail(f"no champion to measure against: {e}")
     gauge = Gauge("sensorcast_rolling_mae_ratio", "rolling MAE / champion holdout MAE", ["entity", "channel", "model"])
     if metrics_port:
-        start_http_server(metrics_port)
+        start_http_server(metrics_port, addr=settings.metrics_host)
     mlflow_log = MlflowLog(settings, version)
 
     def on_drift(detail: dict) -> None:

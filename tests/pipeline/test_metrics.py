@@ -18,3 +18,41 @@ def test_model_info_names_one_model_and_lag_is_in_seconds() -> None:
     assert 'sensorcast_model_info{name="sensorcast-itransformer",version="4"} 1.0' in text
     assert 'version="3"' not in text
     assert "sensorcast_consumer_lag_seconds 2.5" in text  # 6.5 s − the newest reading's 4.0 s
+
+
+def test_lag_is_per_partition() -> None:
+    m = ServiceMetrics()
+    m.set_lag({0: 5, 2: 0})
+    text = generate_latest(m.registry).decode()
+    assert 'sensorcast_consumer_lag{partition="0"} 5.0' in text and 'sensorcast_consumer_lag{partition="2"} 0.0' in text
+
+
+def test_healthz_says_serving_only_with_a_model_and_while_running() -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from pipeline.tools.stack import free_ports
+
+    m, running = ServiceMetrics(), [True]
+    port = free_ports(1)[0]
+    server = m.serve(port, "127.0.0.1", lambda: running[0])
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    try:
+        status, body = get("/healthz")
+        assert status == 503 and json.loads(body)["status"] == "starting"
+        m.set_model("sensorcast-itransformer", "7")
+        status, body = get("/healthz")
+        assert status == 200 and json.loads(body)["model"] == {"name": "sensorcast-itransformer", "version": "7"}
+        assert get("/metrics")[1].count(b'sensorcast_model_info{name="sensorcast-itransformer",version="7"}') == 1
+        running[0] = False
+        assert get("/healthz")[0] == 503 and get("/nothing")[0] == 404
+    finally:
+        server.shutdown()

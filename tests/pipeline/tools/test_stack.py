@@ -83,3 +83,16 @@ def test_stack_up_status_down_through_the_cli(local_settings) -> None:
     }
     for port in (settings.kafka_port, settings.mlflow_port, settings.prefect_port):
         assert not stack.port_open("127.0.0.1", port)
+
+
+def test_every_server_binds_loopback_by_default(tmp_path) -> None:
+    """The stack's servers, the service's /metrics and the forecast API listen on 127.0.0.1 unless told."""
+    defaults = Settings(state_dir=tmp_path)
+    assert defaults.host == "127.0.0.1" and defaults.metrics_host == "127.0.0.1"
+    for service in stack.services(defaults, ["mlflow", "prefect"]):
+        assert service.command[service.command.index("--host") + 1] == "127.0.0.1", service.name
+    (tmp_path / "kafka").mkdir()
+    stack._write_kafka_config(defaults, stack.kafka_nodes(defaults)[0], tmp_path / "kafka")
+    props = (tmp_path / "kafka" / "server.properties").read_text()
+    listeners = next(line for line in props.splitlines() if line.startswith("listeners="))
+    assert all("//127.0.0.1:" in part for part in listeners.removeprefix("listeners=").split(","))
