@@ -68,10 +68,12 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         partitioner=KeyCachingPartitioner(),
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
+        enable_idempotence=True,  # with acks=all and unbounded retries: a broker's restart neither loses nor repeats
         linger_ms=5,
         batch_size=256 * 1024,
         max_request_size=4 * 1024 * 1024,
         client_id="sensorcast-producer",
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         **kafka_python_security(settings),
     )
     config.update(overrides)
@@ -82,6 +84,9 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
 
 
 SETTINGS_GROUP = "<settings.consumer_group>"
+# kafka-python backs off up to 30 s between reconnects; after a broker restart the service then sat
+# idle for up to that long. The Java clients' 1 s bound brings it back within a second or two.
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 def make_consumer(settings: Settings, group: str | None = SETTINGS_GROUP, **overrides: Any) -> KafkaConsumer:
@@ -94,6 +99,7 @@ def make_consumer(settings: Settings, group: str | None = SETTINGS_GROUP, **over
         max_poll_records=2000,
         fetch_max_wait_ms=5,
         client_id="sensorcast-consumer",
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         **kafka_python_security(settings),
     )
     config.update(overrides)

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from pipeline.kafka.clients import KafkaUnavailable, unreachable
+from pipeline.kafka.clients import RECONNECT_BACKOFF_MAX_MS, KafkaUnavailable, unreachable
 from pipeline.kafka.security import confluent_security
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
@@ -34,6 +34,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "linger.ms": 5,
         "partitioner": "murmur2_random",
         "client.id": "sensorcast-producer",
+        "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
         **confluent_security(settings),
         **overrides,
     }
@@ -52,6 +53,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "heartbeat.interval.ms": 2_000,
         "fetch.wait.max.ms": 5,
         "client.id": "sensorcast-consumer",
+        "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,  # librdkafka's default is 10 s
         **confluent_security(settings),
         **overrides,
     }

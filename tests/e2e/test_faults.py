@@ -1,0 +1,157 @@
+"""Faults under a running service, on brokers of the test's own: a broker killed (SIGKILL) mid-stream
+for 10 s, then restarted; and one broker of three killed for good. Producer and service recover by
+themselves, every reading gets its forecast, and the outage shows in the service's metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.kafka import ensure_topics, make_producer
+from pipeline.messages import encode_reading
+from pipeline.settings import Settings
+from pipeline.tools import stack
+from pipeline.tools.child import ServeProcess
+from tests.fixtures.kafka import Collector
+from tests.fixtures.stack import private_settings
+
+pytestmark = pytest.mark.integration
+
+L, HOUR, ENTITIES = 8, 3_600_000, 6
+
+
+def kill_broker(settings: Settings, node: str = "kafka") -> None:
+    """SIGKILL, as a host that dies: no shutdown, no leader hand-over."""
+    service = next(s for s in stack.services(settings, ["kafka"]) if s.name == node)
+    pid = int(service.pid_file.read_text())
+    os.killpg(pid, signal.SIGKILL)
+    while stack._pid_alive(pid):
+        time.sleep(0.05)
+
+
+def stream(settings: Settings, steps: range, rate: float, sent: list[int]) -> None:
+    """The project's producer (idempotent, acks=all, retrying) sends paced readings and waits for every ack."""
+    producer = make_producer(settings)
+    start = time.perf_counter()
+    futures = []
+    for i, s in enumerate(steps):
+        time.sleep(max(0.0, start + i * ENTITIES / rate - time.perf_counter()))
+        for e in range(ENTITIES):
+            value = encode_reading(f"e{e}", s * HOUR, {"temp": 20.0 + s % 7 + e, "pressure": 1.0 + 0.1 * e})
+            futures.append(producer.send(settings.readings_topic, key=f"e{e}".encode(), value=value))
+        sent.append(s)
+    for f in futures:
+        f.get(timeout=120)
+    producer.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path, tiny_checkpoint, kafka_client: str) -> Iterator[Callable[[int], Settings]]:
+    """own_cluster(brokers) → settings on a fresh local cluster of that size, stopped afterwards."""
+    started: list[Settings] = []
+
+    def start(brokers: int) -> Settings:
+        settings = private_settings(tmp_path / "cluster").model_copy(
+            update={
+                "kafka_brokers": brokers,
+                "topic_replication": min(brokers, 3),
+                "model_uri": str(tiny_checkpoint()),
+                "metrics_port": stack.free_ports(1)[0],
+                "kafka_client": kafka_client,
+                "kafka_heap": "384m",
+            }
+        )
+        stack.up(settings, ["kafka"], log=lambda _m: None)
+        started.append(settings)
+        ensure_topics(settings)
+        return settings
+
+    yield start
+    for settings in started:  # SIGKILL: a cluster that lost a node takes 30 s to shut down politely
+        for node in stack.kafka_nodes(settings):
+            if stack._read_pid(next(s for s in stack.services(settings, ["kafka"]) if s.name == node.name)):
+                kill_broker(settings, node.name)
+
+
+def test_a_broker_killed_for_10_s_mid_stream_loses_nothing(own_cluster, tmp_path: Path) -> None:
+    settings = own_cluster(1)
+    forecasts = Collector(settings, settings.forecasts_topic)
+    sent: list[int] = []
+    steps = range(0, 150)  # 900 readings at 30/s: 30 s, the outage from 4 s to 14 s
+    service = ServeProcess(settings.model_uri, settings.as_env(), tmp_path / "serve.log").start().wait_ready()
+    producer = threading.Thread(target=stream, args=(settings, steps, 30.0, sent), daemon=True)
+    try:
+        producer.start()
+        forecasts.wait_for(30, timeout_s=60)
+        time.sleep(2.0)
+        kill_broker(settings)
+        killed_at = len(sent)
+        time.sleep(10.0)
+        assert service.proc.poll() is None, "the service died with the broker:\n" + service.output()[-3000:]
+        stack.up(settings, ["kafka"], log=lambda _m: None)
+        back, before = time.monotonic(), len(forecasts.docs)
+        while len(forecasts.docs) == before and time.monotonic() - back < 60:
+            time.sleep(0.05)
+        print(f"forecasts again {time.monotonic() - back:.1f} s after the broker answered")
+        producer.join(timeout=150)
+        assert not producer.is_alive(), "the producer did not get every acknowledgement"
+        expected = ENTITIES * (len(steps) - (L - 1))
+        forecasts.wait_for(expected, timeout_s=120, unique=True)
+        metrics = scrape(settings.metrics_port)
+    finally:
+        code = service.stop()
+        forecasts.close()
+    assert code == 0, service.output()[-3000:]
+    assert 0 < killed_at < len(steps), "the broker should die mid-stream"
+    missing = expected - len(forecasts.unique())
+    assert missing == 0, f"{missing} readings lost their forecast across the broker's outage"
+    # the outage shows: readings sent while the broker was down waited for it, seconds, not milliseconds
+    count = metrics["sensorcast_e2e_latency_seconds_count"]
+    within_5s = metrics['sensorcast_e2e_latency_seconds_bucket{le="5.0"}']
+    assert count >= len(steps) * ENTITIES and count - within_5s >= ENTITIES, metrics
+    print(f"{count - within_5s:.0f} of {count:.0f} readings waited over 5 s for the broker; none lost")
+
+
+def test_three_brokers_one_killed_for_good_every_reading_forecast(own_cluster, tmp_path: Path) -> None:
+    settings = own_cluster(3)  # replication 3, min.insync.replicas 2: one broker may go
+    forecasts = Collector(settings, settings.forecasts_topic)
+    sent: list[int] = []
+    steps = range(0, 90)  # 540 readings at 60/s; node 1 (a controller, a leader, the first bootstrap) dies at ~3 s
+    service = ServeProcess(settings.model_uri, settings.as_env(), tmp_path / "serve.log").start().wait_ready()
+    producer = threading.Thread(target=stream, args=(settings, steps, 60.0, sent), daemon=True)
+    try:
+        producer.start()
+        forecasts.wait_for(30, timeout_s=60)
+        time.sleep(1.0)
+        kill_broker(settings, "kafka")
+        killed_at = len(sent)
+        producer.join(timeout=150)
+        assert not producer.is_alive(), "the producer did not get every acknowledgement"
+        expected = ENTITIES * (len(steps) - (L - 1))
+        forecasts.wait_for(expected, timeout_s=120, unique=True)
+        assert service.proc.poll() is None, "the service stopped:\n" + service.output()[-3000:]
+    finally:
+        code = service.stop()
+        forecasts.close()
+    assert code == 0, service.output()[-3000:]
+    assert 0 < killed_at < len(steps), "the broker should die mid-stream"
+    missing = expected - len(forecasts.unique())
+    assert missing == 0, f"{missing} readings lost their forecast when a broker of three died"
+    print(f"{len(forecasts.docs) - len(forecasts.unique())} readings forecast twice; none lost")
