@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export UV_LINK_MODE ?= hardlink
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install kafka-jars lint format test test-unit test-integration demo bench bench-accuracy bench-latency stack-up stack-down clean
+.PHONY: install kafka-jars lint format test test-unit test-integration demo bench bench-accuracy bench-latency soak stack-up stack-down clean
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv "uv==$(UV_VERSION)"
@@ -54,6 +54,10 @@ bench: install  ## JSON results under bench-results/
 	$(VENV)/bin/sensorcast bench accuracy --protocol seed --dataset exchange --json bench-results/accuracy-seed.json
 	$(VENV)/bin/sensorcast bench latency --json bench-results/latency.json
 	$(VENV)/bin/sensorcast bench retrain --json bench-results/retrain.json
+
+soak: install  ## minutes at a steady rate per Kafka client, then 200,000 distinct entities; not part of make test
+	mkdir -p bench-results
+	$(VENV)/bin/sensorcast bench soak --json bench-results/soak.json
 
 stack-up: install
 	$(VENV)/bin/sensorcast stack up

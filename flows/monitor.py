@@ -37,6 +37,18 @@ def champion_reference(settings: Settings) -> tuple[str, dict[str, float]]:
     return str(mv.version), json.loads(mv.tags["holdout_mae"])
 
 
+def mae_ratio_gauge(registry=None):
+    """The monitor's Prometheus gauge (the process's default registry unless another is given)."""
+    from prometheus_client import REGISTRY, Gauge
+
+    return Gauge(
+        "sensorcast_rolling_mae_ratio",
+        "rolling MAE / champion holdout MAE",
+        ["entity", "channel", "model"],
+        registry=registry or REGISTRY,
+    )
+
+
 def emit_drift_event(settings: Settings, detail: dict) -> None:
     """Tell Prefect; a deployment trigger turns the event into a retrain. Never blocks: the events
     client sends in the background, and a Prefect outage is a log line."""

@@ -176,7 +176,28 @@ def register(
     sample: dict | None = None,
 ) -> tuple[str, str]:
     """One MLflow run: parameters, losses, provenance, plots, the model; registered, alias moved only
-    when the gate promotes. Returns (version, run id)."""
+    when the gate promotes (last, so an outage never moves it). Returns (version, run id)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    settings = Settings.load()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    done: dict[str, str] = {}
+    try:
+        return _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done)
+    except (MlflowException, OSError) as e:
+        what = f"version {done['version']} was registered before it failed" if done else "nothing was registered"
+        raise RegistryDown(
+            f"MLflow at {settings.tracking_uri} did not take the run ({type(e).__name__}): {what}, "
+            f"@{settings.model_alias} did not move"
+        ) from e
+
+
+class RegistryDown(RuntimeError):
+    """MLflow failed mid-registration; the message says what exists and that no alias moved."""
+
+
+def _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done) -> tuple[str, str]:
     import mlflow
     from mlflow import MlflowClient
     from prefect import runtime as prefect_runtime
@@ -185,8 +206,6 @@ def register(
     from models.mlflow.tracking import forecast_plot, loss_plot
     from models.nets import PRESETS
 
-    settings = Settings.load()
-    mlflow.set_tracking_uri(settings.tracking_uri)
     use_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=f"retrain-{trigger}") as run:
         mlflow.set_tags(
@@ -219,7 +238,7 @@ def register(
             if sample is not None:
                 mlflow.log_artifact(str(forecast_plot(sample, window.channels, Path(tmp) / "forecast.png")))
         mlflow.log_text(decision.reason, "gate.txt")
-        version = log_checkpoint(candidate.checkpoint, settings.model_name)
+        version = done["version"] = log_checkpoint(candidate.checkpoint, settings.model_name)
         client = MlflowClient()
         client.set_model_version_tag(settings.model_name, version, "gate", decision.reason)
         client.set_model_version_tag(settings.model_name, version, "holdout_mse", json.dumps(decision.scores))

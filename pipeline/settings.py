@@ -7,6 +7,7 @@ against the local stack, docker-compose or a user's own cluster without edits.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,16 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# run from a checkout, state and jars live in it; installed with pip, under the user's state folder
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "infra" / "kafka").is_dir()
+
+
+def user_state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "sensorcast"
+
+
+DEFAULT_STATE_DIR = REPO_ROOT / ".state" if IN_CHECKOUT else user_state_dir()
+DEFAULT_JARS_DIR = REPO_ROOT / "infra" / "kafka" / "jars" if IN_CHECKOUT else user_state_dir() / "kafka-jars"
 
 
 class Settings(BaseSettings):
@@ -22,7 +33,10 @@ class Settings(BaseSettings):
     )
 
     # -- local stack ---------------------------------------------------------------------------
-    state_dir: Path = Field(default=REPO_ROOT / ".state", description="where the local stack keeps its data and logs")
+    state_dir: Path = Field(
+        default=DEFAULT_STATE_DIR,
+        description="where the local stack keeps its data and logs (installed with pip: ~/.local/state/sensorcast)",
+    )
     host: str = Field(default="127.0.0.1", description="address every local server binds and clients dial")
     kafka_port: int = Field(default=9092, description="the local broker's client port")
     kafka_controller_port: int = Field(default=9093, description="the local broker's KRaft controller port")
@@ -31,8 +45,8 @@ class Settings(BaseSettings):
     )
     kafka_heap: str = Field(default="1G", description="the local broker's JVM heap (-Xmx)")
     kafka_jars_dir: Path = Field(
-        default=REPO_ROOT / "infra" / "kafka" / "jars",
-        description="where `make install` puts the Kafka jars from Maven Central",
+        default=DEFAULT_JARS_DIR,
+        description="the Kafka jars from Maven Central (`make install`; installed with pip: fetched on first use)",
     )
     mlflow_port: int = Field(default=5000, description="the local MLflow server's port")
     prefect_port: int = Field(default=4200, description="the local Prefect server's port")

@@ -21,7 +21,18 @@ from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
 
 log = logging.getLogger("sensorcast.kafka")
-REBALANCING = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION}  # a commit to try again
+# a commit to try again: the group is rebalancing, or its coordinator is moving (a broker died)
+RETRY_COMMIT = {
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._WAIT_COORD,
+}
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -227,15 +238,20 @@ class ConfluentSource:
                 self._committed.update({tp.partition: tp.offset for tp in moved})
                 return
             except KafkaException as e:
-                # another instance joining or leaving: the group refuses commits until its new
-                # generation is synced, which librdkafka does in the background. Try again until it
-                # is; give up only after `timeout_s` (then the next owner re-forecasts: at-least-once)
-                if e.args[0].code() not in REBALANCING or time.monotonic() > deadline:
-                    if e.args[0].code() in REBALANCING:
-                        log.warning("commit refused through a rebalance (%s); the next owner may repeat", e)
-                        return
+                # Another instance joining or leaving, or the group's coordinator moving to another
+                # broker (one died): the group refuses commits until librdkafka has re-synced in the
+                # background. Try again until then; past `timeout_s`, or when the membership itself
+                # is gone (the group re-joins and re-assigns), leave these offsets uncommitted: the
+                # next commit covers them, or the partitions' next owner re-forecasts from the last
+                # commit. At-least-once either way; the service never stops over a refused commit.
+                error = e.args[0]
+                if error.fatal():
                     raise
-                time.sleep(0.05)
+                if (error.code() in RETRY_COMMIT or error.retriable()) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                log.warning("offsets not committed (%s); the next commit or the next owner covers them", error)
+                return
 
     def lag(self) -> dict[int, int]:
         """Messages behind the high watermark per partition, as the last fetches saw it (cached: no

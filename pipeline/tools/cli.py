@@ -20,6 +20,23 @@ from pipeline.tools import stack as stack_mod
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(help="sensorcast: streaming multivariate forecasting on Kafka.", no_args_is_help=True)
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        print(f"sensorcast {version('sensorcast')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version_flag: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """sensorcast: streaming multivariate forecasting on Kafka."""
 stack_app = typer.Typer(
     help="The embedded local stack: Kafka (KRaft, from jars), MLflow and Prefect.", no_args_is_help=True
 )
@@ -491,6 +508,49 @@ def flows_deploy(
     console.print(f"  prefect worker start --pool {pool}")
 
 
+@bench_app.command("soak")
+def bench_soak(
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+    minutes: float = typer.Option(5.0, help="minutes at a steady rate, per client"),
+    rate: int = typer.Option(1000, help="readings per second in the steady phase"),
+    entities: int = typer.Option(100, help="entities in the steady phase"),
+    churn_entities: int = typer.Option(200_000, help="distinct entities in the churn phase (0: skip it)"),
+    churn_ttl: float = typer.Option(10.0, help="the idle-entity TTL in the churn phase, seconds"),
+    churn_rate: int = typer.Option(3000, help="readings per second in the churn phase"),
+    clients: str = typer.Option("kafka-python,confluent", help="Kafka clients to soak, one after the other"),
+) -> None:
+    """Minutes at a steady rate (RSS and lag every 10 s, p50/p99 every minute), then a churn of
+    distinct entities against the TTL; a table and JSON. Not part of `make test`."""
+    from pipeline.kafka import KafkaUnavailable
+    from pipeline.tools import bench_soak
+
+    settings = Settings.load()
+    if not stack_mod.kafka_answers(settings.bootstrap_servers):
+        console.print(f"no broker at {settings.bootstrap_servers}: starting the local one")
+        try:
+            stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
+        except stack_mod.StackError as e:
+            _fail(str(e))
+    chosen = tuple(c.strip() for c in clients.split(",") if c.strip())
+    try:
+        doc = bench_soak.run(
+            settings, chosen, minutes, rate, entities, churn_entities, churn_ttl, churn_rate,
+            log=lambda m: console.print(m),
+        )  # fmt: skip
+    except (KafkaUnavailable, RuntimeError) as e:
+        _fail(str(e))
+    table = Table(title=f"soak ({doc['machine']['cpu_model']}, {doc['machine']['cpus']} cores)")
+    for col in ("client", "load", "p50 / worst p99 ms", "RSS growth after warm-up", "lag 1st → 2nd half", "missing"):
+        table.add_column(col)
+    for row in bench_soak.summary_rows(doc):
+        table.add_row(*row)
+    Console().print(table)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=2))
+        console.print(f"wrote {json_path}")
+
+
 @bench_app.command("relay")
 def bench_relay(
     kafka_client: Optional[str] = typer.Option(None, "--kafka-client", help="kafka-python or confluent"),
@@ -656,9 +716,9 @@ def monitor_cmd(
     import threading
     import time
 
-    from prometheus_client import Gauge, start_http_server
+    from prometheus_client import start_http_server
 
-    from flows.monitor import DriftMonitor, MlflowLog, champion_reference, emit_drift_event
+    from flows.monitor import DriftMonitor, MlflowLog, champion_reference, emit_drift_event, mae_ratio_gauge
 
     _logging(verbose)
     settings = Settings.load()
@@ -667,7 +727,7 @@ def monitor_cmd(
         version, reference = champion_reference(settings)
     except Exception as e:
         _fail(f"no champion to measure against: {e}")
-    gauge = Gauge("sensorcast_rolling_mae_ratio", "rolling MAE / champion holdout MAE", ["entity", "channel", "model"])
+    gauge = mae_ratio_gauge()
     if metrics_port:
         start_http_server(metrics_port, addr=settings.metrics_host)
     mlflow_log = MlflowLog(settings, version)

@@ -147,11 +147,14 @@ def _read_pid(service: Service) -> int | None:
 
 
 def ensure_kafka_jars(settings: Settings) -> Path:
-    """The broker's jars from Maven Central (once); the Makefile does this too."""
+    """The broker's jars from Maven Central, once (the Makefile does this too; an installed package
+    carries the same pom and fetches them into the user's state folder on first use)."""
     jars = settings.kafka_jars_dir
     if jars.is_dir() and any(jars.glob("kafka_2.13-*.jar")):
         return jars
     pom = REPO_ROOT / "infra" / "kafka" / "pom.xml"
+    if not pom.is_file():
+        pom = Path(__file__).with_name("kafka-pom.xml")
     cmd = [
         "mvn",
         "-q",
@@ -164,7 +167,11 @@ def ensure_kafka_jars(settings: Settings) -> Path:
     try:
         subprocess.run(cmd, check=True)
     except (OSError, subprocess.CalledProcessError) as e:
-        raise StackError(f"could not fetch the Kafka jars with Maven ({' '.join(cmd)}): {e}") from e
+        raise StackError(
+            f"could not fetch the Kafka jars with Maven ({' '.join(cmd)}): {e}. The local broker needs JDK 17 "
+            f"and Maven once; or put Apache Kafka's libs/*.jar in {jars} (SENSORCAST_KAFKA_JARS_DIR), "
+            "or point KAFKA_BOOTSTRAP_SERVERS at a broker you run"
+        ) from e
     return jars
 
 

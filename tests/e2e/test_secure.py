@@ -57,9 +57,9 @@ def test_the_broker_speaks_only_sasl_ssl(secure_settings: Settings) -> None:
     ids=["no-credentials", "wrong-password", "unknown-user"],
 )
 def test_a_client_without_the_right_credentials_is_refused(secure_settings: Settings, change: dict) -> None:
-    bad = secure_settings.model_copy(update={**change, "startup_timeout_s": 6.0})
+    bad = secure_settings.model_copy(update={**change, "startup_timeout_s": 3.0})
     with pytest.raises(KafkaUnavailable):
-        make_consumer(bad, group=None, request_timeout_ms=4000, bootstrap_timeout_ms=4000).close()
+        make_consumer(bad, group=None, request_timeout_ms=2000, bootstrap_timeout_ms=2000).close()
     with pytest.raises(KafkaUnavailable):
         make_confluent_producer(bad)
 

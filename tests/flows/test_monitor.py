@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +15,7 @@ import pytest
 from flows.monitor import DriftMonitor
 from pipeline.kafka import ensure_topics, make_producer
 from pipeline.messages import encode_reading, format_ts
+from pipeline.tools.stack import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +115,24 @@ def test_an_mlflow_outage_is_one_log_line_and_the_monitor_goes_on(monkeypatch, c
             log.metrics({"mae_ratio_temp": 1.0})
         log.drift({"entity": "site"})
     assert len(caplog.records) == 1 and "retries" in caplog.records[0].getMessage()
+
+
+def test_a_prefect_outage_never_blocks_the_monitor_and_drops_the_event_with_a_log_line() -> None:
+    """The drift event goes to a Prefect API that does not answer, from a process of its own."""
+    probe = (
+        "import time\n"
+        "from flows.monitor import emit_drift_event\n"
+        "from pipeline.settings import Settings\n"
+        "settings = Settings.load()\n"
+        "emit_drift_event(settings, {'entity': 'a', 'reason': 'warm-up'})\n"
+        "for i in range(3):\n"
+        "    t = time.perf_counter()\n"
+        "    emit_drift_event(settings, {'entity': 'a', 'reason': f'shift {i}'})\n"
+        "    print(f'emit took {time.perf_counter() - t:.3f} s', flush=True)\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{free_ports(1)[0]}/api"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    took = [float(line.split()[2]) for line in done.stdout.splitlines() if line.startswith("emit took")]
+    assert len(took) == 3 and max(took) < 0.5, took  # the monitor's loop goes on at once
+    assert "Unable to connect" in done.stderr and "pending items" in done.stderr, done.stderr[-2000:]

@@ -161,3 +161,34 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     assert len(set(keys)) == len(ENTITIES) * (last - (L - 1)), "every reading forecast across the switch"
     versions = [d["model"]["version"] for d in sorted(forecasts.docs, key=lambda d: d["ts"])]
     assert versions[0] == "1" and versions[-1] == "3" and json.dumps(versions).count('"2"') == 0
+
+
+def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_registered(
+    loop_settings: Settings, produce, local_settings, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """A tracking server of the test's own dies between training and registration."""
+    import flows.retrain as flow_module
+    from pipeline.tools import stack
+
+    server = local_settings("mlflow-dies")
+    stack.up(server, ["mlflow"], log=lambda _m: None)
+    uri = f"http://{server.host}:{server.mlflow_port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the task's retries are the ones under test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    produce(loop_settings, history(range(120)))
+    sample = flow_module.holdout_sample
+
+    def server_dies_then_sample(*args):
+        stack.down(server, ["mlflow"], log=lambda _m: None)
+        return sample(*args)
+
+    monkeypatch.setattr(flow_module, "holdout_sample", server_dies_then_sample)
+    with pytest.raises(Exception, match=r"did not take the run .*nothing was registered, @champion did not move"):
+        retrain(trigger="manual", epochs=1)
+    assert "Retry 2/2" in caplog.text  # the task tried three times before the run failed
+    from mlflow import MlflowClient
+
+    store = MlflowClient(f"sqlite:///{server.state_dir / 'mlflow' / 'mlflow.db'}")  # the dead server's own store
+    assert store.search_model_versions(f"name='{loop_settings.model_name}'") == []
+    assert not store.search_registered_models(f"name='{loop_settings.model_name}'")

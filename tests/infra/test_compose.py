@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import yaml
 
 from pipeline.settings import REPO_ROOT, Settings
 
-COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+# ${VAR:-default} as compose reads it with VAR unset
+COMPOSE = yaml.safe_load(re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", (REPO_ROOT / "docker-compose.yml").read_text()))
 SERVICES = COMPOSE["services"]
 OURS = [name for name, svc in SERVICES.items() if svc.get("image") == "sensorcast:latest"]
 STANDARD_ENV = {"KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"}
@@ -75,11 +77,14 @@ def test_topics_and_model_match_the_settings_defaults() -> None:
     assert env["SENSORCAST_MODEL_NAME"] == defaults.model_name
 
 
-def test_forecaster_reserves_a_gpu_and_has_a_cpu_variant() -> None:
-    devices = SERVICES["forecaster"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    assert SERVICES["forecaster-cpu"]["profiles"] == ["cpu"]
-    assert SERVICES["forecaster"]["environment"]["SENSORCAST_DEVICE"] == "auto"
+def test_the_gpu_forecaster_is_a_profile_and_shares_the_cpu_ones_group() -> None:
+    gpu, cpu = SERVICES["forecaster-gpu"], SERVICES["forecaster"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"] and gpu["profiles"] == ["gpu"]
+    assert "deploy" not in cpu and "profiles" not in cpu  # a plain `docker compose up` needs no GPU
+    for svc in (gpu, cpu):  # a real consumer group: run together, they share the partitions
+        assert svc["environment"]["SENSORCAST_KAFKA_CLIENT"] == "confluent"
+        assert svc["environment"]["SENSORCAST_METRICS_HOST"] == "0.0.0.0"
 
 
 def test_mlflow_and_prefect_run_on_postgres() -> None:
@@ -100,3 +105,61 @@ def test_the_worker_runs_the_pool_the_deploy_step_registers_the_retrain_on() -> 
     assert "WORKDIR /app" in (REPO_ROOT / "infra/Dockerfile").read_text()
     assert SERVICES["prefect-worker"]["depends_on"]["prefect-deploy"]["condition"] == "service_completed_successfully"
     assert SERVICES["monitor"]["command"] == ["sensorcast", "monitor"]
+
+
+def test_one_kafka_version_across_the_jars_compose_and_testcontainers() -> None:
+    import re
+
+    from tests.fixtures.kafka import KAFKA_IMAGE
+
+    pom = (REPO_ROOT / "infra" / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)
+    images = {svc["image"] for svc in SERVICES.values() if str(svc.get("image", "")).startswith("apache/kafka:")}
+    assert images == {f"apache/kafka:{version}"} and KAFKA_IMAGE == f"apache/kafka:{version}"
+
+
+def test_every_long_running_service_has_a_healthcheck_and_plain_up_needs_no_gpu() -> None:
+    for name, svc in SERVICES.items():
+        if svc.get("restart") != "no":
+            assert "healthcheck" in svc, f"{name} has no healthcheck"
+    for name, svc in SERVICES.items():
+        if "nvidia" in str(svc.get("deploy", "")):
+            assert "gpu" in svc.get("profiles", []), f"{name} reserves a GPU outside the gpu profile"
+
+
+def test_the_cluster_profile_is_three_voters_with_replication_three() -> None:
+    nodes = [SERVICES[f"kafka-{i}"] for i in (1, 2, 3)]
+    assert all(n["profiles"] == ["cluster"] for n in nodes)
+    assert {str(n["environment"]["KAFKA_NODE_ID"]) for n in nodes} == {"1", "2", "3"}
+    env = nodes[0]["environment"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].count("@kafka-") == 3
+    assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2 and int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3
+
+
+def test_every_dashboard_query_names_a_metric_the_service_or_the_monitor_exports() -> None:
+    import json
+    import re
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from flows.monitor import mae_ratio_gauge
+    from pipeline.core import BatchStats
+    from pipeline.metrics import ServiceMetrics
+    from pipeline.records import Record
+
+    service = ServiceMetrics()
+    service.set_model("m", "1")
+    service.set_lag({0: 1})
+    service.on_batch(BatchStats(readings=1, batch_rows=1, dead={"not_json": 1}), [Record(b"", timestamp_ms=1)], 1.0)
+    monitor = CollectorRegistry()
+    mae_ratio_gauge(monitor).labels(entity="a", channel="t", model="model").set(1.0)
+    text = generate_latest(service.registry).decode() + generate_latest(monitor).decode()
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+    board = json.loads((REPO_ROOT / "infra" / "grafana" / "dashboards" / "sensorcast.json").read_text())
+    queries = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    named = {m for q in queries for m in re.findall(r"\bsensorcast_[a-z0-9_]+", q)}
+    assert len(queries) >= 10 and named, queries
+    assert named <= exported, f"the dashboard queries metrics nobody exports: {sorted(named - exported)}"
+    scraped = (REPO_ROOT / "infra" / "prometheus.yml").read_text()
+    assert "forecaster:9308" in scraped and "monitor:9309" in scraped

@@ -10,7 +10,6 @@ from kafka import TopicPartition
 
 from pipeline.kafka import ensure_topics, kafka_source, make_consumer, make_producer
 from pipeline.settings import Settings
-from pipeline.tools import stack
 
 pytestmark = pytest.mark.integration
 
@@ -83,24 +82,3 @@ def test_second_consumer_resumes_from_committed_offsets(kafka_settings: Settings
     second = _consume(kafka_settings)
     assert not set(first) & set(second), "a message was read twice"
     assert sorted(first + second) == list(range(7_000))
-
-
-def test_broker_restart_keeps_every_message(local_settings) -> None:
-    """Needs a broker of our own to stop, so it runs on the project's local broker."""
-    settings = local_settings().model_copy(update={"readings_topic": "durable"})
-    stack.up(settings, ["kafka"], log=lambda _m: None)
-    try:
-        ensure_topics(settings, ["durable"], partitions=3)
-        _produce(settings, 3_000)
-        first = _consume(settings, limit=1_000)
-        stack.down(settings, ["kafka"], log=lambda _m: None)
-        assert not stack.port_open(settings.host, settings.kafka_port)
-        stack.up(settings, ["kafka"], log=lambda _m: None)
-        ensure_topics(settings, ["durable"], partitions=3)  # what the service does on start: waits for leaders
-        rest = _consume(settings)
-        assert sorted(first + rest) == list(range(3_000))
-        # and a fresh group still sees every message from the start
-        everything = _consume(settings.model_copy(update={"consumer_group": "fresh-reader"}))
-        assert sorted(everything) == list(range(3_000))
-    finally:
-        stack.down(settings, ["kafka"], log=lambda _m: None)
