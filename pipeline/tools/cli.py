@@ -37,6 +37,8 @@ def _main(
     ),
 ) -> None:
     """sensorcast: streaming multivariate forecasting on Kafka."""
+
+
 stack_app = typer.Typer(
     help="The embedded local stack: Kafka (KRaft, from jars), MLflow and Prefect.", no_args_is_help=True
 )
