@@ -672,6 +672,32 @@ def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:
     console.print(state)
 
 
+@app.command("plot")
+def plot_cmd(
+    entity: str = typer.Argument(..., help="the entity (the readings' key)"),
+    out: Path = typer.Option(Path("forecasts.png"), "--out", help="PNG to write"),
+    hours: float = typer.Option(48.0, help="read this many hours back (broker time)"),
+    last_steps: int = typer.Option(240, help="steps shown"),
+) -> None:
+    """Forecasts against what actually arrived, read from the topics; one-step MAE beside persistence's."""
+    from pipeline.kafka import KafkaUnavailable
+    from pipeline.tools.plot import plot, read_history
+
+    settings = Settings.load()
+    try:
+        history = read_history(settings, entity, hours)
+    except (KafkaUnavailable, ValueError) as e:
+        _fail(str(e))
+    scores = plot(history, out, last_steps)
+    for channel, s in scores.items():
+        if s["model_mae"] is not None:
+            console.print(
+                f"{channel}: one-step MAE {s['model_mae']:.4g} vs persistence {s['persistence_mae']:.4g} "
+                f"over {s['steps']} steps"
+            )
+    console.print(f"wrote {out} ({len(history.ts_ms)} readings, {len(history.forecasts)} forecasts of {entity})")
+
+
 @app.command("api")
 def api_cmd(
     port: int = typer.Option(8000, help="HTTP port"),
