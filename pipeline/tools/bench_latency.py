@@ -543,3 +543,71 @@ def run(
             else None,
         }
     return doc
+
+
+def api_effect(
+    settings: Settings,
+    client: str = "kafka-python",
+    rate: int = 1000,
+    entities: int = 100,
+    duration_s: float = 30.0,
+    queries_per_s: float = 20.0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The service's latency at `rate` without, then with, `sensorcast api` running beside it and
+    answering `queries_per_s` HTTP queries: the API is a process of its own, and this measures what
+    it costs the serving loop on the same cores."""
+    import urllib.request
+
+    from pipeline.kafka import ensure_topics
+    from pipeline.tools.child import CliProcess
+    from pipeline.tools.stack import free_ports, http_ok
+
+    tag = uuid.uuid4().hex[:6]
+    s = settings.model_copy(update={f"{t}_topic": f"bench-api-{tag}.{t}" for t in ("readings", "forecasts", "dlq")})
+    ensure_topics(s, [s.readings_topic, s.forecasts_topic, s.dlq_topic])
+    with tempfile.TemporaryDirectory(prefix="sensorcast-bench-api-") as tmp:
+        env = {**os.environ, **s.as_env(), "SENSORCAST_METRICS_PORT": "0"}
+        rig = Rig(bench_checkpoint(Path(tmp) / "model"), env)
+        sink, stream = ArrivalStamper(s), Stream(s, entities)
+        service = _start(rig, f"bench-api-{tag}", settings.max_batch, client, relay=False)
+        rows: dict = {}
+        try:
+            stream.send(entities * LOOKBACK)
+            _wait_for(sink, entities, 120)
+            port = free_ports(1)[0]
+            for phase in ("without_api", "with_api"):
+                api, stop, asked = None, threading.Event(), [0]
+                if phase == "with_api":
+                    api = CliProcess(["api", "--port", str(port)], env, Path(tmp) / "api.log").start()
+                    deadline = time.monotonic() + 120
+                    while not http_ok(f"http://127.0.0.1:{port}/healthz") and time.monotonic() < deadline:
+                        time.sleep(0.5)
+
+                    def ask(stop: threading.Event = stop, asked: list[int] = asked) -> None:
+                        while not stop.wait(1 / queries_per_s):
+                            entity = f"sensor-{asked[0] % entities:04d}"
+                            try:
+                                urllib.request.urlopen(f"http://127.0.0.1:{port}/forecasts/{entity}", timeout=5).read()
+                            except OSError:
+                                pass
+                            asked[0] += 1
+
+                    threading.Thread(target=ask, daemon=True).start()
+                sink.take()
+                achieved = stream.send(int(rate * duration_s), rate)
+                lat = _latencies(stream, _wait_for_readings(sink, stream.last, 30))
+                stop.set()
+                if api is not None:
+                    api.stop(grace_s=10)
+                rows[phase] = {"achieved_rate": round(achieved), "forecasts": len(lat), **percentiles(lat)}
+                if phase == "with_api":
+                    rows[phase]["queries"] = asked[0]
+                row = rows[phase]
+                log(f"    service {phase.replace('_', ' ')}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms")
+        finally:
+            _stop_service(service)
+            sink.close()
+            stream.close()
+    without, with_api = rows["without_api"]["p99_ms"], rows["with_api"]["p99_ms"]
+    return {"client": client, "rate": rate, **rows, "p99_ratio": round(with_api / without, 2) if without else None}

@@ -138,7 +138,7 @@ def churn(settings: Settings, client: str, entities: int, ttl_s: float, rate: in
     from pipeline.kafka.confluent import make_confluent_producer
     from pipeline.messages import encode_reading
 
-    window_bytes = LOOKBACK * CHANNELS * 4
+    window_bytes = 2 * LOOKBACK * CHANNELS * 4 + 5 * 8  # pipeline/windows.py: a (2L, N) float32 row + 5 scalars
     with tempfile.TemporaryDirectory(prefix="sensorcast-churn-") as tmp:
         proc, s, port = _service(settings, client, Path(tmp), SENSORCAST_ENTITY_TTL_S=str(ttl_s))
         pid = proc.proc.pid

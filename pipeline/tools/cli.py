@@ -510,6 +510,36 @@ def flows_deploy(
     console.print(f"  prefect worker start --pool {pool}")
 
 
+@bench_app.command("api")
+def bench_api(
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+    rate: int = typer.Option(1000, help="readings per second"),
+    duration: float = typer.Option(30.0, help="seconds per phase"),
+    queries: float = typer.Option(20.0, help="HTTP queries per second while the API runs"),
+    kafka_client: str = typer.Option("kafka-python", "--kafka-client", help="the service's Kafka client"),
+) -> None:
+    """The service's latency without, then with, `sensorcast api` beside it answering queries."""
+    from pipeline.kafka import KafkaUnavailable
+    from pipeline.tools import bench_latency as bl
+
+    settings = Settings.load()
+    if not stack_mod.kafka_answers(settings.bootstrap_servers):
+        try:
+            stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
+        except stack_mod.StackError as e:
+            _fail(str(e))
+    try:
+        doc = bl.api_effect(settings, kafka_client, rate, duration_s=duration, queries_per_s=queries,
+                            log=lambda m: console.print(m))  # fmt: skip
+    except (KafkaUnavailable, RuntimeError) as e:
+        _fail(str(e))
+    doc["machine"] = bl.machine()
+    console.print(f"p99 with the API / without: {doc['p99_ratio']} ({doc['machine']['cpu_model']})")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=2))
+
+
 @bench_app.command("soak")
 def bench_soak(
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),

@@ -164,7 +164,7 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
 
 
 def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_registered(
-    loop_settings: Settings, produce, local_settings, monkeypatch: pytest.MonkeyPatch, caplog
+    loop_settings: Settings, produce, local_settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tracking server of the test's own dies between training and registration."""
     import flows.retrain as flow_module
@@ -183,10 +183,18 @@ def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_reg
         stack.down(server, ["mlflow"], log=lambda _m: None)
         return sample(*args)
 
+    attempts = []
+    register_once = flow_module._register
+
+    def counted(*args):
+        attempts.append(1)
+        return register_once(*args)
+
     monkeypatch.setattr(flow_module, "holdout_sample", server_dies_then_sample)
+    monkeypatch.setattr(flow_module, "_register", counted)
     with pytest.raises(Exception, match=r"did not take the run .*nothing was registered, @champion did not move"):
         retrain(trigger="manual", epochs=1)
-    assert "Retry 2/2" in caplog.text  # the task tried three times before the run failed
+    assert len(attempts) == 3  # the task's two retries, then the run failed
     from mlflow import MlflowClient
 
     store = MlflowClient(f"sqlite:///{server.state_dir / 'mlflow' / 'mlflow.db'}")  # the dead server's own store
