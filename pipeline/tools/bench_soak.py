@@ -158,7 +158,7 @@ def churn(settings: Settings, client: str, entities: int, ttl_s: float, rate: in
                         break
                     except BufferError:
                         producer.poll(0.01)
-                if i % 5000 == 0:
+                if i % 1000 == 0:
                     producer.poll(0)
                     peak = max(peak, rss_mb(pid))
             producer.flush(30)

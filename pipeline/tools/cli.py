@@ -810,7 +810,9 @@ def demo(
     sites: int = typer.Option(3, help="copies of the three airports, a week apart (3 → 9 sites)"),
     rate: float = typer.Option(60.0, help="live readings per second"),
     epochs: int = typer.Option(4, help="training epochs of each retrain"),
-    duration: Optional[float] = typer.Option(None, help="run the live part this many seconds, then summarize"),
+    duration: Optional[float] = typer.Option(
+        None, help="run the live part this many seconds (more, at most 2 min, until a promoted retrain serves)"
+    ),
     retrain_midway: bool = typer.Option(True, help="a second retrain on demand halfway through the live part"),
     keep_stack: bool = typer.Option(True, help="leave the stack running to browse MLflow and Prefect afterwards"),
 ) -> None:

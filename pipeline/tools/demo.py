@@ -234,7 +234,7 @@ def run_demo(
         deadline = time.monotonic() + duration if duration else None
         with live:
             rows = paced(weather, rate)
-            retrain_started, overrun_at, said = False, None, note
+            retrain_started, overrun_at, said, switched_at = False, None, note, None
             for i, (entity, ts, values) in enumerate(rows):
                 stamp = format_ts(ts)
                 state.sent_at[(entity, stamp)] = time.time()
@@ -251,6 +251,8 @@ def run_demo(
                     note = "a second retrain runs now (on demand): the service switches to it if it wins"
                 absorb()
                 switched = bool(second) and second.get("version") in state.versions_served
+                if switched and switched_at is None:
+                    switched_at = time.monotonic()
                 if second and second.get("promoted") and not switched:
                     note = f"version {second['version']} promoted: the service switches on the announcement"
                 elif second:
@@ -262,16 +264,15 @@ def run_demo(
                 elif not live_view and note != said:
                     log(f"       {note}")  # no terminal to redraw: the notes as lines
                     said = note
-                if deadline is not None:
-                    if time.monotonic() >= deadline:
-                        break
-                    continue
-                # the planned hours are out; go on while the second retrain runs, and until a promoted
-                # version serves (at most two minutes more): the switch is what the demo shows
-                settled = not retrain_midway or (
-                    retrain_started and not retrainer.is_alive() and (not second.get("promoted") or switched)
-                )
-                if i + 1 >= live_n:
+                # the planned hours (or --duration) are out; go on while the second retrain runs, and
+                # until a promoted version serves (at most two minutes more): the switch is what the demo shows
+                planned_out = time.monotonic() >= deadline if deadline is not None else i + 1 >= live_n
+                if planned_out:
+                    settled = not retrain_midway or (
+                        retrain_started
+                        and not retrainer.is_alive()
+                        and (not second.get("promoted") or (switched and time.monotonic() - switched_at >= 5))
+                    )  # a promoted version shown serving for a few seconds
                     overrun_at = overrun_at or time.monotonic() + 120
                     if settled or time.monotonic() >= overrun_at:
                         break
