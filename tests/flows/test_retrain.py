@@ -192,6 +192,7 @@ def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_reg
 
     monkeypatch.setattr(flow_module, "holdout_sample", server_dies_then_sample)
     monkeypatch.setattr(flow_module, "_register", counted)
+    monkeypatch.setattr(flow_module, "register", flow_module.register.with_options(retry_delay_seconds=0.5))
     with pytest.raises(Exception, match=r"did not take the run .*nothing was registered, @champion did not move"):
         retrain(trigger="manual", epochs=1)
     assert len(attempts) == 3  # the task's two retries, then the run failed

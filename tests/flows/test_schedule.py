@@ -38,7 +38,7 @@ EMIT_DRIFT = (
 
 
 def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_the_same(
-    prefect_api, kafka_settings, mlflow_tracking, tmp_path
+    prefect_api, kafka_settings, mlflow_server, tmp_path
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -60,7 +60,7 @@ def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_th
         "SENSORCAST_READINGS_TOPIC": kafka_settings.readings_topic,
         "SENSORCAST_MODEL_NAME": f"sched-{kafka_settings.consumer_group}",
         "SENSORCAST_RETRAIN_CRON": "0 3 * * *",
-        "MLFLOW_TRACKING_URI": mlflow_tracking,
+        "MLFLOW_TRACKING_URI": mlflow_server,  # the session's tracking server
         "PREFECT_API_URL": prefect_api.prefect_url,
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
