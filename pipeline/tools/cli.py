@@ -94,7 +94,7 @@ def stack_up(
     table.add_column("address")
     labels = {"kafka": "Kafka bootstrap", "mlflow": "MLflow UI", "prefect": "Prefect API (UI at its root)"}
     for name, url in urls.items():
-        table.add_row(labels.get(name, name), url)
+        table.add_row(labels.get(name, name.replace("kafka-", "Kafka broker ")), url)
     Console().print(table)
 
 
