@@ -206,7 +206,7 @@ def run(
     for client in clients:
         log(f"steady: {rate} readings/s over {entities} entities for {minutes:g} min on {client}")
         doc["steady"][client] = steady(settings, client, minutes, rate, entities, log)
-    for client in clients:
+    for client in clients if churn_entities else ():
         doc["churn"][client] = churn(settings, client, churn_entities, churn_ttl_s, churn_rate, log)
     return doc
 

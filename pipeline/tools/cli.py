@@ -55,6 +55,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _a_broker(settings: Settings) -> None:
+    """The benchmarks' broker: the one the settings name, else the local one, started here."""
+    if stack_mod.kafka_answers(settings.bootstrap_servers):
+        return
+    console.print(f"no broker at {settings.bootstrap_servers}: starting the local one")
+    try:
+        stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
+    except stack_mod.StackError as e:
+        _fail(str(e))
+
+
 # -- stack ---------------------------------------------------------------------------------------
 
 
@@ -413,12 +424,8 @@ def bench_latency(
     from pipeline.tools import bench_latency as bl
 
     settings = Settings.load()
-    if not in_memory and not stack_mod.kafka_answers(settings.bootstrap_servers):
-        console.print(f"no broker at {settings.bootstrap_servers}: starting the local one")
-        try:
-            stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
-        except stack_mod.StackError as e:
-            _fail(str(e))
+    if not in_memory:
+        _a_broker(settings)
     try:
         doc = bl.run(
             settings,
@@ -523,11 +530,7 @@ def bench_api(
     from pipeline.tools import bench_latency as bl
 
     settings = Settings.load()
-    if not stack_mod.kafka_answers(settings.bootstrap_servers):
-        try:
-            stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
-        except stack_mod.StackError as e:
-            _fail(str(e))
+    _a_broker(settings)
     try:
         doc = bl.api_effect(settings, kafka_client, rate, duration_s=duration, queries_per_s=queries,
                             log=lambda m: console.print(m))  # fmt: skip
@@ -557,12 +560,7 @@ def bench_soak(
     from pipeline.tools import bench_soak
 
     settings = Settings.load()
-    if not stack_mod.kafka_answers(settings.bootstrap_servers):
-        console.print(f"no broker at {settings.bootstrap_servers}: starting the local one")
-        try:
-            stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
-        except stack_mod.StackError as e:
-            _fail(str(e))
+    _a_broker(settings)
     chosen = tuple(c.strip() for c in clients.split(",") if c.strip())
     try:
         doc = bench_soak.run(
@@ -606,9 +604,7 @@ def bench_retrain(
     from pipeline.tools import bench_retrain as br
 
     settings = Settings.load()
-    if not stack_mod.kafka_answers(settings.bootstrap_servers):
-        console.print(f"no broker at {settings.bootstrap_servers}: starting the local one")
-        stack_mod.up(settings, ["kafka"], log=lambda m: console.print(m))
+    _a_broker(settings)
     doc = br.run(settings, readings=readings, epochs=epochs, log=lambda m: console.print(m))
     text = json.dumps(doc, indent=2)
     if json_path:
