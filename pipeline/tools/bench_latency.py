@@ -85,7 +85,13 @@ def inference_table(forecaster, batches=(1, 8, 64, 256), reps: int = 200) -> lis
 # -- in memory -----------------------------------------------------------------------------------
 
 
-def in_memory(device: str, entities: int = 100, readings: int = 50_000, log: Callable[[str], None] = print) -> dict:
+def in_memory(
+    device: str,
+    entities: int = 100,
+    readings: int = 50_000,
+    max_batch: int = 256,
+    log: Callable[[str], None] = print,
+) -> dict:
     """The core without Kafka: batched vs one-reading-at-a-time throughput, and inference per batch."""
     import torch
 
@@ -128,12 +134,14 @@ def in_memory(device: str, entities: int = 100, readings: int = 50_000, log: Cal
             raise RuntimeError(f"in-memory run forecast {len(sink.on(core.cfg.forecasts_topic))} of {limit} readings")
         return limit / elapsed
 
-    batched = throughput(256, readings)
+    batched = throughput(max_batch, readings)
     log(f"in-memory batched: {batched:,.0f} readings/s")
     naive = throughput(1, min(readings, 5_000))
     log(f"in-memory naive (batch 1): {naive:,.0f} readings/s")
     return {
         "mode": "in-memory",
+        "entities": entities,
+        "max_batch": max_batch,
         "device": str(forecaster.device),
         "device_name": torch.cuda.get_device_name(0) if forecaster.device.type == "cuda" else "cpu",
         "batched_readings_per_s": round(batched),
@@ -507,6 +515,7 @@ def machine() -> dict:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 

@@ -212,6 +212,7 @@ def bench_accuracy(
     import torch
 
     from models.data import DataError, resolve_dataset, shared_data_dir
+    from models.device import pick_device
     from pipeline.tools.bench_accuracy import default_train_config, run_accuracy
 
     shared_data = shared_data or shared_data_dir()
@@ -262,7 +263,11 @@ def bench_accuracy(
         console.print(f"[yellow]note:[/] {n}")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
+        from pipeline.tools.bench_latency import machine
+
         doc = {
+            "machine": machine(),
+            "device": str(pick_device("auto")),
             "protocol": protocol,
             "dataset": str(path),
             "time_cap_s": max_seconds,
