@@ -1,15 +1,18 @@
 """The service loop: poll → prepare → forecast (on a worker thread) → publish → commit.
 
-Delivery is at-least-once: offsets are committed only after the sink confirms every message.
-Confirming and committing cost a broker round trip each, so the loop does them on a cadence
-(`commit_interval_ms`), whenever the stream goes quiet, and on stop, not after every batch: a
-crash re-forecasts at most that interval's readings, and the loop never idles waiting for acks.
+Delivery is at-least-once: offsets are committed only after the sink confirms every message
+those offsets led to. The loop never waits for that on its way: on a cadence (`commit_interval_ms`)
+it notes a commit point (the source's checkpoint after the last published batch, and a sink mark),
+and commits it on a later turn, once the sink says every message before the mark is acknowledged.
+Only a stop and a rebalance's hand-over wait for confirmation (`flush`) and commit everything.
+A crash re-forecasts at most the readings since the last commit.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
@@ -30,59 +33,62 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
     release the GIL) while this thread polls and prepares batch k+1, and batch k+1's forward runs
     while this thread encodes and publishes batch k. Batches still land in order.
 
-    A commit covers every record polled so far, so it first lands the batch in flight and waits
-    for the sink to confirm every message (`flush`): at-least-once, never a committed reading
-    without its output."""
-    handled, uncommitted = 0, False
+    Commits trail the stream: a commit point covers the batches published when it was taken, and
+    is committed once the sink has confirmed their messages (`settled`), oldest point first. No
+    reading is ever committed before its forecast or dead letter is acknowledged."""
+    handled = 0
     every_s = core.cfg.commit_interval_ms / 1000
-    next_commit = time.monotonic() + every_s
-    in_flight: tuple[StagedBatch, Future] | None = None
+    next_point = time.monotonic() + every_s
+    in_flight: tuple[StagedBatch, Future, object] | None = None
+    published: object | None = None  # the source checkpoint after the last batch handed to the sink
+    points: deque[tuple[int, object]] = deque()  # (sink mark, source checkpoint), oldest first
 
-    def land(item: tuple[StagedBatch, Future]) -> None:
-        batch, future = item
+    def land(item: tuple[StagedBatch, Future, object]) -> None:
+        nonlocal published
+        batch, future, checkpoint = item
         messages, stats = core.finish(batch, *future.result())
         sink.publish(messages)
+        published = checkpoint
         if observer is not None:
             observer.on_batch(stats, batch.records, time.time())
 
-    def hand_over() -> None:
-        """Before a rebalance takes partitions away: land, confirm and commit all polled so far."""
-        nonlocal in_flight, uncommitted, next_commit
+    def commit_settled() -> None:
+        while points and sink.settled(points[0][0]):
+            source.commit(points.popleft()[1])
+
+    def commit_all() -> None:
+        """Land the batch in flight, wait for every message to be confirmed, commit all polled so far
+        (on stop, and before a rebalance takes partitions away)."""
+        nonlocal in_flight, published
         if in_flight is not None:
             land(in_flight)
             in_flight = None
-        if uncommitted:
+        if published is not None or points:
             sink.flush()
             source.commit()
-            uncommitted, next_commit = False, time.monotonic() + every_s
+        points.clear()
+        published = None
 
     rebalancing = hasattr(source, "before_revoke")  # a consumer-group source (pipeline.records.RebalancingSource)
     if rebalancing:
-        source.before_revoke = hand_over
+        source.before_revoke = commit_all
     with ThreadPoolExecutor(1, thread_name_prefix="sensorcast-forward") as forward:
         while not stop.is_set():
             records = source.poll(core.cfg.max_batch, 0 if in_flight else core.cfg.max_wait_ms)
             arrived = None
             if records:
                 batch = core.prepare(records)
-                arrived = (batch, forward.submit(core.forecast, batch))
+                arrived = (batch, forward.submit(core.forecast, batch), source.checkpoint())
                 handled += len(records)
-                uncommitted = True
             if in_flight is not None:
                 land(in_flight)
             in_flight = arrived
-            if uncommitted and (not records or time.monotonic() >= next_commit):
-                if in_flight is not None:
-                    land(in_flight)
-                    in_flight = None
-                sink.flush()
-                source.commit()
-                uncommitted, next_commit = False, time.monotonic() + every_s
-        if in_flight is not None:
-            land(in_flight)
-        if uncommitted:
-            sink.flush()
-            source.commit()
+            if published is not None and time.monotonic() >= next_point:
+                points.append((sink.mark(), published))
+                published, next_point = None, time.monotonic() + every_s
+            if points:
+                commit_settled()
+        commit_all()
     if rebalancing:
         source.before_revoke = None
     return handled

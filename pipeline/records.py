@@ -35,13 +35,25 @@ class Outgoing:
 class Source(Protocol):
     def poll(self, max_records: int, timeout_ms: float) -> list[Record]: ...
 
-    def commit(self) -> None:
-        """Mark everything polled so far as handled."""
+    def checkpoint(self) -> object:
+        """How far polling has got, to commit later (`commit(checkpoint)`) once its outputs are confirmed."""
+        ...
+
+    def commit(self, checkpoint: object | None = None) -> None:
+        """Mark everything polled up to `checkpoint` (default: so far) as handled."""
         ...
 
 
 class Sink(Protocol):
     def publish(self, messages: list[Outgoing]) -> None: ...
+
+    def mark(self) -> int:
+        """A mark after every message published so far, to ask `settled(mark)` about later."""
+        ...
+
+    def settled(self, mark: int) -> bool:
+        """Whether every message published before `mark` is confirmed; never waits; raises if any failed."""
+        ...
 
     def flush(self) -> None:
         """Return only when every published message is confirmed; raise if any failed."""

@@ -30,17 +30,32 @@ class MemorySource:
             time.sleep(timeout_ms / 1000)
         return batch
 
-    def commit(self) -> None:
-        self.committed = self.position
+    def checkpoint(self) -> int:
+        return self.position
+
+    def commit(self, checkpoint: int | None = None) -> None:
+        self.committed = self.position if checkpoint is None else checkpoint
 
 
 class MemorySink:
+    """Published messages stay `pending` until confirmed: all by `flush`, those before a mark when
+    `settled(mark)` is asked (a broker that acknowledges at once, as soon as anyone looks)."""
+
     def __init__(self) -> None:
         self.pending: list[Outgoing] = []
         self.confirmed: list[Outgoing] = []
 
     def publish(self, messages: list[Outgoing]) -> None:
         self.pending.extend(messages)
+
+    def mark(self) -> int:
+        return len(self.confirmed) + len(self.pending)
+
+    def settled(self, mark: int) -> bool:
+        n = max(0, mark - len(self.confirmed))
+        self.confirmed.extend(self.pending[:n])
+        del self.pending[:n]
+        return True
 
     def flush(self) -> None:
         self.confirmed.extend(self.pending)

@@ -81,18 +81,31 @@ def make_confluent_producer(settings: Settings, **overrides: Any) -> Producer:
 
 class ConfluentSink:
     """pipeline.records.Sink over a confluent Producer: flush returns only when every message is
-    acknowledged, and raises if any was refused (the loop then does not commit)."""
+    acknowledged, and raises if any was refused (the loop then does not commit).
+
+    Messages are counted in epochs between marks, so the loop can ask, without waiting, whether
+    everything published before a mark is acknowledged (`settled`) and commit only then."""
 
     def __init__(self, producer: Producer, flush_timeout_s: float = 30.0):
         self.producer, self.flush_timeout_s = producer, flush_timeout_s
         self._failed: list[KafkaError] = []
+        self._epoch = 0
+        self._unconfirmed: dict[int, int] = {0: 0}  # epoch → its messages not acknowledged yet
+        self._delivered = self._callback(0)
 
-    def _delivered(self, err: KafkaError | None, _msg) -> None:
-        if err is not None:
-            self._failed.append(err)
+    def _callback(self, epoch: int):
+        unconfirmed, failed = self._unconfirmed, self._failed
+
+        def delivered(err: KafkaError | None, _msg) -> None:
+            unconfirmed[epoch] -= 1
+            if err is not None:
+                failed.append(err)
+
+        return delivered
 
     def publish(self, messages: list[Outgoing]) -> None:
         produce, delivered = self.producer.produce, self._delivered
+        self._unconfirmed[self._epoch] += len(messages)
         for m in messages:
             while True:
                 try:
@@ -102,9 +115,28 @@ class ConfluentSink:
                     self.producer.poll(0.05)
         self.producer.poll(0)  # serve delivery callbacks as they come, not all at flush
 
+    def mark(self) -> int:
+        mark, self._epoch = self._epoch, self._epoch + 1
+        self._unconfirmed[self._epoch] = 0
+        self._delivered = self._callback(self._epoch)
+        return mark
+
+    def settled(self, mark: int) -> bool:
+        self.producer.poll(0)
+        if self._failed:
+            error = self._failed[0]
+            self._failed.clear()
+            raise KafkaException(error)
+        for epoch in [e for e in self._unconfirmed if e <= mark]:
+            if self._unconfirmed[epoch]:
+                return False
+            del self._unconfirmed[epoch]
+        return True
+
     def flush(self) -> None:
         left = self.producer.flush(self.flush_timeout_s)
-        failed, self._failed = self._failed, []
+        failed = list(self._failed)
+        self._failed.clear()
         if left:
             raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{left} sends not confirmed"))
         if failed:
@@ -225,10 +257,13 @@ class ConfluentSource:
                 del replay_until[p]
         return out
 
-    def commit(self) -> None:
-        moved = [
-            TopicPartition(self.topic, p, pos) for p, pos in self._position.items() if self._committed.get(p) != pos
-        ]
+    def checkpoint(self) -> dict[int, int]:
+        return dict(self._position)
+
+    def commit(self, checkpoint: dict[int, int] | None = None) -> None:
+        """Commit up to `checkpoint` (default: all polled) on the partitions this instance still holds."""
+        upto = self._position if checkpoint is None else {p: o for p, o in checkpoint.items() if p in self._position}
+        moved = [TopicPartition(self.topic, p, pos) for p, pos in upto.items() if self._committed.get(p) != pos]
         if not moved:
             return
         deadline = time.monotonic() + self.timeout_s

@@ -93,10 +93,14 @@ class KafkaSource:
         for tp in self.fetcher.assignment():
             self.fetcher.position(tp)
 
-    def commit(self) -> None:
-        """Commit every partition read past its last commit (the loop calls this only once all
-        that was polled is published and confirmed)."""
-        moved = {tp: pos for tp, pos in self._position.items() if self._committed.get(tp) != pos}
+    def checkpoint(self) -> dict[TopicPartition, int]:
+        return dict(self._position)
+
+    def commit(self, checkpoint: dict[TopicPartition, int] | None = None) -> None:
+        """Commit every partition read past its last commit, up to `checkpoint` (default: all polled;
+        the loop calls this only once the outputs of what it covers are published and confirmed)."""
+        upto = self._position if checkpoint is None else checkpoint
+        moved = {tp: pos for tp, pos in upto.items() if self._committed.get(tp) != pos}
         if moved:
             self.committer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in moved.items()})
             self._committed.update(moved)

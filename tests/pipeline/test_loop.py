@@ -18,16 +18,21 @@ HOUR = 3_600_000
 
 
 class ConfirmCheckingSource(MemorySource):
-    """Fails the test if the loop commits while a published message is still unconfirmed."""
+    """Fails the test if the loop commits a reading whose output the sink has not confirmed (with
+    LastValueModel's lookback of 4, every reading from step 3 on has a forecast)."""
 
     def __init__(self, records, sink: MemorySink):
         super().__init__(records)
         self.sink, self.commits = sink, 0
+        self.behind: list[int] = []  # readings polled past each commit's checkpoint when it was made
 
-    def commit(self) -> None:
-        assert not self.sink.pending, "committed before the sink confirmed every message"
+    def commit(self, checkpoint: int | None = None) -> None:
+        upto = self.position if checkpoint is None else checkpoint
+        self.behind.append(self.position - upto)
+        outputs = sum(r.offset >= 3 for r in self.records[:upto])
+        assert len(self.sink.confirmed) >= outputs, "committed before the sink confirmed every message"
         self.commits += 1
-        super().commit()
+        super().commit(checkpoint)
 
 
 def test_run_confirms_before_every_commit_and_commits_all_on_stop() -> None:
@@ -64,19 +69,49 @@ def test_run_commits_on_its_cadence_while_records_keep_coming() -> None:
     assert 2 <= source.commits < 13  # on the cadence, not after every batch
 
 
-def test_run_commits_when_the_stream_goes_quiet() -> None:
+def test_run_commits_within_a_cadence_of_the_stream_going_quiet() -> None:
     sink = MemorySink()
     source = ConfirmCheckingSource([reading(e, s) for s in range(5) for e in "ab"], sink)
     stop = threading.Event()
-    t = threading.Thread(target=run, args=(source, sink, core(max_batch=16, commit_interval_ms=60_000), stop))
+    t = threading.Thread(target=run, args=(source, sink, core(max_batch=16, commit_interval_ms=50), stop))
     t.start()
     deadline = time.monotonic() + 5
     while source.committed < 10 and time.monotonic() < deadline:
         time.sleep(0.01)
+    committed_while_running = source.committed
     stop.set()
     t.join(5)
-    assert source.committed == 10  # committed by the first empty poll, long before the cadence
-    assert source.commits >= 1
+    assert committed_while_running == 10  # committed while the loop idled, not only by the stop
+    assert len(sink.confirmed) == 2 * 2 and not sink.pending
+
+
+def test_commits_wait_for_confirmation_without_holding_up_the_stream() -> None:
+    class SlowAckSink(MemorySink):
+        """Acknowledges a mark only after it has been asked about three times."""
+
+        def __init__(self):
+            super().__init__()
+            self.asked: dict[int, int] = {}
+
+        def settled(self, mark: int) -> bool:
+            self.asked[mark] = self.asked.get(mark, 0) + 1
+            return self.asked[mark] > 3 and super().settled(mark)
+
+    sink = SlowAckSink()
+    source = ConfirmCheckingSource([reading(e, s) for s in range(60) for e in "abcd"], sink)
+    stop = threading.Event()
+
+    class Paced:  # 2 ms a batch, a commit point due every 10 ms
+        def on_batch(self, stats, records, published_at):
+            time.sleep(0.002)
+            if source.position == len(source.records):
+                stop.set()
+
+    handled = run(source, sink, core(max_batch=8, commit_interval_ms=10), stop, Paced())
+    assert handled == 240 and source.committed == 240
+    assert source.commits >= 2
+    # while a point waited for its acknowledgement the loop went on polling: commits trail the stream
+    assert max(sink.asked.values()) > 3 and any(b > 0 for b in source.behind[:-1])
 
 
 def test_forward_passes_run_off_the_loop_thread_and_batches_land_in_order() -> None:
