@@ -1,11 +1,14 @@
 """The service loop: poll → prepare → forecast (on a worker thread) → publish → commit.
 
 Delivery is at-least-once: offsets are committed only after the sink confirms every message
-those offsets led to. The loop never waits for that on its way: on a cadence (`commit_interval_ms`)
-it notes a commit point (the source's checkpoint after the last published batch, and a sink mark),
-and commits it on a later turn, once the sink says every message before the mark is acknowledged.
-Only a stop and a rebalance's hand-over wait for confirmation (`flush`) and commit everything.
-A crash re-forecasts at most the readings since the last commit.
+those offsets led to. On a cadence (`commit_interval_ms`) the loop notes a commit point (the
+source's checkpoint after the last published batch, and a sink mark) and commits it once the sink
+says every message before the mark is acknowledged (`settled`). The confluent sink answers without
+waiting, so commits trail the stream and the loop never stops for a broker round trip. The
+kafka-python sink waits instead (its I/O thread needs the GIL the loop would hold), and asks for a
+commit point whenever the stream goes quiet too (`commit_when_quiet`): those waits batch its work.
+A stop and a rebalance's hand-over wait for confirmation (`flush`) and commit everything. A crash
+re-forecasts at most the readings since the last commit.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
     is committed once the sink has confirmed their messages (`settled`), oldest point first. No
     reading is ever committed before its forecast or dead letter is acknowledged."""
     handled = 0
+    when_quiet = getattr(sink, "commit_when_quiet", False)
     every_s = core.cfg.commit_interval_ms / 1000
     next_point = time.monotonic() + every_s
     in_flight: tuple[StagedBatch, Future, object] | None = None
@@ -83,7 +87,7 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
             if in_flight is not None:
                 land(in_flight)
             in_flight = arrived
-            if published is not None and time.monotonic() >= next_point:
+            if published is not None and (time.monotonic() >= next_point or (when_quiet and not records)):
                 points.append((sink.mark(), published))
                 published, next_point = None, time.monotonic() + every_s
             if points:

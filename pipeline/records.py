@@ -45,6 +45,10 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
+    commit_when_quiet: bool
+    """Whether the loop should also take a commit point whenever the stream goes quiet (for a sink
+    whose `settled` waits: the waits batch its work), not only on its cadence."""
+
     def publish(self, messages: list[Outgoing]) -> None: ...
 
     def mark(self) -> int:
@@ -52,7 +56,8 @@ class Sink(Protocol):
         ...
 
     def settled(self, mark: int) -> bool:
-        """Whether every message published before `mark` is confirmed; never waits; raises if any failed."""
+        """Whether every message published before `mark` is confirmed (raises if any failed); a
+        sink may wait for the acknowledgements here, or answer at once and be asked again later."""
         ...
 
     def flush(self) -> None:

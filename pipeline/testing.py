@@ -41,7 +41,8 @@ class MemorySink:
     """Published messages stay `pending` until confirmed: all by `flush`, those before a mark when
     `settled(mark)` is asked (a broker that acknowledges at once, as soon as anyone looks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, commit_when_quiet: bool = False) -> None:
+        self.commit_when_quiet = commit_when_quiet
         self.pending: list[Outgoing] = []
         self.confirmed: list[Outgoing] = []
 

