@@ -24,7 +24,9 @@ from torch import nn
 from models.checkpoint import CheckpointMeta, load
 from models.device import pick_device
 
-BUCKETS = (1, 8, 32, 64, 128, 256, 512)
+# CUDA graph sizes: a batch is padded up to the next one; a larger batch runs without a graph (one
+# captured per size would pile up, a graph per distinct batch size, for the life of the process)
+BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # The range a reading may take: within MAX_SCALED training standard deviations of the training mean.
 # A billion σ is far past any real excursion (it is a unit mistake or a corrupt value), and well inside
 # what float32 arithmetic in either network takes without overflow: scaled inputs of 1e9 square to
@@ -129,7 +131,7 @@ class Forecaster:
     def predict(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 3 or x.shape[1] != self.lookback or x.shape[2] != len(self.channels):
             raise ValueError(f"expected (batch, {self.lookback}, {len(self.channels)}), got {x.shape}")
-        if self.use_graphs:
+        if self.use_graphs and self._bucket(x.shape[0]) is not None:
             try:
                 return self._predict_graph(x)
             except RuntimeError as e:  # a capture the driver refuses: serve eagerly, never fail
@@ -141,11 +143,12 @@ class Forecaster:
 
     # -- CUDA: fixed-size buckets, captured graphs, pinned staging buffers ---------------------------
 
-    def _bucket(self, n: int) -> int:
+    @staticmethod
+    def _bucket(n: int) -> int | None:
         for b in BUCKETS:
             if n <= b:
                 return b
-        return n  # larger than every bucket: run it as it is (captured on first sight)
+        return None  # larger than every bucket: no graph
 
     def _graph_for(self, size: int):
         if size not in self._graphs:

@@ -47,3 +47,23 @@ def test_the_itransformer_is_served_traced_on_cpu(tmp_path) -> None:
     assert eager.scripted is None
     x = np.random.default_rng(2).normal(size=(5, 16, 3)).astype(np.float32)
     assert np.allclose(f.predict(x), eager.predict(x), atol=1e-5)
+
+
+def test_a_batch_is_padded_to_the_next_graph_size_and_past_the_largest_runs_without_one() -> None:
+    assert [Forecaster._bucket(n) for n in (1, 2, 9, 256, 600, 4096)] == [1, 8, 32, 256, 1024, 4096]
+    assert Forecaster._bucket(4097) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_forecast_what_eager_does_and_do_not_pile_up(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = ITransformer(ITransformerConfig(lookback=16, horizon=4, d_model=32, n_heads=4, d_ff=32))
+    save(tmp_path, model.eval(), ["c0", "c1", "c2"], Scaler(np.zeros(3), np.ones(3)))
+    f = Forecaster.from_checkpoint(tmp_path, device="cuda")
+    rng = np.random.default_rng(3)
+    for batch in (1, 5, 600, 601, 5000, 5001):
+        x = rng.normal(size=(batch, 16, 3)).astype(np.float32)
+        with torch.inference_mode():
+            eager = f._forward(torch.from_numpy(x).cuda()).cpu().numpy()
+        assert np.allclose(f.predict(x), eager, atol=1e-4), batch
+    assert sorted(f._graphs) == [1, 8, 1024]  # one a size used, none past the largest
