@@ -22,6 +22,15 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 app = typer.Typer(help="sensorcast: streaming multivariate forecasting on Kafka.", no_args_is_help=True)
 
 
+def _write_json(path: Path | None, doc: dict) -> None:
+    """A benchmark's results as JSON at `path` (folders made as needed); nothing when no path was given."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2))
+    console.print(f"results written to {path}")
+
+
 def _version(show: bool) -> None:
     if show:
         from importlib.metadata import version
@@ -262,7 +271,6 @@ def bench_accuracy(
     for n in notes:
         console.print(f"[yellow]note:[/] {n}")
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         from pipeline.tools.bench_latency import machine
 
         doc = {
@@ -274,8 +282,7 @@ def bench_accuracy(
             "results": [r.to_json() for r in rows_out],
             "notes": notes,
         }
-        json_path.write_text(json.dumps(doc, indent=2))
-        console.print(f"results written to {json_path}")
+        _write_json(json_path, doc)
 
 
 # -- streaming -----------------------------------------------------------------------------------
@@ -470,11 +477,8 @@ def bench_latency(
                           str(r["sustained_readings_per_s"]), str(r["drain_readings_per_s"]),
                           str(r["naive_readings_per_s"]))  # fmt: skip
         Console().print(table)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(doc, indent=2))
-        console.print(f"results written to {json_path}")
-    else:
+    _write_json(json_path, doc)
+    if json_path is None:
         print(json.dumps(doc, indent=2))
 
 
@@ -543,9 +547,7 @@ def bench_api(
         _fail(str(e))
     doc["machine"] = bl.machine()
     console.print(f"p99 with the API / without: {doc['p99_ratio']} ({doc['machine']['cpu_model']})")
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(doc, indent=2))
+    _write_json(json_path, doc)
 
 
 @bench_app.command("soak")
@@ -580,10 +582,7 @@ def bench_soak(
     for row in bench_soak.summary_rows(doc):
         table.add_row(*row)
     Console().print(table)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(doc, indent=2))
-        console.print(f"wrote {json_path}")
+    _write_json(json_path, doc)
 
 
 @bench_app.command("relay")
@@ -611,13 +610,9 @@ def bench_retrain(
     settings = Settings.load()
     _a_broker(settings)
     doc = br.run(settings, readings=readings, epochs=epochs, log=lambda m: console.print(m))
-    text = json.dumps(doc, indent=2)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(text)
-        console.print(f"results written to {json_path}")
-    else:
-        print(text)
+    _write_json(json_path, doc)
+    if json_path is None:
+        print(json.dumps(doc, indent=2))
 
 
 @app.command("retrain")

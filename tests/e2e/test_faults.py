@@ -90,19 +90,43 @@ def own_cluster(tmp_path: Path, tiny_checkpoint, kafka_client: str) -> Iterator[
                 kill_broker(settings, node.name)
 
 
-def test_a_broker_killed_for_10_s_mid_stream_loses_nothing(own_cluster, tmp_path: Path) -> None:
-    settings = own_cluster(1)
+def serve_through(settings: Settings, tmp_path: Path, steps: range, rate: float, fault) -> tuple[Collector, dict]:
+    """Serve a paced stream, call `fault(service, forecasts)` once forecasts flow (about 1 s into the stream),
+    then wait for every forecast and stop. Asserts the fault struck mid-stream, the service lived
+    through it and stopped cleanly, and no reading lost its forecast; returns the forecasts and the
+    service's metrics."""
     forecasts = Collector(settings, settings.forecasts_topic)
     sent: list[int] = []
-    steps = range(0, 100)  # 600 readings at 45/s: 13 s; the broker dies about 2 s in, for 10 s
     service = ServeProcess(settings.model_uri, settings.as_env(), tmp_path / "serve.log").start().wait_ready()
-    producer = threading.Thread(target=stream, args=(settings, steps, 45.0, sent), daemon=True)
+    producer = threading.Thread(target=stream, args=(settings, steps, rate, sent), daemon=True)
     try:
         producer.start()
         forecasts.wait_for(30, timeout_s=60)
         time.sleep(1.0)
+        struck_at = len(sent)
+        fault(service, forecasts)
+        producer.join(timeout=150)
+        assert not producer.is_alive(), "the producer did not get every acknowledgement"
+        expected = ENTITIES * (len(steps) - (L - 1))
+        forecasts.wait_for(expected, timeout_s=120, unique=True)
+        assert service.proc.poll() is None, "the service stopped:\n" + service.output()[-3000:]
+        metrics = scrape(settings.metrics_port)
+    finally:
+        code = service.stop()
+        forecasts.close()
+    assert code == 0, service.output()[-3000:]
+    assert 0 < struck_at < len(steps), "the fault should strike mid-stream"
+    missing = expected - len(forecasts.unique())
+    assert missing == 0, f"{missing} readings lost their forecast"
+    return forecasts, metrics
+
+
+def test_a_broker_killed_for_10_s_mid_stream_loses_nothing(own_cluster, tmp_path: Path) -> None:
+    settings = own_cluster(1)
+    steps = range(0, 100)  # 600 readings at 45/s: 13 s; the broker dies about 2 s in, for 10 s
+
+    def outage(service: ServeProcess, forecasts: Collector) -> None:
         kill_broker(settings)
-        killed_at = len(sent)
         time.sleep(10.0)
         assert service.proc.poll() is None, "the service died with the broker:\n" + service.output()[-3000:]
         stack.up(settings, ["kafka"], log=lambda _m: None)
@@ -110,18 +134,8 @@ def test_a_broker_killed_for_10_s_mid_stream_loses_nothing(own_cluster, tmp_path
         while len(forecasts.docs) == before and time.monotonic() - back < 60:
             time.sleep(0.05)
         print(f"forecasts again {time.monotonic() - back:.1f} s after the broker answered")
-        producer.join(timeout=150)
-        assert not producer.is_alive(), "the producer did not get every acknowledgement"
-        expected = ENTITIES * (len(steps) - (L - 1))
-        forecasts.wait_for(expected, timeout_s=120, unique=True)
-        metrics = scrape(settings.metrics_port)
-    finally:
-        code = service.stop()
-        forecasts.close()
-    assert code == 0, service.output()[-3000:]
-    assert 0 < killed_at < len(steps), "the broker should die mid-stream"
-    missing = expected - len(forecasts.unique())
-    assert missing == 0, f"{missing} readings lost their forecast across the broker's outage"
+
+    _, metrics = serve_through(settings, tmp_path, steps, 45.0, outage)
     # the outage shows: readings sent while the broker was down waited for it, seconds, not milliseconds
     count = metrics["sensorcast_e2e_latency_seconds_count"]
     within_5s = metrics['sensorcast_e2e_latency_seconds_bucket{le="5.0"}']
@@ -131,27 +145,6 @@ def test_a_broker_killed_for_10_s_mid_stream_loses_nothing(own_cluster, tmp_path
 
 def test_three_brokers_one_killed_for_good_every_reading_forecast(own_cluster, tmp_path: Path) -> None:
     settings = own_cluster(3)  # replication 3, min.insync.replicas 2: one broker may go
-    forecasts = Collector(settings, settings.forecasts_topic)
-    sent: list[int] = []
-    steps = range(0, 90)  # 540 readings at 60/s; node 1 (a controller, a leader, the first bootstrap) dies at ~3 s
-    service = ServeProcess(settings.model_uri, settings.as_env(), tmp_path / "serve.log").start().wait_ready()
-    producer = threading.Thread(target=stream, args=(settings, steps, 60.0, sent), daemon=True)
-    try:
-        producer.start()
-        forecasts.wait_for(30, timeout_s=60)
-        time.sleep(1.0)
-        kill_broker(settings, "kafka")
-        killed_at = len(sent)
-        producer.join(timeout=150)
-        assert not producer.is_alive(), "the producer did not get every acknowledgement"
-        expected = ENTITIES * (len(steps) - (L - 1))
-        forecasts.wait_for(expected, timeout_s=120, unique=True)
-        assert service.proc.poll() is None, "the service stopped:\n" + service.output()[-3000:]
-    finally:
-        code = service.stop()
-        forecasts.close()
-    assert code == 0, service.output()[-3000:]
-    assert 0 < killed_at < len(steps), "the broker should die mid-stream"
-    missing = expected - len(forecasts.unique())
-    assert missing == 0, f"{missing} readings lost their forecast when a broker of three died"
+    # 540 readings at 60/s; node 1 (a controller, a leader, the first bootstrap) dies at ~3 s
+    forecasts, _ = serve_through(settings, tmp_path, range(0, 90), 60.0, lambda *_: kill_broker(settings))
     print(f"{len(forecasts.docs) - len(forecasts.unique())} readings forecast twice; none lost")
