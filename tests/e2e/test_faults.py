@@ -1,4 +1,4 @@
-"""Faults under a running service, on brokers of the test's own: a broker killed (SIGKILL) mid-stream
+"""Faults under a running service, on clusters of this module's own: a broker killed (SIGKILL) mid-stream
 for 10 s, then restarted; and one broker of three killed for good. Producer and service recover by
 themselves, every reading gets its forecast, and the outage shows in the service's metrics."""
 
@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -62,32 +63,48 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-@pytest.fixture
-def own_cluster(tmp_path: Path, tiny_checkpoint, kafka_client: str) -> Iterator[Callable[[int], Settings]]:
-    """own_cluster(brokers) → settings on a fresh local cluster of that size, stopped afterwards."""
-    started: list[Settings] = []
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], Settings]]:
+    """clusters(brokers) → a local cluster of that size, started on first use and shared by this
+    module's tests (a cluster start is the slow part); a node an earlier test killed is started again
+    (`stack.up` starts what is down and waits until every node answers)."""
+    started: dict[int, Settings] = {}
 
-    def start(brokers: int) -> Settings:
-        settings = private_settings(tmp_path / "cluster").model_copy(
-            update={
-                "kafka_brokers": brokers,
-                "topic_replication": min(brokers, 3),
-                "model_uri": str(tiny_checkpoint()),
-                "metrics_port": stack.free_ports(1)[0],
-                "kafka_client": kafka_client,
-                "kafka_heap": "384m",
-            }
-        )
-        stack.up(settings, ["kafka"], log=lambda _m: None)
-        started.append(settings)
-        ensure_topics(settings)
-        return settings
+    def get(brokers: int) -> Settings:
+        if brokers not in started:
+            started[brokers] = private_settings(tmp_path_factory.mktemp(f"cluster-{brokers}")).model_copy(
+                update={"kafka_brokers": brokers, "topic_replication": min(brokers, 3), "kafka_heap": "384m"}
+            )
+        stack.up(started[brokers], ["kafka"], log=lambda _m: None)
+        return started[brokers]
 
-    yield start
-    for settings in started:  # SIGKILL: a cluster that lost a node takes 30 s to shut down politely
+    yield get
+    for settings in started.values():  # SIGKILL: a cluster that lost a node takes 30 s to shut down politely
         for node in stack.kafka_nodes(settings):
             if stack._read_pid(next(s for s in stack.services(settings, ["kafka"]) if s.name == node.name)):
                 kill_broker(settings, node.name)
+
+
+@pytest.fixture
+def own_cluster(clusters, tiny_checkpoint, kafka_client: str) -> Callable[[int], Settings]:
+    """own_cluster(brokers) → settings on the module's cluster of that size, every node up, with
+    topics and a consumer group of this test's own."""
+
+    def start(brokers: int) -> Settings:
+        tag = uuid.uuid4().hex[:8]
+        settings = clusters(brokers).model_copy(
+            update={
+                **{f"{t}_topic": f"{t}-{tag}" for t in ("readings", "forecasts", "dlq", "models")},
+                "consumer_group": f"group-{tag}",
+                "model_uri": str(tiny_checkpoint()),
+                "metrics_port": stack.free_ports(1)[0],
+                "kafka_client": kafka_client,
+            }
+        )
+        ensure_topics(settings)
+        return settings
+
+    return start
 
 
 def serve_through(settings: Settings, tmp_path: Path, steps: range, rate: float, fault) -> tuple[Collector, dict]:
