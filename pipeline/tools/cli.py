@@ -18,6 +18,8 @@ from pipeline.tools import stack as stack_mod
 # Prefect's temporary server (flows run without PREFECT_API_URL) hit "database is locked" on SQLite with
 # its analytics on; nothing here wants them
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# and it gets 20 s to start by default, which a busy 2-core machine has been seen to exceed
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(help="sensorcast: streaming multivariate forecasting on Kafka.", no_args_is_help=True)
 
