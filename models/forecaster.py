@@ -114,6 +114,11 @@ class Forecaster:
     def version(self) -> str:
         return self.meta.version
 
+    @property
+    def grid(self) -> dict | None:
+        """The time grid of the training data ({"interval_ms", "anchor_ms"}), or None: not recorded."""
+        return self.meta.extra.get("grid")
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

@@ -12,8 +12,17 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.messages import BadReading, encode_dead_letter, encode_forecast, format_ts, parse_reading
+from pipeline.messages import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    BadReading,
+    TimePolicy,
+    encode_dead_letter,
+    encode_forecast,
+    format_ts,
+    parse_reading,
+)
 from pipeline.records import Outgoing, Record
+from pipeline.timegrid import Grid
 from pipeline.windows import EntityWindows
 
 
@@ -25,9 +34,14 @@ class ServiceConfig:
     max_wait_ms: float = 2.0
     max_payload_bytes: int = 64 * 1024
     max_fill_steps: int = 3
-    interval_ms: int | None = None
+    interval_ms: int | None = None  # overrides the model's grid interval (None: the model's, else learned)
     commit_interval_ms: float = 250.0
     entity_ttl_s: float | None = None  # forget entities silent this long (None: keep every window)
+    duplicates: str = "refuse"  # a second reading for a filled slot: refuse (dead letter) or replace
+    max_missing_fill: int = 3  # readings running a channel may be missing (filled); 0: refuse at once
+    grid_tolerance: float = 0.5  # a reading further than this many intervals from its slot is off_grid
+    time: TimePolicy = field(default_factory=TimePolicy)  # ts unit, how far ahead of the record a ts may be
+    dlq_payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES  # the most of a refused payload a dead letter carries
 
     @classmethod
     def from_settings(cls, s) -> ServiceConfig:
@@ -41,6 +55,11 @@ class ServiceConfig:
             interval_ms=int(s.reading_interval_s * 1000) if s.reading_interval_s else None,
             commit_interval_ms=s.commit_interval_ms,
             entity_ttl_s=s.entity_ttl_s,
+            duplicates=s.duplicate_policy,
+            max_missing_fill=s.max_missing_fill,
+            grid_tolerance=s.grid_tolerance,
+            time=TimePolicy(s.ts_unit, int(s.max_future_s * 1000) if s.max_future_s else None),
+            dlq_payload_bytes=s.dlq_payload_bytes,
         )
 
 
@@ -53,6 +72,7 @@ class Model(Protocol):
     name: str
     version: str
     input_bounds: tuple[np.ndarray, np.ndarray] | None  # (low, high) per channel, or None: any float32
+    grid: dict | None  # {"interval_ms", "anchor_ms"} of its training data, or None: unknown
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -68,6 +88,10 @@ class BatchStats:
     inference_s: float = 0.0
     batch_rows: int = 0
     evicted: int = 0  # idle entities forgotten (their windows freed)
+    replaced: int = 0  # readings that replaced a filled slot's values (duplicates="replace")
+    channels_filled: int = 0  # missing channel values filled from the last reading
+    rekeyed: int = 0  # records whose key was null or not their entity (forecasts are keyed by entity)
+    forecast_record_ts: list[int] = field(default_factory=list)  # Kafka timestamps of the readings forecast
 
 
 class ModelSlot:
@@ -100,7 +124,7 @@ class StagedBatch:
     records: list[Record]
     model: Model
     x: np.ndarray  # (len(ready), L, N), a view of a staging buffer
-    ready: list[tuple[str, int, bytes, Record]]  # (entity, ts, key, record) of each row of x
+    ready: list[tuple[str, int, int, Record]]  # (entity, slot ts, inputs filled, record) of each row of x
     out: list[Outgoing]
     stats: BatchStats
 
@@ -113,8 +137,15 @@ class ForecastCore:
         self.cfg = cfg
         m = slot.model
         self.channels = list(m.channels)
+        self.grid = None if cfg.interval_ms else Grid.from_dict(getattr(m, "grid", None), cfg.grid_tolerance)
         self.windows = EntityWindows(
-            len(self.channels), m.lookback, max_fill_steps=cfg.max_fill_steps, interval_ms=cfg.interval_ms
+            len(self.channels),
+            m.lookback,
+            max_fill_steps=cfg.max_fill_steps,
+            grid=self.grid,
+            interval_ms=cfg.interval_ms,
+            duplicates=cfg.duplicates,
+            max_missing_fill=cfg.max_missing_fill,
         )
         # two staging buffers: the loop prepares the next batch while the previous one is forecast
         self._staging = [np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32) for _ in range(2)]
@@ -133,7 +164,7 @@ class ForecastCore:
         model = self.slot.model  # one model for the whole batch
         stats = BatchStats(readings=sum(not r.replay for r in records))
         out: list[Outgoing] = []
-        ready: list[tuple[str, int, bytes, Record]] = []  # (entity, ts, key, record) in record order
+        ready: list[tuple[str, int, int, Record]] = []  # (entity, slot ts, filled, record) in record order
         bounds = model.input_bounds
         self._flip ^= 1
         x = self._staging[self._flip]
@@ -146,19 +177,23 @@ class ForecastCore:
                 self._replay(rec, now)
                 continue
             try:
-                reading = parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, bounds)
+                reading = self._parse(rec, bounds)
                 pushed = self.windows.push(reading, now)
             except BadReading as bad:
                 self._dead_letter(bad, rec, out, stats)
                 continue
             stats.filled += pushed.filled
             stats.resets += int(pushed.reset)
+            stats.replaced += int(pushed.replaced)
+            stats.channels_filled += pushed.channels_filled
+            if rec.key is None or rec.key != reading.entity.encode():
+                stats.rekeyed += 1
             if not pushed.ready:
                 stats.buffered += 1
                 continue
             # copy now: a later reading of the same entity in this batch moves its window on
             x[len(ready)] = self.windows.window(reading.entity)
-            ready.append((reading.entity, reading.ts_ms, rec.key or reading.entity.encode(), rec))
+            ready.append((reading.entity, pushed.slot_ts, self.windows.filled_inputs(reading.entity), rec))
         ttl = self.cfg.entity_ttl_s
         if ttl is not None and now >= self._next_eviction:  # a scan of every slot: not every batch
             stats.evicted = len(self.windows.evict_idle(now, ttl))
@@ -186,7 +221,8 @@ class ForecastCore:
             per_channel = np.ascontiguousarray(pred.transpose(0, 2, 1))  # (B, N, H): rows go out as lists
             finite = np.isfinite(per_channel).all(axis=(1, 2))
             produced = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))  # once a batch
-            for i, (entity, ts, key, rec) in enumerate(batch.ready):
+            shared = self.windows.grid
+            for i, (entity, ts, filled, rec) in enumerate(batch.ready):
                 if not finite[i]:
                     bad = BadReading(
                         "non_finite_forecast",
@@ -194,25 +230,38 @@ class ForecastCore:
                     )
                     self._dead_letter(bad, rec, out, stats)
                     continue
-                value = encode_forecast(entity, ts, self.channels, per_channel[i], model.name, model.version, produced)
-                out.append(Outgoing(self.cfg.forecasts_topic, key, value))
+                grid = shared or self.windows.grid_of(entity)
+                step = grid.interval_ms if grid is not None else None
+                value = encode_forecast(
+                    entity, ts, self.channels, per_channel[i], model.name, model.version, produced, step, filled
+                )
+                out.append(Outgoing(self.cfg.forecasts_topic, entity.encode(), value))  # keyed by entity, always
                 stats.forecasts += 1
+                stats.forecast_record_ts.append(rec.timestamp_ms)
         return out, stats
+
+    def _parse(self, rec: Record, bounds) -> object:
+        cfg = self.cfg
+        return parse_reading(
+            rec.value,
+            self.channels,
+            cfg.max_payload_bytes,
+            bounds,
+            record_ts_ms=rec.timestamp_ms,
+            policy=cfg.time,
+            allow_missing=cfg.max_missing_fill > 0,
+        )
 
     def _dead_letter(self, bad: BadReading, rec: Record, out: list[Outgoing], stats: BatchStats) -> None:
         stats.dead[bad.reason] = stats.dead.get(bad.reason, 0) + 1
-        out.append(
-            Outgoing(
-                self.cfg.dlq_topic, rec.key, encode_dead_letter(bad, rec.topic, rec.partition, rec.offset, rec.value)
-            )
-        )
+        letter = encode_dead_letter(bad, rec.topic, rec.partition, rec.offset, rec.value, self.cfg.dlq_payload_bytes)
+        key = rec.key if rec.key is None or len(rec.key) <= 1024 else rec.key[:1024]  # bounded like the payload
+        out.append(Outgoing(self.cfg.dlq_topic, key, letter))
 
     def _replay(self, rec: Record, now: float) -> None:
         """A reading handled before this process started: rebuild its entity's window only. Its
         forecast or dead letter was published then; errors now are the same ones, already reported."""
         try:
-            self.windows.push(
-                parse_reading(rec.value, self.channels, self.cfg.max_payload_bytes, self.slot.model.input_bounds), now
-            )
+            self.windows.push(self._parse(rec, self.slot.model.input_bounds), now)
         except BadReading:
             pass

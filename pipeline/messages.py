@@ -1,9 +1,12 @@
 """The wire format, pure: parse and validate readings, encode forecasts and dead letters.
 
 Reading    {"entity": "pump-7", "ts": "2026-11-24T10:00:00Z" | epoch ms, "values": {"temp": 71.2, ...}}
-Forecast   {"entity", "ts", "horizon", "channels", "forecast": {channel: [H numbers]},
+Forecast   {"entity", "ts" (the reading's slot on the grid), "step_ms" (the grid's interval), "filled"
+            (inputs filled, not measured), "horizon", "channels", "forecast": {channel: [H numbers]},
             "model": {"name", "version"}, "produced_at"}
-DeadLetter {"error", "reason", "topic", "partition", "offset", "payload", "payload_encoding"}
+DeadLetter {"error", "reason", "topic", "partition", "offset", "payload", "payload_encoding",
+            "payload_bytes", "payload_sha256", "truncated"}: at most `max_payload` bytes of the payload
+            (16 KiB by default), so a dead letter is always far under the broker's 1 MB limit.
 
 The guarantee of the decode step: whatever bytes arrive, `parse_reading` returns a valid `Reading`
 or raises `BadReading` with one of `REASONS`; nothing else escapes it (anything unforeseen becomes
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import math
 import time
@@ -38,9 +42,16 @@ REASONS = (
     "unknown_channels",
     "late",
     "duplicate",
+    "future_timestamp",
+    "ts_unit",
+    "off_grid",
     "undecodable",
     "non_finite_forecast",
+    "refused_by_broker",
 )
+# Epoch units a numeric ts may be written in, as multipliers to milliseconds (seconds as a float)
+TS_UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
+YEAR_MS = 365 * 86_400_000
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -58,7 +69,17 @@ class BadReading(ValueError):
 class Reading:
     entity: str
     ts_ms: int
-    values: np.ndarray  # (N,) float32, in the model's channel order
+    values: np.ndarray  # (N,) float32, in the model's channel order; NaN: a channel the reading lacks
+
+
+@dataclass(frozen=True, slots=True)
+class TimePolicy:
+    """How a reading's ts is read and checked against the Kafka record's timestamp (the broker's or
+    the producer's clock): `ts_unit` for epoch numbers, and how far ahead of the record a reading may
+    claim to be (`max_future_ms`; None: no limit). A record without a timestamp is not checked."""
+
+    ts_unit: str = "ms"
+    max_future_ms: int | None = 86_400_000
 
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -66,10 +87,20 @@ MILLISECOND = dt.timedelta(milliseconds=1)
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last instant a forecast's ts can be written as
 
 
-def parse_ts(value: object) -> int:
-    """ISO 8601 (a 'Z' or an offset; naive means UTC) or epoch milliseconds → epoch ms, 1970 to 9999."""
+def parse_ts(value: object, unit: str = "ms") -> int:
+    """ISO 8601 (a 'Z' or an offset; naive means UTC) or an epoch number in `unit` (s, ms, us, ns)
+    → epoch ms, 1970 to 9999."""
     if isinstance(value, bool):
         raise BadReading("bad_timestamp", f"ts must be an ISO 8601 string or epoch milliseconds, got {value!r}")
+    if unit != "ms" and isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadReading("bad_timestamp", f"ts {value!r} is not an epoch count")
+        try:
+            value = value * 1000 if unit == "s" and isinstance(value, int) else value * TS_UNITS[unit]
+        except OverflowError:
+            raise BadReading("bad_timestamp", f"ts {_short(value)} is beyond 9999") from None
+        if isinstance(value, float) and math.isfinite(value) and 0 <= value <= MAX_TS_MS:
+            value = int(value)
     if isinstance(value, int):  # any size: a 400-digit integer compares fine, math.isfinite would overflow
         if not 0 <= value <= MAX_TS_MS:
             raise BadReading(
@@ -109,19 +140,58 @@ Bounds = tuple[np.ndarray, np.ndarray]  # (low, high) per channel: what the serv
 
 
 def parse_reading(
-    raw: bytes | None, channels: list[str], max_bytes: int = 64 * 1024, bounds: Bounds | None = None
+    raw: bytes | None,
+    channels: list[str],
+    max_bytes: int = 64 * 1024,
+    bounds: Bounds | None = None,
+    *,
+    record_ts_ms: int = 0,
+    policy: TimePolicy | None = None,
+    allow_missing: bool = False,
 ) -> Reading:
     """Validate one message against the serving model's channels (and, given `bounds`, the range the
-    model can take). The service's decode step: it returns a Reading or raises BadReading, nothing else."""
+    model can take). The service's decode step: it returns a Reading or raises BadReading, nothing else.
+
+    `record_ts_ms` is the Kafka record's timestamp (0: none): a ts far ahead of it is refused as
+    `future_timestamp`, an epoch number that only makes sense in another unit as `ts_unit`. With
+    `allow_missing`, a channel the reading lacks is NaN (the windows fill it or refuse it)."""
     try:
-        return _parse_reading(raw, channels, max_bytes, bounds)
+        return _parse_reading(raw, channels, max_bytes, bounds, record_ts_ms, policy or TimePolicy(), allow_missing)
     except BadReading:
         raise
     except Exception as e:  # the boundary: whatever we did not foresee is a dead letter, never a crash
         raise BadReading("undecodable", f"{type(e).__name__}: {_short(e)}") from None
 
 
-def _parse_reading(raw: bytes | None, channels: list[str], max_bytes: int, bounds: Bounds | None) -> Reading:
+def check_time(ts_value: object, ts_ms: int, record_ts_ms: int, policy: TimePolicy) -> None:
+    """Refuse a ts that the record's own timestamp shows to be wrong: in another unit, or in the future."""
+    if record_ts_ms <= 0:
+        return
+    if isinstance(ts_value, (int, float)) and not isinstance(ts_value, bool) and abs(ts_ms - record_ts_ms) > YEAR_MS:
+        for unit, scale in TS_UNITS.items():
+            if unit != policy.ts_unit and math.isfinite(ts_value) and abs(ts_value * scale - record_ts_ms) <= YEAR_MS:
+                raise BadReading(
+                    "ts_unit",
+                    f"ts {_short(ts_value)} read as {policy.ts_unit} is {format_ts(ts_ms)}, far from the record's "
+                    f"time {format_ts(record_ts_ms)}; it looks like epoch {unit} (set SENSORCAST_TS_UNIT={unit})",
+                )
+    if policy.max_future_ms is not None and ts_ms > record_ts_ms + policy.max_future_ms:
+        raise BadReading(
+            "future_timestamp",
+            f"ts {format_ts(ts_ms)} is more than {policy.max_future_ms / 3_600_000:g} h after the record's "
+            f"time {format_ts(record_ts_ms)}: a clock ahead of the world",
+        )
+
+
+def _parse_reading(
+    raw: bytes | None,
+    channels: list[str],
+    max_bytes: int,
+    bounds: Bounds | None,
+    record_ts_ms: int,
+    policy: TimePolicy,
+    allow_missing: bool,
+) -> Reading:
     if not raw:
         raise BadReading("empty", "the message has no value")
     if len(raw) > max_bytes:
@@ -139,7 +209,8 @@ def _parse_reading(raw: bytes | None, channels: list[str], max_bytes: int, bound
         )
     if "ts" not in doc:
         raise BadReading("bad_timestamp", "the reading has no ts")
-    ts_ms = parse_ts(doc["ts"])
+    ts_ms = parse_ts(doc["ts"], policy.ts_unit)
+    check_time(doc["ts"], ts_ms, record_ts_ms, policy)
     values = doc.get("values")
     if not isinstance(values, dict):
         raise BadReading("bad_values", f"values must be an object of channel → number, got {type(values).__name__}")
@@ -149,11 +220,14 @@ def _parse_reading(raw: bytes | None, channels: list[str], max_bytes: int, bound
             "unknown_channels", f"channels {_short(unknown)} are not served by this model (it expects {channels})"
         )
     missing = [c for c in channels if c not in values]
-    if missing:
+    if missing and (not allow_missing or len(missing) == len(channels)):
         raise BadReading("missing_channels", f"channels {missing} are missing")
     out = np.empty(len(channels), dtype=np.float32)
     for i, c in enumerate(channels):
-        v = values[c]
+        v = values.get(c)
+        if v is None and c not in values:
+            out[i] = np.nan  # filled from the entity's last value, or refused, by the windows
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise BadReading("bad_values", f"channel {c!r} must be a number, got {_short(v)}")
         try:
@@ -228,13 +302,19 @@ def encode_forecast(
     model_name: str,
     model_version: str,
     produced_at: str,
+    step_ms: int | None = None,
+    filled: int = 0,
 ) -> bytes:
     """`forecast_nh` is (N, H) and C-contiguous: each row goes out as one channel's list.
-    `produced_at` comes formatted (`format_ts`): a batch formats it once for all its forecasts."""
+    `produced_at` comes formatted (`format_ts`): a batch formats it once for all its forecasts.
+    `ts` is the reading's slot on the grid; step k of the forecast is for ts + k·`step_ms`;
+    `filled` counts the values in the model's input window that were filled, not measured."""
     return orjson.dumps(
         {
             "entity": entity,
             "ts": format_ts(ts_ms),
+            "step_ms": step_ms,
+            "filled": filled,
             "horizon": int(forecast_nh.shape[1]),
             "channels": channels,
             "forecast": {c: forecast_nh[i] for i, c in enumerate(channels)},
@@ -245,23 +325,46 @@ def encode_forecast(
     )
 
 
+DEAD_LETTER_PAYLOAD_BYTES = 16 * 1024
+
+
 def encode_dead_letter(
-    error: BadReading | str, topic: str, partition: int, offset: int, payload: bytes | None
+    error: BadReading | str,
+    topic: str,
+    partition: int,
+    offset: int,
+    payload: bytes | None,
+    max_payload: int = DEAD_LETTER_PAYLOAD_BYTES,
 ) -> bytes:
+    """A refusal with its reason and at most `max_payload` bytes of the payload, with the payload's
+    full size and SHA-256 to find the original by. Bounded: base64 grows a prefix by 4/3, JSON escapes a
+    control character to 6 bytes, so a dead letter is under 6 × max_payload + 2 KiB whatever arrived."""
     raw = payload or b""
+    prefix = raw[:max_payload]
     try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        text, encoding = prefix.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as e:
+        if len(prefix) < len(raw) and e.start >= len(prefix) - 3:  # the cut split a character: drop its bytes
+            prefix = prefix[: e.start]
+            try:
+                text, encoding = prefix.decode("utf-8"), "utf-8"
+            except UnicodeDecodeError:
+                text, encoding = base64.b64encode(prefix).decode("ascii"), "base64"
+        else:
+            text, encoding = base64.b64encode(prefix).decode("ascii"), "base64"
     reason = error.reason if isinstance(error, BadReading) else "error"
+    message = str(error).encode("utf-8", "backslashreplace").decode("utf-8")  # no lone surrogates
     return orjson.dumps(
         {
-            "error": str(error).encode("utf-8", "backslashreplace").decode("utf-8"),  # no lone surrogates
+            "error": message if len(message) <= 1024 else message[:1024] + "…",
             "reason": reason,
             "topic": topic,
             "partition": partition,
             "offset": offset,
             "payload": text,
             "payload_encoding": encoding,
+            "payload_bytes": len(raw),
+            "payload_sha256": hashlib.sha256(raw).hexdigest(),
+            "truncated": len(prefix) < len(raw),
         }
     )

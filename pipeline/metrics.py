@@ -38,6 +38,13 @@ class ServiceMetrics:
         self.dead = Counter("sensorcast_dead_letters", "readings sent to the dead-letter topic", ["reason"], registry=r)
         self.filled = Counter("sensorcast_steps_forward_filled", "missing steps filled forward", registry=r)
         self.resets = Counter("sensorcast_window_resets", "windows reset after a long gap", registry=r)
+        self.replaced = Counter("sensorcast_slots_replaced", "readings that replaced a filled slot", registry=r)
+        self.channels_filled = Counter(
+            "sensorcast_channels_filled", "missing channel values filled from the last reading", registry=r
+        )
+        self.rekeyed = Counter(
+            "sensorcast_readings_rekeyed", "readings whose key was null or not their entity", registry=r
+        )
         self.evicted = Counter("sensorcast_entities_evicted", "idle entities whose windows were freed", registry=r)
         self.lag = Gauge(
             "sensorcast_consumer_lag", "messages behind the end of each assigned partition", ["partition"], registry=r
@@ -127,11 +134,13 @@ class ServiceMetrics:
         if stats.batch_rows:
             self.inference.observe(stats.inference_s)
             self.batch_rows.observe(stats.batch_rows)
+        self.replaced.inc(stats.replaced)
+        self.channels_filled.inc(stats.channels_filled)
+        self.rekeyed.inc(stats.rekeyed)
         now_ms = published_at * 1000
-        newest = 0
-        for rec in records:
-            if rec.timestamp_ms:
-                self.e2e.observe(max(0.0, now_ms - rec.timestamp_ms) / 1000)
-                newest = max(newest, rec.timestamp_ms)
+        for ts in stats.forecast_record_ts:  # forecasts only: not replays, not dead letters
+            if ts:
+                self.e2e.observe(max(0.0, now_ms - ts) / 1000)
+        newest = max((r.timestamp_ms for r in records if not r.replay), default=0)
         if newest:
             self.lag_seconds.set(max(0.0, now_ms - newest) / 1000)

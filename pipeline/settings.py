@@ -146,7 +146,32 @@ class Settings(BaseSettings):
     commit_interval_ms: float = Field(
         default=250.0, gt=0, description="confirm forecasts and commit offsets at least this often"
     )
-    reading_interval_s: float | None = Field(default=None, description="expected cadence; None infers it per entity")
+    reading_interval_s: float | None = Field(
+        default=None, description="the cadence, overriding the model's grid; None: the model's, else learned per entity"
+    )
+    grid_tolerance: float = Field(
+        default=0.5, gt=0, le=0.5, description="a reading further than this many intervals from its slot is off_grid"
+    )
+    duplicate_policy: str = Field(
+        default="refuse",
+        pattern="^(refuse|replace)$",
+        description="a second reading for a filled slot: refuse (dead letter `duplicate`) or replace its values",
+    )
+    max_missing_fill: int = Field(
+        default=3, ge=0, description="readings running a channel may lack (filled from the last value); 0: refuse"
+    )
+    ts_unit: str = Field(default="ms", pattern="^(s|ms|us|ns)$", description="the unit of epoch-number timestamps")
+    max_future_s: float | None = Field(
+        default=86_400.0, description="a ts further ahead of its Kafka record's timestamp is refused (future_timestamp)"
+    )
+    max_message_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="the largest message (key + value) the service sends; keep it under the broker's message.max.bytes",
+    )
+    dlq_payload_bytes: int = Field(
+        default=16 * 1024, ge=0, le=128 * 1024, description="the most of a refused payload a dead letter carries"
+    )
     entity_ttl_s: float | None = Field(
         default=86_400.0, description="forget an entity's window after this many seconds without a reading"
     )

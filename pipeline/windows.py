@@ -1,15 +1,19 @@
-"""Per-entity windows of the last L readings, pure and preallocated.
+"""Per-entity windows of the last L slots of a time grid, pure and preallocated.
 
-Each entity owns a row of one (entities, 2L, N) float32 array. A reading is written at position p
-and p + L (a "double-written ring"), so the latest L readings are always the contiguous slice
+Each entity owns a row of one (entities, 2L, N) float32 array. A slot's values are written at position
+p and p + L (a "double-written ring"), so the latest L slots are always the contiguous slice
 [p + 1, p + 1 + L): no roll, no per-message allocation, and a batch is one fancy-indexed gather.
 
-Timestamp policy (documented in the README):
-- a reading whose ts equals the entity's last ts is a duplicate, one with an earlier ts is late:
-  both are refused (the service sends them to the dead-letter topic with that reason);
-- the entity's cadence is the smallest gap seen between its readings (or the configured interval);
-- a gap of up to `max_fill_steps` missing steps is forward-filled with the last values;
-- a longer gap resets the entity's window: stale history would mislead the model;
+Time policy (the README's "Time" section):
+- a reading goes in its slot of the grid (pipeline/timegrid.py): the serving model's grid, else one
+  learned per entity from its first readings (or the configured interval at its first reading's phase);
+- a second reading for a slot already filled is a `duplicate` (refused), or replaces the slot's
+  values with `duplicates="replace"`; a reading for a slot before the latest is `late`;
+- up to `max_fill_steps` missing slots are forward-filled with the last values; a longer gap resets
+  the window (stale history would mislead the model);
+- a reading that lacks a channel (NaN from the decode step) has it filled from the last value, at
+  most `max_missing_fill` readings running; past that, or with nothing to fill from, `missing_channels`;
+- none of these moves the entity's clock: a refused reading changes nothing;
 - an entity silent for longer than a TTL is forgotten (`evict_idle`): its slot is reused.
 """
 
@@ -19,14 +23,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.messages import BadReading, Reading
+from pipeline.messages import BadReading, Reading, format_ts
+from pipeline.timegrid import Grid, GridError, infer_anchor, infer_interval
+
+LEARN_READINGS = 3  # readings at distinct times an entity shows before its own grid is inferred
 
 
 @dataclass(frozen=True, slots=True)
 class Pushed:
     ready: bool  # the window is full: this reading can be forecast
-    filled: int = 0  # steps forward-filled before it
+    filled: int = 0  # slots forward-filled before it
     reset: bool = False  # a long gap reset the window first
+    replaced: bool = False  # it replaced the values of a slot already filled (duplicates="replace")
+    channels_filled: int = 0  # channels it lacked, filled from the last values
+    slot_ts: int = 0  # its slot's time on the grid (its own ts while the entity's grid is being learned)
 
 
 class EntityWindows:
@@ -36,20 +46,31 @@ class EntityWindows:
         lookback: int,
         *,
         max_fill_steps: int = 3,
+        grid: Grid | None = None,
         interval_ms: int | None = None,
+        duplicates: str = "refuse",
+        max_missing_fill: int = 3,
         capacity: int = 64,
     ):
+        if duplicates not in ("refuse", "replace"):
+            raise ValueError(f"duplicates must be refuse or replace, got {duplicates!r}")
         self.n, self.L = n_channels, lookback
-        self.max_fill_steps = max_fill_steps
+        self.max_fill_steps, self.max_missing_fill = max_fill_steps, max_missing_fill
+        self.grid = grid  # shared by every entity (the model's); None: each learns its own
         self.fixed_interval_ms = interval_ms
+        self.replace = duplicates == "replace"
         self.data = np.zeros((capacity, 2 * lookback, n_channels), dtype=np.float32)
+        self.fills = np.zeros((capacity, 2 * lookback), dtype=np.int32)  # values filled, not measured, per slot
+        self.missing_run = np.zeros((capacity, n_channels), dtype=np.int32)  # readings running without a channel
         self.pos = np.zeros(capacity, dtype=np.int64)  # next write position in [0, L)
-        self.count = np.zeros(capacity, dtype=np.int64)  # readings held, up to L
+        self.count = np.zeros(capacity, dtype=np.int64)  # slots held, up to L
+        self.last_slot = np.zeros(capacity, dtype=np.int64)
         self.last_ts = np.zeros(capacity, dtype=np.int64)
-        self.interval = np.zeros(capacity, dtype=np.int64)  # 0 = not known yet
         self.seen = np.zeros(capacity, dtype=np.float64)  # when the entity last spoke (the caller's clock)
         self.slots: dict[str, int] = {}
         self.free: list[int] = []  # slots of evicted entities, reused before the array grows
+        self.own_grid: dict[int, Grid] = {}  # learned grids, by slot (no shared grid)
+        self.learning: dict[int, list[int]] = {}  # times seen while an entity's grid is being learned
         self._arange = np.arange(lookback)
 
     def __len__(self) -> int:
@@ -68,55 +89,116 @@ class EntityWindows:
         return slot
 
     def _grow(self) -> None:
-        cap = self.data.shape[0] * 2
-        self.data = np.concatenate([self.data, np.zeros_like(self.data)])
-        for name in ("pos", "count", "last_ts", "interval", "seen"):
+        for name in ("data", "fills", "missing_run", "pos", "count", "last_slot", "last_ts", "seen"):
             arr = getattr(self, name)
-            setattr(self, name, np.concatenate([arr, np.zeros(cap - arr.shape[0], dtype=arr.dtype)]))
+            setattr(self, name, np.concatenate([arr, np.zeros_like(arr)]))
 
-    def _write(self, slot: int, values: np.ndarray) -> None:
+    def _write(self, slot: int, values: np.ndarray, filled: int) -> None:
         p = self.pos[slot]
-        self.data[slot, p] = values
-        self.data[slot, p + self.L] = values
+        self.data[slot, p] = self.data[slot, p + self.L] = values
+        self.fills[slot, p] = self.fills[slot, p + self.L] = filled
         self.pos[slot] = (p + 1) % self.L
         if self.count[slot] < self.L:
             self.count[slot] += 1
 
-    def check(self, reading: Reading) -> None:
-        """Raise BadReading for a late or duplicate reading, without changing any state."""
-        slot = self.slots.get(reading.entity)
-        if slot is None or self.count[slot] == 0:
-            return
-        last = int(self.last_ts[slot])
-        if reading.ts_ms == last:
-            raise BadReading("duplicate", f"{reading.entity} already has a reading at ts {reading.ts_ms}")
-        if reading.ts_ms < last:
-            raise BadReading("late", f"{reading.entity} ts {reading.ts_ms} is before its last reading at {last}")
+    def grid_of(self, entity: str) -> Grid | None:
+        """The grid the entity's readings are slotted on (None while it is still being learned)."""
+        if self.grid is not None:
+            return self.grid
+        slot = self.slots.get(entity)
+        return None if slot is None else self.own_grid.get(slot)
+
+    def _place(self, slot: int | None, reading: Reading) -> tuple[int, Grid | None]:
+        """The reading's slot index, without changing any state."""
+        grid = self.grid if self.grid is not None else (self.own_grid.get(slot) if slot is not None else None)
+        if grid is None:  # still learning: each new time is the next slot
+            if slot is None or self.count[slot] == 0:
+                return 0, None
+            last = int(self.last_ts[slot])
+            step = 0 if reading.ts_ms == last else (-1 if reading.ts_ms < last else 1)
+            return int(self.last_slot[slot]) + step, None
+        if grid.off_grid(reading.ts_ms):
+            raise BadReading(
+                "off_grid",
+                f"{reading.entity} ts {format_ts(reading.ts_ms)} is further than {grid.tolerance:g} of an interval "
+                f"({grid.interval_ms} ms) from the grid",
+            )
+        return grid.slot(reading.ts_ms), grid
 
     def push(self, reading: Reading, seen_s: float = 0.0) -> Pushed:
-        self.check(reading)
-        slot = self._slot(reading.entity)
+        """Put a reading in its slot; raise BadReading (and change nothing) for one that cannot be."""
+        slot = self.slots.get(reading.entity)
+        at, grid = self._place(slot, reading)
+        held = slot is not None and self.count[slot] > 0
+        values = reading.values
+        lacking = np.isnan(values)
+        n_lacking = int(lacking.sum())
+        if held:
+            last = int(self.last_slot[slot])
+            if at < last:
+                raise BadReading(
+                    "late", f"{reading.entity} ts {format_ts(reading.ts_ms)} is for a slot before its latest"
+                )
+            if at == last and not self.replace:
+                raise BadReading(
+                    "duplicate",
+                    f"{reading.entity} already has a reading for the slot of {format_ts(reading.ts_ms)}"
+                    f" (its last at {format_ts(int(self.last_ts[slot]))})",
+                )
+        if n_lacking:
+            if not held:
+                raise BadReading("missing_channels", f"{reading.entity} lacks channels and has no value to fill from")
+            if int((self.missing_run[slot] + lacking).max()) > self.max_missing_fill:
+                raise BadReading(
+                    "missing_channels",
+                    f"{reading.entity} has lacked a channel for more than {self.max_missing_fill} readings running",
+                )
+            last_values = self.data[slot, (self.pos[slot] - 1) % self.L]
+            values = np.where(lacking, last_values, values)
+        slot = self._slot(reading.entity) if slot is None else slot
         self.seen[slot] = seen_s
-        filled, reset = 0, False
-        if self.count[slot] > 0:
-            delta = reading.ts_ms - int(self.last_ts[slot])
-            interval = self.fixed_interval_ms or int(self.interval[slot])
-            if interval > 0 and delta > interval * 1.5:
-                missing = int(round(delta / interval)) - 1
-                if missing <= self.max_fill_steps:
+        self.missing_run[slot] = np.where(lacking, self.missing_run[slot] + 1, 0)
+        filled, reset, replaced = 0, False, False
+        if held and at == int(self.last_slot[slot]):  # duplicates="replace": the slot's values change
+            p = (self.pos[slot] - 1) % self.L
+            self.data[slot, p] = self.data[slot, p + self.L] = values
+            self.fills[slot, p] = self.fills[slot, p + self.L] = n_lacking
+            replaced = True
+        else:
+            if held:
+                missing = at - int(self.last_slot[slot]) - 1
+                if missing > self.max_fill_steps:
+                    self.count[slot] = self.pos[slot] = 0
+                    reset = True
+                elif missing > 0:
                     last_values = self.data[slot, (self.pos[slot] - 1) % self.L].copy()
                     for _ in range(missing):
-                        self._write(slot, last_values)
+                        self._write(slot, last_values, self.n)
                     filled = missing
-                else:
-                    self.count[slot] = 0
-                    self.pos[slot] = 0
-                    reset = True
-            elif not self.fixed_interval_ms and (self.interval[slot] == 0 or delta < self.interval[slot]):
-                self.interval[slot] = delta
-        self._write(slot, reading.values)
-        self.last_ts[slot] = reading.ts_ms
-        return Pushed(bool(self.count[slot] >= self.L), filled, reset)
+            self._write(slot, values, n_lacking)
+        self.last_slot[slot], self.last_ts[slot] = at, reading.ts_ms
+        if grid is None:
+            grid = self._learn(slot, reading.ts_ms)
+        slot_ts = grid.ts_of(at) if grid is not None else reading.ts_ms
+        return Pushed(bool(self.count[slot] >= self.L), filled, reset, replaced, n_lacking, slot_ts)
+
+    def _learn(self, slot: int, ts_ms: int) -> Grid | None:
+        """Collect an entity's first readings; once there are enough, infer its grid (its median step,
+        or the configured interval, and their phase) and go on in slots."""
+        seen = self.learning.setdefault(slot, [])
+        if not seen or ts_ms != seen[-1]:
+            seen.append(ts_ms)
+        if len(seen) < (1 if self.fixed_interval_ms else LEARN_READINGS):  # an interval given: its phase at once
+            return None
+        try:
+            interval = self.fixed_interval_ms or infer_interval([seen])
+        except GridError:
+            return None
+        grid = Grid(interval, infer_anchor([seen], interval))
+        del self.learning[slot]
+        self.own_grid[slot] = grid
+        self.last_slot[slot] = grid.slot(ts_ms)
+        return grid
 
     def evict_idle(self, now_s: float, ttl_s: float) -> list[str]:
         """Forget the entities silent for longer than `ttl_s` (their slots are reused): memory follows
@@ -131,16 +213,25 @@ class EntityWindows:
         gone = [by_slot[s] for s in idle.tolist() if s in by_slot]
         for entity in gone:
             slot = self.slots.pop(entity)
-            self.count[slot] = self.pos[slot] = self.last_ts[slot] = self.interval[slot] = 0
+            self.count[slot] = self.pos[slot] = self.last_ts[slot] = self.last_slot[slot] = 0
+            self.missing_run[slot] = 0
+            self.own_grid.pop(slot, None)
+            self.learning.pop(slot, None)
             self.seen[slot] = np.inf  # free: never idle again until reused
             self.free.append(slot)
         return gone
 
     def window(self, entity: str) -> np.ndarray:
-        """The latest L readings, oldest first, as a view: copy it before the next push."""
+        """The latest L slots, oldest first, as a view: copy it before the next push."""
         slot = self.slots[entity]
         p = self.pos[slot]
         return self.data[slot, p : p + self.L]
+
+    def filled_inputs(self, entity: str) -> int:
+        """How many values of the entity's window were filled rather than measured."""
+        slot = self.slots[entity]
+        p = self.pos[slot]
+        return int(self.fills[slot, p : p + self.L].sum())
 
     def gather(self, entities: list[str]) -> np.ndarray:
         """(B, L, N) windows for several entities in one fancy-indexed copy."""

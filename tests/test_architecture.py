@@ -34,10 +34,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "pipeline.settings": (),
     "pipeline.records": (),
     "pipeline.messages": (),
-    "pipeline.windows": ("pipeline.messages",),
+    "pipeline.timegrid": (),
+    "pipeline.windows": ("pipeline.messages", "pipeline.timegrid"),
     "pipeline.metrics": (),
     "pipeline.testing": ("pipeline.records",),
-    "pipeline.core": ("pipeline.messages", "pipeline.records", "pipeline.windows"),
+    "pipeline.core": ("pipeline.messages", "pipeline.records", "pipeline.timegrid", "pipeline.windows"),
     "pipeline.loop": ("pipeline.core", "pipeline.records"),
     "pipeline.kafka": ("pipeline.records", "pipeline.settings"),
     "pipeline.model_source": ("pipeline.core", "models.forecaster", "models.mlflow.registry"),
@@ -53,7 +54,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "pipeline.tools": ("pipeline", "models", "flows"),  # on top: tools may use everything below
     "pipeline": (),  # the package files themselves (their submodules need rules of their own)
     "models": (),
-    "flows": ("pipeline.settings", "pipeline.messages", "pipeline.kafka", "pipeline.model_source", "models"),
+    "flows": (
+        "pipeline.settings",
+        "pipeline.messages",
+        "pipeline.timegrid",
+        "pipeline.kafka",
+        "pipeline.model_source",
+        "models",
+    ),
 }
 
 

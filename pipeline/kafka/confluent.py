@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from pipeline.kafka.clients import RECONNECT_BACKOFF_MAX_MS, KafkaUnavailable, unreachable
 from pipeline.kafka.security import confluent_security
+from pipeline.kafka.sink import MAX_MESSAGE_BYTES, OutputRefused, oversized, refusal_letter
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
 
@@ -33,6 +34,8 @@ RETRY_COMMIT = {
     KafkaError._TRANSPORT,
     KafkaError._WAIT_COORD,
 }
+# a send refused because of the message itself, not its topic or the cluster
+PER_MESSAGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -81,40 +84,82 @@ def make_confluent_producer(settings: Settings, **overrides: Any) -> Producer:
 
 class ConfluentSink:
     """pipeline.records.Sink over a confluent Producer: flush returns only when every message is
-    acknowledged, and raises if any was refused (the loop then does not commit).
+    acknowledged, and raises `OutputRefused` if the topic or the cluster refused any (the loop then
+    does not commit). A message refused on its own account (too large, invalid) is replaced by a
+    small dead letter naming it, as the kafka-python sink does: one record never stops the service.
 
     Messages are counted in epochs between marks, so the loop can ask, without waiting, whether
     everything published before a mark is acknowledged (`settled`) and commit only then."""
 
     commit_when_quiet = False  # commits on the cadence only: measured p99 at 6,000/s 73 ms vs 128 ms
 
-    def __init__(self, producer: Producer, flush_timeout_s: float = 30.0):
-        self.producer, self.flush_timeout_s = producer, flush_timeout_s
+    def __init__(
+        self,
+        producer: Producer,
+        flush_timeout_s: float = 30.0,
+        dlq_topic: str = "sensors.dlq",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ):
+        self.producer, self.flush_timeout_s, self.dlq_topic = producer, flush_timeout_s, dlq_topic
+        self.max_message_bytes = max_message_bytes
         self._failed: list[KafkaError] = []
         self._epoch = 0
         self._unconfirmed: dict[int, int] = {0: 0}  # epoch → its messages not acknowledged yet
         self._delivered = self._callback(0)
+        self.refused = 0  # messages the broker refused, each replaced by a dead letter
 
-    def _callback(self, epoch: int):
+    def _callback(self, epoch: int, stand_in: bool = False):
         unconfirmed, failed = self._unconfirmed, self._failed
 
-        def delivered(err: KafkaError | None, _msg) -> None:
-            unconfirmed[epoch] -= 1
-            if err is not None:
+        def delivered(err: KafkaError | None, msg) -> None:
+            if err is not None and err.code() in PER_MESSAGE and not stand_in:
+                self._stand_in(epoch, msg, err)  # counted in the same epoch: commits wait for it
+            elif err is not None and err.code() in PER_MESSAGE:
+                log.error("the dead letter for a refused message was refused too: %s", err.str())
+            elif err is not None:
                 failed.append(err)
+            unconfirmed[epoch] -= 1
 
         return delivered
+
+    def _stand_in(self, epoch: int, msg, err: KafkaError) -> None:
+        self.refused += 1
+        value = msg.value() or b""
+        log.error(
+            "the broker refused a message to %s (%d bytes): %s; a dead letter names it", msg.topic(), len(value), err
+        )
+        letter = refusal_letter(Outgoing(msg.topic(), msg.key(), value), err.str())
+        self._unconfirmed[epoch] += 1
+        self._produce(self.dlq_topic, letter, msg.key(), self._callback(epoch, stand_in=True))
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, on_delivery) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, on_delivery=on_delivery)
+                return
+            except BufferError:  # librdkafka's queue is full: let it drain a little
+                self.producer.poll(0.05)
+            except KafkaException as e:  # refused before it left (larger than message.max.bytes)
+                error = e.args[0]
+                if error.code() not in (*PER_MESSAGE, KafkaError.MSG_SIZE_TOO_LARGE) or topic == self.dlq_topic:
+                    raise
+                self.refused += 1
+                log.error("a message to %s was refused before it left: %s; a dead letter names it", topic, error)
+                topic, value = self.dlq_topic, refusal_letter(Outgoing(topic, key, value), error.str())
 
     def publish(self, messages: list[Outgoing]) -> None:
         produce, delivered = self.producer.produce, self._delivered
         self._unconfirmed[self._epoch] += len(messages)
         for m in messages:
-            while True:
-                try:
-                    produce(m.topic, m.value, m.key, on_delivery=delivered)
-                    break
-                except BufferError:  # librdkafka's queue is full: let it drain a little
-                    self.producer.poll(0.05)
+            if oversized(m, self.max_message_bytes):
+                self.refused += 1
+                log.error("a %d-byte message to %s is over the limit; a dead letter names it", len(m.value), m.topic)
+                error = f"{len(m.value)} bytes is over the limit of {self.max_message_bytes}"
+                m = Outgoing(self.dlq_topic, m.key, refusal_letter(m, error))
+            try:
+                produce(m.topic, m.value, m.key, on_delivery=delivered)
+            except (BufferError, KafkaException):
+                self._produce(m.topic, m.value, m.key, delivered)
         self.producer.poll(0)  # serve delivery callbacks as they come, not all at flush
 
     def mark(self) -> int:
@@ -123,12 +168,17 @@ class ConfluentSink:
         self._delivered = self._callback(self._epoch)
         return mark
 
-    def settled(self, mark: int) -> bool:
-        self.producer.poll(0)
+    def _raise_failed(self) -> None:
         if self._failed:
             error = self._failed[0]
             self._failed.clear()
-            raise KafkaException(error)
+            raise OutputRefused(
+                f"the broker refused output: {error.str()} (does the topic exist, and may this client write to it?)"
+            ) from KafkaException(error)
+
+    def settled(self, mark: int) -> bool:
+        self.producer.poll(0)
+        self._raise_failed()
         for epoch in [e for e in self._unconfirmed if e <= mark]:
             if self._unconfirmed[epoch]:
                 return False
@@ -137,12 +187,9 @@ class ConfluentSink:
 
     def flush(self) -> None:
         left = self.producer.flush(self.flush_timeout_s)
-        failed = list(self._failed)
-        self._failed.clear()
+        self._raise_failed()
         if left:
-            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{left} sends not confirmed"))
-        if failed:
-            raise KafkaException(failed[0])
+            raise OutputRefused(f"{left} sends not confirmed within {self.flush_timeout_s:g} s")
 
     def close(self) -> None:
         left = self.producer.flush(self.flush_timeout_s)

@@ -29,5 +29,11 @@ def service_sink(settings: Settings) -> Sink:
     if settings.kafka_client == "confluent":
         from pipeline.kafka.confluent import ConfluentSink, make_confluent_producer
 
-        return ConfluentSink(make_confluent_producer(settings, **{"linger.ms": 1}))
-    return KafkaSink(make_producer(settings, linger_ms=1))
+        return ConfluentSink(
+            make_confluent_producer(settings, **{"linger.ms": 1}),
+            dlq_topic=settings.dlq_topic,
+            max_message_bytes=settings.max_message_bytes,
+        )
+    return KafkaSink(
+        make_producer(settings, linger_ms=1), dlq_topic=settings.dlq_topic, max_message_bytes=settings.max_message_bytes
+    )

@@ -1,27 +1,103 @@
-"""The service's Sink over Kafka: publish, and confirm every send before the loop commits."""
+"""The service's Sink over Kafka: publish, and confirm every send before the loop commits.
+
+A message larger than `max_message_bytes` (under the broker's 1 MB `message.max.bytes`) is never
+sent: a small dead letter that names it (topic, key, size, SHA-256) takes its place, so one record
+never stops the service and nothing is lost silently. The check is made before the send because
+kafka-python's idempotent producer treats a broker's MESSAGE_TOO_LARGE as fatal: it aborts every
+batch after it, the dead letter's too. A refusal the check did not foresee (a broker limit below
+`max_message_bytes`), a refused topic (missing, not authorized) or a broker that never answers stops
+the service with a clear `OutputRefused`, and nothing is committed past what was confirmed. The
+confluent sink (pipeline/kafka/confluent.py) checks alike, and replaces a refused message after the
+fact too.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+
+import orjson
 from kafka import KafkaProducer
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 
 from pipeline.kafka.clients import close_producer, flush_producer
+from pipeline.records import Outgoing
+
+log = logging.getLogger("sensorcast.kafka")
+# errors that belong to one message, not to the topic or the cluster
+PER_MESSAGE = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError)
+MAX_MESSAGE_BYTES = 1_000_000  # key + value; the broker's default message.max.bytes is 1,048,588 with headers
+
+
+def oversized(message: Outgoing, limit: int) -> bool:
+    return len(message.value) + len(message.key or b"") > limit
+
+
+class OutputRefused(RuntimeError):
+    """The cluster refuses the service's output as a whole (a topic missing or not authorized, no
+    acknowledgement in time): the service stops, and what was not confirmed is not committed."""
+
+
+def refusal_letter(message: Outgoing, error: str) -> bytes:
+    """The dead letter that stands in for a message the broker refused: small, whatever was refused."""
+    return orjson.dumps(
+        {
+            "error": f"the broker refused this output: {error}"[:1024],
+            "reason": "refused_by_broker",
+            "topic": message.topic,
+            "key": (message.key or b"")[:256].decode("utf-8", "replace"),
+            "payload": "",
+            "payload_bytes": len(message.value),
+            "payload_sha256": hashlib.sha256(message.value).hexdigest(),
+            "truncated": True,
+        }
+    )
 
 
 class KafkaSink:
-    """pipeline.records.Sink over a KafkaProducer: flush returns only when every send is acknowledged."""
+    """pipeline.records.Sink over a KafkaProducer: flush returns only when every send is acknowledged.
+    `dlq_topic` receives the stand-in for a message the broker refuses on its own account."""
 
     commit_when_quiet = True  # settled waits: see there
 
-    def __init__(self, producer: KafkaProducer, flush_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        flush_timeout_s: float = 30.0,
+        dlq_topic: str = "sensors.dlq",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ):
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
-        self._futures: list = []
+        self.dlq_topic, self.max_message_bytes = dlq_topic, max_message_bytes
+        self._sent: list[tuple[object, Outgoing]] = []  # (future, message)
         self._published = 0
+        self.refused = 0  # messages the broker refused, each replaced by a dead letter
 
     def publish(self, messages) -> None:
-        send = self.producer.send
-        self._futures.extend(send(m.topic, key=m.key, value=m.value) for m in messages)
+        send, sent, limit = self.producer.send, self._sent, self.max_message_bytes
+        for m in messages:
+            if oversized(m, limit):
+                sent.append((self._stand_in(m, f"{len(m.value)} bytes is over the limit of {limit}"), m))
+            else:
+                sent.append((send(m.topic, key=m.key, value=m.value), m))
         self._published += len(messages)
+
+    def _stand_in(self, message: Outgoing, error: str):
+        self.refused += 1
+        log.error(
+            "the broker refused a message to %s (%d bytes): %s; a dead letter names it",
+            message.topic,
+            len(message.value),
+            error,
+        )
+        return self.producer.send(self.dlq_topic, key=message.key, value=refusal_letter(message, error))
 
     def mark(self) -> int:
         return self._published
@@ -36,10 +112,24 @@ class KafkaSink:
         return True
 
     def flush(self) -> None:
-        flush_producer(self.producer, self.flush_timeout_s)
-        futures, self._futures = self._futures, []
-        for f in futures:
-            f.get(timeout=0)  # raises KafkaError if a send failed: the batch is then not committed
+        try:
+            flush_producer(self.producer, self.flush_timeout_s)
+        except KafkaError as e:
+            raise OutputRefused(f"sends not confirmed within {self.flush_timeout_s:g} s: {e}") from e
+        sent, self._sent = self._sent, []
+        for future, message in sent:
+            try:
+                future.get(timeout=0)
+            except PER_MESSAGE as e:
+                raise OutputRefused(
+                    f"the broker refused a {len(message.value)}-byte message to {message.topic}: {e}; its limit is "
+                    f"below SENSORCAST_MAX_MESSAGE_BYTES={self.max_message_bytes}: lower that setting"
+                ) from e
+            except KafkaError as e:  # the topic or the cluster: the batch is not committed
+                raise OutputRefused(
+                    f"the broker refused output to {message.topic}: {type(e).__name__}: {e} "
+                    "(does the topic exist, and may this client write to it?)"
+                ) from e
 
     def close(self) -> None:
         close_producer(self.producer, self.flush_timeout_s)

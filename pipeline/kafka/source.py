@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError
 
 from pipeline.kafka.clients import KafkaUnavailable, make_consumer, partitions_of
 from pipeline.records import Record
 from pipeline.settings import Settings
+
+log = logging.getLogger("sensorcast.kafka")
 
 
 class KafkaSource:
@@ -101,9 +105,24 @@ class KafkaSource:
         the loop calls this only once the outputs of what it covers are published and confirmed)."""
         upto = self._position if checkpoint is None else checkpoint
         moved = {tp: pos for tp, pos in upto.items() if self._committed.get(tp) != pos}
-        if moved:
-            self.committer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in moved.items()})
-            self._committed.update(moved)
+        if not moved:
+            return
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self.committer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in moved.items()})
+                self._committed.update(moved)
+                return
+            except KafkaError as e:
+                # The coordinator moving (a broker restarting) or a group in flux: try again for a
+                # while, then leave these offsets uncommitted, as the confluent source does. The next
+                # commit covers them; a crash before it re-forecasts them. At-least-once either way;
+                # the service never stops over a refused commit.
+                if getattr(e, "retriable", False) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                log.warning("offsets not committed (%s: %s); the next commit covers them", type(e).__name__, e)
+                return
 
     def lag(self) -> dict[int, int]:
         """Messages behind the high watermark, per partition the last fetches reported on: local

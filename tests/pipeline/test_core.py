@@ -42,7 +42,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_readings_keep_flowing
         Record(b"", offset=100),
         Record(b"{nope", offset=101),
         Record(b'{"entity": "a", "ts": 99, "values": {"temp": NaN, "pressure": 1}}', offset=102),
-        Record(b'{"entity": "a", "ts": 99, "values": {"temp": 1}}', offset=103),
+        Record(b'{"entity": "new", "ts": 99, "values": {"temp": 1}}', offset=103),  # nothing to fill from
         Record(b'{"entity": "a", "ts": 99, "values": {"temp": 1, "pressure": 1, "x": 2}}', offset=104),
         Record(b'{"entity": "a", "ts": "later", "values": {"temp": 1, "pressure": 1}}', offset=105),
         Record(b"x" * 100_000, offset=106),

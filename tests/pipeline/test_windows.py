@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.messages import BadReading, Reading
+from pipeline.timegrid import Grid
 from pipeline.windows import EntityWindows
 
 H = 3_600_000
@@ -90,3 +91,49 @@ def test_a_stream_of_many_distinct_entities_stays_within_the_live_ones() -> None
         if i % 1000 == 0:
             w.evict_idle(now, ttl_s=5.0)
     assert len(w) <= 6000 and w.data.shape[0] <= 8192
+
+
+def test_a_resend_one_second_later_is_a_duplicate_and_the_entity_goes_on() -> None:
+    """The re-send used to become the entity's cadence (1 s) and silence it for good."""
+    w = EntityWindows(1, 3)
+    for i in range(4):
+        w.push(r("a", i))
+    with pytest.raises(BadReading) as dup:
+        w.push(Reading("a", 3 * H + 1000, np.ones(1, dtype=np.float32)))
+    assert dup.value.reason == "duplicate"
+    assert [w.push(r("a", i)).ready for i in (4, 5, 6)] == [True, True, True]
+
+
+def test_jittered_readings_take_their_slots_without_phantom_fills() -> None:
+    w = EntityWindows(1, 4, grid=Grid(H, 0))
+    offsets = [0.2, -0.24, 0.1, -0.2, 0.24, -0.1]  # ± a quarter of an hour
+    pushed = [w.push(Reading("a", int((i + o) * H), np.full(1, i, np.float32))) for i, o in enumerate(offsets)]
+    assert [p.filled for p in pushed] == [0] * 6 and [p.slot_ts for p in pushed] == [i * H for i in range(6)]
+    assert w.window("a")[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def test_replace_policy_corrects_the_slot_instead_of_refusing() -> None:
+    w = EntityWindows(1, 3, grid=Grid(H, 0), duplicates="replace")
+    for i in range(3):
+        w.push(r("a", i))
+    assert w.push(r("a", 2, 42.0)).replaced
+    assert w.window("a")[:, 0].tolist() == [0.0, 1.0, 42.0]
+
+
+def test_a_missing_channel_is_filled_for_a_few_readings_then_refused() -> None:
+    w = EntityWindows(2, 3, grid=Grid(H, 0), max_missing_fill=2)
+    w.push(r("a", 0, 1.0, 10.0))
+    for i in (1, 2):
+        assert w.push(r("a", i, 1.0 + i, np.nan)).channels_filled == 1
+    assert w.window("a")[:, 1].tolist() == [10.0, 10.0, 10.0] and w.filled_inputs("a") == 2
+    with pytest.raises(BadReading) as err:
+        w.push(r("a", 3, 4.0, np.nan))
+    assert err.value.reason == "missing_channels"
+    assert w.push(r("a", 3, 4.0, 13.0)).ready  # the refusal moved nothing: slot 3 is still free
+
+
+def test_no_history_to_fill_from_is_refused() -> None:
+    w = EntityWindows(2, 3)
+    with pytest.raises(BadReading) as err:
+        w.push(r("a", 0, 1.0, np.nan))
+    assert err.value.reason == "missing_channels" and len(w) == 0

@@ -65,3 +65,27 @@ def test_a_source_commits_up_to_its_checkpoint_and_no_further(kafka_settings: Se
         assert first and first[0].value == b"10"
     finally:
         resumed.close()
+
+
+def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_the_sink_goes_on(
+    kafka_settings: Settings, kafka_client: str, collect
+) -> None:
+    """1.2 MB is over the broker's 1 MB limit: that one send is refused, a small dead letter names it,
+    and the messages around it are delivered; flush does not raise (one record never stops the service)."""
+    s = kafka_settings.model_copy(update={"kafka_client": kafka_client})
+    ensure_topics(s, [s.forecasts_topic, s.dlq_topic])
+    dlq = collect(s, s.dlq_topic)
+    out = collect(s, s.forecasts_topic)
+    sink = service_sink(s)
+    try:
+        huge = b'"' + b"x" * 1_200_000 + b'"'
+        sink.publish([Outgoing(s.forecasts_topic, b"a", b"1"), Outgoing(s.forecasts_topic, b"b", huge)])
+        sink.publish([Outgoing(s.forecasts_topic, b"c", b"2")])
+        _settle(sink, sink.mark())
+        sink.flush()
+        assert sink.refused == 1  # checked before the send: no producer poisoned by a fatal refusal
+    finally:
+        sink.close()
+    letters = dlq.wait_for(1, timeout_s=30)
+    assert [(d["reason"], d["key"], d["payload_bytes"]) for d in letters] == [("refused_by_broker", "b", len(huge))]
+    assert sorted(out.wait_for(2, timeout_s=30)) == [1, 2]

@@ -1,0 +1,114 @@
+"""One time grid for serving, training and monitoring, pure.
+
+A model is trained at a cadence (`interval_ms`) on a grid (`anchor_ms`, a phase within the
+interval). Both are facts of its training data: `infer_grid` reads them off the readings, the retrain
+flow stores them with the version, and every place that handles time (the service's windows, the
+retrain flow's alignment, the monitor's join of forecasts with readings) puts a reading in its
+slot with `Grid.slot`: round((ts - anchor) / interval). What the model saw in training is then what
+it sees in serving, and a jittered clock, a re-send or a lost reading never moves the cadence.
+
+>>> g = Grid(interval_ms=3_600_000, anchor_ms=0)
+>>> g.slot(7_200_000 + 600_000), g.slot(7_200_000 - 900_000)  # ±10 and ±15 min of jitter: slot 2
+(2, 2)
+>>> infer_grid([[0, 3_590_000, 7_210_000, 7_211_000, 10_800_000]]).interval_ms  # a re-send 1 s later
+3600000
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+# Cadences sensors are set to: an inferred interval within 1% of one of these is taken as it
+NICE_INTERVALS_MS = tuple(
+    s * 1000
+    for s in (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+)
+
+
+class GridError(ValueError):
+    """Too few readings, or no regular cadence, to tell a grid from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    interval_ms: int  # the cadence: one slot per interval
+    anchor_ms: int = 0  # where slots fall, in [0, interval): slot k is at anchor + k·interval
+    tolerance: float = 0.5  # a reading within this many intervals of its slot is that slot's value
+
+    def __post_init__(self):
+        if self.interval_ms <= 0:
+            raise GridError(f"a grid needs a positive interval, got {self.interval_ms} ms")
+
+    def slot(self, ts_ms: int) -> int:
+        """The slot a reading at `ts_ms` belongs to (integer arithmetic: exact for any epoch ms)."""
+        offset = ts_ms - self.anchor_ms
+        slot, rest = divmod(offset, self.interval_ms)
+        return slot + (2 * rest >= self.interval_ms)
+
+    def ts_of(self, slot: int) -> int:
+        """The time on the grid of `slot`."""
+        return self.anchor_ms + slot * self.interval_ms
+
+    def off_grid(self, ts_ms: int) -> bool:
+        """Whether `ts_ms` is further than the tolerance from its slot (never, at the default half)."""
+        return abs(ts_ms - self.ts_of(self.slot(ts_ms))) > self.tolerance * self.interval_ms
+
+    def to_dict(self) -> dict:
+        return {"interval_ms": int(self.interval_ms), "anchor_ms": int(self.anchor_ms)}
+
+    @classmethod
+    def from_dict(cls, doc: dict | None, tolerance: float = 0.5) -> Grid | None:
+        if not doc or not doc.get("interval_ms"):
+            return None
+        return cls(int(doc["interval_ms"]), int(doc.get("anchor_ms", 0)) % int(doc["interval_ms"]), tolerance)
+
+
+def infer_interval(series: Iterable[Iterable[int]]) -> int:
+    """The cadence of readings in several series (one per entity): robust to re-sends, jitter and gaps.
+
+    First a rough step, the median of every entity's median gap (a re-send or a gap is one odd gap
+    among many; a per-entity median keeps one chatty entity from outvoting the rest). Then refined
+    over whole runs: each gap counts round(gap / rough) steps, and the interval is the time those
+    runs span over the steps they hold, so jitter averages out over the run instead of skewing one
+    gap. Within 1% of a common cadence (1 s … 1 day) it is snapped to it."""
+    arrays = [np.unique(np.asarray(list(s), dtype=np.int64)) for s in series]
+    medians = [float(np.median(np.diff(a))) for a in arrays if len(a) >= 3]
+    if not medians:
+        raise GridError("at least one entity needs 3 readings at distinct times to tell its cadence")
+    rough = float(np.median(medians))
+    if rough <= 0:
+        raise GridError("the readings hold no time step")
+    spanned = steps = 0
+    for a in arrays:
+        gaps = np.diff(a)
+        n = np.rint(gaps / rough)
+        keep = n >= 1  # re-sends and sub-step jitter (n == 0) are not steps
+        spanned += int(gaps[keep].sum())
+        steps += int(n[keep].sum())
+    interval = spanned / steps if steps else rough
+    for nice in NICE_INTERVALS_MS:
+        if abs(interval - nice) <= 0.01 * nice:
+            return nice
+    return max(1, int(round(interval)))
+
+
+def infer_anchor(series: Iterable[Iterable[int]], interval_ms: int) -> int:
+    """The phase of the readings within the interval: a circular mean, so phases either side of
+    zero (a clock a minute early, another a minute late) average to zero, not to half an interval."""
+    angles = np.concatenate([np.asarray(list(s), dtype=np.int64) % interval_ms for s in series] or [np.zeros(0)])
+    if not angles.size:
+        return 0
+    theta = angles.astype(np.float64) * (2 * math.pi / interval_ms)
+    mean = math.atan2(float(np.sin(theta).mean()), float(np.cos(theta).mean()))
+    return int(round(mean / (2 * math.pi) * interval_ms)) % interval_ms
+
+
+def infer_grid(series: Iterable[Iterable[int]], tolerance: float = 0.5) -> Grid:
+    """The grid of readings in several series (epoch ms, one series per entity)."""
+    series = [list(s) for s in series]
+    interval = infer_interval(series)
+    return Grid(interval, infer_anchor(series, interval), tolerance)
