@@ -1,9 +1,10 @@
 """Drift, pure: join each forecast with the readings that later arrive, keep a rolling error per entity
 and channel beside persistence's (an online skill score), and say when a retrain is due.
 
-A forecast made after the reading at time t holds H steps; the k-th step is scored when the reading
-at t + k·cadence arrives (the cadence is the entity's smallest gap, as the service's windows keep it).
-Persistence is scored on the same steps: it would have said "the reading at t" for all of them.
+A forecast made after the reading in slot s of the time grid holds H steps; the k-th step is scored
+by the reading that lands in slot s + k, however its clock jitters (the grid: pipeline/timegrid.py,
+the forecast's own `ts` and `step_ms`; without them, one inferred from the entity's readings).
+Persistence is scored on the same steps: it would have said "the reading at s" for all of them.
 
 Drift fires when the model's rolling MAE, in units of the champion's holdout MAE, stays above
 `threshold` for `patience` consecutive scored readings of one entity, and at most once per `cooldown_s`.
@@ -26,6 +27,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from pipeline.timegrid import Grid, GridError, infer_grid
+
 DRIFT_EVENT = "sensorcast.drift"  # the Prefect event the monitor emits and the retrain deployment's trigger expects
 
 
@@ -36,9 +39,9 @@ def drift_resource(model_name: str) -> str:
 
 @dataclass
 class _Entity:
-    cadence: float | None = None
-    last_ts: float | None = None
-    pending: dict[float, list[tuple[str, float, float]]] = field(default_factory=dict)  # due ts → (ch, pred, last)
+    grid: Grid | None = None
+    times_ms: list[int] = field(default_factory=list)  # the first readings' times, until the grid is known
+    pending: dict[int, list[tuple[str, float, float]]] = field(default_factory=dict)  # due slot → (ch, pred, last)
     errors: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of the model
     naive: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of persistence
     above: int = 0  # consecutive scored readings over the threshold
@@ -72,31 +75,46 @@ class DriftTracker:
                 e.errors[c], e.naive[c] = deque(maxlen=self.window), deque(maxlen=self.window)
         return e
 
-    def on_forecast(self, entity: str, ts: float, forecast: dict[str, list[float]]) -> None:
-        """A forecast made after the reading at `ts`: its steps wait for the readings they predict."""
+    def on_forecast(
+        self, entity: str, ts: float, forecast: dict[str, list[float]], step_s: float | None = None
+    ) -> None:
+        """A forecast made after the reading at `ts` (seconds; the forecast's slot on the grid), whose
+        steps are `step_s` apart: its steps wait for the readings that land in their slots."""
         e = self._entity(entity)
-        if e.cadence is None or e.last_ts is None:
+        ts_ms = round(ts * 1000)
+        if step_s:
+            step_ms = round(step_s * 1000)
+            if e.grid is None or e.grid.interval_ms != step_ms:
+                e.grid = Grid(step_ms, ts_ms % step_ms)
+        if e.grid is None:
             return
         last = self._last_values.get(entity, {})
+        base = e.grid.slot(ts_ms)
         for k in range(len(next(iter(forecast.values()), []))):
-            due = ts + (k + 1) * e.cadence
-            e.pending.setdefault(due, []).extend((c, forecast[c][k], last.get(c, float("nan"))) for c in forecast)
+            e.pending.setdefault(base + k + 1, []).extend((c, forecast[c][k], last.get(c, float("nan"))) for c in forecast)
 
     def on_reading(self, entity: str, ts: float, values: dict[str, float], now_s: float) -> bool:
-        """Score every pending step due at `ts`; returns True when this reading makes drift fire."""
+        """Score every pending step due in the slot of `ts`; returns True when this reading makes drift fire."""
         e = self._entity(entity)
-        if e.last_ts is not None and ts > e.last_ts:
-            gap = ts - e.last_ts
-            e.cadence = gap if e.cadence is None else min(e.cadence, gap)
-        e.last_ts = ts if e.last_ts is None else max(e.last_ts, ts)
+        ts_ms = round(ts * 1000)
+        if e.grid is None:
+            e.times_ms.append(ts_ms)
+            try:
+                e.grid = infer_grid([e.times_ms[-16:]]) if len(e.times_ms) >= 3 else None
+            except GridError:
+                e.grid = None
+            if e.grid is None:
+                self._last_values[entity] = dict(values)
+                return False
+        slot = e.grid.slot(ts_ms)
         self._last_values[entity] = dict(values)
         scored = False
-        for channel, pred, last in e.pending.pop(ts, []):
+        for channel, pred, last in e.pending.pop(slot, []):
             if channel in values:
                 e.errors[channel].append(abs(values[channel] - pred))
                 e.naive[channel].append(abs(values[channel] - last))
                 scored = True
-        for due in [d for d in e.pending if d < ts]:  # steps whose reading never came (a gap): drop them
+        for due in [d for d in e.pending if d < slot]:  # steps whose reading never came (a gap): drop them
             del e.pending[due]
         if not scored:
             return False

@@ -159,11 +159,13 @@ class DriftMonitor:
     def handle(self, topic: str, value: bytes | None, now_s: float) -> None:
         try:
             doc = orjson.loads(value or b"")
-            entity, ts = doc["entity"], parse_ts(doc["ts"]) / 1000.0
+            entity, ts = doc["entity"], parse_ts(doc["ts"], self.settings.ts_unit) / 1000.0
         except (orjson.JSONDecodeError, KeyError, TypeError, BadReading):
             return  # the service's dead-letter topic already names bad readings
         if topic == self.settings.forecasts_topic:
-            self.tracker.on_forecast(entity, ts, doc.get("forecast", {}))
+            step = doc.get("step_ms")
+            step_s = step / 1000 if isinstance(step, int | float) and not isinstance(step, bool) and step > 0 else None
+            self.tracker.on_forecast(entity, ts, doc.get("forecast", {}), step_s)
             return
         values = {c: v for c, v in (doc.get("values") or {}).items() if isinstance(v, int | float)}
         if self.tracker.on_reading(entity, ts, values, now_s):

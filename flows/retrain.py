@@ -129,7 +129,7 @@ def fit(
             warm = True
     cfg = TrainConfig(epochs=epochs, lr=1e-3, schedule="cosine", patience=3, progress=False)
     result = train(model, train_w, val_w, cfg, desc="retrain")
-    extra = {"train_seconds": result.seconds, "epochs": result.epochs, "warm_started": warm}
+    extra = {"train_seconds": result.seconds, "epochs": result.epochs, "warm_started": warm, "grid": window.grid}
     save(out, model, window.channels, scaler, name=settings.model_name, extra=extra)
     sizes = {"train_windows": len(train_w), "val_windows": len(val_w), "holdout_windows": len(holdout)}
     return Candidate(model, scaler, result, warm, out), {"holdout": holdout, **sizes}

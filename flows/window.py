@@ -1,9 +1,12 @@
-"""The training window: readings pulled from Kafka, decoded by the service's own code, aligned on
-each entity's time grid with the service's gap policy, as a polars frame with its provenance.
+"""The training window: readings pulled from Kafka, decoded by the service's own code, put on one
+time grid (pipeline/timegrid.py) with the service's slot and gap policy, as a polars frame with its
+provenance. The grid is inferred from the readings (median gaps, refined over runs) and stored with
+the model, so the service slots readings exactly as training did.
 
     topic ─ read_since(now − hours) ─▶ parse_reading (refusals counted by reason, never fatal)
-          ─ per entity: sort, drop late/duplicate, fill ≤ max_fill_steps missing steps, cut at longer gaps
-          ─▶ frame (series, entity, ts, channels…) + Provenance
+          ─ infer_grid over every entity ─▶ per entity: each reading in its slot, the first of a slot
+            kept (a re-send is a duplicate), ≤ max_fill_steps missing slots filled, cut at longer gaps
+          ─▶ frame (series, entity, ts on the grid, channels…) + Provenance (with the grid)
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import orjson
 import polars as pl
 
 from pipeline.kafka.reader import read_since
-from pipeline.messages import BadReading, format_ts, parse_reading
+from pipeline.messages import BadReading, TimePolicy, format_ts, parse_reading
 from pipeline.settings import Settings
+from pipeline.timegrid import Grid, GridError, infer_anchor, infer_grid
 
 
 class WindowError(ValueError):
@@ -38,6 +42,8 @@ class Provenance:
     filled: int = 0  # steps forward-filled
     segments: int = 0  # contiguous runs kept (a gap longer than max_fill_steps starts a new one)
     time_range: tuple[str, str] | None = None
+    grid: dict | None = None  # {"interval_ms", "anchor_ms"}: the cadence and phase the model is trained at
+    duplicates: int = 0  # readings dropped as a second reading for a slot already filled
 
     def to_dict(self) -> dict:
         return {**asdict(self), "offsets": {str(p): list(r) for p, r in self.offsets.items()}}
@@ -48,6 +54,10 @@ class TrainingWindow:
     frame: pl.DataFrame  # series, entity, ts (epoch ms), one float column per channel; time-ordered per series
     channels: list[str]
     provenance: Provenance
+
+    @property
+    def grid(self) -> dict | None:
+        return self.provenance.grid
 
     def series(self) -> list[np.ndarray]:
         """One (T, N) array per contiguous series, for models.data.Windows."""
@@ -90,9 +100,12 @@ def pull_window(
     channels = channels or infer_channels([r.value for r in piece.records])
     entities, stamps, rows = [], [], []
     refused: Counter[str] = Counter()
+    policy = TimePolicy(settings.ts_unit, int(settings.max_future_s * 1000) if settings.max_future_s else None)
     for rec in piece.records:
         try:
-            reading = parse_reading(rec.value, channels, settings.max_payload_bytes)
+            reading = parse_reading(
+                rec.value, channels, settings.max_payload_bytes, record_ts_ms=rec.timestamp_ms, policy=policy
+            )
         except BadReading as bad:
             refused[bad.reason] += 1
             continue
@@ -102,45 +115,54 @@ def pull_window(
     prov.refused = dict(refused)
     if not rows:
         raise WindowError(f"none of the {prov.readings} readings in the window was valid: {prov.refused}")
-    frame = align(
-        pl.DataFrame({"entity": entities, "ts": stamps}).with_columns(
-            pl.DataFrame(np.stack(rows), schema=channels, orient="row")
-        ),
-        channels,
-        settings.max_fill_steps,
-        int(settings.reading_interval_s * 1000) if settings.reading_interval_s else None,
-        prov,
+    frame = pl.DataFrame({"entity": entities, "ts": stamps}).with_columns(
+        pl.DataFrame(np.stack(rows), schema=channels, orient="row")
     )
+    interval = int(settings.reading_interval_s * 1000) if settings.reading_interval_s else None
+    frame = align(frame, channels, settings.max_fill_steps, window_grid(frame, interval), prov)
     return TrainingWindow(frame, channels, prov)
 
 
+def window_grid(frame: pl.DataFrame, interval_ms: int | None = None) -> Grid:
+    """The grid of a frame's readings (entity, ts): the configured interval at the phase the readings
+    show, or both inferred."""
+    stamps = [g["ts"].to_list() for g in frame.partition_by("entity", maintain_order=True)]
+    try:
+        if interval_ms:
+            return Grid(interval_ms, infer_anchor(stamps, interval_ms))
+        return infer_grid(stamps)
+    except GridError as e:
+        raise WindowError(f"cannot tell the readings' cadence: {e}") from None
+
+
 def align(
-    frame: pl.DataFrame, channels: list[str], max_fill_steps: int, interval_ms: int | None, prov: Provenance
+    frame: pl.DataFrame, channels: list[str], max_fill_steps: int, grid: Grid | None, prov: Provenance
 ) -> pl.DataFrame:
-    """Each entity on its own time grid, as the service windows it: its cadence is the smallest gap
-    between its readings (or `interval_ms`); a duplicate or late reading is dropped; up to
-    `max_fill_steps` missing steps are filled with the last values; a longer gap starts a new series."""
+    """Every entity on one time grid, as the service windows it: each reading in its slot (the first
+    reading of a slot is kept, as the service refuses the second); up to `max_fill_steps` missing slots
+    are filled with the last values; a longer gap starts a new series. `grid` None: inferred here."""
+    grid = grid or window_grid(frame)
+    prov.grid = grid.to_dict()
     out = []
     for (entity,), g in frame.sort("entity", "ts", maintain_order=True).group_by("entity", maintain_order=True):
-        ts = g["ts"].to_numpy()
-        keep = np.concatenate([[True], np.diff(ts) > 0])  # sorted: a non-increasing step is a duplicate
-        ts, vals = ts[keep], g.select(channels).to_numpy()[keep]
-        gaps = np.diff(ts)
-        step = interval_ms or (int(gaps.min()) if len(gaps) else 0)
-        segment, seg_ts, seg_vals = 0, [ts[0]], [vals[0]]
-        for i in range(1, len(ts)):
-            missing = int(round(gaps[i - 1] / step)) - 1 if step and gaps[i - 1] > step * 1.5 else 0
+        slots = np.asarray([grid.slot(int(t)) for t in g["ts"].to_list()], dtype=np.int64)
+        keep = np.concatenate([[True], np.diff(slots) > 0])  # sorted: a repeated slot is a duplicate
+        prov.duplicates += int((~keep).sum())
+        slots, vals = slots[keep], g.select(channels).to_numpy()[keep]
+        segment, seg_slots, seg_vals = 0, [slots[0]], [vals[0]]
+        for i in range(1, len(slots)):
+            missing = int(slots[i] - slots[i - 1]) - 1
             if missing > max_fill_steps:
-                out.append(_series(entity, segment, seg_ts, seg_vals, channels))
-                segment, seg_ts, seg_vals = segment + 1, [], []
+                out.append(_series(entity, segment, grid, seg_slots, seg_vals, channels))
+                segment, seg_slots, seg_vals = segment + 1, [], []
             else:
                 for k in range(1, missing + 1):
-                    seg_ts.append(ts[i - 1] + k * step)
+                    seg_slots.append(slots[i - 1] + k)
                     seg_vals.append(vals[i - 1])
                 prov.filled += missing
-            seg_ts.append(ts[i])
+            seg_slots.append(slots[i])
             seg_vals.append(vals[i])
-        out.append(_series(entity, segment, seg_ts, seg_vals, channels))
+        out.append(_series(entity, segment, grid, seg_slots, seg_vals, channels))
     aligned = pl.concat(out)
     prov.segments = len(out)
     prov.rows_per_entity = {e: int(n) for e, n in aligned.group_by("entity").len().iter_rows()}
@@ -148,8 +170,9 @@ def align(
     return aligned
 
 
-def _series(entity: str, segment: int, ts: list, vals: list, channels: list[str]) -> pl.DataFrame:
+def _series(entity: str, segment: int, grid: Grid, slots: list, vals: list, channels: list[str]) -> pl.DataFrame:
     data = np.asarray(vals, dtype=np.float32).reshape(len(vals), len(channels))
-    return pl.DataFrame(
-        {"series": f"{entity}#{segment}", "entity": entity, "ts": np.asarray(ts, dtype=np.int64)}
-    ).with_columns(pl.DataFrame(data, schema=channels, orient="row"))
+    ts = grid.anchor_ms + np.asarray(slots, dtype=np.int64) * grid.interval_ms
+    return pl.DataFrame({"series": f"{entity}#{segment}", "entity": entity, "ts": ts}).with_columns(
+        pl.DataFrame(data, schema=channels, orient="row")
+    )

@@ -220,7 +220,8 @@ def run_demo(
                 fc = doc["forecast"].get(VIEW_CHANNEL)
                 if fc:
                     state.next_forecast[entity] = fc[0]
-                tracker.on_forecast(entity, parse_ts(stamp) / 1000, doc["forecast"])
+                step = doc.get("step_ms")
+                tracker.on_forecast(entity, parse_ts(stamp) / 1000, doc["forecast"], step / 1000 if step else None)
 
         from contextlib import nullcontext
 

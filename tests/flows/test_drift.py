@@ -54,3 +54,19 @@ def test_the_summary_averages_entities_and_names_metrics_per_channel() -> None:
     assert set(summary) == {"mae_ratio_temp", "persistence_mae_ratio_temp", "skill_temp", "entities_scored"}
     assert summary["mae_ratio_temp"] == tracker.mae("site", "temp") and summary["entities_scored"] == 1
     assert summary["skill_temp"] == tracker.skill("site", "temp")
+
+
+def test_jittered_readings_are_scored_and_a_level_shift_still_fires() -> None:
+    """±25% of an hour of jitter: before, forecasts were joined by exact ts and nothing was scored."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    tracker = DriftTracker(["temp"], reference_mae=0.5, window=24, threshold=2.0, patience=6, cooldown_s=1e9)
+    fired = []
+    for t in range(24 * 10):
+        clock = t * 3600 + rng.uniform(-0.25, 0.25) * 3600  # seconds, jittered
+        if tracker.on_reading("site", clock, {"temp": truth(t, 100)}, now_s=t):
+            fired.append(t)
+        tracker.on_forecast("site", t * 3600, {"temp": [truth(t + k) + 0.1 for k in range(1, H + 1)]}, step_s=3600)
+    assert len(tracker.entities["site"].errors["temp"]) == 24  # scored: the rolling window is full
+    assert fired and 100 < fired[0] <= 112, fired

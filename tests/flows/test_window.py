@@ -17,12 +17,37 @@ def test_align_fills_short_gaps_cuts_long_ones_and_drops_repeats() -> None:
     stamps = [0, 1, 2, 2, 5, 6, 20, 21, 22]  # hours: a repeat, a 2-step gap (filled), a 13-step gap (cut)
     frame = pl.DataFrame({"entity": "a", "ts": [h * HOUR for h in stamps], "v": [float(h) for h in stamps]})
     prov = Provenance("t", {}, None)
-    out = align(frame, ["v"], max_fill_steps=3, interval_ms=None, prov=prov)
+    out = align(frame, ["v"], max_fill_steps=3, grid=None, prov=prov)
     first = out.filter(pl.col("series") == "a#0")
     assert (first["ts"] // HOUR).to_list() == [0, 1, 2, 3, 4, 5, 6]
     assert first["v"].to_list() == [0.0, 1.0, 2.0, 2.0, 2.0, 5.0, 6.0]  # filled with the last values
     assert out.filter(pl.col("series") == "a#1")["v"].to_list() == [20.0, 21.0, 22.0]
     assert prov.filled == 2 and prov.segments == 2 and prov.rows_per_entity == {"a": 10}
+    assert prov.grid == {"interval_ms": HOUR, "anchor_ms": 0} and prov.duplicates == 1
+
+
+def test_a_jittered_entity_with_resends_keeps_every_reading_and_one_grid() -> None:
+    """Before, the smallest gap was the cadence: a jittered entity was cut into one-row series."""
+    rng = np.random.default_rng(3)
+    hours = np.arange(200)
+    jittered = (hours * HOUR + rng.uniform(-0.25, 0.25, 200) * HOUR).astype(np.int64)
+    resent = jittered[::10] + 1000  # a gateway re-sends every tenth reading a second later
+    clean = hours * HOUR
+    frame = pl.DataFrame(
+        {
+            "entity": ["jit"] * 220 + ["clean"] * 200,
+            "ts": np.concatenate([jittered, resent, clean]),
+            "v": np.concatenate([hours, hours[::10], hours]).astype(float),
+        }
+    )
+    prov = Provenance("t", {}, None)
+    out = align(frame, ["v"], max_fill_steps=3, grid=None, prov=prov)
+    anchor = prov.grid["anchor_ms"]
+    assert prov.grid["interval_ms"] == HOUR and min(anchor, HOUR - anchor) < 0.01 * HOUR  # the phase the clocks show
+    assert prov.rows_per_entity == {"jit": 200, "clean": 200} and prov.segments == 2 and prov.filled == 0
+    assert prov.duplicates == 20
+    jit = out.filter(pl.col("entity") == "jit")
+    assert jit["v"].to_list() == hours.astype(float).tolist() and (jit["ts"] % HOUR == anchor).all()
 
 
 @pytest.mark.integration
