@@ -91,7 +91,9 @@ class DriftTracker:
         last = self._last_values.get(entity, {})
         base = e.grid.slot(ts_ms)
         for k in range(len(next(iter(forecast.values()), []))):
-            e.pending.setdefault(base + k + 1, []).extend((c, forecast[c][k], last.get(c, float("nan"))) for c in forecast)
+            e.pending.setdefault(base + k + 1, []).extend(
+                (c, forecast[c][k], last.get(c, float("nan"))) for c in forecast
+            )
 
     def on_reading(self, entity: str, ts: float, values: dict[str, float], now_s: float) -> bool:
         """Score every pending step due in the slot of `ts`; returns True when this reading makes drift fire."""

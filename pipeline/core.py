@@ -42,6 +42,7 @@ class ServiceConfig:
     grid_tolerance: float = 0.5  # a reading further than this many intervals from its slot is off_grid
     time: TimePolicy = field(default_factory=TimePolicy)  # ts unit, how far ahead of the record a ts may be
     dlq_payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES  # the most of a refused payload a dead letter carries
+    key_policy: str = "refuse"  # a record whose key is not its entity: refuse (bad_key) or accept (counted)
 
     @classmethod
     def from_settings(cls, s) -> ServiceConfig:
@@ -60,6 +61,7 @@ class ServiceConfig:
             grid_tolerance=s.grid_tolerance,
             time=TimePolicy(s.ts_unit, int(s.max_future_s * 1000) if s.max_future_s else None),
             dlq_payload_bytes=s.dlq_payload_bytes,
+            key_policy=s.key_policy,
         )
 
 
@@ -178,6 +180,9 @@ class ForecastCore:
                 continue
             try:
                 reading = self._parse(rec, bounds)
+                if rec.key != reading.entity.encode():
+                    self._check_key(rec.key, reading.entity)
+                    stats.rekeyed += 1
                 pushed = self.windows.push(reading, now)
             except BadReading as bad:
                 self._dead_letter(bad, rec, out, stats)
@@ -186,8 +191,6 @@ class ForecastCore:
             stats.resets += int(pushed.reset)
             stats.replaced += int(pushed.replaced)
             stats.channels_filled += pushed.channels_filled
-            if rec.key is None or rec.key != reading.entity.encode():
-                stats.rekeyed += 1
             if not pushed.ready:
                 stats.buffered += 1
                 continue
@@ -251,6 +254,18 @@ class ForecastCore:
             policy=cfg.time,
             allow_missing=cfg.max_missing_fill > 0,
         )
+
+    def _check_key(self, key: bytes | None, entity: str) -> None:
+        """A record keyed otherwise than by its entity lands on a partition of its own key's choosing,
+        where it can be read before or after the entity's other readings: it would move the entity's
+        clock out of order. Refused by default; `key_policy="accept"` takes it (and counts it)."""
+        if self.cfg.key_policy == "refuse":
+            shown = "no key" if key is None else f"key {key[:64]!r}"
+            raise BadReading(
+                "bad_key",
+                f"the record has {shown}, not its entity {entity!r}: key readings by entity, so that each "
+                "entity's readings stay in order on one partition (or set SENSORCAST_KEY_POLICY=accept)",
+            )
 
     def _dead_letter(self, bad: BadReading, rec: Record, out: list[Outgoing], stats: BatchStats) -> None:
         stats.dead[bad.reason] = stats.dead.get(bad.reason, 0) + 1

@@ -45,6 +45,7 @@ REASONS = (
     "future_timestamp",
     "ts_unit",
     "off_grid",
+    "bad_key",
     "undecodable",
     "non_finite_forecast",
     "refused_by_broker",

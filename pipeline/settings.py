@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     max_future_s: float | None = Field(
         default=86_400.0, description="a ts further ahead of its Kafka record's timestamp is refused (future_timestamp)"
     )
+    key_policy: str = Field(
+        default="refuse",
+        pattern="^(refuse|accept)$",
+        description="a record not keyed by its entity (null or other key): refuse (bad_key) or accept and count it",
+    )
     max_message_bytes: int = Field(
         default=1_000_000,
         ge=1024,

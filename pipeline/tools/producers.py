@@ -178,3 +178,103 @@ def _stream_with_confluent(settings, rows: Iterator[Row], progress: Callable[[in
     if progress:
         progress(result.sent % 100)
     return result
+
+
+# -- a messy stream, on purpose --------------------------------------------------------------------
+Message = tuple[bytes | None, bytes]  # (key, value) as they go on the wire
+INCIDENTS = {  # kind → what the service should make of it: a dead-letter reason, or None (absorbed)
+    "jitter": None,  # every reading of a jittered entity, ± `jitter` of the interval
+    "resend": "duplicate",  # a gateway sends a reading again, a second later
+    "future_clock": "future_timestamp",  # one reading stamped 2101-01-01
+    "past_clock": "late",  # one reading stamped 1990-01-01
+    "epoch_seconds": "ts_unit",  # ts as epoch seconds, not milliseconds
+    "dropped_channel": None,  # a reading without its last channel: filled from the last value
+    "null_key": "bad_key",  # a reading with no key: on any partition, out of order with its entity's own
+    "junk_binary": "oversized",  # 900 KB of random bytes (under the broker's 1 MB)
+    "junk_control": "oversized",  # 180 KB of control characters inside a JSON string
+}
+
+
+@dataclass(frozen=True)
+class Incident:
+    kind: str
+    entity: str
+    ts_ms: int  # the clean reading's time it stands beside (or replaces)
+    expect: str | None  # the dead-letter reason it should get, or None: absorbed
+
+
+def messy(
+    rows: Iterator[Row], *, every: int = 25, jitter: float = 0.25, interval_ms: int = 3_600_000, seed: int = 0
+) -> Iterator[tuple[Message, Incident | None]]:
+    """The rows as a real gateway sends them: the first entity's clock jitters by ± `jitter` of the
+    interval, and every `every`-th row brings one incident of INCIDENTS in turn (round robin), beside or
+    instead of its reading. Yields each message with the incident it carries (None: a plain reading)."""
+    from pipeline.messages import encode_reading, format_ts
+
+    rng = np.random.default_rng(seed)
+    kinds = [k for k in INCIDENTS if k != "jitter"]
+    jittery: str | None = None
+    for n, (entity, ts, values) in enumerate(rows):
+        key = entity.encode()
+        jittery = jittery or entity
+        if entity == jittery:
+            ts = ts + int(rng.uniform(-jitter, jitter) * interval_ms)
+        plain = ((key, encode_reading(entity, format_ts(ts), values)), None)
+        if n == 0 or n % every:
+            yield plain
+            continue
+        kind = kinds[(n // every - 1) % len(kinds)]
+        incident = Incident(kind, entity, ts, INCIDENTS[kind])
+        if kind == "resend":
+            yield plain
+            yield (key, encode_reading(entity, format_ts(ts + 1000), values)), incident
+        elif kind == "future_clock":
+            yield (key, encode_reading(entity, "2101-01-01T00:00:00Z", values)), incident
+            yield plain
+        elif kind == "past_clock":
+            yield (key, encode_reading(entity, "1990-01-01T00:00:00Z", values)), incident
+            yield plain
+        elif kind == "epoch_seconds":
+            yield (key, encode_reading(entity, ts // 1000, values)), incident
+            yield plain
+        elif kind == "dropped_channel":
+            yield (key, encode_reading(entity, format_ts(ts), dict(list(values.items())[:-1]))), incident
+        elif kind == "null_key":
+            yield (None, encode_reading(entity, format_ts(ts), values)), incident
+        elif kind == "junk_binary":
+            yield (key, rng.integers(0, 256, 900_000, dtype=np.uint8).tobytes()), incident
+            yield plain
+        else:  # junk_control
+            yield (key, b'{"entity": "' + bytes(rng.integers(1, 32, 180_000, dtype=np.uint8)) + b'"}'), incident
+            yield plain
+
+
+def send_messages(settings, messages: Iterator[Message], progress: Callable[[int], None] | None = None) -> Delivery:
+    """Send raw (key, value) messages to the readings topic and wait for the broker's answer to each."""
+    from kafka.errors import KafkaError
+
+    from pipeline.kafka import close_producer, flush_producer, make_producer
+
+    producer = make_producer(settings)
+    result = Delivery()
+
+    def confirmed(_metadata) -> None:
+        result.confirmed += 1
+
+    def refused(error: Exception) -> None:
+        if result.first_error is None:
+            result.first_error = f"{type(error).__name__}: {error}"
+
+    try:
+        for key, value in messages:
+            producer.send(settings.readings_topic, key=key, value=value).add_callback(confirmed).add_errback(refused)
+            result.sent += 1
+            if progress:
+                progress(1)
+        try:
+            flush_producer(producer, 60)
+        except KafkaError as e:
+            result.first_error = result.first_error or f"not confirmed within 60 s: {e}"
+    finally:
+        close_producer(producer, 5)
+    return result

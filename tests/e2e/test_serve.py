@@ -98,7 +98,7 @@ BAD_PAYLOADS: list[
         b'{"entity": "e0", "ts": 1, "values": {"temp": 3e38, "pressure": 3e38}}',
         "out_of_range",
     ),  # finite, beyond the model
-    (b'{"entity": "e0", "ts": 1, "values": {"temp": 1}}', "missing_channels"),
+    (b'{"entity": "e0", "ts": 1, "values": {}}', "missing_channels"),
     (b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1, "rpm": 5}}', "unknown_channels"),
     (b'{"entity": "e0", "ts": 1, "values": {"temp": 1, "pressure": 1}, "pad": "' + b"x" * 70_000 + b'"}', "oversized"),
 ]

@@ -42,7 +42,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_readings_keep_flowing
         Record(b"", offset=100),
         Record(b"{nope", offset=101),
         Record(b'{"entity": "a", "ts": 99, "values": {"temp": NaN, "pressure": 1}}', offset=102),
-        Record(b'{"entity": "new", "ts": 99, "values": {"temp": 1}}', offset=103),  # nothing to fill from
+        Record(b'{"entity": "new", "ts": 99, "values": {"temp": 1}}', b"new", offset=103),  # nothing to fill from
         Record(b'{"entity": "a", "ts": 99, "values": {"temp": 1, "pressure": 1, "x": 2}}', offset=104),
         Record(b'{"entity": "a", "ts": "later", "values": {"temp": 1, "pressure": 1}}', offset=105),
         Record(b"x" * 100_000, offset=106),
@@ -96,3 +96,12 @@ def test_an_entity_silent_past_the_ttl_is_forgotten_and_warms_up_again() -> None
     assert later.stats.evicted == 1 and set(c.windows.slots) == {"busy"}
     back = c.prepare([reading("quiet", 4)], now_s=101.0)
     assert back.ready == [] and back.stats.buffered == 1  # a fresh window: warming again, no stale history
+
+
+def test_a_record_not_keyed_by_its_entity_is_refused_or_counted_and_forecasts_are_keyed_by_entity() -> None:
+    stream = [reading("a", s) for s in range(5)]
+    stream[4] = Record(stream[4].value, None)  # no key: it could sit on any partition, out of order
+    out, stats = core().process(stream)
+    assert [orjson.loads(m.value)["reason"] for m in out if m.topic == "sensors.dlq"] == ["bad_key"]
+    out, stats = core(key_policy="accept").process(stream)
+    assert stats.rekeyed == 1 and [m.key for m in out if m.topic == "sensors.forecasts"] == [b"a", b"a"]

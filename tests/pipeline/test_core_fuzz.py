@@ -103,7 +103,10 @@ def test_a_non_finite_forecast_becomes_a_dead_letter_not_a_null() -> None:
     core = ForecastCore(ModelSlot(ExplodingModel(CH, lookback=LOOKBACK)), ServiceConfig())
     temps = [1.0, 2.0, 3.0, 4.0, 500.0, 6.0]
     out, stats = core.process(
-        [Record(encode_reading("a", s * HOUR, {"temp": t, "pressure": 0.0}), offset=s) for s, t in enumerate(temps)]
+        [
+            Record(encode_reading("a", s * HOUR, {"temp": t, "pressure": 0.0}), b"a", offset=s)
+            for s, t in enumerate(temps)
+        ]
     )
     dead = [orjson.loads(m.value) for m in out if m.topic == core.cfg.dlq_topic]
     assert stats.forecasts == 2 and stats.dead == {"non_finite_forecast": 1}
@@ -116,7 +119,7 @@ def test_real_networks_stay_finite_at_the_edge_of_the_models_range(architecture:
     core = ForecastCore(ModelSlot(real_forecaster(architecture)), ServiceConfig())
     edge = [1e9, -1e9, 1e9, 0.0, -1e9, 1e9]
     out, stats = core.process(
-        [Record(encode_reading("a", s * HOUR, {"temp": v, "pressure": -v})) for s, v in enumerate(edge)]
+        [Record(encode_reading("a", s * HOUR, {"temp": v, "pressure": -v}), b"a") for s, v in enumerate(edge)]
     )
     assert stats.forecasts == 3 and not stats.dead
     assert all(math.isfinite(v) for m in out for ch in orjson.loads(m.value)["forecast"].values() for v in ch)
