@@ -349,12 +349,16 @@ def produce_cmd(
     limit: Optional[int] = typer.Option(None, help="stop after this many readings"),
     duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
     kafka_client: Optional[str] = typer.Option(None, "--kafka-client", help="kafka-python (default) or confluent"),
+    messy_every: int = typer.Option(
+        0, "--messy", help="every N-th reading brings an incident: re-send, broken clock, epoch seconds, junk… (0: off)"
+    ),
 ) -> None:
-    """Replay a CSV as a live stream of readings, or simulate many sensors."""
+    """Replay a CSV as a live stream of readings, or simulate many sensors (with --messy, as a real gateway
+    sends them: the first entity's clock jitters and incidents come in turn; see the README's Time)."""
     from tqdm import tqdm
 
     from pipeline.kafka import KafkaUnavailable, ensure_topics
-    from pipeline.tools.producers import paced, replay_rows, simulate, stream_to_kafka
+    from pipeline.tools.producers import messy, paced, replay_rows, send_messages, simulate, stream_to_kafka
 
     settings = Settings.load(kafka_client=kafka_client)
     try:
@@ -365,7 +369,14 @@ def produce_cmd(
             else replay_rows(data, entity_column=entity_column, copies=copies, offset_rows=offset_rows)
         )
         with tqdm(total=limit, unit="reading", desc=f"→ {settings.readings_topic}") as bar:
-            delivery = stream_to_kafka(settings, paced(rows, rate, limit, duration), progress=bar.update)
+            if messy_every:
+                interval = 1000 if simulate_entities else 3_600_000
+                mess = (
+                    m for m, _ in messy(paced(rows, rate, limit, duration), every=messy_every, interval_ms=interval)
+                )
+                delivery = send_messages(settings, mess, progress=bar.update)
+            else:
+                delivery = stream_to_kafka(settings, paced(rows, rate, limit, duration), progress=bar.update)
     except (KafkaUnavailable, ValueError) as e:
         _fail(str(e))
     if delivery.failed:
