@@ -224,6 +224,8 @@ def _register(settings, candidate, decision, window, trigger, reason, sizes, sam
                 "channels": ",".join(window.channels),
                 "warm_start": candidate.warm_started,
                 "topic": window.provenance.topic,
+                "grid_interval_ms": (window.grid or {}).get("interval_ms"),
+                "grid_anchor_ms": (window.grid or {}).get("anchor_ms"),
                 **PRESETS["serving"],
                 **sizes,
             }
@@ -243,6 +245,8 @@ def _register(settings, candidate, decision, window, trigger, reason, sizes, sam
         client.set_model_version_tag(settings.model_name, version, "gate", decision.reason)
         client.set_model_version_tag(settings.model_name, version, "holdout_mse", json.dumps(decision.scores))
         client.set_model_version_tag(settings.model_name, version, "holdout_mae", json.dumps(decision.candidate_mae))
+        if window.grid:  # the cadence and phase it was trained at: the service slots readings on them
+            client.set_model_version_tag(settings.model_name, version, "grid", json.dumps(window.grid))
         if decision.promote:
             client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
     return version, run.info.run_id

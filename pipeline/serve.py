@@ -36,6 +36,17 @@ class _Observer:
             self.metrics.set_lag(lag)
 
 
+def rehydrate_span_ms(settings: Settings, forecaster) -> int | None:
+    """How far back in time a restart re-reads to refill the windows: twice the model's window with
+    its fillable gaps, on the grid the service slots readings on (None: no grid known, read back
+    `rehydrate_records` records instead)."""
+    interval = settings.reading_interval_s * 1000 if settings.reading_interval_s else None
+    interval = interval or (forecaster.grid or {}).get("interval_ms")
+    if not interval:
+        return None
+    return int(2 * (forecaster.lookback + settings.max_fill_steps + 1) * interval)
+
+
 def serve(settings: Settings, stop: threading.Event | None = None, metrics: ServiceMetrics | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or `stop`); the batch in flight is published and committed first."""
     torch.set_num_threads(settings.torch_threads)
@@ -61,7 +72,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     )
 
     ensure_topics(settings)
-    source = service_source(settings)
+    source = service_source(settings, rehydrate_span_ms(settings, forecaster))
     sink = service_sink(settings)
     slot = ModelSlot(forecaster)
     core = ForecastCore(slot, ServiceConfig.from_settings(settings))

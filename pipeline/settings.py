@@ -181,7 +181,8 @@ class Settings(BaseSettings):
         default=86_400.0, description="forget an entity's window after this many seconds without a reading"
     )
     rehydrate_records: int = Field(
-        default=20_000, description="records per partition re-read on start to refill windows"
+        default=20_000,
+        description="records per partition re-read on start to refill windows when no grid is known (else: by time)",
     )
     device: str = Field(default="auto", description="auto (CUDA when present), cuda or cpu")
     torch_threads: int = Field(default=1, description="torch intra-op threads for the forward pass")

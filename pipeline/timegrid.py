@@ -98,13 +98,17 @@ def infer_interval(series: Iterable[Iterable[int]]) -> int:
 
 def infer_anchor(series: Iterable[Iterable[int]], interval_ms: int) -> int:
     """The phase of the readings within the interval: a circular mean, so phases either side of
-    zero (a clock a minute early, another a minute late) average to zero, not to half an interval."""
+    zero (a clock a minute early, another a minute late) average to zero, not to half an interval;
+    rounded to a sixtieth of the interval."""
     angles = np.concatenate([np.asarray(list(s), dtype=np.int64) % interval_ms for s in series] or [np.zeros(0)])
     if not angles.size:
         return 0
     theta = angles.astype(np.float64) * (2 * math.pi / interval_ms)
     mean = math.atan2(float(np.sin(theta).mean()), float(np.cos(theta).mean()))
-    return int(round(mean / (2 * math.pi) * interval_ms)) % interval_ms
+    # on a round mark, a sixtieth of the interval (the minute of an hour): jittered clocks leave the
+    # mean a few hundred ms off, and a forecast for 09:59:59.549 helps nobody
+    unit = interval_ms // 60 if interval_ms % 60 == 0 else 1
+    return int(round(mean / (2 * math.pi) * interval_ms / unit)) * unit % interval_ms
 
 
 def infer_grid(series: Iterable[Iterable[int]], tolerance: float = 0.5) -> Grid:

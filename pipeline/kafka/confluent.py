@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from pipeline.kafka.clients import RECONNECT_BACKOFF_MAX_MS, KafkaUnavailable, unreachable
 from pipeline.kafka.security import confluent_security
 from pipeline.kafka.sink import MAX_MESSAGE_BYTES, OutputRefused, oversized, refusal_letter
+from pipeline.kafka.source import commit_metadata, committed_ts
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
 
@@ -208,9 +209,17 @@ class ConfluentSource:
     message to be confirmed and commits, before the partitions go to another instance: a hand-over
     re-forecasts nothing that was confirmed."""
 
-    def __init__(self, consumer: Consumer, topic: str, rehydrate_records: int = 0, timeout_s: float = 30.0):
+    def __init__(
+        self,
+        consumer: Consumer,
+        topic: str,
+        rehydrate_records: int = 0,
+        timeout_s: float = 30.0,
+        rehydrate_ms: int | None = None,
+    ):
         self.consumer, self.topic = consumer, topic
-        self.rehydrate_records, self.timeout_s = rehydrate_records, timeout_s
+        self.rehydrate_records, self.timeout_s, self.rehydrate_ms = rehydrate_records, timeout_s, rehydrate_ms
+        self._last_ts: dict[int, int] = {}  # partition → timestamp of the last record read
         self.before_revoke: Callable[[], None] | None = None
         self.replay_until: dict[int, int] = {}
         self._position: dict[int, int] = {}  # partition → next offset to read
@@ -236,6 +245,11 @@ class ConfluentSource:
                 low, _high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
                 self._committed[p] = tp.offset
                 start = max(low, tp.offset - self.rehydrate_records)
+                last_ts = committed_ts(tp.metadata)
+                if self.rehydrate_ms and last_ts is not None:  # by time: however many entities share it
+                    query = TopicPartition(self.topic, p, max(0, last_ts - self.rehydrate_ms))
+                    found = consumer.offsets_for_times([query], timeout=self.timeout_s)[0].offset
+                    start = max(low, min(tp.offset, found if found >= 0 else tp.offset))
                 if start < tp.offset:
                     self.replay_until[p] = tp.offset
                 self._position[p] = start
@@ -258,7 +272,7 @@ class ConfluentSource:
 
     def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            for table in (self._position, self._committed, self.replay_until):
+            for table in (self._position, self._committed, self.replay_until, self._last_ts):
                 table.pop(tp.partition, None)
             self.assigned.discard(tp.partition)
         self._buffer = [m for m in self._buffer if m.partition() in self.assigned]
@@ -288,7 +302,7 @@ class ConfluentSource:
         if len(messages) < max_records:
             messages.extend(self.consumer.consume(max_records - len(messages), 0))
         out = []
-        position, replay_until = self._position, self.replay_until
+        position, replay_until, last_ts = self._position, self.replay_until, self._last_ts
         for m in messages:
             err = m.error()
             if err is not None:
@@ -296,23 +310,27 @@ class ConfluentSource:
                     raise KafkaException(err)
                 log.warning("consumer: %s", err)
                 continue
-            p, offset = m.partition(), m.offset()
+            p, offset, ts = m.partition(), m.offset(), m.timestamp()[1]
             until = replay_until.get(p)
-            out.append(
-                Record(m.value(), m.key(), m.topic(), p, offset, m.timestamp()[1], until is not None and offset < until)
-            )
+            out.append(Record(m.value(), m.key(), m.topic(), p, offset, ts, until is not None and offset < until))
             position[p] = offset + 1
+            last_ts[p] = ts
             if until is not None and offset + 1 >= until:
                 del replay_until[p]
         return out
 
-    def checkpoint(self) -> dict[int, int]:
-        return dict(self._position)
+    def checkpoint(self) -> dict[int, tuple[int, int | None]]:
+        return {p: (pos, self._last_ts.get(p)) for p, pos in self._position.items()}
 
-    def commit(self, checkpoint: dict[int, int] | None = None) -> None:
-        """Commit up to `checkpoint` (default: all polled) on the partitions this instance still holds."""
-        upto = self._position if checkpoint is None else {p: o for p, o in checkpoint.items() if p in self._position}
-        moved = [TopicPartition(self.topic, p, pos) for p, pos in upto.items() if self._committed.get(p) != pos]
+    def commit(self, checkpoint: dict[int, tuple[int, int | None]] | None = None) -> None:
+        """Commit up to `checkpoint` (default: all polled) on the partitions this instance still holds,
+        with the timestamp of the last record covered (a restart or a new owner reads back by time)."""
+        upto = self.checkpoint() if checkpoint is None else checkpoint
+        moved = [
+            TopicPartition(self.topic, p, pos, metadata=commit_metadata(ts))
+            for p, (pos, ts) in upto.items()
+            if p in self._position and self._committed.get(p) != pos
+        ]
         if not moved:
             return
         deadline = time.monotonic() + self.timeout_s
@@ -352,7 +370,7 @@ class ConfluentSource:
         self.consumer.close()  # leaves the group at once: the others rebalance without waiting
 
 
-def confluent_source(settings: Settings, **overrides: Any) -> ConfluentSource:
+def confluent_source(settings: Settings, rehydrate_ms: int | None = None, **overrides: Any) -> ConfluentSource:
     """The service's source as the settings describe it (the readings topic, the group, rehydration)."""
     config = consumer_config(settings, **overrides)
     consumer = Consumer(config)
@@ -361,4 +379,4 @@ def confluent_source(settings: Settings, **overrides: Any) -> ConfluentSource:
     except KafkaException as e:
         consumer.close()
         raise unreachable(settings, e) from e
-    return ConfluentSource(consumer, settings.readings_topic, settings.rehydrate_records)
+    return ConfluentSource(consumer, settings.readings_topic, settings.rehydrate_records, rehydrate_ms=rehydrate_ms)

@@ -11,18 +11,19 @@ from pipeline.records import Sink, Source
 from pipeline.settings import Settings
 
 
-def service_source(settings: Settings) -> Source:
+def service_source(settings: Settings, rehydrate_ms: int | None = None) -> Source:
+    """`rehydrate_ms`: how far back in time a restart re-reads to refill windows (None: by record count)."""
     if settings.kafka_client == "confluent":
         from pipeline.kafka.confluent import confluent_source
 
-        source = confluent_source(settings)
+        source = confluent_source(settings, rehydrate_ms)
         try:
             source.wait_assigned(settings.startup_timeout_s)
         except Exception:
             source.close()
             raise
         return source
-    return kafka_source(settings)
+    return kafka_source(settings, rehydrate_ms)
 
 
 def service_sink(settings: Settings) -> Sink:

@@ -29,9 +29,12 @@ class KafkaSource:
     commit (assignment made before topic metadata arrived, then a rebalance that never completed).
     Offsets are still committed to the consumer group, so a restart resumes where it stopped.
 
-    On start each partition is rewound up to `rehydrate_records` before its committed offset and
-    those records are marked as replays, so the windows that a previous process held are rebuilt
-    before new readings are forecast: a restart costs no forecasts."""
+    On start each partition is rewound before its committed offset and those records are marked as
+    replays, so the windows that a previous process held are rebuilt before new readings are
+    forecast: a restart costs no forecasts. How far: by time when `rehydrate_ms` is known (the
+    model's window in time; each commit carries the timestamp of the last record it covers, and the
+    partition is read back from that time less `rehydrate_ms`, however many entities share it), else
+    `rehydrate_records` records."""
 
     def __init__(
         self,
@@ -42,10 +45,12 @@ class KafkaSource:
         partitions: list[int] | None = None,
         timeout_s: float = 30.0,
         new_group_from: str = "earliest",
+        rehydrate_ms: int | None = None,
     ):
         self.fetcher, self.committer = fetcher, committer
         self.replay_until: dict[TopicPartition, int] = {}
         self._position: dict[TopicPartition, int] = {}  # next offset to read, per partition
+        self._last_ts: dict[TopicPartition, int] = {}  # timestamp of the last record read, per partition
         self._committed: dict[TopicPartition, int] = {}
         self._last_unstick = 0.0
         tps = [
@@ -55,12 +60,17 @@ class KafkaSource:
         beginnings = fetcher.beginning_offsets(tps)
         ends = fetcher.end_offsets(tps)
         for tp in tps:
-            committed = committer.committed(tp)
+            meta = committer.committed(tp, metadata=True)
+            committed = None if meta is None or meta.offset is None or meta.offset < 0 else meta.offset
             if committed is None:  # a new group: from the topic's start, or only what comes next
                 start = beginnings[tp] if new_group_from == "earliest" else ends[tp]
             else:
                 self._committed[tp] = committed
                 start = max(beginnings[tp], committed - rehydrate_records)
+                last_ts = committed_ts(meta.metadata)
+                if rehydrate_ms and last_ts is not None:
+                    found = fetcher.offsets_for_times({tp: max(0, last_ts - rehydrate_ms)}).get(tp)
+                    start = max(beginnings[tp], min(committed, found.offset if found is not None else committed))
                 if start < committed:
                     self.replay_until[tp] = committed
             fetcher.seek(tp, start)
@@ -82,6 +92,7 @@ class KafkaSource:
                 for r in records
             )
             self._position[tp] = records[-1].offset + 1
+            self._last_ts[tp] = records[-1].timestamp
             if until is not None and records[-1].offset + 1 >= until:
                 del self.replay_until[tp]
         return out
@@ -97,21 +108,23 @@ class KafkaSource:
         for tp in self.fetcher.assignment():
             self.fetcher.position(tp)
 
-    def checkpoint(self) -> dict[TopicPartition, int]:
-        return dict(self._position)
+    def checkpoint(self) -> dict[TopicPartition, tuple[int, int | None]]:
+        return {tp: (pos, self._last_ts.get(tp)) for tp, pos in self._position.items()}
 
-    def commit(self, checkpoint: dict[TopicPartition, int] | None = None) -> None:
+    def commit(self, checkpoint: dict[TopicPartition, tuple[int, int | None]] | None = None) -> None:
         """Commit every partition read past its last commit, up to `checkpoint` (default: all polled;
-        the loop calls this only once the outputs of what it covers are published and confirmed)."""
-        upto = self._position if checkpoint is None else checkpoint
-        moved = {tp: pos for tp, pos in upto.items() if self._committed.get(tp) != pos}
+        the loop calls this only once the outputs of what it covers are published and confirmed), with
+        the timestamp of the last record covered (a restart reads back by time from there)."""
+        upto = self.checkpoint() if checkpoint is None else checkpoint
+        moved = {tp: at for tp, at in upto.items() if self._committed.get(tp) != at[0]}
         if not moved:
             return
+        offsets = {tp: OffsetAndMetadata(pos, commit_metadata(ts), -1) for tp, (pos, ts) in moved.items()}
         deadline = time.monotonic() + 30.0
         while True:
             try:
-                self.committer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in moved.items()})
-                self._committed.update(moved)
+                self.committer.commit(offsets)
+                self._committed.update({tp: pos for tp, (pos, _) in moved.items()})
                 return
             except KafkaError as e:
                 # The coordinator moving (a broker restarting) or a group in flux: try again for a
@@ -139,8 +152,24 @@ class KafkaSource:
         self.committer.close()
 
 
-def kafka_source(settings: Settings, **overrides: Any) -> KafkaSource:
-    """The service's source as the settings describe it: topic, group, partitions, rehydration."""
+def commit_metadata(last_ts: int | None) -> str:
+    """What a commit carries besides its offset: the timestamp of the last record it covers."""
+    return "" if last_ts is None or last_ts < 0 else f"ts={last_ts}"
+
+
+def committed_ts(metadata: str | None) -> int | None:
+    """The timestamp a commit carried (None: an older commit, or another client's)."""
+    if metadata and metadata.startswith("ts="):
+        try:
+            return int(metadata[3:])
+        except ValueError:
+            return None
+    return None
+
+
+def kafka_source(settings: Settings, rehydrate_ms: int | None = None, **overrides: Any) -> KafkaSource:
+    """The service's source as the settings describe it: topic, group, partitions, rehydration (by
+    time over `rehydrate_ms` when the model's window in time is known, else by record count)."""
     fetcher = make_consumer(settings, group=None, **{"max_poll_records": settings.max_batch, **overrides})
     try:
         committer = make_consumer(settings)
@@ -155,6 +184,7 @@ def kafka_source(settings: Settings, **overrides: Any) -> KafkaSource:
             settings.rehydrate_records,
             partitions=settings.partition_list,
             new_group_from=settings.offset_reset,
+            rehydrate_ms=rehydrate_ms,
         )
     except Exception:
         fetcher.close()

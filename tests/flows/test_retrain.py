@@ -28,13 +28,15 @@ ENTITIES = ("north", "south", "east")
 
 
 def history(steps: range) -> list[tuple[bytes, bytes]]:
-    """Daily cycles with a per-site phase: a network beats repeating the last value on them."""
+    """Daily cycles with a per-site phase: a network beats repeating the last value on them. The east
+    site's clock jitters by up to ±25% of the hour (before the one grid, it dropped out of training)."""
     out = []
     for s in steps:
         for k, e in enumerate(ENTITIES):
             temp = 15 + 8 * math.sin(2 * math.pi * (s + 3 * k) / 24) + 0.1 * ((s * 7 + k) % 5)
             rh = 60 + 20 * math.cos(2 * math.pi * (s + 5 * k) / 24)
-            out.append((e.encode(), encode_reading(e, s * HOUR, {"temp": temp, "rh": rh})))
+            jitter = int(((s * 37) % 21 - 10) / 40 * HOUR) if e == "east" else 0
+            out.append((e.encode(), encode_reading(e, s * HOUR + jitter, {"temp": temp, "rh": rh})))
     return out
 
 
@@ -92,6 +94,8 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     assert {"provenance.json", "loss.png", "forecast.png", "gate.txt"} <= artifacts
     provenance = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/provenance.json")
     assert provenance["rows_per_entity"] == {e: 200 for e in ENTITIES} and provenance["refused"] == {"not_json": 1}
+    assert provenance["grid"] == {"interval_ms": HOUR, "anchor_ms": 0} and provenance["segments"] == 3
+    assert json.loads(client.get_model_version(loop_settings.model_name, "1").tags["grid"])["interval_ms"] == HOUR
 
     # the registered model predicts in a clean process, from the registry alone
     probe = (
