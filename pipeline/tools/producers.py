@@ -205,10 +205,11 @@ class Incident:
 
 def messy(
     rows: Iterator[Row], *, every: int = 25, jitter: float = 0.25, interval_ms: int = 3_600_000, seed: int = 0
-) -> Iterator[tuple[Message, Incident | None]]:
+) -> Iterator[tuple[Message, Incident | None, Row]]:
     """The rows as a real gateway sends them: the first entity's clock jitters by ± `jitter` of the
     interval, and every `every`-th row brings one incident of INCIDENTS in turn (round robin), beside or
-    instead of its reading. Yields each message with the incident it carries (None: a plain reading)."""
+    instead of its reading. Yields each message with the incident it carries (None: a plain reading)
+    and the row it came from (its ts jittered)."""
     from pipeline.messages import encode_reading, format_ts
 
     rng = np.random.default_rng(seed)
@@ -219,7 +220,8 @@ def messy(
         jittery = jittery or entity
         if entity == jittery:
             ts = ts + int(rng.uniform(-jitter, jitter) * interval_ms)
-        plain = ((key, encode_reading(entity, format_ts(ts), values)), None)
+        row = (entity, ts, values)
+        plain = ((key, encode_reading(entity, format_ts(ts), values)), None, row)
         if n == 0 or n % every:
             yield plain
             continue
@@ -227,25 +229,25 @@ def messy(
         incident = Incident(kind, entity, ts, INCIDENTS[kind])
         if kind == "resend":
             yield plain
-            yield (key, encode_reading(entity, format_ts(ts + 1000), values)), incident
+            yield (key, encode_reading(entity, format_ts(ts + 1000), values)), incident, row
         elif kind == "future_clock":
-            yield (key, encode_reading(entity, "2101-01-01T00:00:00Z", values)), incident
+            yield (key, encode_reading(entity, "2101-01-01T00:00:00Z", values)), incident, row
             yield plain
         elif kind == "past_clock":
-            yield (key, encode_reading(entity, "1990-01-01T00:00:00Z", values)), incident
+            yield (key, encode_reading(entity, "1990-01-01T00:00:00Z", values)), incident, row
             yield plain
         elif kind == "epoch_seconds":
-            yield (key, encode_reading(entity, ts // 1000, values)), incident
+            yield (key, encode_reading(entity, ts // 1000, values)), incident, row
             yield plain
         elif kind == "dropped_channel":
-            yield (key, encode_reading(entity, format_ts(ts), dict(list(values.items())[:-1]))), incident
+            yield (key, encode_reading(entity, format_ts(ts), dict(list(values.items())[:-1]))), incident, row
         elif kind == "null_key":
-            yield (None, encode_reading(entity, format_ts(ts), values)), incident
+            yield (None, encode_reading(entity, format_ts(ts), values)), incident, row
         elif kind == "junk_binary":
-            yield (key, rng.integers(0, 256, 900_000, dtype=np.uint8).tobytes()), incident
+            yield (key, rng.integers(0, 256, 900_000, dtype=np.uint8).tobytes()), incident, row
             yield plain
         else:  # junk_control
-            yield (key, b'{"entity": "' + bytes(rng.integers(1, 32, 180_000, dtype=np.uint8)) + b'"}'), incident
+            yield (key, b'{"entity": "' + bytes(rng.integers(1, 32, 180_000, dtype=np.uint8)) + b'"}'), incident, row
             yield plain
 
 

@@ -56,12 +56,12 @@ def test_a_messy_stream_neither_stops_the_service_nor_silences_an_entity(
     now = int(time.time() * 1000)
     start = now - now % HOUR - STEPS * HOUR  # recent: a ts in seconds or in 2101 is judged against now
     stream = list(messy(clean_rows(start), every=7, seed=1))
-    incidents = [i for _, i in stream if i is not None]
+    incidents = [i for _, i, _ in stream if i is not None]
     assert {i.kind for i in incidents} == set(INCIDENTS) - {"jitter"}, "the mix holds every kind of incident"
     forecasts = collect(s, s.forecasts_topic)
     thread, stop = start_service(s)
     try:
-        produce(s, [m for m, _ in stream])
+        produce(s, [m for m, _, _ in stream])
         expected_dead = sum(i.expect is not None for i in incidents)
         collect(s, s.dlq_topic).wait_for(expected_dead, timeout_s=60)
         forecasts.wait_for(ENTITIES * (STEPS - L), timeout_s=60)

@@ -89,3 +89,29 @@ def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_the_sink_goes_on
     letters = dlq.wait_for(1, timeout_s=30)
     assert [(d["reason"], d["key"], d["payload_bytes"]) for d in letters] == [("refused_by_broker", "b", len(huge))]
     assert sorted(out.wait_for(2, timeout_s=30)) == [1, 2]
+
+
+def test_the_kafka_python_source_reads_partitions_added_to_the_topic(kafka_settings: Settings) -> None:
+    """It assigns partitions itself (no group rebalancing): before, a partition added later was never read."""
+    from kafka.admin import NewPartitions
+
+    from pipeline.kafka import kafka_source, make_admin, make_producer
+
+    s = kafka_settings
+    ensure_topics(s, [s.readings_topic], partitions=1)
+    source = kafka_source(s, metadata_max_age_ms=500)
+    source.partition_check_s = 0.2
+    admin = make_admin(s)
+    try:
+        admin.create_partitions({s.readings_topic: NewPartitions(2)})
+        producer = make_producer(s)
+        producer.send(s.readings_topic, value=b"on the new partition", partition=1).get(timeout=30)
+        producer.close()
+        got: list = []
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            got = source.poll(10, 200)
+        assert [(r.partition, r.value) for r in got] == [(1, b"on the new partition")]
+    finally:
+        admin.close()
+        source.close()
