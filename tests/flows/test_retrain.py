@@ -35,7 +35,7 @@ def history(steps: range) -> list[tuple[bytes, bytes]]:
         for k, e in enumerate(ENTITIES):
             temp = 15 + 8 * math.sin(2 * math.pi * (s + 3 * k) / 24) + 0.1 * ((s * 7 + k) % 5)
             rh = 60 + 20 * math.cos(2 * math.pi * (s + 5 * k) / 24)
-            jitter = int(((s * 37) % 21 - 10) / 40 * HOUR) if e == "east" else 0
+            jitter = int(((s * 37) % 21 - 10) / 40 * HOUR) if e == "east" and s else 0  # none before 1970
             out.append((e.encode(), encode_reading(e, s * HOUR + jitter, {"temp": temp, "rh": rh})))
     return out
 
