@@ -71,6 +71,7 @@ class Reading:
     entity: str
     ts_ms: int
     values: np.ndarray  # (N,) float32, in the model's channel order; NaN: a channel the reading lacks
+    lacking: int = 0  # how many channels it lacks (NaN in `values`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +251,7 @@ def _parse_reading(
                 f"channel {channels[i]!r} is {float(out[i])!r}, "
                 f"outside the model's range [{low[i]:.4g}, {high[i]:.4g}]",
             )
-    return Reading(entity, ts_ms, out)
+    return Reading(entity, ts_ms, out, len(missing))
 
 
 def _is_utf8(text: str) -> bool:

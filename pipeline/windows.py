@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.messages import BadReading, Reading, format_ts
-from pipeline.timegrid import Grid, GridError, infer_anchor, infer_interval
+from pipeline.timegrid import NICE_INTERVALS_MS, Grid, infer_anchor
 
 LEARN_READINGS = 3  # readings at distinct times an entity shows before its own grid is inferred
 
@@ -62,6 +62,8 @@ class EntityWindows:
         self.data = np.zeros((capacity, 2 * lookback, n_channels), dtype=np.float32)
         self.fills = np.zeros((capacity, 2 * lookback), dtype=np.int32)  # values filled, not measured, per slot
         self.missing_run = np.zeros((capacity, n_channels), dtype=np.int32)  # readings running without a channel
+        self.running_short: set[int] = set()  # slots with a channel missing in their latest readings
+        self.filled_now = np.zeros(capacity, dtype=np.int64)  # filled values within each current window
         self.pos = np.zeros(capacity, dtype=np.int64)  # next write position in [0, L)
         self.count = np.zeros(capacity, dtype=np.int64)  # slots held, up to L
         self.last_slot = np.zeros(capacity, dtype=np.int64)
@@ -71,6 +73,8 @@ class EntityWindows:
         self.free: list[int] = []  # slots of evicted entities, reused before the array grows
         self.own_grid: dict[int, Grid] = {}  # learned grids, by slot (no shared grid)
         self.learning: dict[int, list[int]] = {}  # times seen while an entity's grid is being learned
+        self.refused_run: dict[int, set[int]] = {}  # times refused or reset, per entity with a learned grid
+        self.taken_since: dict[int, int] = {}  # readings taken since its last refusal
         self._arange = np.arange(lookback)
 
     def __len__(self) -> int:
@@ -89,16 +93,19 @@ class EntityWindows:
         return slot
 
     def _grow(self) -> None:
-        for name in ("data", "fills", "missing_run", "pos", "count", "last_slot", "last_ts", "seen"):
+        for name in ("data", "fills", "missing_run", "filled_now", "pos", "count", "last_slot", "last_ts", "seen"):
             arr = getattr(self, name)
             setattr(self, name, np.concatenate([arr, np.zeros_like(arr)]))
 
     def _write(self, slot: int, values: np.ndarray, filled: int) -> None:
         p = self.pos[slot]
         self.data[slot, p] = self.data[slot, p + self.L] = values
-        self.fills[slot, p] = self.fills[slot, p + self.L] = filled
+        full = self.count[slot] == self.L
+        if filled or self.fills[slot, p]:  # the filled count follows the window, no sum per forecast
+            self.filled_now[slot] += filled - (self.fills[slot, p] if full else 0)
+            self.fills[slot, p] = self.fills[slot, p + self.L] = filled
         self.pos[slot] = (p + 1) % self.L
-        if self.count[slot] < self.L:
+        if not full:
             self.count[slot] += 1
 
     def grid_of(self, entity: str) -> Grid | None:
@@ -117,13 +124,14 @@ class EntityWindows:
             last = int(self.last_ts[slot])
             step = 0 if reading.ts_ms == last else (-1 if reading.ts_ms < last else 1)
             return int(self.last_slot[slot]) + step, None
-        if grid.off_grid(reading.ts_ms):
+        at = grid.slot(reading.ts_ms)
+        if grid.tolerance < 0.5 and abs(reading.ts_ms - grid.ts_of(at)) > grid.tolerance * grid.interval_ms:
             raise BadReading(
                 "off_grid",
                 f"{reading.entity} ts {format_ts(reading.ts_ms)} is further than {grid.tolerance:g} of an interval "
                 f"({grid.interval_ms} ms) from the grid",
             )
-        return grid.slot(reading.ts_ms), grid
+        return at, grid
 
     def push(self, reading: Reading, seen_s: float = 0.0) -> Pushed:
         """Put a reading in its slot; raise BadReading (and change nothing) for one that cannot be."""
@@ -131,20 +139,29 @@ class EntityWindows:
         at, grid = self._place(slot, reading)
         held = slot is not None and self.count[slot] > 0
         values = reading.values
-        lacking = np.isnan(values)
-        n_lacking = int(lacking.sum())
+        n_lacking = reading.lacking
+        lacking = np.isnan(values) if n_lacking else None
         if held:
             last = int(self.last_slot[slot])
+            refusal = None
             if at < last:
-                raise BadReading(
+                refusal = BadReading(
                     "late", f"{reading.entity} ts {format_ts(reading.ts_ms)} is for a slot before its latest"
                 )
-            if at == last and not self.replace:
-                raise BadReading(
+            elif at == last and not self.replace:
+                refusal = BadReading(
                     "duplicate",
                     f"{reading.entity} already has a reading for the slot of {format_ts(reading.ts_ms)}"
                     f" (its last at {format_ts(int(self.last_ts[slot]))})",
                 )
+            if refusal is not None:
+                if not self._relearn(slot, reading.ts_ms):
+                    raise refusal
+                at, grid, held = 0, None, False  # a grid it learned itself no longer fits: learn it again
+            elif slot in self.refused_run and at - last - 1 <= self.max_fill_steps:
+                self.taken_since[slot] = self.taken_since.get(slot, 0) + 1
+                if self.taken_since[slot] >= self.L:  # a whole window taken since the last refusal: it fits
+                    del self.refused_run[slot], self.taken_since[slot]
         if n_lacking:
             if not held:
                 raise BadReading("missing_channels", f"{reading.entity} lacks channels and has no value to fill from")
@@ -157,18 +174,26 @@ class EntityWindows:
             values = np.where(lacking, last_values, values)
         slot = self._slot(reading.entity) if slot is None else slot
         self.seen[slot] = seen_s
-        self.missing_run[slot] = np.where(lacking, self.missing_run[slot] + 1, 0)
+        if n_lacking:
+            self.missing_run[slot] = np.where(lacking, self.missing_run[slot] + 1, 0)
+            self.running_short.add(slot)
+        elif slot in self.running_short:
+            self.missing_run[slot] = 0
+            self.running_short.discard(slot)
         filled, reset, replaced = 0, False, False
         if held and at == int(self.last_slot[slot]):  # duplicates="replace": the slot's values change
             p = (self.pos[slot] - 1) % self.L
             self.data[slot, p] = self.data[slot, p + self.L] = values
+            self.filled_now[slot] += n_lacking - self.fills[slot, p]
             self.fills[slot, p] = self.fills[slot, p + self.L] = n_lacking
             replaced = True
         else:
             if held:
                 missing = at - int(self.last_slot[slot]) - 1
                 if missing > self.max_fill_steps:
-                    self.count[slot] = self.pos[slot] = 0
+                    if self._relearn(slot, reading.ts_ms):  # a learned cadence that resets again and again
+                        at, grid = 0, None
+                    self.count[slot] = self.pos[slot] = self.filled_now[slot] = 0
                     reset = True
                 elif missing > 0:
                     last_values = self.data[slot, (self.pos[slot] - 1) % self.L].copy()
@@ -190,15 +215,33 @@ class EntityWindows:
             seen.append(ts_ms)
         if len(seen) < (1 if self.fixed_interval_ms else LEARN_READINGS):  # an interval given: its phase at once
             return None
-        try:
-            interval = self.fixed_interval_ms or infer_interval([seen])
-        except GridError:
+        interval = self.fixed_interval_ms or _learned_interval(seen)
+        if not interval:
             return None
         grid = Grid(interval, infer_anchor([seen], interval))
         del self.learning[slot]
         self.own_grid[slot] = grid
         self.last_slot[slot] = grid.slot(ts_ms)
         return grid
+
+    def _relearn(self, slot: int, ts_ms: int) -> bool:
+        """A grid an entity's first readings taught (no model grid, no configured interval) can be
+        wrong: a cadence that later speeds up or slows down, re-sends among the first readings. After
+        more than max_fill_steps + 1 refusals or resets at distinct times, with never a whole window
+        taken in between, it is dropped, the
+        window reset and the grid learned again from this reading on, so no entity stays dark (the
+        model's grid is never dropped)."""
+        if self.grid is not None or self.fixed_interval_ms or slot not in self.own_grid:
+            return False
+        times = self.refused_run.setdefault(slot, set())
+        times.add(ts_ms)
+        self.taken_since[slot] = 0
+        if len(times) <= self.max_fill_steps + 1:
+            return False
+        del self.own_grid[slot], self.refused_run[slot], self.taken_since[slot]
+        self.count[slot] = self.pos[slot] = self.filled_now[slot] = 0
+        self.learning[slot] = []
+        return True
 
     def evict_idle(self, now_s: float, ttl_s: float) -> list[str]:
         """Forget the entities silent for longer than `ttl_s` (their slots are reused): memory follows
@@ -214,9 +257,12 @@ class EntityWindows:
         for entity in gone:
             slot = self.slots.pop(entity)
             self.count[slot] = self.pos[slot] = self.last_ts[slot] = self.last_slot[slot] = 0
-            self.missing_run[slot] = 0
+            self.missing_run[slot] = self.filled_now[slot] = 0
+            self.running_short.discard(slot)
             self.own_grid.pop(slot, None)
             self.learning.pop(slot, None)
+            self.refused_run.pop(slot, None)
+            self.taken_since.pop(slot, None)
             self.seen[slot] = np.inf  # free: never idle again until reused
             self.free.append(slot)
         return gone
@@ -229,12 +275,28 @@ class EntityWindows:
 
     def filled_inputs(self, entity: str) -> int:
         """How many values of the entity's window were filled rather than measured."""
-        slot = self.slots[entity]
-        p = self.pos[slot]
-        return int(self.fills[slot, p : p + self.L].sum())
+        return int(self.filled_now[self.slots[entity]])
 
     def gather(self, entities: list[str]) -> np.ndarray:
         """(B, L, N) windows for several entities in one fancy-indexed copy."""
         slots = np.fromiter((self.slots[e] for e in entities), dtype=np.int64, count=len(entities))
         idx = self.pos[slots][:, None] + self._arange
         return self.data[slots[:, None], idx]
+
+
+def _learned_interval(times: list[int]) -> int | None:
+    """The cadence an entity's first readings show, on the safe side: the smallest step that is not a
+    re-send (gaps an order of magnitude below the rest). Too small a cadence fills slots forward
+    between readings; too large would put distinct readings in one slot and refuse them."""
+    steps = np.sort(np.diff(np.unique(np.asarray(times, dtype=np.int64))))
+    if len(steps) >= 2:
+        jumps = steps[1:] / np.maximum(steps[:-1], 1)
+        if jumps.max() >= 10:  # two kinds of gap an order of magnitude apart: the small ones are re-sends
+            steps = steps[int(jumps.argmax()) + 1 :]
+    if len(steps) < 2:  # too few steps yet (or re-sends among them): wait for more
+        return None
+    interval = int(steps.min())
+    for nice in NICE_INTERVALS_MS:
+        if abs(interval - nice) <= 0.01 * nice:
+            return nice
+    return interval

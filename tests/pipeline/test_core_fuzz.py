@@ -123,3 +123,46 @@ def test_real_networks_stay_finite_at_the_edge_of_the_models_range(architecture:
     )
     assert stats.forecasts == 3 and not stats.dead
     assert all(math.isfinite(v) for m in out for ch in orjson.loads(m.value)["forecast"].values() for v in ch)
+
+
+NOW = 1_795_514_400_000  # the records' Kafka timestamp: a reading's clock is judged against it
+incident = st.tuples(
+    st.integers(-30, 30),  # slot, in hours from now
+    st.floats(-0.49, 0.49),  # clock jitter, in intervals
+    st.sampled_from(["plain", "resend", "seconds", "far_future", "far_past", "dropped", "null_key", "off_key"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mess=st.lists(incident, max_size=40), gridded=st.booleans())
+def test_no_messy_sequence_silences_an_entity_for_more_than_one_window(mess, gridded) -> None:
+    """Whatever a gateway sends (re-sends, jitter, broken clocks, epoch seconds, dropped channels,
+    wrong keys, in any order), on the model's grid the next LOOKBACK good readings after the entity's
+    latest slot are all taken and forecast: no incident leaves it dark longer than one window. On a
+    grid the entity's first readings taught (a model without one), it may have to learn it again
+    first: forecast within four windows."""
+    model = LastValueModel(CH, lookback=LOOKBACK)
+    model.grid = {"interval_ms": HOUR, "anchor_ms": 0} if gridded else None
+    core = ForecastCore(ModelSlot(model), ServiceConfig(max_batch=64))
+    records = []
+    for offset, jitter, kind in mess:
+        ts = NOW + offset * HOUR + int(jitter * HOUR)
+        ts = {"seconds": ts // 1000, "far_future": 4_102_444_800_000, "far_past": 631_152_000_000}.get(kind, ts)
+        values = {"temp": 1.0} if kind == "dropped" else {"temp": 1.0, "pressure": 2.0}
+        key = {"null_key": None, "off_key": b"b"}.get(kind, b"a")
+        for _ in range(2 if kind == "resend" else 1):
+            records.append(Record(encode_reading("a", ts, values), key, timestamp_ms=NOW))
+            ts += 1000
+    out, _ = core.process(records)
+    assert all(np.isfinite(v).all() for m in out if m.topic == "sensors.forecasts"
+               for v in orjson.loads(m.value)["forecast"].values())  # fmt: skip
+    w = core.windows
+    latest = int(w.last_ts[w.slots["a"]]) if "a" in w.slots and w.count[w.slots["a"]] else NOW - 100 * HOUR
+    good = [  # sent when they were read: their Kafka timestamp is their own time
+        Record(encode_reading("a", t, {"temp": 5.0, "pressure": 6.0}), b"a", timestamp_ms=max(NOW, t))
+        for t in (latest + k * HOUR for k in range(1, (1 if gridded else 4) * LOOKBACK + 1))
+    ]
+    out, stats = core.process(good)
+    assert stats.dead == {} or not gridded, stats.dead
+    last = orjson.loads(out[-1].value)
+    assert out[-1].topic == "sensors.forecasts" and last["entity"] == "a", last  # the last good reading is forecast

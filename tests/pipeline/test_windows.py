@@ -11,7 +11,8 @@ H = 3_600_000
 
 
 def r(entity: str, step: float, *values: float) -> Reading:
-    return Reading(entity, int(step * H), np.asarray(values or (step,), dtype=np.float32))
+    vals = np.asarray(values or (step,), dtype=np.float32)
+    return Reading(entity, int(step * H), vals, int(np.isnan(vals).sum()))
 
 
 def test_window_fills_then_rolls_oldest_first() -> None:
@@ -137,3 +138,47 @@ def test_no_history_to_fill_from_is_refused() -> None:
     with pytest.raises(BadReading) as err:
         w.push(r("a", 0, 1.0, np.nan))
     assert err.value.reason == "missing_channels" and len(w) == 0
+
+
+def test_the_filled_count_follows_the_window_as_it_rolls_and_resets() -> None:
+    w = EntityWindows(1, 4, grid=Grid(H, 0), max_fill_steps=2, max_missing_fill=5)
+    w.push(r("a", 0))
+    w.push(r("a", 3))  # slots 1 and 2 filled
+    assert w.filled_inputs("a") == 2
+    for i in (4, 5):
+        w.push(r("a", i))
+    assert w.filled_inputs("a") == 1  # slot 1 rolled out of the window of 4
+    w.push(r("a", 6))
+    assert w.filled_inputs("a") == 0
+    w.push(r("a", 20))  # a long gap: reset
+    assert w.filled_inputs("a") == 0
+    for i in range(21, 25):
+        w.push(r("a", i))
+    assert w.filled_inputs("a") == 0 == int(w.fills[w.slots["a"], w.pos[w.slots["a"]] :][:4].sum())
+
+
+def test_a_grid_an_entity_taught_itself_is_learned_again_when_its_cadence_changes() -> None:
+    """No model grid: every 2 h, then every hour. Half the hourly readings fall in a 2 h slot (duplicates)
+    until the learned grid is dropped; then the entity is forecast again."""
+    w = EntityWindows(1, 3, max_fill_steps=1)
+    for i in range(0, 10, 2):
+        w.push(r("a", i))
+    assert w.grid_of("a").interval_ms == 2 * H
+    outcomes = []
+    for i in range(11, 30):
+        try:
+            outcomes.append(w.push(r("a", i)).ready)
+        except BadReading as e:
+            outcomes.append(e.reason)
+    assert w.grid_of("a").interval_ms == H and outcomes[-5:] == [True] * 5, outcomes
+
+
+def test_resends_among_the_first_readings_do_not_teach_a_one_second_cadence() -> None:
+    w = EntityWindows(1, 3)
+    for i in range(4):
+        w.push(r("a", i))
+        try:
+            w.push(Reading("a", i * H + 1000, np.ones(1, dtype=np.float32)))  # each re-sent 1 s later
+        except BadReading as e:
+            assert e.reason == "duplicate"  # once the grid is learned
+    assert w.grid_of("a").interval_ms == H
