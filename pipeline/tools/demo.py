@@ -248,7 +248,8 @@ def run_demo(
                 if messy_every
                 else (((e.encode(), encode_reading(e, format_ts(t), v)), None, (e, t, v)) for e, t, v in rows)
             )
-            for i, ((key, value), incident, (entity, ts, values)) in enumerate(stream):
+            i = -1  # readings sent so far, less one: incidents are extra messages, not readings
+            for (key, value), incident, (entity, ts, values) in stream:
                 stamp = format_ts(ts)
                 if incident is None:
                     state.sent_at[(entity, stamp)] = time.time()
@@ -256,9 +257,9 @@ def run_demo(
                 state.sent += 1
                 if incident is not None:
                     state.incidents[incident.kind] += 1
-                    if incident.expect is not None:
-                        state.refusals_expected += 1
+                    state.refusals_expected += incident.expect is not None
                     continue
+                i += 1
                 state.last_reading[entity] = values[VIEW_CHANNEL]
                 tracker.on_reading(entity, ts / 1000, {VIEW_CHANNEL: values[VIEW_CHANNEL]}, time.monotonic())
                 if i in broken_at:
@@ -298,7 +299,7 @@ def run_demo(
             producer.flush(30)
             if retrainer.is_alive():
                 retrainer.join(timeout=300)
-            expected_min = max(0, state.sent - entities * (settings.lookback - 1))
+            expected_min = max(0, (i + 1) - entities * (settings.lookback - 1))  # readings, not incidents
             wait_until = time.monotonic() + 60
             while len(forecasts.arrivals) < expected_min and time.monotonic() < wait_until:
                 time.sleep(0.2)
