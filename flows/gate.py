@@ -1,5 +1,9 @@
-"""The promotion gate, pure: split a window chronologically, score every contender on the same
-holdout, and decide.
+"""The promotion gate, pure: split a window in time, once for every entity, score every contender on
+the same holdout, and decide.
+
+The split is one pair of cut times for every series: train < t1 <= validation < t2 <= holdout, by
+each row's time on the grid. No site's holdout comes before another site's training rows, and a
+series broken by a gap is never given a "holdout" of its own in the middle of the range.
 
 A candidate is promoted only when it beats persistence and beats the serving champion by at least
 `margin` (relative MSE). Scores are MSEs in the candidate's scaled units: each channel's error is
@@ -30,19 +34,46 @@ class Splits:
     train: list[np.ndarray]
     val: list[np.ndarray]
     holdout: list[np.ndarray]
+    cuts: tuple[int, int] | None = None  # (t1, t2), epoch ms: train < t1 <= validation < t2 <= holdout
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # part → (first, last) target time, ms
 
 
-def chronological_split(series: list[np.ndarray], lookback: int, val: float = 0.1, holdout: float = 0.2) -> Splits:
-    """Cut each series at the same fractions of its length; validation and holdout start `lookback`
-    rows early so their first window has history (nothing of the future leaks into training)."""
+Timed = tuple[np.ndarray, np.ndarray]  # (ts (T,) epoch ms, values (T, N)) of one contiguous series
+
+
+def time_split(series: list[Timed], lookback: int, val: float = 0.1, holdout: float = 0.2) -> Splits:
+    """Cut every series at the same two times, t1 and t2, chosen so that about `val` and `holdout` of
+    all rows fall after them. Validation and holdout rows are preceded by up to `lookback` rows of the
+    same series as history (inputs only: no target of one part lies in another)."""
+    stamps = np.concatenate([ts for ts, _ in series]) if series else np.zeros(0, dtype=np.int64)
+    if not stamps.size:
+        return Splits([], [], [])
+    t1 = int(np.quantile(stamps, 1 - val - holdout, method="higher"))
+    t2 = int(np.quantile(stamps, 1 - holdout, method="higher"))
+    t2 = max(t2, t1 + 1)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "holdout": []}
-    for s in series:
-        n = len(s)
-        a, b = int(n * (1 - val - holdout)), int(n * (1 - holdout))
-        parts["train"].append(s[:a])
-        parts["val"].append(s[max(a - lookback, 0) : b])
-        parts["holdout"].append(s[max(b - lookback, 0) :])
-    return Splits(**parts)
+    ranges: dict[str, list[int]] = {}
+    for ts, values in series:
+        a, b = int(np.searchsorted(ts, t1)), int(np.searchsorted(ts, t2))
+        for name, start, end in (("train", 0, a), ("val", a, b), ("holdout", b, len(ts))):
+            if end <= start:
+                continue
+            history = 0 if name == "train" else lookback
+            parts[name].append(values[max(start - history, 0) : end])
+            first, last = ranges.get(name, [int(ts[start]), int(ts[end - 1])])
+            ranges[name] = [min(first, int(ts[start])), max(last, int(ts[end - 1]))]
+    return Splits(**parts, cuts=(t1, t2), ranges={k: (v[0], v[1]) for k, v in ranges.items()})
+
+
+def after(series: list[Timed], since_ms: int, lookback: int) -> list[np.ndarray]:
+    """The rows of each series after `since_ms`, each with up to `lookback` rows of history before:
+    a holdout that holds none of a model's training targets."""
+    out = []
+    for ts, values in series:
+        start = int(np.searchsorted(ts, since_ms, side="right"))
+        if start < len(ts):
+            out.append(values[max(start - lookback, 0) :])
+    return out
 
 
 def windows(series: list[np.ndarray], lookback: int, horizon: int, what: str) -> Windows:

@@ -1,8 +1,11 @@
 """The retraining flow: Kafka window → split → fit → track in MLflow → gate → promote → announce.
 
-    pull_window ─▶ chronological_split ─▶ fit (warm start from @champion when shapes allow)
-        ─▶ log run + register version (pyfunc with signature, input example, code_paths)
-        ─▶ score candidate, champion, persistence, window mean on the same holdout
+    pull_window ─▶ time_split (one cut in time for every entity) ─▶ fit (warm start from @champion
+        when shapes allow) ─▶ log run + register version (pyfunc with signature, input example,
+        code_paths, its data ranges as tags)
+        ─▶ score candidate, champion, persistence, window mean on the same holdout: only readings
+           after the champion's own training data, and a champion the service could not swap to
+           (other channels or lookback) refuses the promotion instead of dropping out
         ─▶ @champion moves only if the gate says so ─▶ announce on the models topic
 
 Each step is a Prefect task; the ones that talk to Kafka or MLflow retry. Settings come from the
@@ -107,7 +110,7 @@ def fit(
     """Train on the window's train split; early stopping on its validation split."""
     import numpy as np
 
-    from flows.gate import chronological_split, windows
+    from flows.gate import time_split, windows
     from models.checkpoint import save
     from models.data import Scaler
     from models.nets import PRESETS, build
@@ -115,7 +118,7 @@ def fit(
 
     settings = Settings.load()
     L, H = settings.lookback, settings.horizon
-    splits = chronological_split(window.series(), L)
+    splits = time_split(window.timed_series(), L)
     scaler = Scaler.fit(np.concatenate([s for s in splits.train if len(s)]))
     train_w = windows([scaler.transform(s) for s in splits.train], L, H, "training")
     val_w = windows([scaler.transform(s) for s in splits.val], L, H, "validation")
@@ -132,7 +135,37 @@ def fit(
     extra = {"train_seconds": result.seconds, "epochs": result.epochs, "warm_started": warm, "grid": window.grid}
     save(out, model, window.channels, scaler, name=settings.model_name, extra=extra)
     sizes = {"train_windows": len(train_w), "val_windows": len(val_w), "holdout_windows": len(holdout)}
-    return Candidate(model, scaler, result, warm, out), {"holdout": holdout, **sizes}
+    return Candidate(model, scaler, result, warm, out), {"holdout": holdout, "ranges": splits.ranges, **sizes}
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def champion_trained_until(version: str) -> int | None:
+    """The last reading time (epoch ms) of the champion's training and validation data, from its
+    `data_ranges` tag (None: a version registered before the tag existed)."""
+    from mlflow import MlflowClient
+
+    from pipeline.messages import parse_ts
+
+    settings = Settings.load()
+    tag = MlflowClient().get_model_version(settings.model_name, version).tags.get("data_ranges")
+    if not tag:
+        return None
+    ranges = json.loads(tag)
+    ends = [parse_ts(ranges[part][1]) for part in ("train", "validation") if ranges.get(part)]
+    return max(ends) if ends else None
+
+
+def data_ranges(window: TrainingWindow, ranges: dict[str, tuple[int, int]]) -> dict:
+    """A version's data: topic, partition offsets read, grid, and first/last reading time per part."""
+    from pipeline.messages import format_ts
+
+    names = {"train": "train", "val": "validation", "holdout": "holdout"}
+    return {
+        "topic": window.provenance.topic,
+        "offsets": {str(p): list(r) for p, r in window.provenance.offsets.items()},
+        "grid": window.grid,
+        **{names[k]: [format_ts(a), format_ts(b)] for k, (a, b) in ranges.items()},
+    }
 
 
 @task(cache_policy=NO_CACHE)
@@ -142,11 +175,18 @@ def score(
     """Every contender on the same holdout windows, in the candidate's scaled units."""
     from dataclasses import replace
 
-    from flows.gate import decide, holdout_mae, scaled_mse
+    from flows.gate import GateDecision, decide, holdout_mae, scaled_mse
     from models.nets import NAIVE
 
     contenders = {"candidate": candidate.raw_net()}
-    if champion is not None and champion.channels == channels and champion.lookback == holdout.lookback:
+    if champion is not None and (champion.channels != channels or champion.lookback != holdout.lookback):
+        reason = (
+            f"the champion v{champion.version} takes channels {champion.channels} with lookback {champion.lookback}, "
+            f"the candidate {channels} with {holdout.lookback}: serving services cannot swap between them "
+            "(restart them on the new model to change); not promoted"
+        )
+        return GateDecision(False, reason, {}, margin)
+    if champion is not None:
         contenders["champion"] = champion.net.cpu()
     horizon = holdout.horizon
     contenders.update({name: cls(horizon) for name, cls in NAIVE.items()})
@@ -174,6 +214,7 @@ def register(
     reason: str,
     sizes: dict,
     sample: dict | None = None,
+    ranges: dict | None = None,
 ) -> tuple[str, str]:
     """One MLflow run: parameters, losses, provenance, plots, the model; registered, alias moved only
     when the gate promotes (last, so an outage never moves it). Returns (version, run id)."""
@@ -182,9 +223,10 @@ def register(
 
     settings = Settings.load()
     mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)  # one server: a registry URI set earlier in the process must not win
     done: dict[str, str] = {}
     try:
-        return _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done)
+        return _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done, ranges)
     except (MlflowException, OSError) as e:
         what = f"version {done['version']} was registered before it failed" if done else "nothing was registered"
         raise RegistryDown(
@@ -197,7 +239,7 @@ class RegistryDown(RuntimeError):
     """MLflow failed mid-registration; the message says what exists and that no alias moved."""
 
 
-def _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done) -> tuple[str, str]:
+def _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done, ranges) -> tuple[str, str]:
     import mlflow
     from mlflow import MlflowClient
     from prefect import runtime as prefect_runtime
@@ -245,6 +287,8 @@ def _register(settings, candidate, decision, window, trigger, reason, sizes, sam
         client.set_model_version_tag(settings.model_name, version, "gate", decision.reason)
         client.set_model_version_tag(settings.model_name, version, "holdout_mse", json.dumps(decision.scores))
         client.set_model_version_tag(settings.model_name, version, "holdout_mae", json.dumps(decision.candidate_mae))
+        if ranges:  # what it was trained, validated and held out on: a later gate scores it only after these
+            client.set_model_version_tag(settings.model_name, version, "data_ranges", json.dumps(ranges))
         if window.grid:  # the cadence and phase it was trained at: the service slots readings on them
             client.set_model_version_tag(settings.model_name, version, "grid", json.dumps(window.grid))
         if decision.promote:
@@ -263,6 +307,12 @@ def announce(version: str, run_id: str) -> None:
     doc = {"name": settings.model_name, "alias": settings.model_alias, "version": version, "run_id": run_id}
     producer.send(settings.models_topic, key=settings.model_name.encode(), value=json.dumps(doc).encode()).get(30)
     producer.close()
+
+
+def _iso(ts_ms: int) -> str:
+    from pipeline.messages import format_ts
+
+    return format_ts(ts_ms)
 
 
 @flow(name="retrain", log_prints=True)
@@ -304,11 +354,30 @@ def retrain(
             report = RetrainReport(trigger, reason or trigger, False, f"not retrained: {e}", {})
             report.readings, report.refused = window.provenance.readings, window.provenance.refused
             return report.to_dict()
-        holdout = info.pop("holdout")
-        decision = score(candidate, champion, holdout, margin, window.channels)
+        holdout, ranges = info.pop("holdout"), info.pop("ranges")
+        decision = None
+        trained_until = champion_trained_until(champion.version) if champion is not None else None
+        holdout_start = ranges["holdout"][0] if "holdout" in ranges else None
+        if trained_until is not None and holdout_start is not None and trained_until >= holdout_start:
+            from flows.gate import GateDecision, after, windows
+
+            lookback, horizon = holdout.lookback, holdout.horizon
+            try:  # every contender on the same windows, none holding the champion's training targets
+                holdout = windows(after(window.timed_series(), trained_until, lookback), lookback, horizon, "holdout")
+            except DataError:
+                decision = GateDecision(
+                    False,
+                    f"too few holdout readings after the champion v{champion.version}'s training data, which ends "
+                    f"{_iso(trained_until)}: not promoted (retrain on a window that reaches further)",
+                    {},
+                    margin,
+                )
+        decision = decision or score(candidate, champion, holdout, margin, window.channels)
         logger.info("gate: %s", decision.reason)
         sample = holdout_sample(candidate, holdout)
-        version, run_id = register(candidate, decision, window, trigger, reason, info, sample)
+        version, run_id = register(
+            candidate, decision, window, trigger, reason, info, sample, data_ranges(window, ranges)
+        )
     if decision.promote:
         announce(version, run_id)
     report = RetrainReport(

@@ -59,6 +59,13 @@ class TrainingWindow:
     def grid(self) -> dict | None:
         return self.provenance.grid
 
+    def timed_series(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One (ts, values) pair per contiguous series: the times on the grid (epoch ms) and (T, N) values."""
+        return [
+            (g["ts"].to_numpy(), g.select(self.channels).to_numpy().astype(np.float64))
+            for g in self.frame.partition_by("series", maintain_order=True)
+        ]
+
     def series(self) -> list[np.ndarray]:
         """One (T, N) array per contiguous series, for models.data.Windows."""
         return [

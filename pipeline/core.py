@@ -115,6 +115,12 @@ class ModelSlot:
                 f"the serving windows hold {old.channels} with lookback {old.lookback}: "
                 "restart the service to change them"
             )
+        new_step, old_step = (getattr(m, "grid", None) or {} for m in (new, old))
+        if new_step.get("interval_ms") != old_step.get("interval_ms") and new_step and old_step:
+            raise ValueError(
+                f"new model {new.name} v{new.version} was trained every {new_step['interval_ms']} ms; the serving "
+                f"windows hold slots of {old_step['interval_ms']} ms: restart the service to change them"
+            )
         self._model = new
         return old
 

@@ -93,6 +93,7 @@ class ModelWatcher(threading.Thread):
         self.wake = threading.Event()  # set by an announcement: check now, not at the next poll
         self.errors = 0
         self.outage_since: float | None = None  # monotonic time the registry stopped answering
+        self.refused: set[str] = set()  # versions this service cannot serve: not retried
 
     def check_once(self) -> bool:
         from models.mlflow.registry import RegistryUnavailable, alias_version
@@ -109,11 +110,16 @@ class ModelWatcher(threading.Thread):
         if self.outage_since is not None:
             log.info("model registry reachable again after %.0f s", time.monotonic() - self.outage_since)
             self.outage_since = None
-        if version is None or version == self.slot.model.version:
+        if version is None or version == self.slot.model.version or version in self.refused:
             return False
-        new = load_version(self.ref, version, self.device)
-        new.warm_up()
-        old = self.slot.swap(new)
+        try:
+            new = load_version(self.ref, version, self.device)
+            new.warm_up()
+            old = self.slot.swap(new)
+        except Exception as e:  # said once; the same version is never downloaded and traced again
+            self.refused.add(version)
+            log.error("not serving %s v%s (still v%s): %s", self.ref.name, version, self.slot.model.version, e)
+            return False
         log.info("serving %s v%s (was v%s)", self.ref.name, version, old.version)
         if self.on_swap:
             self.on_swap(new)

@@ -59,6 +59,10 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
         import mlflow
 
         mlflow.set_tracking_uri(settings.tracking_uri)
+
+        mlflow.set_registry_uri(
+            settings.tracking_uri
+        )  # one server: a registry URI set earlier in the process must not win
     forecaster, ref = load_model(uri, settings.device)
     forecaster.warm_up()
     log.info(

@@ -42,7 +42,7 @@ def run(
 ) -> dict:
     import logging
 
-    from flows.gate import chronological_split, scaled_mse, windows
+    from flows.gate import scaled_mse, time_split, windows
     from flows.retrain import fit
     from flows.window import pull_window
     from models.forecaster import Forecaster
@@ -81,7 +81,7 @@ def run(
     stream_to_kafka(s, (next(rows) for _ in range(fit_entities * fit_steps)))
     os.environ.update({"KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "SENSORCAST_READINGS_TOPIC": s.readings_topic})
     window = pull_window(s, hours=None)
-    holdout = windows(chronological_split(window.series(), s.lookback).holdout, s.lookback, s.horizon, "holdout")
+    holdout = windows(time_split(window.timed_series(), s.lookback).holdout, s.lookback, s.horizon, "holdout")
     with tempfile.TemporaryDirectory() as tmp:
         log(f"(b) {fit_entities} entities × {fit_steps} hourly steps, {epochs} epochs each")
         first, _ = fit.fn(window, None, False, epochs, Path(tmp) / "champion")

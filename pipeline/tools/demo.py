@@ -153,6 +153,7 @@ def run_demo(
     os.environ.update(settings.as_env())  # the flow reads its settings from the environment, as a worker would
     os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
     mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)  # one server: a registry URI set earlier in the process must not win
     service: ServeProcess | None = None
     try:
         weather = replay_rows(copies=sites, offset_rows=24 * 7)  # more sites: the airports a week apart

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from flows.gate import chronological_split, decide, scaled_mse, windows
+from flows.gate import after, decide, scaled_mse, time_split, windows
 from models.data import DataError, Scaler
 from models.nets import Persistence
 
 
 def test_split_is_chronological_and_later_splits_carry_lookback_history() -> None:
     s = np.arange(100, dtype=np.float64)[:, None]
-    parts = chronological_split([s], lookback=5)
+    parts = time_split([(np.arange(100, dtype=np.int64), s)], lookback=5)
     assert parts.train[0][-1, 0] == 69 and parts.val[0][0, 0] == 65 and parts.val[0][-1, 0] == 79
     assert parts.holdout[0][0, 0] == 75 and parts.holdout[0][-1, 0] == 99
 
@@ -48,3 +48,34 @@ def test_decide(scores: dict, margin: float, promote: bool, why: str) -> None:
 def test_windows_reject_what_has_no_full_window() -> None:
     with pytest.raises(DataError):
         windows([torch.zeros(3, 1).numpy()], lookback=4, horizon=1, what="training")
+
+
+def test_one_time_cut_for_every_entity_and_every_segment() -> None:
+    """Two sites a week apart and one site broken by a gap: no holdout target comes before any
+    training target, and the early segment gets no holdout of its own."""
+    hour = 3_600_000
+    site = lambda start, n: (np.arange(start, start + n, dtype=np.int64) * hour, np.arange(n, dtype=float)[:, None])  # noqa: E731
+    early, late = site(0, 40), site(60, 100)  # one entity: a gap between 40 and 60
+    other = site(168, 100)  # another site, a week later
+    splits = time_split([early, late, other], lookback=4)
+    t1, t2 = splits.cuts
+    assert splits.ranges["train"][1] < t1 <= splits.ranges["val"][0] <= splits.ranges["val"][1] < t2
+    assert t2 <= splits.ranges["holdout"][0]
+    assert len(splits.holdout) == 1  # only the latest site reaches past t2: the early segment has none
+    assert [len(s) for s in splits.train][0] == 40  # the early segment is training data, whole
+    kept = after([other], since_ms=200 * hour, lookback=4)
+    assert kept[0][0, 0] == 200 - 168 - 3  # the first target after the cut, with 4 rows of history before
+
+
+def test_a_champion_the_services_could_not_swap_to_refuses_the_promotion() -> None:
+    """Before, a champion with other channels was skipped and the candidate promoted as "no champion
+    yet"; every service then refused the swap."""
+    from types import SimpleNamespace
+
+    from flows.retrain import score
+
+    candidate = SimpleNamespace(raw_net=lambda: Persistence(1))
+    champion = SimpleNamespace(channels=["temp"], lookback=4, version="3")
+    holdout = windows([np.zeros((10, 2), dtype=np.float32)], lookback=4, horizon=1, what="holdout")
+    decision = score.fn(candidate, champion, holdout, 0.0, ["temp", "rh"])
+    assert not decision.promote and "the champion v3 takes channels ['temp']" in decision.reason

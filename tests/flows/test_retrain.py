@@ -96,6 +96,9 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     assert provenance["rows_per_entity"] == {e: 200 for e in ENTITIES} and provenance["refused"] == {"not_json": 1}
     assert provenance["grid"] == {"interval_ms": HOUR, "anchor_ms": 0} and provenance["segments"] == 3
     assert json.loads(client.get_model_version(loop_settings.model_name, "1").tags["grid"])["interval_ms"] == HOUR
+    ranges = json.loads(client.get_model_version(loop_settings.model_name, "1").tags["data_ranges"])
+    assert ranges["topic"] == loop_settings.readings_topic and ranges["grid"]["interval_ms"] == HOUR
+    assert ranges["train"][1] < ranges["validation"][0] <= ranges["validation"][1] < ranges["holdout"][0]  # one cut
 
     # the registered model predicts in a clean process, from the registry alone
     probe = (
