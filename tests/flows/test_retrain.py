@@ -205,6 +205,7 @@ def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_reg
     assert len(attempts) == 3  # the task's two retries, then the run failed
     from mlflow import MlflowClient
 
-    store = MlflowClient(f"sqlite:///{server.state_dir / 'mlflow' / 'mlflow.db'}")  # the dead server's own store
+    db = f"sqlite:///{server.state_dir / 'mlflow' / 'mlflow.db'}"
+    store = MlflowClient(tracking_uri=db, registry_uri=db)  # the dead server's own store
     assert store.search_model_versions(f"name='{loop_settings.model_name}'") == []
     assert not store.search_registered_models(f"name='{loop_settings.model_name}'")
