@@ -6,7 +6,8 @@
         ─▶ score candidate, champion, persistence, window mean on the same holdout: only readings
            after the champion's own training data, and a champion the service could not swap to
            (other channels or lookback) refuses the promotion instead of dropping out
-        ─▶ @champion moves only if the gate says so ─▶ announce on the models topic
+        ─▶ @champion moves only if the gate says so, and only if it still points at the version the
+           gate scored (compare-and-set; else the run fails) ─▶ announce on the models topic
 
 Each step is a Prefect task; the ones that talk to Kafka or MLflow retry. Settings come from the
 environment (`pipeline.settings.Settings`), parameters say what this run is for.
@@ -216,8 +217,8 @@ def register(
     sample: dict | None = None,
     ranges: dict | None = None,
 ) -> tuple[str, str]:
-    """One MLflow run: parameters, losses, provenance, plots, the model; registered, alias moved only
-    when the gate promotes (last, so an outage never moves it). Returns (version, run id)."""
+    """One MLflow run: parameters, losses, provenance, plots, the model, registered and tagged with the
+    gate's verdict; the alias is not moved here (`promote` does that, after). Returns (version, run id)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -291,9 +292,38 @@ def _register(settings, candidate, decision, window, trigger, reason, sizes, sam
             client.set_model_version_tag(settings.model_name, version, "data_ranges", json.dumps(ranges))
         if window.grid:  # the cadence and phase it was trained at: the service slots readings on them
             client.set_model_version_tag(settings.model_name, version, "grid", json.dumps(window.grid))
-        if decision.promote:
-            client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
     return version, run.info.run_id
+
+
+class ChampionMoved(RuntimeError):
+    """@champion moved to another version while this run was gating: its verdict is about a champion
+    that no longer serves, so the alias is left where it is and the run fails."""
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def promote(version: str, scored_against: str | None) -> str | None:
+    """Move the alias to `version` only if it still points where the gate looked (compare-and-set:
+    re-read just before the move). Returns None when moved, else the version the alias points to now."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from models.mlflow.registry import alias_version
+
+    settings = Settings.load()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = MlflowClient()
+    now = alias_version(settings.model_name, settings.model_alias)
+    if now != scored_against:
+        client.set_model_version_tag(
+            settings.model_name,
+            version,
+            "promotion",
+            f"refused: @{settings.model_alias} moved to v{now} during the gate",
+        )
+        return now
+    client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
+    return None
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -379,6 +409,13 @@ def retrain(
             candidate, decision, window, trigger, reason, info, sample, data_ranges(window, ranges)
         )
     if decision.promote:
+        moved_to = promote(version, champion.version if champion is not None else None)
+        if moved_to is not None:
+            raise ChampionMoved(
+                f"@champion moved to v{moved_to} while this run gated v{version} against "
+                f"{'v' + champion.version if champion is not None else 'no champion'}: v{version} is registered, "
+                "not promoted; retrain again to gate against the champion that serves now"
+            )
         announce(version, run_id)
     report = RetrainReport(
         trigger, reason or trigger, decision.promote, decision.reason, decision.scores, version, run_id,

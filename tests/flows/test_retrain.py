@@ -209,3 +209,22 @@ def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_reg
     store = MlflowClient(tracking_uri=db, registry_uri=db)  # the dead server's own store
     assert store.search_model_versions(f"name='{loop_settings.model_name}'") == []
     assert not store.search_registered_models(f"name='{loop_settings.model_name}'")
+
+
+def test_the_alias_moves_only_if_it_still_points_where_the_gate_looked(
+    mlflow_tracking: str, tiny_checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compare-and-set: a run that gated against v1 does not move @champion once another run moved it."""
+    from mlflow import MlflowClient
+
+    from flows.retrain import promote
+    from models.mlflow.registry import alias_version, log_checkpoint
+
+    monkeypatch.setenv("SENSORCAST_MODEL_NAME", "cas")
+    for n in (1, 2, 3):
+        log_checkpoint(tiny_checkpoint(f"v{n}", seed=n), "cas", alias="champion" if n == 1 else None)
+    assert promote.fn("2", scored_against="1") is None and alias_version("cas", "champion") == "2"
+    assert promote.fn("3", scored_against="1") == "2"  # gated against v1, but v2 serves now
+    assert alias_version("cas", "champion") == "2"
+    assert "moved to v2" in MlflowClient().get_model_version("cas", "3").tags["promotion"]
+    assert promote.fn("3", scored_against=None) == "2"  # "no champion yet" is stale too
