@@ -17,6 +17,7 @@ import orjson
 
 from pipeline.messages import parse_ts
 from pipeline.settings import Settings
+from pipeline.timegrid import Grid
 
 
 @dataclass
@@ -28,6 +29,10 @@ class EntityHistory:
     forecasts: list[dict]  # the forecast documents, sorted by ts
 
     def step_ms(self) -> int:
+        """The grid's interval, as the forecasts state it (`step_ms`), else the readings' median gap."""
+        stated = next((d.get("step_ms") for d in reversed(self.forecasts) if isinstance(d.get("step_ms"), int)), None)
+        if stated and stated > 0:
+            return stated
         gaps = np.diff(self.ts_ms)
         return int(np.median(gaps)) if len(gaps) else 3_600_000
 
@@ -74,12 +79,15 @@ def read_history(settings: Settings, entity: str, hours: float) -> EntityHistory
 def one_step(history: EntityHistory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(times forecast, forecast, actual) for every one-step-ahead forecast whose step has arrived."""
     step = history.step_ms()
-    index = {int(t): i for i, t in enumerate(history.ts_ms)}
+    # the forecast's ts is its slot on the grid: readings meet it by slot, however their clocks jitter
+    anchor = parse_ts(history.forecasts[-1]["ts"]) % step if history.forecasts else int(history.ts_ms[0]) % step
+    grid = Grid(step, anchor)
+    index = {grid.slot(int(t)): i for i, t in enumerate(history.ts_ms)}
     times, pred, actual = [], [], []
     for d in history.forecasts:
-        target = parse_ts(d["ts"]) + step
+        target = grid.slot(parse_ts(d["ts"])) + 1
         if target in index:
-            times.append(target)
+            times.append(grid.ts_of(target))
             pred.append([d["forecast"][c][0] for c in history.channels])
             actual.append(history.values[index[target]])
     shape = (0, len(history.channels))

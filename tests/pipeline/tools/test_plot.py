@@ -14,13 +14,18 @@ from pipeline.tools.plot import history_from_docs, one_step, plot
 HOUR = 3_600_000
 
 
-def docs(steps: int, bias: float = 0.0) -> tuple[list[dict], list[dict]]:
-    """A ramp read hourly; each forecast says the next value is this one + 1 (+ bias)."""
-    readings = [orjson.loads(encode_reading("a", t * HOUR, {"temp": float(t), "rh": 50.0})) for t in range(steps)]
+def docs(steps: int, bias: float = 0.0, jitter: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """A ramp read hourly (each clock off by up to ± `jitter` of the hour); each forecast, stamped with
+    its slot on the grid, says the next value is this one + 1 (+ bias)."""
+    off = [int(jitter * HOUR * ((t * 7) % 5 - 2) / 2) for t in range(steps)]  # -jitter .. +jitter
+    readings = [
+        orjson.loads(encode_reading("a", t * HOUR + off[t] + HOUR, {"temp": float(t), "rh": 50.0}))
+        for t in range(steps)
+    ]
     forecasts = [
         orjson.loads(
-            encode_forecast("a", t * HOUR, ["temp", "rh"], np.array([[t + 1.0 + bias] * 3, [50.0] * 3]), "m", "2",
-                            format_ts(t * HOUR))
+            encode_forecast("a", t * HOUR + HOUR, ["temp", "rh"], np.array([[t + 1.0 + bias] * 3, [50.0] * 3]), "m",
+                            "2", format_ts(t * HOUR), HOUR)
         )
         for t in range(5, steps)
     ]  # fmt: skip
@@ -36,6 +41,12 @@ def test_one_step_forecasts_meet_the_readings_they_forecast_and_score_against_pe
     scores = plot(history, tmp_path / "a.png")
     assert scores["temp"] == {"model_mae": pytest.approx(0.5), "persistence_mae": pytest.approx(1.0), "steps": 24}
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_jittered_readings_still_meet_their_forecasts() -> None:
+    """Before, forecasts met readings by exact ts: with a jittered clock none did."""
+    times, pred, actual = one_step(history_from_docs("a", *docs(30, bias=0.5, jitter=0.25)))
+    assert len(times) == 30 - 5 - 1 and np.allclose(pred[:, 0] - actual[:, 0], 0.5)
 
 
 def test_an_entity_never_seen_is_a_clear_error() -> None:
