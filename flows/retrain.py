@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # torch, MLflow and the models load inside the tasks: a super
 TRIGGERS = ("schedule", "manual", "drift")
 EXPERIMENT = "sensorcast-retrain"
 FLOW_RUN_TAG = "prefect_flow_run_id"
+ATTEMPT_TAG = "sensorcast_registration"  # one value per registration, shared by its retries
 
 
 @dataclass
@@ -216,9 +218,11 @@ def register(
     sizes: dict,
     sample: dict | None = None,
     ranges: dict | None = None,
+    attempt: str | None = None,
 ) -> tuple[str, str]:
     """One MLflow run: parameters, losses, provenance, plots, the model, registered and tagged with the
-    gate's verdict; the alias is not moved here (`promote` does that, after). Returns (version, run id)."""
+    gate's verdict; the alias is not moved here (`promote` does that, after). A retry finds the version
+    an earlier try made (the run's `attempt` tag) and never registers a second. Returns (version, run id)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -227,7 +231,7 @@ def register(
     mlflow.set_registry_uri(settings.tracking_uri)  # one server: a registry URI set earlier in the process must not win
     done: dict[str, str] = {}
     try:
-        return _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done, ranges)
+        return _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done, ranges, attempt)
     except (MlflowException, OSError) as e:
         what = f"version {done['version']} was registered before it failed" if done else "nothing was registered"
         raise RegistryDown(
@@ -240,9 +244,10 @@ class RegistryDown(RuntimeError):
     """MLflow failed mid-registration; the message says what exists and that no alias moved."""
 
 
-def _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done, ranges) -> tuple[str, str]:
+def _register(
+    settings, candidate, decision, window, trigger, reason, sizes, sample, done, ranges, attempt
+) -> tuple[str, str]:
     import mlflow
-    from mlflow import MlflowClient
     from prefect import runtime as prefect_runtime
 
     from models.mlflow.registry import log_checkpoint, use_experiment
@@ -250,6 +255,10 @@ def _register(settings, candidate, decision, window, trigger, reason, sizes, sam
     from models.nets import PRESETS
 
     use_experiment(EXPERIMENT)
+    found = _registered_by(settings.model_name, attempt) if attempt else None
+    if found is not None:  # a retry after the version was made: tag it, never register a second one
+        done["version"] = found[0]
+        return _tag_version(settings, found[0], found[1], decision, window, ranges)
     with mlflow.start_run(run_name=f"retrain-{trigger}") as run:
         mlflow.set_tags(
             {
@@ -258,6 +267,7 @@ def _register(settings, candidate, decision, window, trigger, reason, sizes, sam
                 "promoted": str(decision.promote),
                 "gate": decision.reason,
                 FLOW_RUN_TAG: str(prefect_runtime.flow_run.id or ""),  # `sensorcast retrain --wait` finds it
+                ATTEMPT_TAG: attempt or "",  # a retry of this task finds what it already made
             }
         )
         mlflow.log_params(
@@ -284,15 +294,37 @@ def _register(settings, candidate, decision, window, trigger, reason, sizes, sam
                 mlflow.log_artifact(str(forecast_plot(sample, window.channels, Path(tmp) / "forecast.png")))
         mlflow.log_text(decision.reason, "gate.txt")
         version = done["version"] = log_checkpoint(candidate.checkpoint, settings.model_name)
-        client = MlflowClient()
-        client.set_model_version_tag(settings.model_name, version, "gate", decision.reason)
-        client.set_model_version_tag(settings.model_name, version, "holdout_mse", json.dumps(decision.scores))
-        client.set_model_version_tag(settings.model_name, version, "holdout_mae", json.dumps(decision.candidate_mae))
-        if ranges:  # what it was trained, validated and held out on: a later gate scores it only after these
-            client.set_model_version_tag(settings.model_name, version, "data_ranges", json.dumps(ranges))
-        if window.grid:  # the cadence and phase it was trained at: the service slots readings on them
-            client.set_model_version_tag(settings.model_name, version, "grid", json.dumps(window.grid))
-    return version, run.info.run_id
+    return _tag_version(settings, version, run.info.run_id, decision, window, ranges)
+
+
+def _registered_by(name: str, attempt: str) -> tuple[str, str] | None:
+    """(version, run id) that an earlier try of this registration made, if it got that far."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    client = MlflowClient()
+    for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.{ATTEMPT_TAG} = '{attempt}'"):
+        for v in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            if v.name == name:
+                return v.version, run.info.run_id
+    return None
+
+
+def _tag_version(settings, version: str, run_id: str, decision, window, ranges) -> tuple[str, str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_model_version_tag(settings.model_name, version, "gate", decision.reason)
+    client.set_model_version_tag(settings.model_name, version, "holdout_mse", json.dumps(decision.scores))
+    client.set_model_version_tag(settings.model_name, version, "holdout_mae", json.dumps(decision.candidate_mae))
+    if ranges:  # what it was trained, validated and held out on: a later gate scores it only after these
+        client.set_model_version_tag(settings.model_name, version, "data_ranges", json.dumps(ranges))
+    if window.grid:  # the cadence and phase it was trained at: the service slots readings on them
+        client.set_model_version_tag(settings.model_name, version, "grid", json.dumps(window.grid))
+    return version, run_id
 
 
 class ChampionMoved(RuntimeError):
@@ -405,8 +437,9 @@ def retrain(
         decision = decision or score(candidate, champion, holdout, margin, window.channels)
         logger.info("gate: %s", decision.reason)
         sample = holdout_sample(candidate, holdout)
+        attempt = uuid.uuid4().hex  # one key for all tries of the registration: a retry finds its version
         version, run_id = register(
-            candidate, decision, window, trigger, reason, info, sample, data_ranges(window, ranges)
+            candidate, decision, window, trigger, reason, info, sample, data_ranges(window, ranges), attempt
         )
     if decision.promote:
         moved_to = promote(version, champion.version if champion is not None else None)

@@ -228,3 +228,31 @@ def test_the_alias_moves_only_if_it_still_points_where_the_gate_looked(
     assert alias_version("cas", "champion") == "2"
     assert "moved to v2" in MlflowClient().get_model_version("cas", "3").tags["promotion"]
     assert promote.fn("3", scored_against=None) == "2"  # "no champion yet" is stale too
+
+
+def test_a_retried_registration_makes_one_version(
+    loop_settings: Settings, produce, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow fails once after the version exists (tagging it): the task's retry tags that version
+    instead of registering a second one."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    import flows.retrain as flow_module
+
+    produce(loop_settings, history(range(120)))
+    tag = MlflowClient.set_model_version_tag
+    failures = []
+
+    def fails_once(self, *args, **kwargs):
+        if not failures:
+            failures.append(args)
+            raise MlflowException("the tracking server went away for a moment")
+        return tag(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", fails_once)
+    monkeypatch.setattr(flow_module, "register", flow_module.register.with_options(retry_delay_seconds=0.5))
+    report = retrain(trigger="manual", epochs=1)
+    versions = MlflowClient().search_model_versions(f"name='{loop_settings.model_name}'")
+    assert failures and [v.version for v in versions] == [report["version"]] == ["1"]
+    assert "gate" in MlflowClient().get_model_version(loop_settings.model_name, "1").tags
