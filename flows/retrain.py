@@ -392,7 +392,7 @@ def retrain(
     logger = get_run_logger()
     started = time.monotonic()
     if trigger == "schedule":
-        from flows.schedule import later_slot_is_due
+        from flows.slots import later_slot_is_due
 
         if later_slot_is_due():  # missed slots collapse into the latest one
             logger.info("superseded: a later scheduled slot is already due and will retrain")
