@@ -152,7 +152,7 @@ def align(
     prov.grid = grid.to_dict()
     out = []
     for (entity,), g in frame.sort("entity", "ts", maintain_order=True).group_by("entity", maintain_order=True):
-        slots = np.asarray([grid.slot(int(t)) for t in g["ts"].to_list()], dtype=np.int64)
+        slots = grid.slots(g["ts"].to_numpy().astype(np.int64))
         keep = np.concatenate([[True], np.diff(slots) > 0])  # sorted: a repeated slot is a duplicate
         prov.duplicates += int((~keep).sum())
         slots, vals = slots[keep], g.select(channels).to_numpy()[keep]

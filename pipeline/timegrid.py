@@ -44,10 +44,13 @@ class Grid:
             raise GridError(f"a grid needs a positive interval, got {self.interval_ms} ms")
 
     def slot(self, ts_ms: int) -> int:
-        """The slot a reading at `ts_ms` belongs to (integer arithmetic: exact for any epoch ms)."""
-        offset = ts_ms - self.anchor_ms
-        slot, rest = divmod(offset, self.interval_ms)
-        return slot + (2 * rest >= self.interval_ms)
+        """The slot a reading at `ts_ms` belongs to (integer arithmetic: exact for any epoch ms; half an
+        interval rounds up)."""
+        return (ts_ms - self.anchor_ms + self.interval_ms // 2) // self.interval_ms
+
+    def slots(self, ts_ms: np.ndarray) -> np.ndarray:
+        """`slot` of every element of an int64 array, in one pass."""
+        return (ts_ms - self.anchor_ms + self.interval_ms // 2) // self.interval_ms
 
     def ts_of(self, slot: int) -> int:
         """The time on the grid of `slot`."""
@@ -89,11 +92,15 @@ def infer_interval(series: Iterable[Iterable[int]]) -> int:
         keep = n >= 1  # re-sends and sub-step jitter (n == 0) are not steps
         spanned += int(gaps[keep].sum())
         steps += int(n[keep].sum())
-    interval = spanned / steps if steps else rough
+    return snap(spanned / steps if steps else rough)
+
+
+def snap(interval_ms: float) -> int:
+    """An interval within 1% of a common cadence (NICE_INTERVALS_MS) as that cadence, else rounded."""
     for nice in NICE_INTERVALS_MS:
-        if abs(interval - nice) <= 0.01 * nice:
+        if abs(interval_ms - nice) <= 0.01 * nice:
             return nice
-    return max(1, int(round(interval)))
+    return max(1, int(round(interval_ms)))
 
 
 def infer_anchor(series: Iterable[Iterable[int]], interval_ms: int) -> int:

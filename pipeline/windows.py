@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.messages import BadReading, Reading, format_ts
-from pipeline.timegrid import NICE_INTERVALS_MS, Grid, infer_anchor
+from pipeline.timegrid import Grid, infer_anchor, snap
 
 LEARN_READINGS = 3  # readings at distinct times an entity shows before its own grid is inferred
 
@@ -124,14 +124,13 @@ class EntityWindows:
             last = int(self.last_ts[slot])
             step = 0 if reading.ts_ms == last else (-1 if reading.ts_ms < last else 1)
             return int(self.last_slot[slot]) + step, None
-        at = grid.slot(reading.ts_ms)
-        if grid.tolerance < 0.5 and abs(reading.ts_ms - grid.ts_of(at)) > grid.tolerance * grid.interval_ms:
+        if grid.tolerance < 0.5 and grid.off_grid(reading.ts_ms):  # never at the default, half an interval
             raise BadReading(
                 "off_grid",
                 f"{reading.entity} ts {format_ts(reading.ts_ms)} is further than {grid.tolerance:g} of an interval "
                 f"({grid.interval_ms} ms) from the grid",
             )
-        return at, grid
+        return grid.slot(reading.ts_ms), grid
 
     def push(self, reading: Reading, seen_s: float = 0.0) -> Pushed:
         """Put a reading in its slot; raise BadReading (and change nothing) for one that cannot be."""
@@ -295,8 +294,4 @@ def _learned_interval(times: list[int]) -> int | None:
             steps = steps[int(jumps.argmax()) + 1 :]
     if len(steps) < 2:  # too few steps yet (or re-sends among them): wait for more
         return None
-    interval = int(steps.min())
-    for nice in NICE_INTERVALS_MS:
-        if abs(interval - nice) <= 0.01 * nice:
-            return nice
-    return interval
+    return snap(int(steps.min()))

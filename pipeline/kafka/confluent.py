@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from pipeline.kafka.clients import RECONNECT_BACKOFF_MAX_MS, KafkaUnavailable, unreachable
 from pipeline.kafka.security import confluent_security
-from pipeline.kafka.sink import MAX_MESSAGE_BYTES, OutputRefused, oversized, refusal_letter
+from pipeline.kafka.sink import MAX_MESSAGE_BYTES, OutputRefused, refusal_letter, within_limit
 from pipeline.kafka.source import commit_metadata, committed_ts
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
@@ -153,11 +153,10 @@ class ConfluentSink:
         produce, delivered = self.producer.produce, self._delivered
         self._unconfirmed[self._epoch] += len(messages)
         for m in messages:
-            if oversized(m, self.max_message_bytes):
+            stand_in = within_limit(m, self.max_message_bytes, self.dlq_topic)
+            if stand_in is not None:
                 self.refused += 1
-                log.error("a %d-byte message to %s is over the limit; a dead letter names it", len(m.value), m.topic)
-                error = f"{len(m.value)} bytes is over the limit of {self.max_message_bytes}"
-                m = Outgoing(self.dlq_topic, m.key, refusal_letter(m, error))
+                m = stand_in
             try:
                 produce(m.topic, m.value, m.key, on_delivery=delivered)
             except (BufferError, KafkaException):

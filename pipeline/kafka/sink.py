@@ -35,8 +35,15 @@ PER_MESSAGE = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordE
 MAX_MESSAGE_BYTES = 1_000_000  # key + value; the broker's default message.max.bytes is 1,048,588 with headers
 
 
-def oversized(message: Outgoing, limit: int) -> bool:
-    return len(message.value) + len(message.key or b"") > limit
+def within_limit(message: Outgoing, limit: int, dlq_topic: str) -> Outgoing | None:
+    """None for a message that may be sent as it is; for one over `limit` (key + value), the small
+    dead letter to send in its place (checked before the send on both clients)."""
+    size = len(message.value) + len(message.key or b"")
+    if size <= limit:
+        return None
+    log.error("a %d-byte message to %s is over the limit; a dead letter names it", size, message.topic)
+    letter = refusal_letter(message, f"{size} bytes is over the limit of {limit}")
+    return Outgoing(dlq_topic, message.key, letter)
 
 
 class OutputRefused(RuntimeError):
@@ -83,21 +90,10 @@ class KafkaSink:
     def publish(self, messages) -> None:
         send, sent, limit = self.producer.send, self._sent, self.max_message_bytes
         for m in messages:
-            if oversized(m, limit):
-                sent.append((self._stand_in(m, f"{len(m.value)} bytes is over the limit of {limit}"), m))
-            else:
-                sent.append((send(m.topic, key=m.key, value=m.value), m))
+            out = within_limit(m, limit, self.dlq_topic) or m
+            self.refused += out is not m
+            sent.append((send(out.topic, key=out.key, value=out.value), m))
         self._published += len(messages)
-
-    def _stand_in(self, message: Outgoing, error: str):
-        self.refused += 1
-        log.error(
-            "the broker refused a message to %s (%d bytes): %s; a dead letter names it",
-            message.topic,
-            len(message.value),
-            error,
-        )
-        return self.producer.send(self.dlq_topic, key=message.key, value=refusal_letter(message, error))
 
     def mark(self) -> int:
         return self._published

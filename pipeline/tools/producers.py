@@ -16,6 +16,7 @@ import polars as pl
 from models.data import WEATHER_CHANNELS, channel_columns, guess_time_column, load_table, load_weather
 
 Row = tuple[str, int, dict[str, float]]
+Message = tuple[bytes | None, bytes]  # (key, value) as they go on the wire
 
 
 def replay_rows(
@@ -109,13 +110,22 @@ class Delivery:
 
 def stream_to_kafka(settings, rows: Iterator[Row], progress: Callable[[int], None] | None = None) -> Delivery:
     """Send every row and wait for the broker's answer to each; a refused send is counted, never silent."""
-    from kafka.errors import KafkaError
-
-    from pipeline.kafka import close_producer, flush_producer, make_producer
     from pipeline.messages import encode_reading, format_ts
 
     if settings.kafka_client == "confluent":
         return _stream_with_confluent(settings, rows, progress)
+    return send_messages(
+        settings, ((entity.encode(), encode_reading(entity, format_ts(ts), v)) for entity, ts, v in rows), progress
+    )
+
+
+def send_messages(settings, messages: Iterator[Message], progress: Callable[[int], None] | None = None) -> Delivery:
+    """Send (key, value) messages as they are to the readings topic (kafka-python) and wait for the
+    broker's answer to each: rows (`stream_to_kafka`) or a messy stream's raw messages."""
+    from kafka.errors import KafkaError
+
+    from pipeline.kafka import close_producer, flush_producer, make_producer
+
     producer = make_producer(settings)
     result = Delivery()
 
@@ -127,11 +137,8 @@ def stream_to_kafka(settings, rows: Iterator[Row], progress: Callable[[int], Non
             result.first_error = f"{type(error).__name__}: {error}"
 
     try:
-        for entity, ts, values in rows:
-            future = producer.send(
-                settings.readings_topic, key=entity.encode(), value=encode_reading(entity, format_ts(ts), values)
-            )
-            future.add_callback(confirmed).add_errback(refused)
+        for key, value in messages:
+            producer.send(settings.readings_topic, key=key, value=value).add_callback(confirmed).add_errback(refused)
             result.sent += 1
             if progress and result.sent % 100 == 0:
                 progress(100)
@@ -181,7 +188,6 @@ def _stream_with_confluent(settings, rows: Iterator[Row], progress: Callable[[in
 
 
 # -- a messy stream, on purpose --------------------------------------------------------------------
-Message = tuple[bytes | None, bytes]  # (key, value) as they go on the wire
 INCIDENTS = {  # kind → what the service should make of it: a dead-letter reason, or None (absorbed)
     "jitter": None,  # every reading of a jittered entity, ± `jitter` of the interval
     "resend": "duplicate",  # a gateway sends a reading again, a second later
@@ -249,34 +255,3 @@ def messy(
         else:  # junk_control
             yield (key, b'{"entity": "' + bytes(rng.integers(1, 32, 180_000, dtype=np.uint8)) + b'"}'), incident, row
             yield plain
-
-
-def send_messages(settings, messages: Iterator[Message], progress: Callable[[int], None] | None = None) -> Delivery:
-    """Send raw (key, value) messages to the readings topic and wait for the broker's answer to each."""
-    from kafka.errors import KafkaError
-
-    from pipeline.kafka import close_producer, flush_producer, make_producer
-
-    producer = make_producer(settings)
-    result = Delivery()
-
-    def confirmed(_metadata) -> None:
-        result.confirmed += 1
-
-    def refused(error: Exception) -> None:
-        if result.first_error is None:
-            result.first_error = f"{type(error).__name__}: {error}"
-
-    try:
-        for key, value in messages:
-            producer.send(settings.readings_topic, key=key, value=value).add_callback(confirmed).add_errback(refused)
-            result.sent += 1
-            if progress:
-                progress(1)
-        try:
-            flush_producer(producer, 60)
-        except KafkaError as e:
-            result.first_error = result.first_error or f"not confirmed within 60 s: {e}"
-    finally:
-        close_producer(producer, 5)
-    return result
