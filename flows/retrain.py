@@ -79,6 +79,7 @@ class RetrainReport:
     epochs: int = 0
     readings: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    waited_s: float = 0.0  # for another retrain of the same model to end first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -386,11 +387,12 @@ def retrain(
     margin: float = 0.0,
     epochs: int = 5,
 ) -> dict:
-    """Retrain the serving model on the readings topic and promote it only if it wins on the holdout."""
+    """Retrain the serving model on the readings topic and promote it only if it wins on the holdout.
+    One retrain of a model at a time, however it was started (schedule, drift, a deployment run or
+    `sensorcast retrain` in a process of its own): a second one waits for the first."""
     if trigger not in TRIGGERS:
         raise ValueError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
     logger = get_run_logger()
-    started = time.monotonic()
     if trigger == "schedule":
         from flows.slots import later_slot_is_due
 
@@ -399,13 +401,27 @@ def retrain(
             return RetrainReport(
                 trigger, reason or trigger, False, "superseded by a later scheduled slot", {}
             ).to_dict()
+    from flows.slots import one_retrain_at_a_time
+
+    started = time.monotonic()
+    with one_retrain_at_a_time(Settings.load().model_name, logger):
+        waited = time.monotonic() - started
+        report = _retrain(trigger, reason, hours, warm_start, margin, epochs, logger)
+    report.waited_s = round(waited, 3)
+    logger.info(
+        "retrain done in %.0f s: version %s, promoted %s", time.monotonic() - started, report.version, report.promoted
+    )
+    return report.to_dict()
+
+
+def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger) -> RetrainReport:
     from models.data import DataError
 
     champion = current_champion()
     window = pull(hours, champion.channels if champion is not None else None)
     if isinstance(window, WindowError):  # nothing to train on: no run, no version, and the reason said
         logger.warning("not retrained: %s", window)
-        return RetrainReport(trigger, reason or trigger, False, f"not retrained: {window}", {}).to_dict()
+        return RetrainReport(trigger, reason or trigger, False, f"not retrained: {window}", {})
     prov = window.provenance
     logger.info("window: %d readings, refused %s, %d series", prov.readings, prov.refused, prov.segments)
     with tempfile.TemporaryDirectory(prefix="sensorcast-retrain-") as tmp:
@@ -415,7 +431,7 @@ def retrain(
             logger.warning("not retrained: %s", e)
             report = RetrainReport(trigger, reason or trigger, False, f"not retrained: {e}", {})
             report.readings, report.refused = window.provenance.readings, window.provenance.refused
-            return report.to_dict()
+            return report
         holdout, ranges = info.pop("holdout"), info.pop("ranges")
         decision = None
         trained_until = champion_trained_until(champion.version) if champion is not None else None
@@ -455,7 +471,4 @@ def retrain(
         candidate.warm_started, candidate.result.seconds, candidate.result.epochs, window.provenance.readings,
         window.provenance.refused,
     )  # fmt: skip
-    logger.info(
-        "retrain done in %.0f s: version %s, promoted %s", time.monotonic() - started, version, decision.promote
-    )
-    return report.to_dict()
+    return report

@@ -69,6 +69,29 @@ def test_too_little_data_is_not_retrained_and_says_why(loop_settings: Settings, 
     assert "too little data" in report["gate"] and report["readings"] == 30
 
 
+def test_one_retrain_at_a_time_a_second_waits_for_the_first(loop_settings: Settings, produce) -> None:
+    """The model's retrain slot is held (as a deployment run would hold it): a retrain started in this
+    process waits until it is free, then runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from flows.slots import retrain_limit
+
+    produce(loop_settings, history(range(10)))
+    name = retrain_limit(loop_settings.model_name)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    reports: list[dict] = []
+    with concurrency(name, occupy=1, strict=True):
+        second = threading.Thread(target=lambda: reports.append(retrain(trigger="manual")), daemon=True)
+        second.start()
+        second.join(timeout=5)
+        waited_while_held = second.is_alive()
+    second.join(timeout=120)
+    assert waited_while_held and reports, reports
+    assert reports[0]["waited_s"] >= 4 and "too little data" in reports[0]["gate"], reports
+
+
 def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     loop_settings: Settings, produce, collect, mlflow_server: str
 ) -> None:

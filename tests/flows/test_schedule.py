@@ -1,6 +1,6 @@
 """The retrain deployment against a real Prefect server and `flows serve`: missed schedule slots
-collapse into one retrain, a drift event from the monitor's code starts a retrain, and
-`sensorcast retrain --wait` runs on the served deployment."""
+collapse into one retrain (a cancelled later slot supersedes nothing), a drift event from the
+monitor's code starts a retrain, and `sensorcast retrain --wait` runs on the served deployment."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_th
         LogFilterFlowRunId,
     )
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.states import Scheduled
+    from prefect.states import Cancelled, Scheduled
 
     from flows.schedule import deploy_to_pool, deployment
 
@@ -75,8 +75,10 @@ def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_th
                     parameters={"trigger": "schedule"},
                     state=Scheduled(scheduled_time=now - dt.timedelta(hours=h)),
                 ).id
-                for h in (2, 1)  # two slots passed while nothing served the deployment
+                for h in (3, 2, 1)  # three slots passed while nothing served the deployment ...
             ]
+            given_up = missed.pop()  # ... and someone cancelled the latest: it must not supersede the others
+            client.set_flow_run_state(given_up, Cancelled(), force=True)
         # `flows serve` comes back: it finds the Late runs
         server = CliProcess(["flows", "serve"], env, tmp_path / "flows-serve.log").start()
         try:
@@ -131,7 +133,7 @@ def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_th
     assert states == ["COMPLETED"] * len(missed), (states, server.output()[-3000:])
     superseded = [run_id for run_id in missed if "superseded" in logs[run_id]]
     assert superseded == missed[:1], logs  # the older slot gives way ...
-    assert "not retrained" in logs[missed[1]], logs  # ... and the latest one does the work (here: no data yet)
+    assert "not retrained" in logs[missed[1]], logs  # ... the latest one alive does the work (here: no data yet)
     assert len(drift_runs) == 1, (drift_runs, server.output()[-3000:])  # one event, one run
     assert drift_runs[0].state.type.value == "COMPLETED"
     assert drift_runs[0].parameters["reason"] == "level shift on a"
