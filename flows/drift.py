@@ -7,7 +7,9 @@ the forecast's own `ts` and `step_ms`; without them, one inferred from the entit
 Persistence is scored on the same steps: it would have said "the reading at s" for all of them.
 
 Drift fires when the model's rolling MAE, in units of the champion's holdout MAE, stays above
-`threshold` for `patience` consecutive scored readings of one entity, and at most once per `cooldown_s`.
+`threshold` for `patience` consecutive scored readings of one entity, and at most once per `cooldown_s`
+for that entity (another entity that drifts meanwhile still fires). An entity silent for longer than a
+TTL is forgotten (`forget_idle`), so the state follows the entities that are alive.
 
 >>> d = DriftTracker(["temp"], reference_mae=1.0, window=4, threshold=2.0, patience=2, cooldown_s=60)
 >>> for h in range(3):  # forecasts of 10 for the next two steps after each reading; the truth follows
@@ -45,6 +47,8 @@ class _Entity:
     errors: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of the model
     naive: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of persistence
     above: int = 0  # consecutive scored readings over the threshold
+    fired_at: float | None = None  # when drift last fired for this entity (the cool-down is per entity)
+    seen_s: float | None = None  # when its last reading or forecast arrived (the TTL's clock)
 
 
 class DriftTracker:
@@ -67,20 +71,27 @@ class DriftTracker:
         self.fired_at: float | None = None
         self.fired_entity: str | None = None
 
-    def _entity(self, entity: str) -> _Entity:
+    def _entity(self, entity: str, now_s: float | None) -> _Entity:
         e = self.entities.get(entity)
         if e is None:
             e = self.entities[entity] = _Entity()
             for c in self.channels:
                 e.errors[c], e.naive[c] = deque(maxlen=self.window), deque(maxlen=self.window)
+        if now_s is not None:
+            e.seen_s = now_s
         return e
 
     def on_forecast(
-        self, entity: str, ts: float, forecast: dict[str, list[float]], step_s: float | None = None
+        self,
+        entity: str,
+        ts: float,
+        forecast: dict[str, list[float]],
+        step_s: float | None = None,
+        now_s: float | None = None,
     ) -> None:
         """A forecast made after the reading at `ts` (seconds; the forecast's slot on the grid), whose
         steps are `step_s` apart: its steps wait for the readings that land in their slots."""
-        e = self._entity(entity)
+        e = self._entity(entity, now_s)
         ts_ms = round(ts * 1000)
         if step_s:
             step_ms = round(step_s * 1000)
@@ -97,7 +108,7 @@ class DriftTracker:
 
     def on_reading(self, entity: str, ts: float, values: dict[str, float], now_s: float) -> bool:
         """Score every pending step due in the slot of `ts`; returns True when this reading makes drift fire."""
-        e = self._entity(entity)
+        e = self._entity(entity, now_s)
         ts_ms = round(ts * 1000)
         if e.grid is None:
             e.times_ms.append(ts_ms)
@@ -121,12 +132,21 @@ class DriftTracker:
         if not scored:
             return False
         e.above = e.above + 1 if self.drifting(entity) else 0
-        cooled = self.fired_at is None or now_s - self.fired_at >= self.cooldown_s
+        cooled = e.fired_at is None or now_s - e.fired_at >= self.cooldown_s
         if e.above >= self.patience and cooled:
-            self.fired_at, self.fired_entity = now_s, entity
+            e.fired_at = self.fired_at = now_s
+            self.fired_entity = entity
             e.above = 0
             return True
         return False
+
+    def forget_idle(self, now_s: float, ttl_s: float) -> list[str]:
+        """Forget the entities with no reading or forecast for `ttl_s` seconds; returns their names."""
+        gone = [name for name, e in self.entities.items() if e.seen_s is not None and now_s - e.seen_s > ttl_s]
+        for name in gone:
+            del self.entities[name]
+            self._last_values.pop(name, None)
+        return gone
 
     def mae(self, entity: str, channel: str, naive: bool = False) -> float:
         """Rolling MAE of the model (or of persistence) in units of the champion's holdout MAE."""

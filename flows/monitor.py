@@ -1,25 +1,30 @@
 """The drift monitor, a process of its own (`sensorcast monitor`): Prefect's client stays out of the
 serving process. It follows the readings and forecasts topics from now, scores every forecast step
-when its reading arrives (`flows.drift.DriftTracker`), exports the rolling errors as Prometheus
-metrics and logs them to an MLflow run of its own (`MlflowLog`), and when drift fires, emits the
-Prefect event `sensorcast.drift`, at most once per cool-down; the retrain deployment's trigger turns
-it into a run. The yardstick is the champion's per-channel holdout MAE, tagged on its version by the retrain flow.
+when its reading arrives (`flows.drift.DriftTracker`; only readings the service took), exports the
+rolling errors as Prometheus metrics and logs them to an MLflow run of its own (`MlflowLog`), and
+when drift fires, emits the Prefect event `sensorcast.drift`, at most once per cool-down and entity;
+the retrain deployment's trigger turns it into a run. The yardstick is the champion's per-channel
+holdout MAE, tagged on its version by the retrain flow, and it follows the models topic: a promotion
+changes the yardstick at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import orjson
 
 from flows.drift import DRIFT_EVENT, DriftTracker, drift_resource
 from pipeline.kafka import TopicFollower
-from pipeline.messages import BadReading, parse_ts
+from pipeline.messages import BadReading, TimePolicy, parse_reading, parse_ts
+from pipeline.records import Record
 from pipeline.settings import Settings
 
 log = logging.getLogger("sensorcast.monitor")
@@ -76,6 +81,10 @@ class MlflowLog:
         self.run_id: str | None = None
         self.step = 0
         self._down = False
+
+    def new_champion(self, version: str) -> None:
+        """The next summary opens a run of its own, named for the champion it measures."""
+        self.version, self.run_id, self.step = version, None, 0
 
     def _client(self):
         from mlflow import MlflowClient
@@ -135,6 +144,14 @@ class MlflowLog:
 
 
 class DriftMonitor:
+    """Scores the live forecasts against the readings the service took, and follows the champion.
+
+    A reading is scored only if the service would have taken it: the same decode, time policy and key
+    check (`pipeline.messages.parse_reading`), so a refused reading never counts as an error. When a
+    new champion is announced on the models topic (or found at a summary, the fallback), its holdout
+    MAE becomes the yardstick and the rolling errors start afresh: they were the old model's. An
+    entity silent for `ttl_s` is forgotten, with its gauge labels."""
+
     def __init__(
         self,
         settings: Settings,
@@ -145,34 +162,97 @@ class DriftMonitor:
         cooldown_s: float = 3600.0,
         window: int = 200,
         metrics=None,
+        *,
+        version: str | None = None,
+        reference: Callable[[], tuple[str, dict[str, float]]] | None = None,
+        on_champion: Callable[[str], None] | None = None,
+        ttl_s: float | None = None,
     ):
         self.settings, self.on_drift, self.metrics = settings, on_drift, metrics
-        self.tracker = DriftTracker(list(reference_mae), reference_mae, window, threshold, patience, cooldown_s)
-        self.inbox: queue.Queue[tuple[str, bytes | None]] = queue.Queue()
+        self.version, self.reference, self.on_champion, self.ttl_s = version, reference, on_champion, ttl_s
+        self._tracker_args = (window, threshold, patience, cooldown_s)
+        self.tracker = DriftTracker(list(reference_mae), reference_mae, *self._tracker_args)
+        self.policy = TimePolicy.of(settings)
+        self.inbox: queue.Queue[tuple[str, Record]] = queue.Queue()
         self.fired: list[dict] = []
+        self.refused: Counter[str] = Counter()  # readings the service refused too, by reason: never scored
         s = settings
         self.followers = [
-            TopicFollower(s, topic, lambda v, t=topic: self.inbox.put((t, v)))
-            for topic in (s.readings_topic, s.forecasts_topic)
+            TopicFollower(s, topic, lambda r, t=topic: self.inbox.put((t, r)), whole_records=True)
+            for topic in (s.readings_topic, s.forecasts_topic, s.models_topic)
         ]
 
-    def handle(self, topic: str, value: bytes | None, now_s: float) -> None:
+    def handle(self, topic: str, record: Record, now_s: float) -> None:
+        if topic == self.settings.models_topic:
+            self._announced(record.value)
+        elif topic == self.settings.forecasts_topic:
+            self._forecast(record.value, now_s)
+        else:
+            self._reading(record, now_s)
+
+    def _announced(self, value: bytes | None) -> None:
+        try:
+            doc = orjson.loads(value or b"")
+            name, version = doc["name"], str(doc["version"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if name == self.settings.model_name and version != self.version:
+            self.follow_champion()
+
+    def follow_champion(self) -> bool:
+        """Re-read the champion; if it changed, measure against it from now on. True if it changed."""
+        if self.reference is None:
+            return False
+        try:
+            version, mae = self.reference()
+        except Exception as e:  # MLflow down, or a version without its tag: keep the yardstick we have
+            log.error("could not read the champion's holdout MAE (%s); keeping v%s's", e, self.version)
+            return False
+        if version == self.version:
+            return False
+        log.info("champion v%s → v%s: its holdout MAE is the yardstick from now on", self.version, version)
+        self.version = version
+        self.tracker = DriftTracker(list(mae), mae, *self._tracker_args)
+        if self.metrics is not None:
+            self.metrics.clear()
+        if self.on_champion is not None:
+            self.on_champion(version)
+        return True
+
+    def _forecast(self, value: bytes | None, now_s: float) -> None:
         try:
             doc = orjson.loads(value or b"")
             entity, ts = doc["entity"], parse_ts(doc["ts"], self.settings.ts_unit) / 1000.0
         except (orjson.JSONDecodeError, KeyError, TypeError, BadReading):
-            return  # the service's dead-letter topic already names bad readings
-        if topic == self.settings.forecasts_topic:
-            step = doc.get("step_ms")
-            step_s = step / 1000 if isinstance(step, int | float) and not isinstance(step, bool) and step > 0 else None
-            self.tracker.on_forecast(entity, ts, doc.get("forecast", {}), step_s)
             return
-        values = {c: v for c, v in (doc.get("values") or {}).items() if isinstance(v, int | float)}
-        if self.tracker.on_reading(entity, ts, values, now_s):
+        step = doc.get("step_ms")
+        step_s = step / 1000 if isinstance(step, int | float) and not isinstance(step, bool) and step > 0 else None
+        self.tracker.on_forecast(entity, ts, doc.get("forecast", {}), step_s, now_s)
+
+    def _reading(self, record: Record, now_s: float) -> None:
+        s, channels = self.settings, self.tracker.channels
+        try:
+            reading = parse_reading(
+                record.value,
+                channels,
+                s.max_payload_bytes,
+                record_ts_ms=record.timestamp_ms,
+                policy=self.policy,
+                allow_missing=s.max_missing_fill > 0,
+            )
+            if s.key_policy == "refuse" and record.key != reading.entity.encode():
+                raise BadReading("bad_key", "the record's key is not its entity")
+        except BadReading as bad:  # the service refused it too, and its dead letter says why
+            self.refused[bad.reason] += 1
+            return
+        entity = reading.entity
+        values = {c: float(v) for c, v in zip(channels, reading.values, strict=True) if math.isfinite(v)}
+        if self.tracker.on_reading(entity, reading.ts_ms / 1000.0, values, now_s):
             detail = {
                 "entity": entity,
                 "reason": f"rolling MAE of {entity} above {self.tracker.threshold}× the champion's holdout MAE",
                 "mae_ratio": {c: round(self.tracker.mae(entity, c), 3) for c in self.tracker.channels},
+                "champion_version": self.version,
             }
             self.fired.append(detail)
             log.warning("drift: %s", detail["reason"])
@@ -181,6 +261,21 @@ class DriftMonitor:
             for c in self.tracker.channels:
                 self.metrics.labels(entity, c, "model").set(self.tracker.mae(entity, c))
                 self.metrics.labels(entity, c, "persistence").set(self.tracker.mae(entity, c, naive=True))
+
+    def forget_idle(self, now_s: float) -> list[str]:
+        """Forget the entities silent for the TTL, and their gauge labels."""
+        if self.ttl_s is None:
+            return []
+        gone = self.tracker.forget_idle(now_s, self.ttl_s)
+        if self.metrics is not None:
+            for entity in gone:
+                for c in self.tracker.channels:
+                    for model in ("model", "persistence"):
+                        try:
+                            self.metrics.remove(entity, c, model)
+                        except KeyError:  # never scored: no label to remove
+                            pass
+        return gone
 
     def run(
         self,
@@ -195,11 +290,18 @@ class DriftMonitor:
         for f in followers:
             f.start()
         next_summary = clock() + summary_every_s
+        forget_every = min(self.ttl_s / 10, 60.0) if self.ttl_s else None
+        next_forget = clock() + (forget_every or 0)
         try:
             while not stop.is_set():
-                if on_summary is not None and clock() >= next_summary:
-                    on_summary(self.tracker.summary())
+                if clock() >= next_summary:
+                    self.follow_champion()  # the fallback, when an announcement was missed
+                    if on_summary is not None:
+                        on_summary(self.tracker.summary())
                     next_summary = clock() + summary_every_s
+                if forget_every is not None and clock() >= next_forget:
+                    self.forget_idle(clock())
+                    next_forget = clock() + forget_every
                 try:
                     topic, value = self.inbox.get(timeout=0.2)
                 except queue.Empty:
@@ -212,5 +314,5 @@ class DriftMonitor:
                 f.close()
 
     def wait_ready(self, timeout_s: float = 30) -> bool:
-        """True once both topics are followed from their ends (what arrives from then on is seen)."""
+        """True once the topics are followed from their ends (what arrives from then on is seen)."""
         return all(f.ready.wait(timeout_s) for f in self.followers)

@@ -107,7 +107,7 @@ def pull_window(
     channels = channels or infer_channels([r.value for r in piece.records])
     entities, stamps, rows = [], [], []
     refused: Counter[str] = Counter()
-    policy = TimePolicy(settings.ts_unit, int(settings.max_future_s * 1000) if settings.max_future_s else None)
+    policy = TimePolicy.of(settings)
     for rec in piece.records:
         try:
             reading = parse_reading(

@@ -59,7 +59,7 @@ class ServiceConfig:
             duplicates=s.duplicate_policy,
             max_missing_fill=s.max_missing_fill,
             grid_tolerance=s.grid_tolerance,
-            time=TimePolicy(s.ts_unit, int(s.max_future_s * 1000) if s.max_future_s else None),
+            time=TimePolicy.of(s),
             dlq_payload_bytes=s.dlq_payload_bytes,
             key_policy=s.key_policy,
         )

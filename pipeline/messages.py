@@ -83,6 +83,11 @@ class TimePolicy:
     ts_unit: str = "ms"
     max_future_ms: int | None = 86_400_000
 
+    @classmethod
+    def of(cls, settings) -> TimePolicy:
+        """The policy that `pipeline.settings.Settings` (its ts_unit and max_future_s) describe."""
+        return cls(settings.ts_unit, int(settings.max_future_s * 1000) if settings.max_future_s else None)
+
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MILLISECOND = dt.timedelta(milliseconds=1)

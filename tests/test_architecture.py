@@ -57,6 +57,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "flows": (
         "pipeline.settings",
         "pipeline.messages",
+        "pipeline.records",  # what pipeline.kafka's readers hand over
         "pipeline.timegrid",
         "pipeline.kafka",
         "pipeline.model_source",

@@ -123,11 +123,22 @@ def read_since(settings: Settings, topic: str, since_ms: int | None, timeout_s: 
 
 class TopicFollower(threading.Thread):
     """Calls `on_message(value)` for every message that arrives on `topic` from now on (the service
-    follows model announcements this way). A broker hiccup is retried, never raised into the caller."""
+    follows model announcements this way), or `on_message(record)` with `whole_records` (a
+    `pipeline.records.Record`: key and timestamp too). A broker hiccup is retried, never raised into
+    the caller."""
 
-    def __init__(self, settings: Settings, topic: str, on_message, poll_ms: int = 200, since_ms: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        on_message,
+        poll_ms: int = 200,
+        since_ms: int | None = None,
+        whole_records: bool = False,
+    ):
         super().__init__(name=f"follow-{topic}", daemon=True)
         self.settings, self.topic, self.on_message, self.poll_ms = settings, topic, on_message, poll_ms
+        self.whole_records = whole_records
         self.since_ms = since_ms  # start from the messages written since then (None: from now)
         self.halt = threading.Event()
         self.ready = threading.Event()
@@ -142,7 +153,10 @@ class TopicFollower(threading.Thread):
                     self.ready.set()
                 for records in consumer.poll(timeout_ms=self.poll_ms).values():
                     for r in records:
-                        self.on_message(r.value)
+                        if self.whole_records:
+                            self.on_message(Record(r.value, r.key, r.topic, r.partition, r.offset, r.timestamp))
+                        else:
+                            self.on_message(r.value)
             except Exception as e:  # keep following; the registry poll is the fallback meanwhile
                 log.warning("following %s failed (%s); retrying", self.topic, e)
                 if consumer is not None:

@@ -772,7 +772,7 @@ def monitor_cmd(
         2.0, help="fire when the rolling MAE exceeds this multiple of the champion's holdout MAE"
     ),
     patience: int = typer.Option(20, help="... for this many scored readings of one entity in a row"),
-    cooldown: float = typer.Option(3600.0, help="seconds between two firings"),
+    cooldown: float = typer.Option(3600.0, help="seconds between two firings for one entity"),
     window: int = typer.Option(200, help="scored steps in the rolling MAE, per entity and channel"),
     metrics_port: int = typer.Option(9309, help="Prometheus metrics (0: none)"),
     summary_every: float = typer.Option(60.0, help="seconds between two summaries logged to MLflow"),
@@ -803,7 +803,11 @@ def monitor_cmd(
         mlflow_log.drift(detail)
         emit_drift_event(settings, detail)
 
-    monitor = DriftMonitor(settings, reference, on_drift, threshold, patience, cooldown, window, gauge)
+    monitor = DriftMonitor(
+        settings, reference, on_drift, threshold, patience, cooldown, window, gauge,
+        version=version, reference=lambda: champion_reference(settings), on_champion=mlflow_log.new_champion,
+        ttl_s=settings.entity_ttl_s,
+    )  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -13,13 +13,13 @@ def truth(t: int, shift_at: int | None = None) -> float:
     return 20 + 5 * math.sin(2 * math.pi * t / 24) + (8.0 if shift_at is not None and t >= shift_at else 0.0)
 
 
-def run(tracker: DriftTracker, steps: int, shift_at: int | None = None) -> list[int]:
+def run(tracker: DriftTracker, steps: int | range, shift_at: int | None = None, entity: str = "site") -> list[int]:
     """A model that knows the daily cycle but not the shift; returns the steps at which drift fired."""
     fired = []
-    for t in range(steps):
-        if tracker.on_reading("site", t, {"temp": truth(t, shift_at)}, now_s=t):
+    for t in steps if isinstance(steps, range) else range(steps):
+        if tracker.on_reading(entity, t, {"temp": truth(t, shift_at)}, now_s=t):
             fired.append(t)
-        tracker.on_forecast("site", t, {"temp": [truth(t + k) + 0.1 for k in range(1, H + 1)]})
+        tracker.on_forecast(entity, t, {"temp": [truth(t + k) + 0.1 for k in range(1, H + 1)]}, now_s=t)
     return fired
 
 
@@ -35,6 +35,23 @@ def test_a_level_shift_fires_once_per_cool_down() -> None:
     assert fired and 100 < fired[0] <= 112, fired  # within half a day of the shift
     assert len(fired) == 2 and fired[1] - fired[0] >= 100, fired  # drift persists: again, after the cool-down
     assert tracker.fired_entity == "site"
+
+
+def test_the_cool_down_is_per_entity_another_drifting_entity_still_fires() -> None:
+    tracker = DriftTracker(["temp"], reference_mae=0.5, window=24, threshold=2.0, patience=6, cooldown_s=1000)
+    first = run(tracker, range(0, 150), shift_at=100, entity="a")
+    second = run(tracker, range(0, 150), shift_at=100, entity="b")  # within a's cool-down
+    again = run(tracker, range(150, 200), shift_at=100, entity="a")  # a still drifts, still cooling down
+    assert len(first) == 1 and len(second) == 1 and again == [], (first, second, again)
+    assert tracker.fired_entity == "b"
+
+
+def test_an_entity_silent_past_the_ttl_is_forgotten_and_one_alive_is_kept() -> None:
+    tracker = DriftTracker(["temp"], reference_mae=0.5, window=24)
+    run(tracker, range(0, 48), entity="gone")
+    run(tracker, range(0, 100), entity="alive")
+    assert tracker.forget_idle(now_s=100, ttl_s=24) == ["gone"]
+    assert set(tracker.entities) == {"alive"} and tracker.summary()["entities_scored"] == 1
 
 
 def test_steps_whose_reading_never_comes_are_dropped() -> None:

@@ -71,6 +71,68 @@ def test_quiet_on_the_clean_stream_then_fires_once_on_a_level_shift(kafka_settin
     assert summaries[-1]["mae_ratio_temp"] == monitor.tracker.mae("site", "temp")  # the last one, at the stop
 
 
+def test_a_promotion_changes_the_yardstick_at_once_and_refused_readings_are_never_scored(kafka_settings) -> None:
+    """An error of about 8 is 16× a holdout MAE of 0.5 (drift) but 1.6× the new champion's 5.0 (quiet);
+    a reading of 1e9 keyed by another entity is refused by the service, so it is never scored."""
+    ensure_topics(kafka_settings)
+    fired: list[dict] = []
+    champions: list[str] = []
+    monitor = DriftMonitor(
+        kafka_settings, {"temp": 0.5}, fired.append, threshold=2.0, patience=6, window=24,
+        version="1", reference=lambda: ("2", {"temp": 5.0}), on_champion=champions.append,
+    )  # fmt: skip
+    stop = threading.Event()
+    runner = threading.Thread(target=monitor.run, args=(stop, time.monotonic, None, 3600), daemon=True)
+    runner.start()
+    producer = make_producer(kafka_settings, linger_ms=0)
+    try:
+        assert monitor.wait_ready(30)
+        announcement = {"name": kafka_settings.model_name, "alias": "champion", "version": "2", "run_id": "r"}
+        producer.send(kafka_settings.models_topic, key=b"m", value=orjson.dumps(announcement)).get(30)
+        deadline = time.monotonic() + 10
+        while not champions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stream(kafka_settings, range(0, 48), shift_at=0)
+        junk = encode_reading("site", 48 * HOUR, {"temp": 1e9})
+        producer.send(kafka_settings.readings_topic, key=b"another-site", value=junk).get(30)
+        stream(kafka_settings, range(48, 96), shift_at=0)
+        deadline = time.monotonic() + 10
+        while sum(monitor.refused.values()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        producer.close()
+        stop.set()
+        runner.join(timeout=10)
+    assert champions == ["2"] and monitor.tracker.reference_mae == {"temp": 5.0}
+    assert 1.2 < monitor.tracker.mae("site", "temp") < 2.0, monitor.tracker.mae("site", "temp")
+    assert fired == [] and dict(monitor.refused) == {"bad_key": 1}, (fired, monitor.refused)
+
+
+def test_an_entity_silent_past_the_ttl_is_forgotten_with_its_gauge_labels(kafka_settings) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from flows.monitor import mae_ratio_gauge
+    from pipeline.records import Record
+
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(kafka_settings, {"temp": 0.5}, print, metrics=mae_ratio_gauge(registry), ttl_s=10)
+    for entity, last in (("gone", 5), ("alive", 20)):
+        for t in range(last + 1):
+            reading = encode_reading(entity, t * HOUR, {"temp": truth(t, None)})
+            monitor.handle(kafka_settings.readings_topic, Record(reading, entity.encode()), now_s=t)
+            forecast = {"entity": entity, "ts": format_ts(t * HOUR), "forecast": {"temp": [truth(t + 1, None)]}}
+            monitor.handle(kafka_settings.forecasts_topic, Record(orjson.dumps(forecast)), now_s=t)
+
+    def gauge(entity: str) -> float | None:
+        labels = {"entity": entity, "channel": "temp", "model": "model"}
+        return registry.get_sample_value("sensorcast_rolling_mae_ratio", labels)
+
+    assert gauge("gone") is not None and gauge("alive") is not None
+    assert monitor.forget_idle(now_s=20) == ["gone"]
+    assert gauge("gone") is None and gauge("alive") is not None and set(monitor.tracker.entities) == {"alive"}
+
+
 def test_the_yardstick_is_the_champions_holdout_mae_tag(mlflow_tracking, tiny_checkpoint) -> None:
     from mlflow import MlflowClient
 
@@ -102,6 +164,12 @@ def test_the_rolling_errors_go_to_an_mlflow_run_of_the_monitors_own(mlflow_track
     history = MlflowClient(mlflow_tracking).get_metric_history(log.run_id, "mae_ratio_temp")
     assert [m.value for m in history] == [0.8, 2.5] and run.data.tags["champion_version"] == "3"
     assert run.info.run_name == "monitor-watched-v3"
+    first = log.run_id
+    log.new_champion("4")  # a promotion: the errors measured from now on go to a run of its own
+    log.metrics({"mae_ratio_temp": 0.9})
+    assert (
+        log.run_id != first and MlflowClient(mlflow_tracking).get_run(log.run_id).info.run_name == "monitor-watched-v4"
+    )
 
 
 def test_an_mlflow_outage_is_one_log_line_and_the_monitor_goes_on(monkeypatch, caplog) -> None:
