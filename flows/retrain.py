@@ -16,6 +16,7 @@ environment (`pipeline.settings.Settings`), parameters say what this run is for.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 import uuid
@@ -89,7 +90,7 @@ class RetrainReport:
 def pull(hours: float | None, channels: list[str] | None) -> TrainingWindow | WindowError:
     """The window, or why there is none: too little data is an answer, not a failure to retry."""
     try:
-        return pull_window(Settings.load(), hours, channels)
+        return pull_window(Settings.load(), hours, channels, progress=sys.stderr.isatty())
     except WindowError as e:
         return e
 

@@ -3,7 +3,8 @@ time grid (pipeline/timegrid.py) with the service's slot and gap policy, as a po
 provenance. The grid is inferred from the readings (median gaps, refined over runs) and stored with
 the model, so the service slots readings exactly as training did.
 
-    topic ─ read_since(now − hours) ─▶ parse_reading (refusals counted by reason, never fatal)
+    topic ─ topic_slice(now − hours, the most recent ≤ retrain_max_readings, a poll at a time)
+          ─▶ parse_reading into preallocated columns (refusals counted by reason, never fatal)
           ─ infer_grid over every entity ─▶ per entity: each reading in its slot, the first of a slot
             kept (a re-send is a duplicate), ≤ max_fill_steps missing slots filled, cut at longer gaps
           ─▶ frame (series, entity, ts on the grid, channels…) + Provenance (with the grid)
@@ -14,13 +15,16 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 
 import numpy as np
 import orjson
 import polars as pl
+from tqdm.auto import tqdm
 
-from pipeline.kafka.reader import read_since
+from pipeline.kafka.reader import topic_slice
 from pipeline.messages import BadReading, TimePolicy, format_ts, parse_reading
+from pipeline.records import Record
 from pipeline.settings import Settings
 from pipeline.timegrid import Grid, GridError, infer_anchor, infer_grid
 
@@ -44,6 +48,8 @@ class Provenance:
     time_range: tuple[str, str] | None = None
     grid: dict | None = None  # {"interval_ms", "anchor_ms"}: the cadence and phase the model is trained at
     duplicates: int = 0  # readings dropped as a second reading for a slot already filled
+    left_out: int = 0  # older readings in the hours asked for, left out by the cap (retrain_max_readings)
+    window_by: str = "record"  # the hours count by the record timestamp, or also by the reading's ts
 
     def to_dict(self) -> dict:
         return {**asdict(self), "offsets": {str(p): list(r) for p, r in self.offsets.items()}}
@@ -94,46 +100,94 @@ def pull_window(
     hours: float | None,
     channels: list[str] | None = None,
     now_ms: int | None = None,
-    timeout_s: float = 300.0,
+    progress: bool = False,
 ) -> TrainingWindow:
     """The last `hours` of the readings topic (None: all of it), measured from `now_ms` (default: the
-    wall clock now, never a scheduled time)."""
+    wall clock now, never a scheduled time), at most `settings.retrain_max_readings` of them (the
+    most recent). The hours count by the Kafka record's timestamp (Kafka seeks by it), and with
+    `retrain_window_by="reading"` a reading whose own ts is older is left out as well.
+
+    Read a poll at a time straight into preallocated columns (entity code, ts, values), sized by the
+    offsets to read: no list of records, no row per reading."""
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     since = None if hours is None else now_ms - int(hours * 3_600_000)
-    piece = read_since(settings, settings.readings_topic, since, timeout_s=timeout_s)
-    prov = Provenance(piece.topic, piece.offsets, None if since is None else format_ts(since), len(piece.records))
-    if not piece.records:
-        raise WindowError(f"{piece.topic} holds no readings since {prov.since or 'its start'}")
-    channels = channels or infer_channels([r.value for r in piece.records])
-    entities, stamps, rows = [], [], []
-    refused: Counter[str] = Counter()
-    policy = TimePolicy.of(settings)
-    for rec in piece.records:
-        try:
-            reading = parse_reading(
-                rec.value, channels, settings.max_payload_bytes, record_ts_ms=rec.timestamp_ms, policy=policy
-            )
-        except BadReading as bad:
-            refused[bad.reason] += 1
-            continue
-        entities.append(reading.entity)
-        stamps.append(reading.ts_ms)
-        rows.append(reading.values)
-    prov.refused = dict(refused)
-    if not rows:
+    with topic_slice(settings, settings.readings_topic, since, settings.retrain_max_readings) as (plan, batches):
+        prov = Provenance(plan.topic, plan.offsets, None if since is None else format_ts(since), plan.total)
+        prov.left_out, prov.window_by = plan.left_out, settings.retrain_window_by
+        if plan.total == 0:
+            raise WindowError(f"{plan.topic} holds no readings since {prov.since or 'its start'}")
+        head: list[Record] = []  # the first readings name the channels, when no model does
+        batches = iter(batches)
+        while not channels and len(head) < 2000:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            head.extend(batch)
+        channels = channels or infer_channels([r.value for r in head])
+        columns = Columns(plan.total, channels, settings, since if settings.retrain_window_by == "reading" else None)
+        with tqdm(total=plan.total, desc=f"pull {plan.topic}", unit=" readings", disable=not progress) as bar:
+            for batch in chain([head], batches):
+                columns.add(batch)
+                bar.update(len(batch))
+    prov.refused = dict(columns.refused)
+    if not columns.n:
         raise WindowError(f"none of the {prov.readings} readings in the window was valid: {prov.refused}")
-    frame = pl.DataFrame({"entity": entities, "ts": stamps}).with_columns(
-        pl.DataFrame(np.stack(rows), schema=channels, orient="row")
-    )
+    frame = columns.frame()
     interval = int(settings.reading_interval_s * 1000) if settings.reading_interval_s else None
     frame = align(frame, channels, settings.max_fill_steps, window_grid(frame, interval), prov)
     return TrainingWindow(frame, channels, prov)
 
 
+class Columns:
+    """Readings decoded by the service's own code into preallocated columns: entity codes, ts (epoch
+    ms) and a float32 values matrix; refusals counted by reason (readings before `since_ms`, when
+    given, as `before_window`)."""
+
+    def __init__(self, capacity: int, channels: list[str], settings: Settings, since_ms: int | None = None):
+        self.channels, self.settings, self.since_ms = channels, settings, since_ms
+        self.codes = np.empty(capacity, dtype=np.int32)
+        self.ts = np.empty(capacity, dtype=np.int64)
+        self.values = np.empty((capacity, len(channels)), dtype=np.float32)
+        self.entities: dict[str, int] = {}
+        self.refused: Counter[str] = Counter()
+        self.n = 0
+        self.policy = TimePolicy.of(settings)
+
+    def add(self, records: list[Record]) -> None:
+        s = self.settings
+        for rec in records:
+            try:
+                reading = parse_reading(
+                    rec.value, self.channels, s.max_payload_bytes, record_ts_ms=rec.timestamp_ms, policy=self.policy
+                )
+            except BadReading as bad:
+                self.refused[bad.reason] += 1
+                continue
+            if s.key_policy == "refuse" and rec.key != reading.entity.encode():
+                self.refused["bad_key"] += 1  # the service refuses it too: it never trains
+                continue
+            if self.since_ms is not None and reading.ts_ms < self.since_ms:
+                self.refused["before_window"] += 1
+                continue
+            i = self.n
+            self.codes[i] = self.entities.setdefault(reading.entity, len(self.entities))
+            self.ts[i] = reading.ts_ms
+            self.values[i] = reading.values
+            self.n = i + 1
+
+    def frame(self) -> pl.DataFrame:
+        """(entity, ts, one column per channel), in the order read."""
+        n, names = self.n, list(self.entities)
+        entity = pl.Series("entity", names, dtype=pl.String).gather(self.codes[:n])
+        return pl.DataFrame([entity, pl.Series("ts", self.ts[:n])]).with_columns(
+            pl.DataFrame(self.values[:n], schema=self.channels, orient="row")
+        )
+
+
 def window_grid(frame: pl.DataFrame, interval_ms: int | None = None) -> Grid:
     """The grid of a frame's readings (entity, ts): the configured interval at the phase the readings
     show, or both inferred."""
-    stamps = [g["ts"].to_list() for g in frame.partition_by("entity", maintain_order=True)]
+    stamps = [g["ts"].to_numpy() for g in frame.partition_by("entity", maintain_order=True)]
     try:
         if interval_ms:
             return Grid(interval_ms, infer_anchor(stamps, interval_ms))
@@ -147,39 +201,44 @@ def align(
 ) -> pl.DataFrame:
     """Every entity on one time grid, as the service windows it: each reading in its slot (the first
     reading of a slot is kept, as the service refuses the second); up to `max_fill_steps` missing slots
-    are filled with the last values; a longer gap starts a new series. `grid` None: inferred here."""
+    are filled with the last values; a longer gap starts a new series. `grid` None: inferred here.
+
+    In whole-array steps (no Python per reading): sort by (entity, ts), drop repeated slots, mark
+    where a series starts, lay each series over every slot it spans, and fill a missing slot with
+    the reading before it (a running maximum of the reading index)."""
     grid = grid or window_grid(frame)
     prov.grid = grid.to_dict()
-    out = []
-    for (entity,), g in frame.sort("entity", "ts", maintain_order=True).group_by("entity", maintain_order=True):
-        slots = grid.slots(g["ts"].to_numpy().astype(np.int64))
-        keep = np.concatenate([[True], np.diff(slots) > 0])  # sorted: a repeated slot is a duplicate
-        prov.duplicates += int((~keep).sum())
-        slots, vals = slots[keep], g.select(channels).to_numpy()[keep]
-        segment, seg_slots, seg_vals = 0, [slots[0]], [vals[0]]
-        for i in range(1, len(slots)):
-            missing = int(slots[i] - slots[i - 1]) - 1
-            if missing > max_fill_steps:
-                out.append(_series(entity, segment, grid, seg_slots, seg_vals, channels))
-                segment, seg_slots, seg_vals = segment + 1, [], []
-            else:
-                for k in range(1, missing + 1):
-                    seg_slots.append(slots[i - 1] + k)
-                    seg_vals.append(vals[i - 1])
-                prov.filled += missing
-            seg_slots.append(slots[i])
-            seg_vals.append(vals[i])
-        out.append(_series(entity, segment, grid, seg_slots, seg_vals, channels))
-    aligned = pl.concat(out)
-    prov.segments = len(out)
-    prov.rows_per_entity = {e: int(n) for e, n in aligned.group_by("entity").len().iter_rows()}
+    names = frame["entity"].unique().sort().to_list()
+    codes = (frame["entity"].rank("dense").to_numpy() - 1).astype(np.int32)  # index into the sorted names
+    ts = frame["ts"].to_numpy().astype(np.int64)
+    order = np.lexsort((ts, codes))
+    codes, slots = codes[order], grid.slots(ts[order])
+    vals = frame.select(channels).to_numpy().astype(np.float32, copy=False)[order]
+    new_entity = np.r_[True, codes[1:] != codes[:-1]]
+    keep = new_entity | np.r_[True, np.diff(slots) > 0]  # sorted: a repeated slot is a duplicate
+    prov.duplicates += int((~keep).sum())
+    codes, slots, vals, new_entity = codes[keep], slots[keep], vals[keep], new_entity[keep]
+    starts = new_entity | np.r_[True, np.diff(slots) - 1 > max_fill_steps]  # a new entity, or a gap too long
+    series = np.cumsum(starts) - 1  # each reading's series
+    first, last = slots[starts], slots[np.r_[starts[1:], True]]  # each series' first and last slot
+    offset = np.r_[0, np.cumsum(last - first + 1)]  # where each series begins in the output
+    at = offset[series] + (slots - first[series])  # each reading's row in the output
+    src = np.zeros(offset[-1], dtype=np.int64)
+    src[at] = np.arange(len(slots))
+    src = np.maximum.accumulate(src)  # every row: the reading at or before it (a series starts with one)
+    row_slots = slots[src] + (np.arange(offset[-1]) - at[src])
+    prov.filled += int(offset[-1] - len(slots))
+    series_codes = codes[starts]
+    nth = np.arange(len(first)) - np.flatnonzero(new_entity[starts])[np.cumsum(new_entity[starts]) - 1]
+    series_names = [f"{names[c]}#{k}" for c, k in zip(series_codes.tolist(), nth.tolist(), strict=True)]
+    aligned = pl.DataFrame(
+        [
+            pl.Series("series", series_names, dtype=pl.String).gather(series[src]),
+            pl.Series("entity", names, dtype=pl.String).gather(codes[src]),
+            pl.Series("ts", grid.anchor_ms + row_slots * grid.interval_ms),
+        ]
+    ).with_columns(pl.DataFrame(vals[src], schema=channels, orient="row"))
+    prov.segments = len(first)
+    prov.rows_per_entity = {e: int(n) for e, n in aligned.group_by("entity", maintain_order=True).len().iter_rows()}
     prov.time_range = (format_ts(int(aligned["ts"].min())), format_ts(int(aligned["ts"].max())))
     return aligned
-
-
-def _series(entity: str, segment: int, grid: Grid, slots: list, vals: list, channels: list[str]) -> pl.DataFrame:
-    data = np.asarray(vals, dtype=np.float32).reshape(len(vals), len(channels))
-    ts = grid.anchor_ms + np.asarray(slots, dtype=np.int64) * grid.interval_ms
-    return pl.DataFrame({"series": f"{entity}#{segment}", "entity": entity, "ts": ts}).with_columns(
-        pl.DataFrame(data, schema=channels, orient="row")
-    )

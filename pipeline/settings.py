@@ -135,6 +135,14 @@ class Settings(BaseSettings):
     retrain_interval_s: float | None = Field(default=None, description="retrain every this many seconds instead")
     retrain_hours: float | None = Field(default=168.0, description="scheduled runs train on this many hours")
     retrain_margin: float = Field(default=0.0, description="relative holdout MSE a candidate must beat the champion by")
+    retrain_max_readings: int = Field(
+        default=5_000_000, ge=1, description="most readings a retrain pulls (the most recent); memory scales with it"
+    )
+    retrain_window_by: str = Field(
+        default="record",
+        pattern="^(record|reading)$",
+        description="the window's hours count by the Kafka record's timestamp, or also by each reading's own ts",
+    )
 
     # -- service -------------------------------------------------------------------------------
     max_batch: int = Field(default=256, description="most readings in one micro-batch")

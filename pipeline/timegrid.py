@@ -70,6 +70,11 @@ class Grid:
         return cls(int(doc["interval_ms"]), int(doc.get("anchor_ms", 0)) % int(doc["interval_ms"]), tolerance)
 
 
+def _ints(times: Iterable[int]) -> np.ndarray:
+    """Epoch ms as an int64 array, from an array (no copy), a list or any iterable."""
+    return np.asarray(times if isinstance(times, np.ndarray | list | tuple) else list(times), dtype=np.int64)
+
+
 def infer_interval(series: Iterable[Iterable[int]]) -> int:
     """The cadence of readings in several series (one per entity): robust to re-sends, jitter and gaps.
 
@@ -78,7 +83,7 @@ def infer_interval(series: Iterable[Iterable[int]]) -> int:
     over whole runs: each gap counts round(gap / rough) steps, and the interval is the time those
     runs span over the steps they hold, so jitter averages out over the run instead of skewing one
     gap. Within 1% of a common cadence (1 s … 1 day) it is snapped to it."""
-    arrays = [np.unique(np.asarray(list(s), dtype=np.int64)) for s in series]
+    arrays = [np.unique(_ints(s)) for s in series]
     medians = [float(np.median(np.diff(a))) for a in arrays if len(a) >= 3]
     if not medians:
         raise GridError("at least one entity needs 3 readings at distinct times to tell its cadence")
@@ -107,7 +112,7 @@ def infer_anchor(series: Iterable[Iterable[int]], interval_ms: int) -> int:
     """The phase of the readings within the interval: a circular mean, so phases either side of
     zero (a clock a minute early, another a minute late) average to zero, not to half an interval;
     rounded to a sixtieth of the interval."""
-    angles = np.concatenate([np.asarray(list(s), dtype=np.int64) % interval_ms for s in series] or [np.zeros(0)])
+    angles = np.concatenate([_ints(s) % interval_ms for s in series] or [np.zeros(0)])
     if not angles.size:
         return 0
     theta = angles.astype(np.float64) * (2 * math.pi / interval_ms)
@@ -120,6 +125,6 @@ def infer_anchor(series: Iterable[Iterable[int]], interval_ms: int) -> int:
 
 def infer_grid(series: Iterable[Iterable[int]], tolerance: float = 0.5) -> Grid:
     """The grid of readings in several series (epoch ms, one series per entity)."""
-    series = [list(s) for s in series]
+    series = [_ints(s) for s in series]
     interval = infer_interval(series)
     return Grid(interval, infer_anchor(series, interval), tolerance)

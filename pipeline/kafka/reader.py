@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,20 +80,56 @@ class TopicCollector(threading.Thread):
         self.join(timeout=10)
 
 
+MIN_PULL_RATE = 2_000  # records/s a slice must at least reach: its timeout is 60 s + records / this
+
+
+def cap_offsets(starts: dict[int, int], ends: dict[int, int], max_records: int | None) -> tuple[dict[int, int], int]:
+    """Move the starts forward so that at most `max_records` are read, keeping the most recent of
+    every partition in proportion to what it holds. Returns (starts, records left out).
+
+    >>> cap_offsets({0: 0, 1: 0}, {0: 600, 1: 200}, 400)
+    ({0: 300, 1: 100}, 400)
+    >>> cap_offsets({0: 0}, {0: 50}, 400)
+    ({0: 0}, 0)
+    """
+    total = sum(ends[p] - starts[p] for p in starts)
+    if max_records is None or total <= max_records:
+        return dict(starts), 0
+    kept = {p: (ends[p] - starts[p]) * max_records // total for p in starts}
+    return {p: ends[p] - kept[p] for p in starts}, total - sum(kept.values())
+
+
 @dataclass
-class TopicSlice:
-    """What `read_since` read: the records, and per partition the offsets [first, end) it covered."""
+class SlicePlan:
+    """Which records a slice reads: per partition the offsets [first, end), and how many older ones
+    the cap left out."""
 
     topic: str
-    records: list[Record]
     offsets: dict[int, tuple[int, int]]
+    left_out: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(end - first for first, end in self.offsets.values())
+
+    @property
+    def timeout_s(self) -> float:
+        return 60.0 + self.total / MIN_PULL_RATE
 
 
-def read_since(settings: Settings, topic: str, since_ms: int | None, timeout_s: float = 120.0) -> TopicSlice:
-    """Every record of `topic` written at or after `since_ms` (broker time; None: from the start) up
-    to the end offsets as they are now, by a group-less consumer: no consumer group is joined or
-    moved, so the service's offsets are never touched. Bounded in time: raises KafkaUnavailable
-    rather than hang."""
+@contextmanager
+def topic_slice(
+    settings: Settings, topic: str, since_ms: int | None, max_records: int | None = None
+) -> Iterator[tuple[SlicePlan, Iterator[list[Record]]]]:
+    """The records of `topic` written at or after `since_ms` (broker time, the record timestamp:
+    the only time Kafka can seek by; None: from the start) up to the end offsets as they are now, at
+    most `max_records` of them (the most recent), by a group-less consumer: no consumer group is
+    joined or moved, so the service's offsets are never touched.
+
+    Yields the plan (known before any record is read: size the columns and the progress bar by it)
+    and an iterator of batches of records (one poll's worth: only a batch is held at a time).
+    Bounded in time by the plan's timeout, which scales with the records to read: raises
+    KafkaUnavailable rather than hang."""
     consumer = make_consumer(settings, group=None, max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024)
     try:
         tps = partitions_of(consumer, topic, timeout_s=30)
@@ -102,23 +140,52 @@ def read_since(settings: Settings, topic: str, since_ms: int | None, timeout_s: 
         else:
             found = consumer.offsets_for_times({tp: since_ms for tp in tps})
             starts = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
+        first, left_out = cap_offsets(
+            {tp.partition: starts[tp] for tp in tps}, {tp.partition: ends[tp] for tp in tps}, max_records
+        )
+        plan = SlicePlan(topic, {tp.partition: (first[tp.partition], ends[tp]) for tp in tps}, left_out)
         for tp in tps:
-            consumer.seek(tp, starts[tp])
-        records: list[Record] = []
-        deadline = time.monotonic() + timeout_s
-        pending = {tp for tp in tps if starts[tp] < ends[tp]}
-        while pending:
-            if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"reading {topic} did not reach its end offsets within {timeout_s:.0f} s")
-            for tp, batch in consumer.poll(timeout_ms=200).items():
-                end = ends[tp]
-                records.extend(
-                    Record(r.value, r.key, r.topic, r.partition, r.offset, r.timestamp) for r in batch if r.offset < end
-                )
-            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
-        return TopicSlice(topic, records, {tp.partition: (starts[tp], ends[tp]) for tp in tps})
+            consumer.seek(tp, first[tp.partition])
+
+        def batches() -> Iterator[list[Record]]:
+            deadline = time.monotonic() + plan.timeout_s
+            pending = {tp for tp in tps if first[tp.partition] < ends[tp]}
+            while pending:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(
+                        f"reading {plan.total:,} records of {topic} did not reach its end offsets within "
+                        f"{plan.timeout_s:.0f} s (at least {MIN_PULL_RATE:,} records/s expected)"
+                    )
+                for tp, batch in consumer.poll(timeout_ms=200).items():
+                    end = ends[tp]
+                    yield [
+                        Record(r.value, r.key, tp.topic, tp.partition, r.offset, r.timestamp)
+                        for r in batch
+                        if r.offset < end
+                    ]
+                pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+
+        yield plan, batches()
     finally:
         consumer.close()
+
+
+@dataclass
+class TopicSlice:
+    """What `read_since` read: the records, and per partition the offsets [first, end) it covered."""
+
+    topic: str
+    records: list[Record]
+    offsets: dict[int, tuple[int, int]]
+
+
+def read_since(settings: Settings, topic: str, since_ms: int | None) -> TopicSlice:
+    """Every record of `topic` written at or after `since_ms` (None: from the start), as Records in
+    memory: for tools and tests on small topics (the training window reads `topic_slice` into
+    columns instead)."""
+    with topic_slice(settings, topic, since_ms) as (plan, batches):
+        records = [r for batch in batches for r in batch]
+    return TopicSlice(topic, records, plan.offsets)
 
 
 class TopicFollower(threading.Thread):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flows.window import Provenance, WindowError, align, pull_window
 from pipeline.kafka import ensure_topics
 from pipeline.messages import encode_reading
+from pipeline.timegrid import Grid
 
 HOUR = 3_600_000
 
@@ -70,3 +75,74 @@ def test_pull_reads_the_window_decodes_like_the_service_and_counts_refusals(kafk
     assert np.allclose(sorted(series[0][:, 1]), np.arange(30))
     with pytest.raises(WindowError, match="no readings"):
         pull_window(kafka_settings, hours=1.0, now_ms=4_102_444_800_000)  # the hour before 2100 holds nothing
+
+
+@pytest.mark.integration
+def test_the_cap_keeps_the_most_recent_readings_and_shows_its_progress(kafka_settings, produce, capsys) -> None:
+    ensure_topics(kafka_settings, [kafka_settings.readings_topic], partitions=2)
+    readings = [
+        (e.encode(), encode_reading(e, h * HOUR, {"temp": float(h)})) for h in range(100) for e in ("north", "south")
+    ]
+    produce(kafka_settings, readings + [(None, encode_reading("north", 100 * HOUR, {"temp": 1.0}))])
+    capped = kafka_settings.model_copy(update={"retrain_max_readings": 81})
+    window = pull_window(capped, hours=None, progress=True)
+    prov = window.provenance
+    assert prov.readings <= 81 and prov.readings + prov.left_out == 201, prov
+    assert prov.refused == {"bad_key": 1}  # keyed by nobody: the service refuses it, so training does too
+    kept = window.frame.group_by("entity").agg(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
+    assert (kept["last"] == 99 * HOUR).all() and (kept["first"] >= 50 * HOUR).all(), kept  # the newest, of both
+    assert "pull" in capsys.readouterr().err  # the progress bar, sized by the offsets to read
+
+
+@pytest.mark.integration
+def test_the_hours_count_by_record_time_or_also_by_the_readings_own_ts(kafka_settings, produce) -> None:
+    """Readings sent now about 1970: in the last hour by record time, not by their own ts."""
+    ensure_topics(kafka_settings, [kafka_settings.readings_topic])
+    now = int(time.time() * 1000)
+    old = [(b"a", encode_reading("a", m * 60_000, {"temp": float(m)})) for m in range(30)]
+    new = [(b"a", encode_reading("a", now - (30 - m) * 60_000, {"temp": float(m)})) for m in range(30)]
+    produce(kafka_settings, old + new)
+    by_record = pull_window(kafka_settings, hours=1.0)
+    by_reading = pull_window(kafka_settings.model_copy(update={"retrain_window_by": "reading"}), hours=1.0)
+    assert by_record.provenance.window_by == "record" and by_record.provenance.rows_per_entity == {"a": 60}
+    assert by_reading.provenance.refused == {"before_window": 30} and by_reading.frame.height == 30
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(0, 60), st.floats(-1e3, 1e3, allow_nan=False)),
+        min_size=1,
+        max_size=80,
+    ),
+    st.integers(0, 4),
+)
+def test_align_lays_every_entity_on_its_slots_whatever_the_order_repeats_and_gaps(readings, max_fill) -> None:
+    """Each first reading of a slot sits in its slot; a row between readings repeats the one before;
+    every series is unbroken and ends at readings; a gap longer than max_fill separates two series."""
+    frame = pl.DataFrame(
+        {
+            "entity": [e for e, _, _ in readings],
+            "ts": [h * HOUR for _, h, _ in readings],
+            "v": [v for *_, v in readings],
+        }
+    )
+    prov = Provenance("t", {}, None)
+    out = align(frame, ["v"], max_fill, Grid(HOUR, 0), prov)
+    firsts: dict[tuple[str, int], float] = {}
+    for e, h, v in readings:
+        firsts.setdefault((e, h), float(np.float32(v)))
+    assert out.height == len(firsts) + prov.filled and prov.duplicates == len(readings) - len(firsts)
+    rows = {(e, ts // HOUR): v for e, ts, v in out.select("entity", "ts", "v").iter_rows()}
+    assert all(rows[k] == v for k, v in firsts.items())
+    for (series,), g in out.group_by("series", maintain_order=True):
+        hours, values = (g["ts"] // HOUR).to_list(), g["v"].to_list()
+        entity = g["entity"][0]
+        assert hours == list(range(hours[0], hours[-1] + 1)) and series.startswith(f"{entity}#")
+        assert (entity, hours[0]) in firsts and (entity, hours[-1]) in firsts
+        for i in range(1, len(hours)):
+            if (entity, hours[i]) not in firsts:
+                assert values[i] == values[i - 1]
+    per_entity = {e: sorted({h for f, h in firsts if f == e}) for e, _ in firsts}
+    cuts = sum(1 for hs in per_entity.values() for a, b in zip(hs, hs[1:], strict=False) if b - a - 1 > max_fill)
+    assert prov.segments == len(per_entity) + cuts

@@ -32,6 +32,8 @@ def test_fit_checkpoint_on_a_csv_with_an_entity_column(tmp_path, multi_sine) -> 
         log=lambda _m: None,
     )
     assert set(result.metrics) == {"itransformer", "persistence", "mean"}
+    mse = {name: m["mse"] for name, m in result.metrics.items()}
+    assert mse["itransformer"] < min(mse["persistence"], mse["mean"]), mse  # a cycle: worth more than the naive
     f = Forecaster.from_checkpoint(out, device="cpu")
     assert f.channels == ["c0", "c1", "c2", "c3"] and f.lookback == 24 and f.horizon == 6
     assert f.predict(np.asarray(multi_sine[None, :24], dtype=np.float32)).shape == (1, 6, 4)
