@@ -132,9 +132,10 @@ def pull_window(
     prov.refused = dict(columns.refused)
     if not columns.n:
         raise WindowError(f"none of the {prov.readings} readings in the window was valid: {prov.refused}")
-    frame = columns.frame()
+    names, codes, ts, vals = columns.arrays()
     interval = int(settings.reading_interval_s * 1000) if settings.reading_interval_s else None
-    frame = align(frame, channels, settings.max_fill_steps, window_grid(frame, interval), prov)
+    grid = window_grid(codes, ts, interval)
+    frame = align_columns(names, codes, ts, vals, channels, settings.max_fill_steps, grid, prov)
     return TrainingWindow(frame, channels, prov)
 
 
@@ -175,19 +176,17 @@ class Columns:
             self.values[i] = reading.values
             self.n = i + 1
 
-    def frame(self) -> pl.DataFrame:
-        """(entity, ts, one column per channel), in the order read."""
-        n, names = self.n, list(self.entities)
-        entity = pl.Series("entity", names, dtype=pl.String).gather(self.codes[:n])
-        return pl.DataFrame([entity, pl.Series("ts", self.ts[:n])]).with_columns(
-            pl.DataFrame(self.values[:n], schema=self.channels, orient="row")
-        )
+    def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """(entity names, each reading's code into them, ts, values), in the order read."""
+        n = self.n
+        return list(self.entities), self.codes[:n], self.ts[:n], self.values[:n]
 
 
-def window_grid(frame: pl.DataFrame, interval_ms: int | None = None) -> Grid:
-    """The grid of a frame's readings (entity, ts): the configured interval at the phase the readings
+def window_grid(codes: np.ndarray, ts: np.ndarray, interval_ms: int | None = None) -> Grid:
+    """The grid of readings (entity code, ts): the configured interval at the phase the readings
     show, or both inferred."""
-    stamps = [g["ts"].to_numpy() for g in frame.partition_by("entity", maintain_order=True)]
+    order = np.argsort(codes, kind="stable")
+    stamps = np.split(ts[order], np.flatnonzero(np.diff(codes[order])) + 1)  # one array per entity
     try:
         if interval_ms:
             return Grid(interval_ms, infer_anchor(stamps, interval_ms))
@@ -199,21 +198,39 @@ def window_grid(frame: pl.DataFrame, interval_ms: int | None = None) -> Grid:
 def align(
     frame: pl.DataFrame, channels: list[str], max_fill_steps: int, grid: Grid | None, prov: Provenance
 ) -> pl.DataFrame:
+    """`align_columns` for a frame (entity, ts, one column per channel)."""
+    names = frame["entity"].unique().sort().to_list()
+    codes = (frame["entity"].rank("dense").to_numpy() - 1).astype(np.int32)  # index into the sorted names
+    ts, vals = frame["ts"].to_numpy().astype(np.int64), frame.select(channels).to_numpy().astype(np.float32)
+    return align_columns(names, codes, ts, vals, channels, max_fill_steps, grid, prov)
+
+
+def align_columns(
+    names: list[str],
+    codes: np.ndarray,
+    ts: np.ndarray,
+    vals: np.ndarray,
+    channels: list[str],
+    max_fill_steps: int,
+    grid: Grid | None,
+    prov: Provenance,
+) -> pl.DataFrame:
     """Every entity on one time grid, as the service windows it: each reading in its slot (the first
     reading of a slot is kept, as the service refuses the second); up to `max_fill_steps` missing slots
     are filled with the last values; a longer gap starts a new series. `grid` None: inferred here.
+    Readings are (entity code into `names`, ts, values row); the frame comes out sorted by entity
+    name, then time.
 
     In whole-array steps (no Python per reading): sort by (entity, ts), drop repeated slots, mark
     where a series starts, lay each series over every slot it spans, and fill a missing slot with
     the reading before it (a running maximum of the reading index)."""
-    grid = grid or window_grid(frame)
+    grid = grid or window_grid(codes, ts)
     prov.grid = grid.to_dict()
-    names = frame["entity"].unique().sort().to_list()
-    codes = (frame["entity"].rank("dense").to_numpy() - 1).astype(np.int32)  # index into the sorted names
-    ts = frame["ts"].to_numpy().astype(np.int64)
-    order = np.lexsort((ts, codes))
-    codes, slots = codes[order], grid.slots(ts[order])
-    vals = frame.select(channels).to_numpy().astype(np.float32, copy=False)[order]
+    by_name = np.argsort(np.argsort(names, kind="stable")).astype(np.int32)  # code → rank of its name
+    names = sorted(names)
+    codes = by_name[codes]
+    order = np.lexsort((ts, codes))  # stable: of two readings in one slot, the first read stays first
+    codes, slots, vals = codes[order], grid.slots(ts[order]), vals[order]
     new_entity = np.r_[True, codes[1:] != codes[:-1]]
     keep = new_entity | np.r_[True, np.diff(slots) > 0]  # sorted: a repeated slot is a duplicate
     prov.duplicates += int((~keep).sum())

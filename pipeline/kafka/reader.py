@@ -130,7 +130,8 @@ def topic_slice(
     and an iterator of batches of records (one poll's worth: only a batch is held at a time).
     Bounded in time by the plan's timeout, which scales with the records to read: raises
     KafkaUnavailable rather than hang."""
-    consumer = make_consumer(settings, group=None, max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024)
+    # 8 MiB fetches: as fast here as 64 MiB ones, and they keep fewer decoded records waiting in memory
+    consumer = make_consumer(settings, group=None, max_poll_records=5000, fetch_max_bytes=8 * 1024 * 1024)
     try:
         tps = partitions_of(consumer, topic, timeout_s=30)
         consumer.assign(tps)

@@ -193,6 +193,33 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     assert versions[0] == "1" and versions[-1] == "3" and json.dumps(versions).count('"2"') == 0
 
 
+def test_at_the_default_margin_a_better_candidate_wins_and_a_worse_one_loses_each_saying_why(
+    loop_settings: Settings, produce
+) -> None:
+    """The gate as shipped (margin 0) against a real champion: a quick first model (120 hours, two
+    epochs) loses to one trained longer on everything that has arrived since; a one-epoch model from
+    scratch then loses to that one, on the same holdout."""
+    from models.mlflow.registry import alias_version
+
+    produce(loop_settings, history(range(120)))
+    first = retrain(trigger="manual", reason="a quick first model", epochs=2, warm_start=False)
+    assert first["promoted"] is True and first["version"] == "1", first
+    produce(loop_settings, history(range(120, 400)))
+    better = retrain(trigger="manual", reason="more data, more epochs", epochs=5, warm_start=False)
+    assert better["promoted"] is True and better["version"] == "2", better
+    assert better["scores"]["candidate"] < better["scores"]["champion"], better["scores"]
+    assert (
+        "beats persistence" in better["gate"]
+        and "the champion" in better["gate"]
+        and "by more than 0%" in better["gate"]
+    )
+    worse = retrain(trigger="manual", reason="one epoch from scratch", epochs=1, warm_start=False)
+    assert worse["promoted"] is False and worse["version"] == "3", worse
+    assert worse["scores"]["candidate"] > worse["scores"]["champion"], worse["scores"]
+    assert "is not 0% better than the champion" in worse["gate"], worse["gate"]
+    assert alias_version(loop_settings.model_name, "champion") == "2"
+
+
 def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_registered(
     loop_settings: Settings, produce, local_settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
