@@ -818,11 +818,13 @@ def monitor_cmd(
 @app.command("demo")
 def demo(
     state_dir: Optional[Path] = StateDir,
-    history_hours: int = typer.Option(2160, help="hours of weather streamed first, for the first retrain"),
+    history_hours: int = typer.Option(2160, help="hours of weather streamed before the live part"),
+    first_hours: int = typer.Option(720, help="of those, the hours the quick first model trains on"),
+    first_epochs: int = typer.Option(1, help="the quick first model's training epochs"),
     hours: int = typer.Option(240, help="hours of weather then replayed live per site"),
     sites: int = typer.Option(3, help="copies of the three airports, a week apart (3 → 9 sites)"),
     rate: float = typer.Option(60.0, help="live readings per second"),
-    epochs: int = typer.Option(4, help="training epochs of each retrain"),
+    epochs: int = typer.Option(4, help="training epochs of the second retrain, on everything streamed"),
     duration: Optional[float] = typer.Option(
         None, help="run the live part this many seconds (more, at most 2 min, until a promoted retrain serves)"
     ),
@@ -839,6 +841,8 @@ def demo(
         summary = run_demo(
             settings,
             history_hours=history_hours,
+            first_hours=first_hours,
+            first_epochs=first_epochs,
             hours=hours,
             sites=sites,
             rate=rate,

