@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="the Kafka jars from Maven Central (`make install`; installed with pip: fetched on first use)",
     )
     mlflow_port: int = Field(default=5000, description="the local MLflow server's port")
+    mlflow_auth: bool = Field(
+        default=False,
+        description="the local MLflow server requires a login (its basic-auth app): the admin is "
+        "MLFLOW_TRACKING_USERNAME with MLFLOW_TRACKING_PASSWORD, the login every client sends",
+    )
     prefect_port: int = Field(default=4200, description="the local Prefect server's port")
     startup_timeout_s: float = Field(
         default=90.0, description="how long a local server may take to answer before start-up fails"

@@ -367,26 +367,52 @@ def _cluster_id(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+# Kafka's storage tool takes a SCRAM user's password only as an argument; a process's arguments are
+# visible to everyone on the machine (ps, /proc). This launcher (run by Java's single-file source
+# mode) reads the arguments from a file only its owner can read, deletes it, and runs the tool.
+ARGS_FROM_FILE = """
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+public class ArgsFromFile {
+    public static void main(String[] argv) throws Exception {
+        Path file = Path.of(argv[0]);
+        String[] args = Files.readAllLines(file).toArray(new String[0]);
+        Files.delete(file);
+        kafka.tools.StorageTool.main(args);
+    }
+}
+"""
+
+
+def format_command(settings: Settings, folder: Path) -> tuple[list[str], list[str] | None]:
+    """(the command line, the arguments to pass through a file, or None): a secured broker's SCRAM
+    user goes through the file, so its password never shows on a command line."""
+    args = ["format", f"--cluster-id={_cluster_id(settings)}", "-c", str(folder / "server.properties")]
+    java = ["java", f"-Dlog4j2.configurationFile={folder / 'log4j2.properties'}", "-cp", f"{settings.kafka_jars_dir}/*"]
+    if not settings.kafka_security_protocol.startswith("SASL_"):
+        return [*java, "kafka.tools.StorageTool", *args], None  # nothing secret: no launcher to compile
+    user, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
+    args += ["--add-scram", f"{settings.kafka_sasl_mechanism}=[name={user},password={password}]"]
+    return [*java, str(folder / "ArgsFromFile.java"), str(folder / "format.args")], args
+
+
 def _format_kafka_storage(settings: Settings, folder: Path) -> None:
     """Format once; an existing meta.properties means the data survives restarts. A secured broker
     gets its SCRAM user here (KRaft keeps credentials in the metadata log)."""
     if (folder / "data" / "meta.properties").exists():
         return
-    cmd = [
-        "java",
-        f"-Dlog4j2.configurationFile={folder / 'log4j2.properties'}",
-        "-cp",
-        f"{settings.kafka_jars_dir}/*",
-        "kafka.tools.StorageTool",
-        "format",
-        f"--cluster-id={_cluster_id(settings)}",  # joined: a base64 id may start with '-', read as a flag
-        "-c",
-        str(folder / "server.properties"),
-    ]
-    if settings.kafka_security_protocol.startswith("SASL_"):
-        user, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
-        cmd += ["--add-scram", f"{settings.kafka_sasl_mechanism}=[name={user},password={password}]"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd, args = format_command(settings, folder)
+    args_file = folder / "format.args"
+    if args is not None:
+        (folder / "ArgsFromFile.java").write_text(ARGS_FROM_FILE)
+        fd = os.open(args_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the SCRAM password
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(args) + "\n")
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        args_file.unlink(missing_ok=True)  # the launcher deletes it; one that failed to start did not
     if res.returncode != 0:
         secret = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
         out = f"{res.stdout}\n{res.stderr}"
@@ -420,8 +446,39 @@ def _mlflow_service(settings: Settings) -> Service:
         "--serve-artifacts",
     ]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    if settings.mlflow_auth:
+        cmd += ["--app-name", "basic-auth"]
+        env.update(mlflow_auth_env(settings, folder))
     url = f"http://{host}:{port}"
     return Service("mlflow", port, url, folder, cmd, env, lambda: http_ok(f"{url}/health"))
+
+
+def mlflow_auth_env(settings: Settings, folder: Path) -> dict[str, str]:
+    """MLflow's basic-auth app for the local server, from the environment's login (the one every
+    client sends): the admin it creates on first start, its users database in the state folder, and
+    a secret key made once (mode 600). Nothing secret goes on the command line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ini = folder / "auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+    )
+    key = folder / "flask-secret-key"
+    if not key.exists():
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": key.read_text().strip()}
+    if login := _mlflow_login():  # `up` insists on it; `status` and `down` need none
+        env.update({"MLFLOW_AUTH_ADMIN_USERNAME": login[0], "MLFLOW_AUTH_ADMIN_PASSWORD": login[1]})
+    return env
+
+
+def _mlflow_login() -> tuple[str, str] | None:
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return (user, password) if user and password else None
 
 
 def prefect_env(settings: Settings) -> dict[str, str]:
@@ -508,6 +565,11 @@ def _wait_ready(service: Service, pid: int, timeout_s: float) -> None:
 def up(settings: Settings, names: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
     """Start the chosen services (all by default) in parallel and wait until each answers."""
     chosen = services(settings, names)
+    if settings.mlflow_auth and any(s.name == "mlflow" for s in chosen) and not _mlflow_login():
+        raise StackError(
+            "SENSORCAST_MLFLOW_AUTH needs the login the clients send: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (the local server makes that user its admin on first start)"
+        )
     pids = {}
     for s in chosen:
         pids[s.name] = _launch(settings, s)

@@ -47,6 +47,19 @@ def test_the_broker_speaks_only_sasl_ssl(secure_settings: Settings) -> None:
     assert oct((secure_settings.state_dir / "kafka" / "server.properties").stat().st_mode & 0o777) == "0o600"
 
 
+def test_the_scram_password_never_shows_on_a_command_line(secure_settings: Settings) -> None:
+    """Kafka's storage tool takes it only as an argument: it goes through a file of mode 600, deleted
+    once read (the broker above was formatted that way, and authenticates with it)."""
+    folder = secure_settings.state_dir / "kafka"
+    cmd, args = stack.format_command(secure_settings, folder)
+    assert PASSWORD not in " ".join(cmd) and any(PASSWORD in a for a in args)
+    assert cmd[-2].endswith("ArgsFromFile.java") and not (folder / "format.args").exists()
+    plain_cmd, plain_args = stack.format_command(
+        secure_settings.model_copy(update={"kafka_security_protocol": "PLAINTEXT"}), folder
+    )
+    assert plain_args is None and "kafka.tools.StorageTool" in plain_cmd  # nothing secret: the tool itself
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -10,8 +10,11 @@ import yaml
 
 from pipeline.settings import REPO_ROOT, Settings
 
-# ${VAR:-default} as compose reads it with VAR unset
-COMPOSE = yaml.safe_load(re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", (REPO_ROOT / "docker-compose.yml").read_text()))
+TEXT = (REPO_ROOT / "docker-compose.yml").read_text()
+RAW = yaml.safe_load(TEXT)["services"]  # before compose substitutes anything
+# as compose reads it with .env's values: ${VAR:-default} with VAR unset, ${VAR:?why} set to a value
+SET = "value-from-dotenv"
+COMPOSE = yaml.safe_load(re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", SET, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", TEXT)))
 SERVICES = COMPOSE["services"]
 OURS = [name for name, svc in SERVICES.items() if svc.get("image") == "sensorcast:latest"]
 STANDARD_ENV = {"KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"}
@@ -88,7 +91,7 @@ def test_the_gpu_forecaster_is_a_profile_and_shares_the_cpu_ones_group() -> None
 
 
 def test_mlflow_and_prefect_run_on_postgres() -> None:
-    assert any("postgresql://" in arg for arg in SERVICES["mlflow"]["command"])
+    assert SERVICES["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
     assert SERVICES["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith(
         "postgresql+asyncpg://"
     )
@@ -163,3 +166,62 @@ def test_every_dashboard_query_names_a_metric_the_service_or_the_monitor_exports
     assert named <= exported, f"the dashboard queries metrics nobody exports: {sorted(named - exported)}"
     scraped = (REPO_ROOT / "infra" / "prometheus.yml").read_text()
     assert "forecaster:9308" in scraped and "monitor:9309" in scraped
+
+
+def test_every_published_port_binds_loopback_unless_one_variable_opens_them() -> None:
+    published = [(name, str(p)) for name, svc in SERVICES.items() for p in svc.get("ports", [])]
+    assert len(published) >= 8
+    for name, mapping in published:
+        assert mapping.startswith("127.0.0.1:") and mapping.count(":") == 2, f"{name} publishes {mapping}"
+    for name, svc in RAW.items():
+        for mapping in svc.get("ports", []):
+            assert str(mapping).startswith("${SENSORCAST_PUBLISH_HOST:-127.0.0.1}:"), f"{name}: {mapping}"
+
+
+SECRET_KEYS = re.compile(r"(PASSWORD|SECRET|AUTH_STRING|SECRET_KEY)")
+
+
+def test_no_secret_literal_remains_every_one_comes_from_dotenv() -> None:
+    for name, svc in RAW.items():
+        env = svc.get("environment", {})
+        for key, value in env.items() if isinstance(env, dict) else []:
+            if SECRET_KEYS.search(key):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), f"{name}: {key} is not from .env"
+            for user_pw in re.findall(r"://[^:/@]+:([^@]+)@", str(value)):  # a password inside a URL
+                assert user_pw.startswith("${POSTGRES_PASSWORD:?"), f"{name}: {key} holds a password"
+        assert not any(re.search(r"://[^:/@]+:[^@]+@", str(arg)) for arg in svc.get("command", []) or []), name
+    for literal in ("sensorcast:sensorcast", "password1234", "admin:admin", "admin:pass"):
+        assert literal not in TEXT, literal
+
+
+def test_dotenv_example_names_every_secret_compose_requires_and_dotenv_is_never_committed() -> None:
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", TEXT))
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO_ROOT / ".env.example").read_text().splitlines()
+        if "=" in line[:40] and not line.startswith("#")
+    )
+    assert required and required <= set(example), sorted(required - set(example))
+    assert all(
+        v.startswith(("change-me", "admin:change-me"))
+        for k, v in example.items()
+        if k in required - {"MLFLOW_ADMIN_USER"}
+    )
+    assert ".env" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_mlflow_and_prefect_require_logins_and_every_app_sends_them() -> None:
+    assert "--app-name=basic-auth" in SERVICES["mlflow"]["command"]
+    mlflow_env = SERVICES["mlflow"]["environment"]
+    assert mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == SET and mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == SET
+    auth_ini = (REPO_ROOT / "infra" / "mlflow-auth.ini").read_text()
+    assert (
+        "admin_password" not in auth_ini
+        and "./infra/mlflow-auth.ini:/etc/mlflow/auth.ini:ro" in RAW["mlflow"]["volumes"]
+    )
+    assert SERVICES["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == SET
+    for name in ("forecaster", "producer", "prefect-worker", "prefect-deploy", "monitor"):
+        env = SERVICES[name]["environment"]
+        assert env["MLFLOW_TRACKING_PASSWORD"] == SET and env["PREFECT_API_AUTH_STRING"] == SET, name
+    grafana = SERVICES["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == SET and grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"

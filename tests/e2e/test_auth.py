@@ -1,0 +1,109 @@
+"""Logins on the real servers: the local MLflow server with its basic-auth app
+(SENSORCAST_MLFLOW_AUTH) and the local Prefect server with an API auth string. With the login in the
+environment, a retrain (a Prefect flow run that registers in MLflow), the service (it loads
+@champion) and the monitor (it reads the champion's yardstick) work; without it, each is refused."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.kafka import ensure_topics
+from pipeline.messages import encode_reading
+from pipeline.settings import Settings
+from pipeline.tools import stack
+from pipeline.tools.child import ServeProcess
+from tests.fixtures.kafka import Collector
+from tests.fixtures.stack import private_settings
+
+pytestmark = pytest.mark.integration
+
+MLFLOW_PASSWORD = secrets.token_urlsafe(12)
+PREFECT_AUTH = f"admin:{secrets.token_urlsafe(12)}"
+LOGIN = {
+    "MLFLOW_TRACKING_USERNAME": "admin",
+    "MLFLOW_TRACKING_PASSWORD": MLFLOW_PASSWORD,
+    "PREFECT_API_AUTH_STRING": PREFECT_AUTH,
+}
+
+
+@pytest.fixture(scope="module")
+def auth_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    base = private_settings(tmp_path_factory.mktemp("auth-stack"))
+    settings = base.model_copy(update={"mlflow_auth": True, "lookback": 8, "horizon": 4, "model_name": "auth-test"})
+    servers = {**LOGIN, "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH}
+    saved = {k: os.environ.get(k) for k in servers}
+    os.environ.update(servers)  # the servers read their logins from the environment they start in
+    try:
+        stack.up(settings, log=lambda _m: None)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    try:
+        yield settings.model_copy(update={"metrics_port": stack.free_ports(1)[0]})
+    finally:
+        stack.down(settings, log=lambda _m: None)
+
+
+def readings(steps: range) -> list[tuple[bytes, bytes]]:
+    out = []
+    for s in steps:
+        for e in ("north", "south"):
+            temp = 15 + 8 * math.sin(2 * math.pi * (s + (3 if e == "south" else 0)) / 24)
+            out.append((e.encode(), encode_reading(e, s * 3_600_000, {"temp": temp, "rh": 50 + s % 7})))
+    return out
+
+
+def run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_with_the_login_a_retrain_the_service_and_the_monitor_work_and_without_it_each_is_refused(
+    auth_settings: Settings, produce, tmp_path: Path
+) -> None:
+    settings = auth_settings
+    ensure_topics(settings)
+    produce(settings, readings(range(120)))
+    base = {k: v for k, v in os.environ.items() if k not in LOGIN}
+    env = {**base, **settings.as_env(), "PREFECT_API_URL": settings.prefect_url}
+    retrain = "from flows.retrain import retrain; r = retrain(epochs=1); print('VERSION', r['version'])"
+    monitor = "from flows.monitor import champion_reference; from pipeline.settings import Settings; " + (
+        "print('YARDSTICK', champion_reference(Settings.load()))"
+    )
+
+    refused = run(retrain, env)  # no login: Prefect refuses the flow run before anything trains
+    assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-2000:]
+    no_mlflow = run(retrain, {**env, "PREFECT_API_AUTH_STRING": PREFECT_AUTH})  # Prefect's login only
+    assert no_mlflow.returncode != 0 and "401" in no_mlflow.stderr, no_mlflow.stderr[-2000:]
+
+    done = run(retrain, {**env, **LOGIN})
+    assert done.returncode == 0 and "VERSION 1" in done.stdout, done.stderr[-3000:]
+    yardstick = run(monitor, {**env, **LOGIN})
+    assert yardstick.returncode == 0 and "YARDSTICK ('1'," in yardstick.stdout, yardstick.stderr[-2000:]
+    blind = run(monitor, env)
+    assert blind.returncode != 0 and "401" in blind.stderr, blind.stderr[-2000:]
+
+    forecasts = Collector(settings, settings.forecasts_topic)
+    service = ServeProcess(settings.default_model_uri, {**settings.as_env(), **LOGIN}, tmp_path / "serve.log")
+    try:
+        service.start().wait_ready(120)
+        produce(settings, readings(range(120, 130)))
+        assert forecasts.wait_for(2 * 10, timeout_s=60)
+    finally:
+        assert service.stop() == 0, service.output()[-3000:]
+        forecasts.close()
+    assert {d["model"]["version"] for d in forecasts.docs} == {"1"}
+
+    locked_out = ServeProcess(settings.default_model_uri, settings.as_env(), tmp_path / "serve-no-login.log").start()
+    try:
+        code = locked_out.proc.wait(120)
+    finally:
+        locked_out.stop()
+    assert code != 0 and "401" in locked_out.output(), locked_out.output()[-3000:]
