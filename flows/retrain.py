@@ -16,6 +16,7 @@ environment (`pipeline.settings.Settings`), parameters say what this run is for.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -257,6 +258,8 @@ def _register(
     from models.nets import PRESETS
 
     use_experiment(EXPERIMENT)
+    # MLflow's own "View run" links open its GenAI view; the flow logs links to the training view instead
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     found = _registered_by(settings.model_name, attempt) if attempt else None
     if found is not None:  # a retry after the version was made: tag it, never register a second one
         done["version"] = found[0]
@@ -373,6 +376,17 @@ def announce(version: str, run_id: str) -> None:
     producer.close()
 
 
+def run_link(run_id: str) -> str:
+    """The run's page in the MLflow UI's training view (models.mlflow.registry.ui_url)."""
+    from mlflow import MlflowClient
+
+    from models.mlflow.registry import ui_url
+
+    settings = Settings.load()
+    run = MlflowClient(settings.tracking_uri).get_run(run_id)
+    return ui_url(settings.tracking_uri, run.info.experiment_id, run_id)
+
+
 def _iso(ts_ms: int) -> str:
     from pipeline.messages import format_ts
 
@@ -458,6 +472,7 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger) -> Retr
         version, run_id = register(
             candidate, decision, window, trigger, reason, info, sample, data_ranges(window, ranges), attempt
         )
+        logger.info("MLflow run: %s (version %s)", run_link(run_id), version)
     if decision.promote:
         moved_to = promote(version, champion.version if champion is not None else None)
         if moved_to is not None:

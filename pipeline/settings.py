@@ -248,8 +248,8 @@ class Settings(BaseSettings):
 
 
 def settings_table() -> str:
-    """Every setting as a Markdown table: env var, default, what it does (the README's copy is checked
-    against this by a test; `python -m pipeline.settings` prints it)."""
+    """Every setting as a Markdown table: env var, default, what it does (docs/configuration.md's copy
+    is checked against this by a test; `python -m pipeline.settings` prints it)."""
     rows = ["| env var | default | what it does |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias

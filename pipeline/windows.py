@@ -4,7 +4,7 @@ Each entity owns a row of one (entities, 2L, N) float32 array. A slot's values a
 p and p + L (a "double-written ring"), so the latest L slots are always the contiguous slice
 [p + 1, p + 1 + L): no roll, no per-message allocation, and a batch is one fancy-indexed gather.
 
-Time policy (the README's "Time" section):
+Time policy (docs/messages.md, "Time"):
 - a reading goes in its slot of the grid (pipeline/timegrid.py): the serving model's grid, else one
   learned per entity from its first readings (or the configured interval at its first reading's phase);
 - a second reading for a slot already filled is a `duplicate` (refused), or replaces the slot's

@@ -30,7 +30,23 @@ def pyfunc_example(folder: Path):
     return example, infer_signature(example, out)
 
 
-MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs, not GenAI
+MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}  # a model-training experiment
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of a run, or of an experiment's runs table, in its "Model training" view.
+
+    MLflow 3.17's UI opens a bare experiment link on the GenAI overview (traces, an assistant)
+    whatever the experiment's kind; `workflowType=machine_learning` opens the training view
+    (checked in headless Chromium, docs/retraining.md).
+
+    >>> ui_url("http://127.0.0.1:5000", "1")
+    'http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning'
+    >>> ui_url("http://127.0.0.1:5000/", "1", "ab12")
+    'http://127.0.0.1:5000/#/experiments/1/runs/ab12?workflowType=machine_learning'
+    """
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
 
 
 def use_experiment(name: str) -> str:

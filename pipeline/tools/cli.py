@@ -354,7 +354,7 @@ def produce_cmd(
     ),
 ) -> None:
     """Replay a CSV as a live stream of readings, or simulate many sensors (with --messy, as a real gateway
-    sends them: the first entity's clock jitters and incidents come in turn; see the README's Time)."""
+    sends them: the first entity's clock jitters and incidents come in turn; see docs/messages.md, Time)."""
     from tqdm import tqdm
 
     from pipeline.kafka import KafkaUnavailable, ensure_topics
@@ -686,8 +686,10 @@ def retrain_cmd(
 def _mlflow_run_url(settings: Settings, run_id: str) -> str:
     import mlflow
 
+    from models.mlflow.registry import ui_url
+
     run = mlflow.MlflowClient(settings.tracking_uri).get_run(run_id)
-    return f"{settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return ui_url(settings.tracking_uri, run.info.experiment_id, run_id)
 
 
 def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:

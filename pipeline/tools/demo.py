@@ -110,8 +110,10 @@ def _retrain(settings: Settings, reason: str, epochs: int) -> dict:
 def _run_url(settings: Settings, run_id: str) -> str:
     from mlflow import MlflowClient
 
+    from models.mlflow.registry import ui_url
+
     run = MlflowClient(settings.tracking_uri).get_run(run_id)
-    return f"{settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return ui_url(settings.tracking_uri, run.info.experiment_id, run_id)
 
 
 def verdict(report: dict) -> str:
@@ -125,6 +127,48 @@ def verdict(report: dict) -> str:
     if report["promoted"]:
         return f"v{report['version']} WINS and is promoted: {figures}"
     return f"v{report['version']} loses and is not promoted: {figures} ({report['gate']})"
+
+
+TOPICS = ("readings_topic", "forecasts_topic", "dlq_topic", "models_topic")
+
+
+def fresh_names(settings: Settings, log: Callable[[str], None] = print) -> Settings:
+    """The demo starts clean every time: the configured model name and topics when nothing holds them
+    yet, else the first free `-demo-K` suffix for all of them (an earlier demo's data is left as it
+    is, never deleted, and never mixed into this one's: a second demo would otherwise train on both
+    copies of the weather and gate against the first demo's champion)."""
+    from mlflow import MlflowClient
+
+    from pipeline.kafka import make_admin
+
+    client, admin = MlflowClient(settings.tracking_uri), make_admin(settings)
+    try:
+        topics = set(admin.list_topics())
+    finally:
+        admin.close()
+    for k in range(1, 1000):
+        suffix = "" if k == 1 else f"-demo-{k}"
+        names = {"model_name": settings.model_name + suffix} | {t: getattr(settings, t) + suffix for t in TOPICS}
+        if not ({names[t] for t in TOPICS} & topics) and not client.search_model_versions(
+            f"name = '{names['model_name']}'", max_results=1
+        ):
+            break
+    if suffix:
+        log(
+            f"       an earlier demo's model and topics are still here (kept): this one starts clean as "
+            f"{names['model_name']} on {names['readings_topic']}"
+        )
+    return settings.model_copy(update=names)
+
+
+def _experiment_url(settings: Settings) -> str:
+    from mlflow import MlflowClient
+
+    from flows.retrain import EXPERIMENT
+    from models.mlflow.registry import ui_url
+
+    experiment = MlflowClient(settings.tracking_uri).get_experiment_by_name(EXPERIMENT)
+    return ui_url(settings.tracking_uri, experiment.experiment_id) if experiment else settings.tracking_uri
 
 
 def _first_model(settings: Settings, epochs: int, log: Callable[[str], None]) -> dict:
@@ -164,6 +208,7 @@ def run_demo(
     started_stack = not stack.port_open(settings.host, settings.kafka_port)  # Ctrl-C stops only what we started
     log("1/6  starting the local stack (Kafka, MLflow, Prefect)")
     urls = stack.up(settings, log=log)
+    settings = fresh_names(settings, log)
     ensure_topics(settings)
     os.environ.update(settings.as_env())  # the flow reads its settings from the environment, as a worker would
     os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
@@ -373,7 +418,7 @@ def run_demo(
         f"{settings.lookback - 1} readings of each site fill its window); dead letters {summary['dead_letters']}"
     )
     if state.incidents:
-        log(f"       messy-stream incidents sent: {summary['incidents']} (the README's Time says what each becomes)")
+        log(f"       messy-stream incidents sent: {summary['incidents']} (docs/messages.md says what each becomes)")
     log(f"       model versions served: {summary['versions_served']}")
     if second:
         log(f"       second retrain: {verdict(second)}")
@@ -382,10 +427,8 @@ def run_demo(
         naive = sum(summary["persistence_mae"].values()) / len(scored)
         log(f"       rolling MAE of {VIEW_CHANNEL} over the sites: model {model:.2f}, persistence {naive:.2f}")
     log(f"       end-to-end latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; service exited {exit_code}")
-    log(
-        f"       MLflow UI: {urls.get('mlflow')} (experiment sensorcast-retrain); "
-        f"Prefect UI: {urls.get('prefect', '').removesuffix('/api')}"
-    )
+    log(f"       MLflow, the retrain runs: {_experiment_url(settings)}")
+    log(f"       Prefect, the flow runs: {urls.get('prefect', '').removesuffix('/api')}/runs")
     if keep_stack:
         log("       the stack keeps running for you to browse; `.venv/bin/sensorcast stack down` stops it")
     else:

@@ -62,3 +62,25 @@ def test_demo_closes_the_loop_from_the_topic_and_stops_cleanly(local_settings, m
     assert {"forecast.png", "loss.png", "provenance.json"} <= artifacts
     assert summary["rolling_mae"] and summary["persistence_mae"]  # the view's skill figures were scored
     assert not stack.port_open("127.0.0.1", settings.kafka_port)
+
+
+def test_a_second_demo_starts_clean_beside_the_first_and_deletes_nothing(
+    kafka_settings, mlflow_tracking, tiny_checkpoint
+) -> None:
+    from models.mlflow.registry import log_checkpoint
+    from pipeline.kafka import ensure_topics, make_admin
+    from pipeline.tools.demo import fresh_names
+
+    settings = kafka_settings.model_copy(update={"mlflow_tracking_uri": mlflow_tracking, "model_name": "demo-names"})
+    said: list[str] = []
+    assert fresh_names(settings, said.append) == settings and said == []  # nothing there yet: the names as set
+    ensure_topics(settings)  # a first demo ran: its topics hold its weather, its model is registered
+    log_checkpoint(tiny_checkpoint(), "demo-names", alias="champion")
+    second = fresh_names(settings, said.append)
+    assert second.model_name == "demo-names-demo-2" and second.readings_topic == settings.readings_topic + "-demo-2"
+    assert second.models_topic == settings.models_topic + "-demo-2" and "starts clean" in said[0]
+    admin = make_admin(settings)
+    try:
+        assert settings.readings_topic in admin.list_topics()  # the first demo's data is kept
+    finally:
+        admin.close()
