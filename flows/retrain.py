@@ -457,6 +457,12 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger) -> Retr
             lookback, horizon = holdout.lookback, holdout.horizon
             try:  # every contender on the same windows, none holding the champion's training targets
                 holdout = windows(after(window.timed_series(), trained_until, lookback), lookback, horizon, "holdout")
+                info["holdout_after"] = _iso(trained_until)  # in the run's params: what the gate scored
+                info["holdout_windows_scored"] = len(holdout)
+                logger.info(
+                    "the champion v%s trained on data up to %s: every contender is scored on the %d holdout "
+                    "windows after it", champion.version, _iso(trained_until), len(holdout)
+                )  # fmt: skip
             except DataError:
                 decision = GateDecision(
                     False,

@@ -27,7 +27,7 @@ L, H = 24, 6
 ENTITIES = ("north", "south", "east")
 
 
-def history(steps: range) -> list[tuple[bytes, bytes]]:
+def history(steps: range, start_ms: int = 0) -> list[tuple[bytes, bytes]]:
     """Daily cycles with a per-site phase: a network beats repeating the last value on them. The east
     site's clock jitters by up to ±25% of the hour (before the one grid, it dropped out of training)."""
     out = []
@@ -36,7 +36,7 @@ def history(steps: range) -> list[tuple[bytes, bytes]]:
             temp = 15 + 8 * math.sin(2 * math.pi * (s + 3 * k) / 24) + 0.1 * ((s * 7 + k) % 5)
             rh = 60 + 20 * math.cos(2 * math.pi * (s + 5 * k) / 24)
             jitter = int(((s * 37) % 21 - 10) / 40 * HOUR) if e == "east" and s else 0  # none before 1970
-            out.append((e.encode(), encode_reading(e, s * HOUR + jitter, {"temp": temp, "rh": rh})))
+            out.append((e.encode(), encode_reading(e, start_ms + s * HOUR + jitter, {"temp": temp, "rh": rh})))
     return out
 
 
@@ -218,6 +218,27 @@ def test_at_the_default_margin_a_better_candidate_wins_and_a_worse_one_loses_eac
     assert worse["scores"]["candidate"] > worse["scores"]["champion"], worse["scores"]
     assert "is not 0% better than the champion" in worse["gate"], worse["gate"]
     assert alias_version(loop_settings.model_name, "champion") == "2"
+
+
+def test_the_champion_is_scored_only_on_holdout_after_its_own_training_data(
+    loop_settings: Settings, produce, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A champion trained on the last 168 hours, then a whole-topic run: the whole topic's holdout
+    (its last 20%) begins before the champion's training data ends, so every contender is scored only
+    on the holdout windows after that end, and the run's parameters say so."""
+    from mlflow import MlflowClient
+
+    start = (int(time.time() * 1000) // HOUR - 400) * HOUR  # 400 hours up to an hour ago, in readings' ts
+    produce(loop_settings, history(range(400), start_ms=start))
+    monkeypatch.setenv("SENSORCAST_RETRAIN_WINDOW_BY", "reading")  # the hours count by the readings' own ts
+    champion = retrain(trigger="manual", reason="the last week", hours=168, epochs=3)
+    assert champion["promoted"] is True and champion["version"] == "1", champion
+    ranges = json.loads(MlflowClient().get_model_version(loop_settings.model_name, "1").tags["data_ranges"])
+    wide = retrain(trigger="manual", reason="the whole topic", epochs=1)
+    params = MlflowClient().get_run(wide["run_id"]).data.params
+    assert params["holdout_after"] == ranges["validation"][1], (params, ranges)  # the champion's last reading
+    assert 0 < int(params["holdout_windows_scored"]) < int(params["holdout_windows"]), params
+    assert "champion" in wide["scores"], wide
 
 
 def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_registered(
