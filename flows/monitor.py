@@ -23,7 +23,7 @@ import orjson
 
 from flows.drift import DRIFT_EVENT, DriftTracker, drift_resource
 from pipeline.kafka import TopicFollower
-from pipeline.messages import BadReading, TimePolicy, parse_reading, parse_ts
+from pipeline.messages import BadReading, TimePolicy, check_key, parse_reading, parse_ts
 from pipeline.records import Record
 from pipeline.settings import Settings
 
@@ -240,8 +240,7 @@ class DriftMonitor:
                 policy=self.policy,
                 allow_missing=s.max_missing_fill > 0,
             )
-            if s.key_policy == "refuse" and record.key != reading.entity.encode():
-                raise BadReading("bad_key", "the record's key is not its entity")
+            check_key(record.key, reading.entity, s.key_policy)
         except BadReading as bad:  # the service refused it too, and its dead letter says why
             self.refused[bad.reason] += 1
             return

@@ -23,7 +23,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from pipeline.kafka.reader import topic_slice
-from pipeline.messages import BadReading, TimePolicy, format_ts, parse_reading
+from pipeline.messages import BadReading, TimePolicy, check_key, format_ts, parse_reading
 from pipeline.records import Record
 from pipeline.settings import Settings
 from pipeline.timegrid import Grid, GridError, infer_anchor, infer_grid
@@ -161,11 +161,9 @@ class Columns:
                 reading = parse_reading(
                     rec.value, self.channels, s.max_payload_bytes, record_ts_ms=rec.timestamp_ms, policy=self.policy
                 )
+                check_key(rec.key, reading.entity, s.key_policy)  # what the service refuses never trains
             except BadReading as bad:
                 self.refused[bad.reason] += 1
-                continue
-            if s.key_policy == "refuse" and rec.key != reading.entity.encode():
-                self.refused["bad_key"] += 1  # the service refuses it too: it never trains
                 continue
             if self.since_ms is not None and reading.ts_ms < self.since_ms:
                 self.refused["before_window"] += 1

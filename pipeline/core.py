@@ -16,6 +16,7 @@ from pipeline.messages import (
     DEAD_LETTER_PAYLOAD_BYTES,
     BadReading,
     TimePolicy,
+    check_key,
     encode_dead_letter,
     encode_forecast,
     format_ts,
@@ -186,9 +187,7 @@ class ForecastCore:
                 continue
             try:
                 reading = self._parse(rec, bounds)
-                if rec.key != reading.entity.encode():
-                    self._check_key(rec.key, reading.entity)
-                    stats.rekeyed += 1
+                stats.rekeyed += check_key(rec.key, reading.entity, self.cfg.key_policy)
                 pushed = self.windows.push(reading, now)
             except BadReading as bad:
                 self._dead_letter(bad, rec, out, stats)
@@ -260,18 +259,6 @@ class ForecastCore:
             policy=cfg.time,
             allow_missing=cfg.max_missing_fill > 0,
         )
-
-    def _check_key(self, key: bytes | None, entity: str) -> None:
-        """A record keyed otherwise than by its entity lands on a partition of its own key's choosing,
-        where it can be read before or after the entity's other readings: it would move the entity's
-        clock out of order. Refused by default; `key_policy="accept"` takes it (and counts it)."""
-        if self.cfg.key_policy == "refuse":
-            shown = "no key" if key is None else f"key {key[:64]!r}"
-            raise BadReading(
-                "bad_key",
-                f"the record has {shown}, not its entity {entity!r}: key readings by entity, so that each "
-                "entity's readings stay in order on one partition (or set SENSORCAST_KEY_POLICY=accept)",
-            )
 
     def _dead_letter(self, bad: BadReading, rec: Record, out: list[Outgoing], stats: BatchStats) -> None:
         stats.dead[bad.reason] = stats.dead.get(bad.reason, 0) + 1

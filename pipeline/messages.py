@@ -170,6 +170,23 @@ def parse_reading(
         raise BadReading("undecodable", f"{type(e).__name__}: {_short(e)}") from None
 
 
+def check_key(key: bytes | None, entity: str, key_policy: str = "refuse") -> bool:
+    """A record keyed otherwise than by its entity lands on a partition of its own key's choosing,
+    where it can be read before or after the entity's other readings: it would move the entity's
+    clock out of order. Refused by default (bad_key); `key_policy="accept"` takes it. Returns True
+    when the record is keyed otherwise and taken (the service counts those)."""
+    if key == entity.encode():
+        return False
+    if key_policy == "refuse":
+        shown = "no key" if key is None else f"key {key[:64]!r}"
+        raise BadReading(
+            "bad_key",
+            f"the record has {shown}, not its entity {entity!r}: key readings by entity, so that each "
+            "entity's readings stay in order on one partition (or set SENSORCAST_KEY_POLICY=accept)",
+        )
+    return True
+
+
 def check_time(ts_value: object, ts_ms: int, record_ts_ms: int, policy: TimePolicy) -> None:
     """Refuse a ts that the record's own timestamp shows to be wrong: in another unit, or in the future."""
     if record_ts_ms <= 0:
