@@ -39,16 +39,22 @@ def topic_reader(
         raise
     consumer.assign(tps)
     ends = consumer.end_offsets(tps)
-    if from_beginning:
-        offsets = consumer.beginning_offsets(tps)
-    elif since_ms is not None:
-        found = consumer.offsets_for_times({tp: since_ms for tp in tps})
-        offsets = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
+    if from_beginning or since_ms is not None:  # from the start wins over a time, as it always has
+        offsets = start_offsets(consumer, tps, ends, None if from_beginning else since_ms)
     else:
         offsets = ends
     for tp in tps:
         consumer.seek(tp, offsets[tp])
     return consumer
+
+
+def start_offsets(consumer: KafkaConsumer, tps: list, ends: dict, since_ms: int | None) -> dict:
+    """Per partition, the first offset written at or after `since_ms` (broker time; the end when
+    nothing is that recent), or the partition's start when `since_ms` is None."""
+    if since_ms is None:
+        return consumer.beginning_offsets(tps)
+    found = consumer.offsets_for_times({tp: since_ms for tp in tps})
+    return {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
 
 
 class TopicCollector(threading.Thread):
@@ -136,11 +142,7 @@ def topic_slice(
         tps = partitions_of(consumer, topic, timeout_s=30)
         consumer.assign(tps)
         ends = consumer.end_offsets(tps)
-        if since_ms is None:
-            starts = consumer.beginning_offsets(tps)
-        else:
-            found = consumer.offsets_for_times({tp: since_ms for tp in tps})
-            starts = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
+        starts = start_offsets(consumer, tps, ends, since_ms)
         first, left_out = cap_offsets(
             {tp.partition: starts[tp] for tp in tps}, {tp.partition: ends[tp] for tp in tps}, max_records
         )
