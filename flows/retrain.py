@@ -376,17 +376,6 @@ def announce(version: str, run_id: str) -> None:
     producer.close()
 
 
-def run_link(run_id: str) -> str:
-    """The run's page in the MLflow UI's training view (models.mlflow.registry.ui_url)."""
-    from mlflow import MlflowClient
-
-    from models.mlflow.registry import ui_url
-
-    settings = Settings.load()
-    run = MlflowClient(settings.tracking_uri).get_run(run_id)
-    return ui_url(settings.tracking_uri, run.info.experiment_id, run_id)
-
-
 def _iso(ts_ms: int) -> str:
     from pipeline.messages import format_ts
 
@@ -431,6 +420,7 @@ def retrain(
 
 def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger) -> RetrainReport:
     from models.data import DataError
+    from models.mlflow.registry import run_url
 
     champion = current_champion()
     window = pull(hours, champion.channels if champion is not None else None)
@@ -478,7 +468,7 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger) -> Retr
         version, run_id = register(
             candidate, decision, window, trigger, reason, info, sample, data_ranges(window, ranges), attempt
         )
-        logger.info("MLflow run: %s (version %s)", run_link(run_id), version)
+        logger.info("MLflow run: %s (version %s)", run_url(Settings.load().tracking_uri, run_id), version)
     if decision.promote:
         moved_to = promote(version, champion.version if champion is not None else None)
         if moved_to is not None:

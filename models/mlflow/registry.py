@@ -49,6 +49,12 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
 
 
+def run_url(tracking_uri: str, run_id: str) -> str:
+    """`ui_url` of a run known by its id alone (one read of the run, for its experiment)."""
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    return ui_url(tracking_uri, run.info.experiment_id, run_id)
+
+
 def use_experiment(name: str) -> str:
     """Make `name` the active experiment (created if missing), marked as a model-training experiment
     so MLflow 3's UI opens it on its runs and metrics rather than the GenAI overview. Returns its id."""

@@ -96,12 +96,13 @@ def run(
     ts = window.frame["ts"]
     cut = int(ts.min() + 0.6 * (ts.max() - ts.min()))
     earlier = TrainingWindow(window.frame.filter(pl.col("ts") < cut), window.channels, window.provenance)
-    holdout = windows(time_split(window.timed_series(), s.lookback).holdout, s.lookback, s.horizon, "holdout")
+    splits = time_split(window.timed_series(), s.lookback)
+    holdout = windows(splits.holdout, s.lookback, s.horizon, "holdout")
     with tempfile.TemporaryDirectory() as tmp:
         log(f"(b) {fit_entities} entities × {fit_steps} hourly steps; champion on the first 60%, {epochs} epochs each")
         fit.fn(earlier, None, False, epochs, Path(tmp) / "champion")
         champion = Forecaster.from_checkpoint(Path(tmp) / "champion", device="cpu")
-        results: dict = {"champion_trained_until": _iso(cut), "holdout_from": _iso(holdout_start(window, s))}
+        results: dict = {"champion_trained_until": _iso(cut), "holdout_from": _iso(splits.ranges["holdout"][0])}
         scaler = None
         for name, warm in (("warm_start", True), ("scratch", False)):
             cand, _ = fit.fn(window, champion, warm, epochs, Path(tmp) / name)
@@ -181,12 +182,6 @@ def _pull_in_child(settings: Settings, cap: int) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"the pull of {cap} readings failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def holdout_start(window, settings: Settings) -> int:
-    from flows.gate import time_split
-
-    return time_split(window.timed_series(), settings.lookback).ranges["holdout"][0]
 
 
 def _iso(ts_ms: int) -> str:

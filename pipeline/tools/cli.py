@@ -678,18 +678,11 @@ def retrain_cmd(
         table.add_row(name, f"{mse:.4f}")
     Console().print(table)
     if report["run_id"]:
-        console.print(f"MLflow run: {_mlflow_run_url(settings, report['run_id'])}")
+        from models.mlflow.registry import run_url
+
+        console.print(f"MLflow run: {run_url(settings.tracking_uri, report['run_id'])}")
     state = "promoted to @" + settings.model_alias if report["promoted"] else "not promoted"
     console.print(f"version {report['version'] or '-'}: {state}")
-
-
-def _mlflow_run_url(settings: Settings, run_id: str) -> str:
-    import mlflow
-
-    from models.mlflow.registry import ui_url
-
-    run = mlflow.MlflowClient(settings.tracking_uri).get_run(run_id)
-    return ui_url(settings.tracking_uri, run.info.experiment_id, run_id)
 
 
 def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:
@@ -697,6 +690,7 @@ def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:
     import mlflow
 
     from flows.retrain import EXPERIMENT, FLOW_RUN_TAG
+    from models.mlflow.registry import ui_url
 
     client = mlflow.MlflowClient(settings.tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -708,7 +702,7 @@ def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:
         return
     run = runs[0]
     console.print(f"gate: {run.data.tags.get('gate', '?')}")
-    console.print(f"MLflow run: {_mlflow_run_url(settings, run.info.run_id)}")
+    console.print(f"MLflow run: {ui_url(settings.tracking_uri, run.info.experiment_id, run.info.run_id)}")
     state = "promoted to @" + settings.model_alias if run.data.tags.get("promoted") == "True" else "not promoted"
     console.print(state)
 

@@ -107,15 +107,6 @@ def _retrain(settings: Settings, reason: str, epochs: int) -> dict:
         return retrain(trigger="manual", reason=reason, epochs=epochs)
 
 
-def _run_url(settings: Settings, run_id: str) -> str:
-    from mlflow import MlflowClient
-
-    from models.mlflow.registry import ui_url
-
-    run = MlflowClient(settings.tracking_uri).get_run(run_id)
-    return ui_url(settings.tracking_uri, run.info.experiment_id, run_id)
-
-
 def verdict(report: dict) -> str:
     """One line a person reads at a glance: won or lost, against what, by the holdout's numbers."""
     scores = report.get("scores") or {}
@@ -199,6 +190,7 @@ def run_demo(
     import mlflow
 
     from flows.drift import DriftTracker
+    from models.mlflow.registry import run_url
     from pipeline.kafka import TopicCollector, ensure_topics, make_producer
     from pipeline.messages import encode_reading, format_ts, parse_ts
     from pipeline.tools.producers import messy, paced, replay_rows
@@ -247,7 +239,7 @@ def run_demo(
             MlflowClient().set_registered_model_alias(settings.model_name, "demo-candidate", first["version"])
             model_uri = f"models:/{settings.model_name}@demo-candidate"
             log("       it did not beat persistence: serving it as @demo-candidate, not @champion")
-        log(f"       MLflow run: {_run_url(settings, first['run_id'])} (version {first['version']})")
+        log(f"       MLflow run: {run_url(settings.tracking_uri, first['run_id'])} (version {first['version']})")
 
         log(f"4/6  the forecasting service on {model_uri}")
         forecasts, dead = (
