@@ -93,13 +93,13 @@ class MlflowLog:
 
     def _run(self, client) -> str:
         if self.run_id is None:
+            from models.mlflow.registry import MODEL_TRAINING
+
             experiment = client.get_experiment_by_name(self.EXPERIMENT)
             exp_id = (
                 experiment.experiment_id
                 if experiment
-                else client.create_experiment(
-                    self.EXPERIMENT, tags={"mlflow.experimentKind": "custom_model_development"}
-                )
+                else client.create_experiment(self.EXPERIMENT, tags=MODEL_TRAINING)
             )
             run = client.create_run(
                 exp_id,
