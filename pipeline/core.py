@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
@@ -15,12 +16,12 @@ import numpy as np
 from pipeline.messages import (
     DEAD_LETTER_PAYLOAD_BYTES,
     BadReading,
+    BatchDecoder,
+    ForecastEncoder,
     TimePolicy,
     check_key,
     encode_dead_letter,
-    encode_forecast,
     format_ts,
-    parse_reading,
 )
 from pipeline.records import Outgoing, Record
 from pipeline.timegrid import Grid
@@ -128,18 +129,33 @@ class ModelSlot:
 
 @dataclass
 class StagedBatch:
-    """A batch between prepare and finish: its dead letters, and the staged windows to forecast."""
+    """A batch between prepare and finish: its dead letters, and the staged windows to forecast, as
+    columns (row j of `x` is the window of records[rows[j]])."""
 
     records: list[Record]
     model: Model
-    x: np.ndarray  # (len(ready), L, N), a view of a staging buffer
-    ready: list[tuple[str, int, int, Record]]  # (entity, slot ts, inputs filled, record) of each row of x
+    x: np.ndarray  # (len(rows), L, N), a view of a staging buffer
+    rows: np.ndarray  # the record index of each row of x, in record order
+    entities: list[str]  # the entity of each row
+    slot_ts: np.ndarray  # the slot on the grid each row forecasts from
+    inputs_filled: np.ndarray  # values of each row's window filled rather than measured
+    step_ms: np.ndarray  # the interval of each row's grid (0: still being learned)
     out: list[Outgoing]
     stats: BatchStats
 
+    @property
+    def ready(self) -> list[int]:
+        """The record indices staged to forecast (empty: nothing to forecast)."""
+        return self.rows.tolist()
+
 
 class ForecastCore:
-    """Pure logic of one micro-batch: every record becomes a forecast, a buffered reading, or a dead letter."""
+    """Pure logic of one micro-batch: every record becomes a forecast, a buffered reading, or a dead letter.
+
+    Per batch, not per reading: the batch is decoded into columns (`BatchDecoder`), pushed into the
+    windows as arrays (`EntityWindows.push_many`) and its forecasts encoded from one template
+    (`ForecastEncoder`); only a reading off the steady path (a refusal, a gap, a re-send) takes the
+    one-at-a-time path, which gives the same answers."""
 
     def __init__(self, slot: ModelSlot, cfg: ServiceConfig):
         self.slot = slot
@@ -156,6 +172,10 @@ class ForecastCore:
             duplicates=cfg.duplicates,
             max_missing_fill=cfg.max_missing_fill,
         )
+        self.decoder = BatchDecoder(
+            self.channels, cfg.max_payload_bytes, policy=cfg.time, allow_missing=cfg.max_missing_fill > 0
+        )
+        self.encoder = ForecastEncoder(self.channels)
         # two staging buffers: the loop prepares the next batch while the previous one is forecast
         self._staging = [np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32) for _ in range(2)]
         self._flip = 0
@@ -167,51 +187,69 @@ class ForecastCore:
         return self.finish(batch, *self.forecast(batch), now_ms=now_ms)
 
     def prepare(self, records: list[Record], now_s: float | None = None) -> StagedBatch:
-        """Parse, validate and window every record; stage the windows of those ready to forecast.
-        `now_s` (monotonic seconds; default now) dates the entities' last word for the idle TTL."""
+        """Decode, validate and window every record; stage the windows of those ready to forecast.
+        `now_s` (monotonic seconds; default now) dates the entities' last word for the idle TTL.
+        A replayed record (`Record.replay`) only refills its entity's window: its forecast or dead
+        letter was published before the restart."""
         now = time.monotonic() if now_s is None else now_s
         model = self.slot.model  # one model for the whole batch
-        stats = BatchStats(readings=sum(not r.replay for r in records))
-        out: list[Outgoing] = []
-        ready: list[tuple[str, int, int, Record]] = []  # (entity, slot ts, filled, record) in record order
-        bounds = model.input_bounds
+        n = len(records)
+        stats = BatchStats()
         self._flip ^= 1
         x = self._staging[self._flip]
-        if len(records) > x.shape[0]:
-            x = self._staging[self._flip] = np.zeros(
-                (len(records), model.lookback, len(self.channels)), dtype=np.float32
-            )
-        for rec in records:
+        if n > x.shape[0]:
+            x = self._staging[self._flip] = np.zeros((n, model.lookback, len(self.channels)), dtype=np.float32)
+        decoded = self.decoder.decode([r.value for r in records], [r.timestamp_ms for r in records], model.input_bounds)
+        entities, refused = decoded.entity, decoded.refused
+        live = np.ones(n, dtype=bool)  # not a replay: its outcome is published
+        policy = self.cfg.key_policy
+        for i, rec in enumerate(records):
             if rec.replay:
-                self._replay(rec, now)
+                live[i] = False
                 continue
-            try:
-                reading = self._parse(rec, bounds)
-                stats.rekeyed += check_key(rec.key, reading.entity, self.cfg.key_policy)
-                pushed = self.windows.push(reading, now)
-            except BadReading as bad:
-                self._dead_letter(bad, rec, out, stats)
-                continue
-            stats.filled += pushed.filled
-            stats.resets += int(pushed.reset)
-            stats.replaced += int(pushed.replaced)
-            stats.channels_filled += pushed.channels_filled
-            if not pushed.ready:
-                stats.buffered += 1
-                continue
-            # copy now: a later reading of the same entity in this batch moves its window on
-            x[len(ready)] = self.windows.window(reading.entity)
-            ready.append((reading.entity, pushed.slot_ts, self.windows.filled_inputs(reading.entity), rec))
+            entity = entities[i]
+            if entity is not None and rec.key != entity.encode():
+                try:
+                    stats.rekeyed += check_key(rec.key, entity, policy)
+                except BadReading as bad:
+                    refused[i], entities[i] = bad, None
+        pushes = self.windows.push_many(entities, decoded.ts_ms, decoded.values, decoded.lacking, now, x, live)
+        refused.update(pushes.refused)
+        out: list[Outgoing] = []
+        for i in sorted(refused):
+            if live[i]:
+                self._dead_letter(refused[i], records[i], out, stats)
+        taken = live & np.fromiter((e is not None for e in entities), dtype=bool, count=n)
+        if refused:
+            taken[list(refused)] = False
+        stats.readings = int(live.sum())
+        stats.buffered = int((taken & ~pushes.ready).sum())
+        stats.filled = int(pushes.filled[taken].sum())
+        stats.resets = int(pushes.reset[taken].sum())
+        stats.replaced = int(pushes.replaced[taken].sum())
+        stats.channels_filled = int(pushes.channels_filled[taken].sum())
         ttl = self.cfg.entity_ttl_s
         if ttl is not None and now >= self._next_eviction:  # a scan of every slot: not every batch
             stats.evicted = len(self.windows.evict_idle(now, ttl))
             self._next_eviction = now + min(ttl / 10, 60.0)
-        return StagedBatch(records, model, x[: len(ready)], ready, out, stats)
+        rows = pushes.staged
+        return StagedBatch(
+            records,
+            model,
+            x[: len(rows)],
+            rows,
+            [entities[i] for i in rows.tolist()],
+            pushes.slot_ts[rows],
+            pushes.inputs_filled,
+            pushes.step_ms,
+            out,
+            stats,
+        )
 
     @staticmethod
     def forecast(batch: StagedBatch) -> tuple[np.ndarray | None, float]:
         """The forward pass alone, safe to run on another thread than prepare and finish."""
-        if not batch.ready:
+        if not len(batch.rows):
             return None, 0.0
         started = time.perf_counter()
         pred = batch.model.predict(batch.x)  # (B, H, N)
@@ -223,53 +261,46 @@ class ForecastCore:
         """Encode the batch's forecasts after its dead letters. A row whose forecast holds NaN or inf
         becomes a dead letter (`non_finite_forecast`): a forecast never carries a non-finite number."""
         out, stats, model = batch.out, batch.stats, batch.model
-        if batch.ready:
-            stats.inference_s = inference_s
-            stats.batch_rows = len(batch.ready)
-            per_channel = np.ascontiguousarray(pred.transpose(0, 2, 1))  # (B, N, H): rows go out as lists
-            finite = np.isfinite(per_channel).all(axis=(1, 2))
-            produced = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))  # once a batch
-            shared = self.windows.grid
-            for i, (entity, ts, filled, rec) in enumerate(batch.ready):
-                if not finite[i]:
-                    bad = BadReading(
-                        "non_finite_forecast",
-                        f"{model.name} v{model.version} forecast NaN or inf for {entity} at {format_ts(ts)}",
-                    )
-                    self._dead_letter(bad, rec, out, stats)
-                    continue
-                grid = shared or self.windows.grid_of(entity)
-                step = grid.interval_ms if grid is not None else None
-                value = encode_forecast(
-                    entity, ts, self.channels, per_channel[i], model.name, model.version, produced, step, filled
+        if not len(batch.rows):
+            return out, stats
+        stats.inference_s = inference_s
+        stats.batch_rows = len(batch.rows)
+        per_channel = pred.transpose(0, 2, 1)  # (B, N, H): rows go out as lists
+        finite = np.isfinite(per_channel).all(axis=(1, 2))
+        rows, entities, slot_ts = batch.rows, batch.entities, batch.slot_ts
+        if not finite.all():
+            for j in np.flatnonzero(~finite).tolist():
+                bad = BadReading(
+                    "non_finite_forecast",
+                    f"{model.name} v{model.version} forecast NaN or inf for {entities[j]} "
+                    f"at {format_ts(int(slot_ts[j]))}",
                 )
-                out.append(Outgoing(self.cfg.forecasts_topic, entity.encode(), value))  # keyed by entity, always
-                stats.forecasts += 1
-                stats.forecast_record_ts.append(rec.timestamp_ms)
-        return out, stats
-
-    def _parse(self, rec: Record, bounds) -> object:
-        cfg = self.cfg
-        return parse_reading(
-            rec.value,
-            self.channels,
-            cfg.max_payload_bytes,
-            bounds,
-            record_ts_ms=rec.timestamp_ms,
-            policy=cfg.time,
-            allow_missing=cfg.max_missing_fill > 0,
+                self._dead_letter(bad, batch.records[rows[j]], out, stats)
+            rows, slot_ts, per_channel = rows[finite], slot_ts[finite], per_channel[finite]
+            entities = [e for e, ok in zip(entities, finite.tolist(), strict=True) if ok]
+            inputs_filled, step_ms = batch.inputs_filled[finite], batch.step_ms[finite]
+        else:
+            inputs_filled, step_ms = batch.inputs_filled, batch.step_ms
+        steps = [step or None for step in step_ms.tolist()]  # 0: the entity's grid is still being learned
+        produced = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))  # once a batch
+        values = self.encoder.encode(
+            entities,
+            slot_ts.tolist(),
+            per_channel,
+            model.name,
+            model.version,
+            produced,
+            steps,
+            inputs_filled.tolist(),
         )
+        topic = self.cfg.forecasts_topic
+        out.extend(map(Outgoing, repeat(topic), [e.encode() for e in entities], values))  # keyed by entity
+        stats.forecasts += len(values)
+        stats.forecast_record_ts = [batch.records[i].timestamp_ms for i in rows.tolist()]
+        return out, stats
 
     def _dead_letter(self, bad: BadReading, rec: Record, out: list[Outgoing], stats: BatchStats) -> None:
         stats.dead[bad.reason] = stats.dead.get(bad.reason, 0) + 1
         letter = encode_dead_letter(bad, rec.topic, rec.partition, rec.offset, rec.value, self.cfg.dlq_payload_bytes)
         key = rec.key if rec.key is None or len(rec.key) <= 1024 else rec.key[:1024]  # bounded like the payload
         out.append(Outgoing(self.cfg.dlq_topic, key, letter))
-
-    def _replay(self, rec: Record, now: float) -> None:
-        """A reading handled before this process started: rebuild its entity's window only. Its
-        forecast or dead letter was published then; errors now are the same ones, already reported."""
-        try:
-            self.windows.push(self._parse(rec, self.slot.model.input_bounds), now)
-        except BadReading:
-            pass

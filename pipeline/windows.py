@@ -39,6 +39,37 @@ class Pushed:
     slot_ts: int = 0  # its slot's time on the grid (its own ts while the entity's grid is being learned)
 
 
+class Pushes:
+    """What `push_many` did with each reading of a batch, as columns (row i from reading i): no
+    object per reading. `staged` lists the rows whose windows it staged, in row order;
+    `inputs_filled` and `step_ms` are of each staged row."""
+
+    __slots__ = (
+        "step_ms",
+        "ready",
+        "slot_ts",
+        "filled",
+        "reset",
+        "replaced",
+        "channels_filled",
+        "refused",
+        "staged",
+        "inputs_filled",
+    )
+
+    def __init__(self, n: int):
+        self.ready = np.zeros(n, dtype=bool)
+        self.slot_ts = np.zeros(n, dtype=np.int64)
+        self.filled = np.zeros(n, dtype=np.int64)
+        self.reset = np.zeros(n, dtype=bool)
+        self.replaced = np.zeros(n, dtype=bool)
+        self.channels_filled = np.zeros(n, dtype=np.int64)
+        self.refused: dict[int, BadReading] = {}
+        self.staged = np.zeros(0, dtype=np.int64)
+        self.inputs_filled = np.zeros(0, dtype=np.int64)
+        self.step_ms = np.zeros(0, dtype=np.int64)  # each staged row's grid interval (0: still learning)
+
+
 class EntityWindows:
     def __init__(
         self,
@@ -69,7 +100,10 @@ class EntityWindows:
         self.last_slot = np.zeros(capacity, dtype=np.int64)
         self.last_ts = np.zeros(capacity, dtype=np.int64)
         self.seen = np.zeros(capacity, dtype=np.float64)  # when the entity last spoke (the caller's clock)
+        self.step = np.zeros(capacity, dtype=np.int64)  # own_grid[slot] as arrays (0: none), for push_many
+        self.anchor = np.zeros(capacity, dtype=np.int64)
         self.slots: dict[str, int] = {}
+        self.owner: list[str | None] = []  # the entity of each slot (None: free), so eviction builds no map
         self.free: list[int] = []  # slots of evicted entities, reused before the array grows
         self.own_grid: dict[int, Grid] = {}  # learned grids, by slot (no shared grid)
         self.learning: dict[int, list[int]] = {}  # times seen while an entity's grid is being learned
@@ -89,11 +123,14 @@ class EntityWindows:
                 slot = len(self.slots)
                 if slot == self.data.shape[0]:
                     self._grow()
+                self.owner.append(None)
             self.slots[entity] = slot
+            self.owner[slot] = entity
         return slot
 
     def _grow(self) -> None:
-        for name in ("data", "fills", "missing_run", "filled_now", "pos", "count", "last_slot", "last_ts", "seen"):
+        names = ("data", "fills", "missing_run", "filled_now", "pos", "count", "last_slot", "last_ts", "seen", "step")
+        for name in (*names, "anchor"):
             arr = getattr(self, name)
             setattr(self, name, np.concatenate([arr, np.zeros_like(arr)]))
 
@@ -206,6 +243,105 @@ class EntityWindows:
         slot_ts = grid.ts_of(at) if grid is not None else reading.ts_ms
         return Pushed(bool(self.count[slot] >= self.L), filled, reset, replaced, n_lacking, slot_ts)
 
+    def push_many(
+        self,
+        entities: list[str | None],
+        ts_ms: np.ndarray,
+        values: np.ndarray,
+        lacking: np.ndarray,
+        seen_s: float,
+        stage: np.ndarray,
+        emit: np.ndarray | None = None,
+    ) -> Pushes:
+        """`push` for a batch, with the outcome of pushing its rows one at a time in order (row i:
+        `entities[i]` at `ts_ms[i]` with `values[i]`; an entity of None skips the row).
+
+        The batch goes in rounds: each entity's first row, then each one's second, and so on, so a
+        round holds an entity at most once. In a round, every row on the steady path (a known
+        entity's reading for the slot after its latest, with every channel) is written at once with
+        numpy; any other row goes through `push`. The window of each ready row (of those in `emit`,
+        default all) is staged in `stage`, in row order."""
+        n = len(entities)
+        out = Pushes(n)
+        nth = np.full(n, -1, dtype=np.int64)  # the row's place among its entity's rows in the batch
+        counts: dict[str, int] = {}
+        for i, entity in enumerate(entities):
+            if entity is not None:
+                nth[i] = k = counts.get(entity, 0)
+                counts[entity] = k + 1
+        pieces: list[tuple[np.ndarray, ...]] = []  # (rows, windows, inputs filled, grid interval)
+        for k in range(max(counts.values(), default=0)):
+            self._push_round(np.flatnonzero(nth == k), entities, ts_ms, values, lacking, seen_s, emit, out, pieces)
+        if pieces:
+            rows = np.concatenate([p[0] for p in pieces])
+            order = np.argsort(rows)
+            out.staged = rows[order]
+            place = np.empty(len(rows), dtype=np.int64)
+            place[order] = np.arange(len(rows))
+            out.inputs_filled = np.concatenate([p[2] for p in pieces])[order]
+            out.step_ms = np.concatenate([p[3] for p in pieces])[order]
+            start = 0
+            for piece_rows, windows, *_ in pieces:
+                stage[place[start : start + len(piece_rows)]] = windows
+                start += len(piece_rows)
+        return out
+
+    def _push_round(self, idx, entities, ts_ms, values, lacking, seen_s, emit, out: Pushes, pieces: list) -> None:
+        """One round of `push_many`: rows `idx`, each of another entity."""
+        L = self.L
+        get = self.slots.get
+        slots = np.fromiter((get(entities[i], -1) for i in idx.tolist()), dtype=np.int64, count=len(idx))
+        s = np.maximum(slots, 0)
+        ts = ts_ms[idx]
+        fast = (slots >= 0) & (lacking[idx] == 0) & (self.count[s] > 0)
+        grid = self.grid
+        if grid is not None:
+            interval, anchor = grid.interval_ms, grid.anchor_ms
+            fast &= grid.tolerance >= 0.5  # a tighter tolerance checks each reading (off_grid)
+        else:
+            interval, anchor = self.step[s], self.anchor[s]
+            fast &= interval > 0
+        at = (ts - anchor + interval // 2) // np.maximum(interval, 1)
+        fast &= at - self.last_slot[s] == 1
+        if self.running_short or self.refused_run:  # a channel running short, a learned grid on trial
+            fast &= ~np.isin(s, [*self.running_short, *self.refused_run])
+        f = np.flatnonzero(fast)
+        if f.size:
+            rows, fs = idx[f], s[f]
+            p = self.pos[fs]
+            full = self.count[fs] == L
+            self.data[fs, p] = self.data[fs, p + L] = values[rows]
+            stale = self.fills[fs, p]
+            if stale.any():  # a filled value leaves the window (or a reset left it behind)
+                self.filled_now[fs] -= np.where(full, stale, 0)
+                self.fills[fs, p] = self.fills[fs, p + L] = 0
+            self.pos[fs] = (p + 1) % L
+            self.count[fs] += ~full
+            self.last_slot[fs], self.last_ts[fs], self.seen[fs] = at[f], ts[f], seen_s
+            ready = self.count[fs] >= L
+            out.ready[rows] = ready
+            out.slot_ts[rows] = (anchor + at * interval)[f]
+            staged = ready if emit is None else ready & emit[rows]
+            if staged.any():
+                fs = fs[staged]
+                windows = self.data[fs[:, None], self.pos[fs][:, None] + self._arange]
+                step = np.full(len(fs), interval) if grid is not None else self.step[fs]
+                pieces.append((rows[staged], windows, self.filled_now[fs].copy(), step))
+        for i in idx[~fast].tolist():
+            entity = entities[i]
+            try:
+                pushed = self.push(Reading(entity, int(ts_ms[i]), values[i], int(lacking[i])), seen_s)
+            except BadReading as bad:
+                out.refused[i] = bad
+                continue
+            out.ready[i], out.slot_ts[i], out.filled[i] = pushed.ready, pushed.slot_ts, pushed.filled
+            out.reset[i], out.replaced[i] = pushed.reset, pushed.replaced
+            out.channels_filled[i] = pushed.channels_filled
+            if pushed.ready and (emit is None or emit[i]):
+                slot, grid = self.slots[entity], self.grid_of(entity)
+                step = np.array([grid.interval_ms if grid is not None else 0])
+                pieces.append((np.array([i]), self.window(entity)[None].copy(), self.filled_now[[slot]], step))
+
     def _learn(self, slot: int, ts_ms: int) -> Grid | None:
         """Collect an entity's first readings; once there are enough, infer its grid (its median step,
         or the configured interval, and their phase) and go on in slots."""
@@ -219,7 +355,7 @@ class EntityWindows:
             return None
         grid = Grid(interval, infer_anchor([seen], interval))
         del self.learning[slot]
-        self.own_grid[slot] = grid
+        self._own_grid(slot, grid)
         self.last_slot[slot] = grid.slot(ts_ms)
         return grid
 
@@ -237,7 +373,8 @@ class EntityWindows:
         self.taken_since[slot] = 0
         if len(times) <= self.max_fill_steps + 1:
             return False
-        del self.own_grid[slot], self.refused_run[slot], self.taken_since[slot]
+        del self.refused_run[slot], self.taken_since[slot]
+        self._own_grid(slot, None)
         self.count[slot] = self.pos[slot] = self.filled_now[slot] = 0
         self.learning[slot] = []
         return True
@@ -251,20 +388,29 @@ class EntityWindows:
         idle = np.flatnonzero(self.seen[:live] < now_s - ttl_s)
         if not idle.size:
             return []
-        by_slot = {slot: entity for entity, slot in self.slots.items()}
-        gone = [by_slot[s] for s in idle.tolist() if s in by_slot]
+        gone = [self.owner[s] for s in idle.tolist() if self.owner[s] is not None]
         for entity in gone:
             slot = self.slots.pop(entity)
+            self.owner[slot] = None
             self.count[slot] = self.pos[slot] = self.last_ts[slot] = self.last_slot[slot] = 0
             self.missing_run[slot] = self.filled_now[slot] = 0
             self.running_short.discard(slot)
-            self.own_grid.pop(slot, None)
+            self._own_grid(slot, None)
             self.learning.pop(slot, None)
             self.refused_run.pop(slot, None)
             self.taken_since.pop(slot, None)
             self.seen[slot] = np.inf  # free: never idle again until reused
             self.free.append(slot)
         return gone
+
+    def _own_grid(self, slot: int, grid: Grid | None) -> None:
+        """Set (or drop) the grid an entity learned, in the dict and in the arrays push_many reads."""
+        if grid is None:
+            self.own_grid.pop(slot, None)
+            self.step[slot] = self.anchor[slot] = 0
+        else:
+            self.own_grid[slot] = grid
+            self.step[slot], self.anchor[slot] = grid.interval_ms, grid.anchor_ms
 
     def window(self, entity: str) -> np.ndarray:
         """The latest L slots, oldest first, as a view: copy it before the next push."""

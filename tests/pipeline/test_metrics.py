@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import generate_latest
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from pipeline.core import BatchStats
-from pipeline.metrics import ServiceMetrics
+from pipeline.metrics import LATENCY_BUCKETS, BatchHistogram, ServiceMetrics
 from pipeline.records import Record
 
 
@@ -56,3 +57,25 @@ def test_healthz_says_serving_only_with_a_model_and_while_running() -> None:
         assert get("/healthz")[0] == 503 and get("/nothing")[0] == 404
     finally:
         server.shutdown()
+
+
+def test_a_batch_histogram_exposes_what_a_histogram_observed_one_at_a_time_would() -> None:
+    values = [0.0, 0.001, 0.0011, 0.0249, 0.03, 1.0, 7.5, 11.0, 99.0]  # on bounds, between them, above all
+    one, batch = CollectorRegistry(), CollectorRegistry()
+    h = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=one)
+    for v in values:
+        h.observe(v)
+    BatchHistogram("x_seconds", "doc", LATENCY_BUCKETS, batch).observe_many(np.array(values))
+
+    def series(registry) -> list[str]:
+        return [line for line in generate_latest(registry).decode().splitlines() if "x_seconds_created" not in line]
+
+    assert series(batch) == series(one) and 'x_seconds_bucket{le="0.001"} 2.0' in series(batch)
+
+
+def test_forecast_latency_is_observed_per_batch_from_the_readings_produce_times() -> None:
+    m = ServiceMetrics()
+    m.on_batch(BatchStats(readings=3, forecasts=3, forecast_record_ts=[5_000, 5_900, 0]), [], 6.0)
+    text = generate_latest(m.registry).decode()
+    assert "sensorcast_e2e_latency_seconds_count 2.0" in text  # a record without a time is not timed
+    assert 'sensorcast_e2e_latency_seconds_bucket{le="0.1"} 1.0' in text and "_sum 1.1" in text

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pipeline.tools.bench_latency import in_memory, percentiles
+import os
+
+from pipeline.tools.bench_latency import cpu_seconds, in_memory, percentiles
 
 
 def test_in_memory_bench_reports_every_figure() -> None:
     doc = in_memory("cpu", entities=5, readings=600, log=lambda _m: None)
     assert doc["device"] == "cpu" and doc["batched_readings_per_s"] > 0 and doc["naive_readings_per_s"] > 0
+    assert doc["no_forward_readings_per_s"] > 0
     assert [r["batch"] for r in doc["inference"]] == [1, 8, 64, 256]
     assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in doc["inference"])
 
@@ -15,3 +18,9 @@ def test_in_memory_bench_reports_every_figure() -> None:
 def test_percentiles() -> None:
     p = percentiles([float(i) for i in range(1, 101)])
     assert p == {"p50_ms": 50.5, "p95_ms": 95.05, "p99_ms": 99.01}
+
+
+def test_cpu_seconds_counts_this_process_working() -> None:
+    before = cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    assert cpu_seconds(os.getpid()) > before
