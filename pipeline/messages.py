@@ -307,6 +307,7 @@ class BatchDecoder:
     """
 
     TS_CACHE = 4096  # ISO strings remembered: entities on one grid share their times
+    SMALL_BATCH = 4  # a batch this small goes through parse_reading: array checks would cost more
 
     def __init__(
         self,
@@ -338,7 +339,7 @@ class BatchDecoder:
         epoch_ints = policy.ts_unit == "ms"
         for i, raw in enumerate(raws):
             try:
-                if not raw or len(raw) > self.max_bytes:
+                if n <= self.SMALL_BATCH or not raw or len(raw) > self.max_bytes:
                     raise ValueError
                 doc = decode(raw)
                 entity, ts = doc.entity, doc.ts

@@ -27,6 +27,7 @@ from pipeline.messages import BadReading, Reading, format_ts
 from pipeline.timegrid import Grid, infer_anchor, snap
 
 LEARN_READINGS = 3  # readings at distinct times an entity shows before its own grid is inferred
+SMALL_BATCH = 8  # push_many takes a batch this small one row at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,9 @@ class EntityWindows:
         default all) is staged in `stage`, in row order."""
         n = len(entities)
         out = Pushes(n)
+        if n <= SMALL_BATCH:  # a few rows: numpy's per-call cost would outweigh what it saves
+            self._push_each(range(n), entities, ts_ms, values, lacking, seen_s, emit, out, pieces := [])
+            return self._staged(out, pieces, stage)
         nth = np.full(n, -1, dtype=np.int64)  # the row's place among its entity's rows in the batch
         counts: dict[str, int] = {}
         for i, entity in enumerate(entities):
@@ -272,6 +276,11 @@ class EntityWindows:
         pieces: list[tuple[np.ndarray, ...]] = []  # (rows, windows, inputs filled, grid interval)
         for k in range(max(counts.values(), default=0)):
             self._push_round(np.flatnonzero(nth == k), entities, ts_ms, values, lacking, seen_s, emit, out, pieces)
+        return self._staged(out, pieces, stage)
+
+    @staticmethod
+    def _staged(out: Pushes, pieces: list, stage: np.ndarray) -> Pushes:
+        """Scatter the staged windows into `stage` in row order."""
         if pieces:
             rows = np.concatenate([p[0] for p in pieces])
             order = np.argsort(rows)
@@ -327,8 +336,14 @@ class EntityWindows:
                 windows = self.data[fs[:, None], self.pos[fs][:, None] + self._arange]
                 step = np.full(len(fs), interval) if grid is not None else self.step[fs]
                 pieces.append((rows[staged], windows, self.filled_now[fs].copy(), step))
-        for i in idx[~fast].tolist():
+        self._push_each(idx[~fast].tolist(), entities, ts_ms, values, lacking, seen_s, emit, out, pieces)
+
+    def _push_each(self, rows, entities, ts_ms, values, lacking, seen_s, emit, out: Pushes, pieces: list) -> None:
+        """`push` row by row (None rows skipped), staging the window of each ready row in `emit`."""
+        for i in rows:
             entity = entities[i]
+            if entity is None:
+                continue
             try:
                 pushed = self.push(Reading(entity, int(ts_ms[i]), values[i], int(lacking[i])), seen_s)
             except BadReading as bad:

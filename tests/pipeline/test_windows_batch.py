@@ -41,7 +41,7 @@ def outcome(pushed_or_bad) -> tuple:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream=st.lists(reading, min_size=30, max_size=160), cuts=st.lists(st.integers(1, 10), min_size=1), cfg=configs)
+@given(stream=st.lists(reading, min_size=30, max_size=160), cuts=st.lists(st.integers(1, 16), min_size=1), cfg=configs)
 def test_push_many_agrees_with_push_one_at_a_time(stream, cuts, cfg) -> None:
     one, many = EntityWindows(N, L, capacity=2, **cfg), EntityWindows(N, L, capacity=2, **cfg)
     clock: dict[str, int] = {}  # each entity's own step count: steady, with re-sends, late ones, gaps
