@@ -375,6 +375,9 @@ def against_kafka(
         "SENSORCAST_METRICS_PORT": "0",
         "SENSORCAST_TORCH_THREADS": str(settings.torch_threads),
         "SENSORCAST_DEVICE": settings.device,
+        # the load replays simulated sensors from 2027 on, hours of their time a second: their clocks run
+        # far ahead of the records' (the service would refuse them as future_timestamp)
+        "SENSORCAST_MAX_FUTURE_S": "0",
     }
     rig = Rig(bench_checkpoint(Path(tmp.name) / "model"), env)
     sink = ArrivalStamper(s)
