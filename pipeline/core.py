@@ -22,10 +22,13 @@ from pipeline.messages import (
     check_key,
     encode_dead_letter,
     format_ts,
+    parse_reading,
 )
 from pipeline.records import Outgoing, Record
 from pipeline.timegrid import Grid
 from pipeline.windows import EntityWindows
+
+SMALL_BATCH = 8  # a batch this small is prepared one reading at a time (ForecastCore._prepare_each)
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,19 @@ class ForecastCore:
         x = self._staging[self._flip]
         if n > x.shape[0]:
             x = self._staging[self._flip] = np.zeros((n, model.lookback, len(self.channels)), dtype=np.float32)
+        if n <= SMALL_BATCH:
+            staged = self._prepare_each(records, model, x, now, stats)
+        else:
+            staged = self._prepare_batch(records, model, x, now, stats)
+        ttl = self.cfg.entity_ttl_s
+        if ttl is not None and now >= self._next_eviction:  # a scan of every slot: not every batch
+            stats.evicted = len(self.windows.evict_idle(now, ttl))
+            self._next_eviction = now + min(ttl / 10, 60.0)
+        return staged
+
+    def _prepare_batch(self, records: list[Record], model: Model, x: np.ndarray, now: float, stats) -> StagedBatch:
+        """prepare as columns: decode, key check, windows and accounting once over the batch."""
+        n = len(records)
         decoded = self.decoder.decode([r.value for r in records], [r.timestamp_ms for r in records], model.input_bounds)
         entities, refused = decoded.entity, decoded.refused
         live = np.ones(n, dtype=bool)  # not a replay: its outcome is published
@@ -228,10 +244,6 @@ class ForecastCore:
         stats.resets = int(pushes.reset[taken].sum())
         stats.replaced = int(pushes.replaced[taken].sum())
         stats.channels_filled = int(pushes.channels_filled[taken].sum())
-        ttl = self.cfg.entity_ttl_s
-        if ttl is not None and now >= self._next_eviction:  # a scan of every slot: not every batch
-            stats.evicted = len(self.windows.evict_idle(now, ttl))
-            self._next_eviction = now + min(ttl / 10, 60.0)
         rows = pushes.staged
         return StagedBatch(
             records,
@@ -242,6 +254,66 @@ class ForecastCore:
             pushes.slot_ts[rows],
             pushes.inputs_filled,
             pushes.step_ms,
+            out,
+            stats,
+        )
+
+    def _prepare_each(self, records: list[Record], model: Model, x: np.ndarray, now: float, stats) -> StagedBatch:
+        """prepare one reading at a time, for a batch of a few (at low rates most batches hold one or
+        two readings): the columns' fixed cost per batch would outweigh what they save. The same
+        steps and outcomes as `_prepare_batch` (tests/pipeline/test_core_fuzz.py runs both)."""
+        cfg, windows = self.cfg, self.windows
+        out: list[Outgoing] = []
+        rows: list[int] = []
+        entities: list[str] = []
+        slot_ts: list[int] = []
+        inputs_filled: list[int] = []
+        step_ms: list[int] = []
+        for i, rec in enumerate(records):
+            try:
+                reading = parse_reading(
+                    rec.value,
+                    self.channels,
+                    cfg.max_payload_bytes,
+                    model.input_bounds,
+                    record_ts_ms=rec.timestamp_ms,
+                    policy=cfg.time,
+                    allow_missing=cfg.max_missing_fill > 0,
+                )
+                if rec.replay:  # refill the window only: its outcome was published before the restart
+                    windows.push(reading, now)
+                    continue
+                rekeyed = check_key(rec.key, reading.entity, cfg.key_policy)
+                pushed = windows.push(reading, now)
+            except BadReading as bad:
+                if not rec.replay:
+                    self._dead_letter(bad, rec, out, stats)
+                continue
+            stats.rekeyed += rekeyed
+            stats.filled += pushed.filled
+            stats.resets += pushed.reset
+            stats.replaced += pushed.replaced
+            stats.channels_filled += pushed.channels_filled
+            if not pushed.ready:
+                stats.buffered += 1
+                continue
+            x[len(rows)] = windows.window(reading.entity)  # now: a later reading of the entity moves it on
+            grid = windows.grid_of(reading.entity)
+            rows.append(i)
+            entities.append(reading.entity)
+            slot_ts.append(pushed.slot_ts)
+            inputs_filled.append(windows.filled_inputs(reading.entity))
+            step_ms.append(grid.interval_ms if grid is not None else 0)
+        stats.readings = sum(not r.replay for r in records)
+        return StagedBatch(
+            records,
+            model,
+            x[: len(rows)],
+            np.array(rows, dtype=np.int64),
+            entities,
+            np.array(slot_ts, dtype=np.int64),
+            np.array(inputs_filled, dtype=np.int64),
+            np.array(step_ms, dtype=np.int64),
             out,
             stats,
         )

@@ -307,7 +307,6 @@ class BatchDecoder:
     """
 
     TS_CACHE = 4096  # ISO strings remembered: entities on one grid share their times
-    SMALL_BATCH = 4  # a batch this small goes through parse_reading: array checks would cost more
 
     def __init__(
         self,
@@ -339,7 +338,7 @@ class BatchDecoder:
         epoch_ints = policy.ts_unit == "ms"
         for i, raw in enumerate(raws):
             try:
-                if n <= self.SMALL_BATCH or not raw or len(raw) > self.max_bytes:
+                if not raw or len(raw) > self.max_bytes:
                     raise ValueError
                 doc = decode(raw)
                 entity, ts = doc.entity, doc.ts
@@ -488,6 +487,22 @@ class ForecastEncoder:
         self.channels = list(channels)
         self._entity: dict[str, bytes] = {}
         self._ts: dict[int, bytes] = {}
+        self._templates: dict[tuple, bytes] = {}  # by model and horizon: what a batch's forecasts share
+
+    def _template(self, model_name: str, model_version: str, horizon: int) -> bytes:
+        """One forecast as a %-template: entity, ts, step, filled, each channel's row, produced_at."""
+        shared = lambda x: orjson.dumps(x).replace(b"%", b"%%")  # noqa: E731 (a literal % in a name)
+        return (
+            b'{"entity":%b,"ts":"%b","step_ms":%b,"filled":%d,"horizon":'
+            + str(horizon).encode()
+            + b',"channels":'
+            + shared(self.channels)
+            + b',"forecast":{'
+            + b"".join(shared(c) + b":[%b" for c in self.channels)  # each %b brings its "],"
+            + b'},"model":'
+            + shared({"name": model_name, "version": model_version})
+            + b',"produced_at":%b}'
+        )
 
     def encode(
         self,
@@ -507,20 +522,13 @@ class ForecastEncoder:
         dumps = orjson.dumps
         numbers = dumps(np.ascontiguousarray(forecasts_bnh).reshape(b * n, h), option=orjson.OPT_SERIALIZE_NUMPY)
         rows = numbers.split(b"[")[2:]  # no number holds a bracket: the B·N rows, each with its "]," or "]]"
-        shared = lambda x: dumps(x).replace(b"%", b"%%")  # noqa: E731 (a literal % in a name)
-        template = (
-            b'{"entity":%b,"ts":"%b","step_ms":%b,"filled":%d,"horizon":'
-            + str(h).encode()
-            + b',"channels":'
-            + shared(self.channels)
-            + b',"forecast":{'
-            + b"".join(shared(c) + b":[%b" for c in self.channels)  # each %b brings its "],"
-            + b'},"model":'
-            + shared({"name": model_name, "version": str(model_version)})
-            + b',"produced_at":'
-            + shared(produced_at)
-            + b"}"
-        )
+        key = (model_name, str(model_version), h)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) > 16:
+                self._templates.clear()
+            template = self._templates[key] = self._template(model_name, str(model_version), h)
+        produced = dumps(produced_at)
         names, times = self._entity, self._ts
         if len(names) > self.CACHE:
             names.clear()
@@ -535,12 +543,9 @@ class ForecastEncoder:
             when = times.get(ts)
             if when is None:
                 when = times[ts] = format_ts(ts).encode()
-            step = steps_ms[i]
+            step = b"null" if steps_ms[i] is None else b"%d" % steps_ms[i]
             last = rows[i * n + n - 1][:-1]  # the forecast's last row: its "]" without the "," (or "]") after
-            out.append(
-                template
-                % (name, when, b"null" if step is None else b"%d" % step, filled[i], *rows[i * n : i * n + n - 1], last)
-            )
+            out.append(template % (name, when, step, filled[i], *rows[i * n : i * n + n - 1], last, produced))
         return out
 
 

@@ -27,7 +27,6 @@ from pipeline.messages import BadReading, Reading, format_ts
 from pipeline.timegrid import Grid, infer_anchor, snap
 
 LEARN_READINGS = 3  # readings at distinct times an entity shows before its own grid is inferred
-SMALL_BATCH = 8  # push_many takes a batch this small one row at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,9 +263,6 @@ class EntityWindows:
         default all) is staged in `stage`, in row order."""
         n = len(entities)
         out = Pushes(n)
-        if n <= SMALL_BATCH:  # a few rows: numpy's per-call cost would outweigh what it saves
-            self._push_each(range(n), entities, ts_ms, values, lacking, seen_s, emit, out, pieces := [])
-            return self._staged(out, pieces, stage)
         nth = np.full(n, -1, dtype=np.int64)  # the row's place among its entity's rows in the batch
         counts: dict[str, int] = {}
         for i, entity in enumerate(entities):

@@ -166,3 +166,45 @@ def test_no_messy_sequence_silences_an_entity_for_more_than_one_window(mess, gri
     assert stats.dead == {} or not gridded, stats.dead
     last = orjson.loads(out[-1].value)
     assert out[-1].topic == "sensors.forecasts" and last["entity"] == "a", last  # the last good reading is forecast
+
+
+reading_events = st.tuples(
+    st.sampled_from(["a", "b", "c", "d", "e"]),
+    st.one_of(
+        st.just(1), st.just(1), st.just(1), st.sampled_from([0, -1, 2, 5])
+    ),  # the clock: steady, re-sent, late, gaps
+    st.sampled_from([0, 0, 0, 1000, 1_790_000]),
+    st.floats(-50, 50),
+    st.one_of(st.just("keyed"), st.just("keyed"), st.just("keyed"), st.sampled_from(["unkeyed", "short", "junk"])),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(reading_events, max_size=80),
+    replayed=st.integers(0, 10),
+    batch=st.integers(9, 40),
+    missing_fill=st.sampled_from([0, 3]),
+)
+def test_a_batch_at_once_publishes_what_one_reading_at_a_time_does(events, replayed, batch, missing_fill) -> None:
+    """The batch path (columns, push_many, the encoder) against the one-reading path (parse_reading,
+    push): the same forecasts and dead letters, byte for byte, from the same messy stream."""
+    clock: dict[str, int] = {}
+    records = []
+    for i, (entity, step, jitter, temp, kind) in enumerate(events):
+        clock[entity] = clock.get(entity, 0) + step
+        values = {"temp": temp} if kind == "short" else {"temp": temp, "pressure": 1.0}
+        raw = b"{junk" if kind == "junk" else encode_reading(entity, clock[entity] * HOUR + jitter, values)
+        key = None if kind == "unkeyed" else entity.encode()
+        records.append(Record(raw, key, offset=i, timestamp_ms=NOW, replay=i < replayed))
+
+    def publish(size: int) -> list:
+        cfg = ServiceConfig(max_missing_fill=missing_fill, max_batch=size)
+        core = ForecastCore(ModelSlot(LastValueModel(CH, lookback=LOOKBACK)), cfg)
+        out = []
+        for start in range(0, len(records), size):
+            out += core.process(records[start : start + size], now_ms=NOW)[0]
+        return out
+
+    batched = publish(batch)
+    assert sorted(batched, key=repr) == sorted(publish(1), key=repr)
