@@ -36,7 +36,7 @@ class ServiceConfig:
     forecasts_topic: str = "sensors.forecasts"
     dlq_topic: str = "sensors.dlq"
     max_batch: int = 256
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 50.0  # the idle poll: a poll returns at the first reading, so not a delay
     max_payload_bytes: int = 64 * 1024
     max_fill_steps: int = 3
     interval_ms: int | None = None  # overrides the model's grid interval (None: the model's, else learned)

@@ -152,7 +152,9 @@ class Settings(BaseSettings):
     # -- service -------------------------------------------------------------------------------
     max_batch: int = Field(default=256, description="most readings in one micro-batch")
     max_wait_ms: float = Field(
-        default=2.0, description="longest wait for a micro-batch to fill when nothing is in flight"
+        default=50.0,
+        description="how long a poll waits for readings when nothing is in flight (both clients return at the first "
+        "reading: not a delay; a short wait spins, each kafka-python poll costs about a millisecond of CPU)",
     )
     max_payload_bytes: int = Field(default=64 * 1024, description="larger messages are refused as oversized")
     max_fill_steps: int = Field(default=3, description="missing steps forward-filled; a longer gap resets the window")

@@ -307,7 +307,7 @@ def serve_cmd(
     ),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
     max_batch: Optional[int] = typer.Option(None, help="most readings in one micro-batch"),
-    max_wait_ms: Optional[float] = typer.Option(None, help="longest wait for a micro-batch to fill"),
+    max_wait_ms: Optional[float] = typer.Option(None, help="how long a poll waits for readings when idle"),
     metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (0 = off)"),
     group: Optional[str] = typer.Option(None, help="consumer group"),
     kafka_client: Optional[str] = typer.Option(
