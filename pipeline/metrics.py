@@ -3,6 +3,7 @@ health endpoint beside them: GET /metrics, GET /healthz."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
@@ -24,18 +25,27 @@ class BatchHistogram:
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry):
         self.name, self.documentation = name, documentation
         self.bounds = np.asarray(buckets, dtype=np.float64)
+        self.bounds_list = [float(b) for b in buckets]
         self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last: above every bound (+Inf)
         self.sum = 0.0
         self._lock = threading.Lock()  # the loop observes, the scrape thread collects
         registry.register(self)
 
     def observe_many(self, values: np.ndarray) -> None:
-        if not len(values):
+        if len(values) <= 4:  # a few: 0.5 µs for one value this way, 2.3 µs through numpy
+            for v in values.tolist():
+                self.observe(v)
             return
         per_bucket = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
         with self._lock:
             self.counts += per_bucket
             self.sum += float(values.sum())
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.bounds_list, value)
+        with self._lock:
+            self.counts[i] += 1
+            self.sum += value
 
     def collect(self):
         with self._lock:

@@ -65,12 +65,16 @@ def test_a_batch_histogram_exposes_what_a_histogram_observed_one_at_a_time_would
     h = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=one)
     for v in values:
         h.observe(v)
-    BatchHistogram("x_seconds", "doc", LATENCY_BUCKETS, batch).observe_many(np.array(values))
+    batched = BatchHistogram("x_seconds", "doc", LATENCY_BUCKETS, batch)
+    batched.observe_many(np.array(values))  # a batch: one numpy pass
+    batched.observe_many(np.array(values[:3]))  # a few: one at a time
+    for v in values[:3]:
+        h.observe(v)
 
     def series(registry) -> list[str]:
         return [line for line in generate_latest(registry).decode().splitlines() if "x_seconds_created" not in line]
 
-    assert series(batch) == series(one) and 'x_seconds_bucket{le="0.001"} 2.0' in series(batch)
+    assert series(batch) == series(one) and 'x_seconds_bucket{le="0.001"} 4.0' in series(batch)
 
 
 def test_forecast_latency_is_observed_per_batch_from_the_readings_produce_times() -> None:
