@@ -22,7 +22,6 @@ from pipeline.messages import (
     check_key,
     encode_dead_letter,
     format_ts,
-    parse_reading,
 )
 from pipeline.records import Outgoing, Record
 from pipeline.timegrid import Grid
@@ -271,15 +270,7 @@ class ForecastCore:
         step_ms: list[int] = []
         for i, rec in enumerate(records):
             try:
-                reading = parse_reading(
-                    rec.value,
-                    self.channels,
-                    cfg.max_payload_bytes,
-                    model.input_bounds,
-                    record_ts_ms=rec.timestamp_ms,
-                    policy=cfg.time,
-                    allow_missing=cfg.max_missing_fill > 0,
-                )
+                reading = self.decoder.parse_one(rec.value, rec.timestamp_ms, model.input_bounds)
                 if rec.replay:  # refill the window only: its outcome was published before the restart
                     windows.push(reading, now)
                     continue

@@ -328,6 +328,18 @@ class BatchDecoder:
         self._decode = msgspec.json.Decoder(shape).decode
         self._iso: dict[str, int] = {}
 
+    def parse_one(self, raw: bytes | None, record_ts_ms: int, bounds: Bounds | None = None) -> Reading:
+        """`parse_reading` of one message with this decoder's channels, limit and policies."""
+        return parse_reading(
+            raw,
+            self.channels,
+            self.max_bytes,
+            bounds,
+            record_ts_ms=record_ts_ms,
+            policy=self.policy,
+            allow_missing=self.allow_missing,
+        )
+
     def decode(self, raws: list[bytes | None], record_ts_ms: list[int], bounds: Bounds | None = None) -> Decoded:
         n, policy = len(raws), self.policy
         out = Decoded(n, len(self.channels))
@@ -380,15 +392,7 @@ class BatchDecoder:
                 unsure.append(i)
         for i in unsure:
             try:
-                reading = parse_reading(
-                    raws[i],
-                    self.channels,
-                    self.max_bytes,
-                    bounds,
-                    record_ts_ms=record_ts_ms[i],
-                    policy=policy,
-                    allow_missing=self.allow_missing,
-                )
+                reading = self.parse_one(raws[i], record_ts_ms[i], bounds)
             except BadReading as bad:
                 out.refused[i] = bad
                 continue

@@ -45,7 +45,6 @@ class Pushes:
     `inputs_filled` and `step_ms` are of each staged row."""
 
     __slots__ = (
-        "step_ms",
         "ready",
         "slot_ts",
         "filled",
@@ -55,6 +54,7 @@ class Pushes:
         "refused",
         "staged",
         "inputs_filled",
+        "step_ms",
     )
 
     def __init__(self, n: int):
@@ -335,11 +335,9 @@ class EntityWindows:
         self._push_each(idx[~fast].tolist(), entities, ts_ms, values, lacking, seen_s, emit, out, pieces)
 
     def _push_each(self, rows, entities, ts_ms, values, lacking, seen_s, emit, out: Pushes, pieces: list) -> None:
-        """`push` row by row (None rows skipped), staging the window of each ready row in `emit`."""
+        """`push` row by row, staging the window of each ready row in `emit`."""
         for i in rows:
             entity = entities[i]
-            if entity is None:
-                continue
             try:
                 pushed = self.push(Reading(entity, int(ts_ms[i]), values[i], int(lacking[i])), seen_s)
             except BadReading as bad:
