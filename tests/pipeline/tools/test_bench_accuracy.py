@@ -36,6 +36,8 @@ def test_bench_accuracy_standard_runs_end_to_end_on_a_slice(tmp_path, shared_dat
         "7/1/2",
         "--epochs",
         "1",
+        "--models",
+        "itransformer,transformer,persistence,mean",
         "--shared-data",
         str(shared_data),
     )
@@ -54,11 +56,30 @@ def test_bench_accuracy_standard_runs_end_to_end_on_a_slice(tmp_path, shared_dat
             "stopped_by",
             "time_cap_s",
             "config",
+            "search",
         }
     transformer = next(r for r in doc["results"] if r["model"] == "transformer")
     assert transformer["config"]["d_model"] == 512 and transformer["config"]["d_ff"] == 2048
     assert transformer["config"]["n_time_features"] == 4  # hourly ETTh1: hour, weekday, day of month, day of year
     assert transformer["stopped_by"] == "epochs" and transformer["time_cap_s"] is None
+
+
+def test_a_two_trial_search_chooses_on_validation_and_scores_the_choice_once(tmp_path, shared_data) -> None:
+    doc = _bench(
+        tmp_path,
+        *("--dataset", "etth1", "--horizons", "24", "--rows", "400", "--split", "7/1/2", "--epochs", "1"),
+        *("--trials", "2", "--shared-data", str(shared_data)),
+    )
+    assert doc["models"] == ["itransformer", "persistence", "mean"]  # no GPU, no Transformer unless named
+    (row,) = [r for r in doc["results"] if r["model"] == "itransformer"]
+    search = row["search"]
+    trials = search["trial_log"]
+    assert search["trials"] == len(trials) == 2 and search["wall_seconds"] > 0
+    assert trials[0]["params"]["d_model"] == 256 and trials[0]["params"]["lr"] == 1e-4  # the paper's setting first
+    done = [t for t in trials if t["state"] == "complete"]
+    best = min(done, key=lambda t: t["val_loss"])
+    assert search["chosen"] == best["params"] and search["chosen_val_loss"] == best["val_loss"]
+    assert row["config"]["d_model"] == best["params"]["d_model"] and np.isfinite(row["mse"])
 
 
 def test_bench_accuracy_seed_protocol_says_persistence_is_hard_to_beat(tmp_path, shared_data) -> None:
@@ -77,6 +98,16 @@ def test_bench_accuracy_seed_protocol_says_persistence_is_hard_to_beat(tmp_path,
     )
     assert {r["horizon"] for r in doc["results"]} == {1}
     assert any("persistence" in n for n in doc["notes"])
+
+
+def test_an_unknown_model_is_a_clear_error() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.tools.cli", "bench", "accuracy", "--models", "itransformer,prophet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1 and "prophet" in res.stderr and "persistence" in res.stderr
 
 
 def test_unknown_protocol_is_a_clear_error() -> None:

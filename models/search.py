@@ -1,0 +1,225 @@
+"""Choose the iTransformer's configuration on validation alone: a budgeted Optuna search.
+
+TPE proposes a size and a schedule from a declared `SearchSpace`. Each trial trains on the train split
+and reports its validation loss after every epoch, so the median pruner stops trials that trail the
+others. A configuration whose forward pass at batch 256 is over the serving budget is not eligible
+and never trains. The test split is never seen here: the caller scores the chosen model once.
+
+The chosen model is the best trial's own weights. Training is seeded and deterministic on CPU, so a
+second training of the same configuration would give the same weights again; keeping them saves it.
+
+>>> from models.data import Windows
+>>> import numpy as np
+>>> series = [np.sin(np.arange(300.0))[:, None] * np.ones((1, 2))]
+>>> tiny = SearchSpace(d_model=(8,), e_layers=(1, 1), d_ff=(8,), epochs=(1,), patience=(1,))
+>>> found = search(Windows(series, 16, 4), Windows(series, 16, 4), 16, 4, 2, SearchBudget(trials=2),
+...                space=tiny, progress=False)
+>>> len(found.trials), found.best.state, found.model.cfg.d_model
+(2, 'complete', 8)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from tqdm.auto import tqdm
+
+from models.data import Windows
+from models.nets import ITransformer, ITransformerConfig
+from models.train import TrainConfig, train
+
+LATENCY_BATCH = 256  # the batch the serving cost is measured at: the service's batches at high rates
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the search may choose. Sizes are choices; ranges are (low, high)."""
+
+    d_model: tuple[int, ...] = (64, 128, 256, 512)
+    e_layers: tuple[int, int] = (1, 4)
+    d_ff: tuple[int, ...] = (64, 128, 256, 512)
+    n_heads: int = 8  # fixed: every d_model above divides by it
+    dropout: tuple[float, float] = (0.0, 0.3)
+    lr: tuple[float, float] = (5e-5, 3e-3)  # sampled on a log scale
+    schedule: tuple[str, ...] = ("halve", "cosine")
+    epochs: tuple[int, ...] = (5, 10, 20)
+    patience: tuple[int, ...] = (2, 3, 5)
+
+    def suggest(self, trial) -> tuple[dict, dict]:
+        """(the network's config fields, the training config's fields) for one trial."""
+        net = {
+            "d_model": trial.suggest_categorical("d_model", list(self.d_model)),
+            "e_layers": trial.suggest_int("e_layers", *self.e_layers),
+            "d_ff": trial.suggest_categorical("d_ff", list(self.d_ff)),
+            "dropout": trial.suggest_float("dropout", *self.dropout),
+            "n_heads": min(self.n_heads, trial.params["d_model"]),
+        }
+        fit = {
+            "lr": trial.suggest_float("lr", *self.lr, log=True),
+            "schedule": trial.suggest_categorical("schedule", list(self.schedule)),
+            "epochs": trial.suggest_categorical("epochs", list(self.epochs)),
+            "patience": trial.suggest_categorical("patience", list(self.patience)),
+        }
+        return net, fit
+
+    @staticmethod
+    def point(net: dict, fit: TrainConfig) -> dict:
+        """A known configuration as values of the space's parameters (to enqueue as a trial)."""
+        keys = ("d_model", "e_layers", "d_ff", "dropout")
+        return {**{k: net[k] for k in keys}, **{k: getattr(fit, k) for k in ("lr", "schedule", "epochs", "patience")}}
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """How much the search may spend: trials, and wall time (checked between trials). A trial whose
+    forward pass at batch 256 takes over `max_forward_ms` is not eligible (None: no limit)."""
+
+    trials: int
+    max_seconds: float | None = None
+    max_forward_ms: float | None = None
+
+
+@dataclass
+class TrialRecord:
+    """One trial, JSON-able: what it tried and how it ended (complete, pruned, ineligible, diverged)."""
+
+    number: int
+    params: dict
+    state: str
+    val_loss: float | None  # its best validation loss (None when it never trained)
+    forward_ms: float
+    seconds: float
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    best: TrialRecord
+    model: ITransformer  # the best trial's network with its best validation weights, in eval mode
+    train_config: TrainConfig
+    trials: list[TrialRecord]
+    budget: SearchBudget
+    wall_seconds: float
+
+    def to_dict(self) -> dict:
+        """What a benchmark row or an MLflow run records about the search."""
+        return {
+            "chosen": self.best.params,
+            "chosen_val_loss": self.best.val_loss,
+            "trials": len(self.trials),
+            "states": {s: sum(t.state == s for t in self.trials) for s in sorted({t.state for t in self.trials})},
+            "budget_trials": self.budget.trials,
+            "budget_seconds": self.budget.max_seconds,
+            "max_forward_ms": self.budget.max_forward_ms,
+            "wall_seconds": round(self.wall_seconds, 1),
+        }
+
+
+class NothingEligible(RuntimeError):
+    """Every trial was pruned, diverged or over the serving budget: there is no configuration to choose."""
+
+
+@torch.no_grad()
+def forward_ms(model: torch.nn.Module, n_variates: int, batch: int = LATENCY_BATCH, repeats: int = 5) -> float:
+    """Median wall time of one forward pass at `batch` on the CPU, after one warm-up."""
+    model = model.eval()
+    x = torch.randn(batch, model.cfg.lookback, n_variates)
+    model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def search(
+    train_set: Windows,
+    val_set: Windows,
+    lookback: int,
+    horizon: int,
+    n_variates: int,
+    budget: SearchBudget,
+    *,
+    space: SearchSpace | None = None,
+    base: TrainConfig | None = None,
+    start_from: dict | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Run the search; raise `NothingEligible` when no trial completed. `start_from` (values for the
+    space's parameters, such as today's preset) is the first trial, so the choice is never worse on
+    validation than it."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from `log` instead
+    space, base = space or SearchSpace(), base or TrainConfig()
+    log = log or logging.getLogger("sensorcast.search").info
+    records: list[TrialRecord] = []
+    kept: dict = {}  # the best completed trial's network and training config
+
+    def objective(trial: optuna.Trial) -> float:
+        net_fields, fit_fields = space.suggest(trial)
+        model = ITransformer(ITransformerConfig(lookback, horizon, **net_fields))
+        cost = forward_ms(model, n_variates)
+        record = TrialRecord(trial.number, dict(trial.params), "ineligible", None, round(cost, 3), 0.0, 0)
+        records.append(record)
+        if budget.max_forward_ms is not None and cost > budget.max_forward_ms:
+            log(f"trial {trial.number}: {cost:.1f} ms at batch {LATENCY_BATCH} > {budget.max_forward_ms:g} ms, skipped")
+            raise optuna.TrialPruned()
+        cfg = replace(base, **fit_fields, progress=False)
+        started = time.perf_counter()
+
+        def on_epoch(rec: dict) -> None:
+            record.history.append(rec)
+            record.epochs = rec["epoch"]
+            trial.report(rec["val_loss"], rec["epoch"])
+            if not math.isfinite(rec["val_loss"]):
+                record.state = "diverged"
+                raise optuna.TrialPruned()
+            if trial.should_prune():
+                record.state = "pruned"
+                raise optuna.TrialPruned()
+
+        try:
+            result = train(model, train_set, val_set, cfg, on_epoch=on_epoch, desc=f"trial {trial.number}")
+        finally:
+            record.seconds = round(time.perf_counter() - started, 2)
+            losses = [r["val_loss"] for r in record.history if math.isfinite(r["val_loss"])]
+            record.val_loss = min(losses) if losses else None
+            if record.state != "ineligible":
+                log(f"trial {trial.number}: {record.state}, val {record.val_loss} after {record.epochs} epochs")
+        record.state, record.val_loss = "complete", result.best_val_loss
+        log(f"trial {trial.number}: val {result.best_val_loss:.5f} in {record.seconds:.0f} s, {trial.params}")
+        if "record" not in kept or result.best_val_loss < kept["record"].val_loss:
+            kept.update(record=record, model=copy.deepcopy(model).cpu().eval(), cfg=cfg)
+        return result.best_val_loss
+
+    sampler = optuna.samplers.TPESampler(seed=base.seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+    if start_from:
+        study.enqueue_trial(start_from)
+    started = time.perf_counter()
+    with tqdm(total=budget.trials, desc="search", unit="trial", disable=not progress) as bar:
+        study.optimize(
+            objective, n_trials=budget.trials, timeout=budget.max_seconds, callbacks=[lambda *_: bar.update()]
+        )
+    wall = time.perf_counter() - started
+    if "record" not in kept:
+        raise NothingEligible(
+            f"none of {len(records)} trials completed ({', '.join(sorted({r.state for r in records}))}): "
+            "raise the budget or widen max_forward_ms"
+        )
+    return SearchResult(kept["record"], kept["model"], kept["cfg"], records, budget, wall)
