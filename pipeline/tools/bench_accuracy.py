@@ -140,7 +140,9 @@ def run_accuracy(
                 rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
         if search_budget is not None and "itransformer" in models:
             rows.append(
-                _searched(data, lookback, h, search_budget, search_space, train_cfg, protocol, device, path, log)
+                _searched(
+                    data, lookback, h, search_budget, search_space, train_cfg, max_seconds, protocol, device, path, log
+                )
             )
         for name in models:
             if name not in NETWORKS or (name == "itransformer" and search_budget is not None):
@@ -162,10 +164,10 @@ def run_accuracy(
     return rows
 
 
-def _searched(data, lookback, h, budget, space, train_cfg, protocol, device, path, log) -> BenchRow:
-    """The iTransformer chosen on validation, scored on the test split once."""
+def _searched(data, lookback, h, budget, space, train_cfg, max_seconds, protocol, device, path, log) -> BenchRow:
+    """The iTransformer chosen on validation, scored on the test split once. `max_seconds` caps each trial."""
     log(f"searching the iTransformer's configuration for horizon {h} on {path.name}: {budget.trials} trials")
-    base = train_cfg or default_train_config("itransformer", protocol)
+    base = replace(train_cfg or default_train_config("itransformer", protocol), max_seconds=max_seconds)
     space = space or SearchSpace()
     paper = itransformer_for(lookback, h, len(data.channels), protocol).cfg.to_dict()
     start = SearchSpace.point(paper, base) if base.epochs in space.epochs else None  # the paper's, first
@@ -179,7 +181,7 @@ def _searched(data, lookback, h, budget, space, train_cfg, protocol, device, pat
         f"(val {found.best.val_loss:.5f}) after {len(found.trials)} trials in {found.wall_seconds:.0f} s"
     )
     return BenchRow(
-        "itransformer", h, m.mse, m.mae, found.best.seconds, found.best.epochs, "search", None, size,
+        "itransformer", h, m.mse, m.mae, found.best.seconds, found.best.epochs, "search", max_seconds, size,
         {**found.to_dict(), "trial_log": [t.to_dict() for t in found.trials]},
     )  # fmt: skip
 
