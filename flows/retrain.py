@@ -1,8 +1,9 @@
 """The retraining flow: Kafka window → split → fit → track in MLflow → gate → promote → announce.
 
     pull_window ─▶ time_split (one cut in time for every entity) ─▶ fit (warm start from @champion
-        when shapes allow) ─▶ log run + register version (pyfunc with signature, input example,
-        code_paths, its data ranges as tags)
+        when shapes allow; or, with `trials`, the configuration searched for on the validation split,
+        models/search.py) ─▶ log run (each search trial a child run) + register version (pyfunc with
+        signature, input example, code_paths, its data ranges as tags)
         ─▶ score candidate, champion, persistence, window mean on the same holdout: only readings
            after the champion's own training data, and a champion the service could not swap to
            (other channels or lookback) refuses the promotion instead of dropping out
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # torch, MLflow and the models load inside the tasks: a super
     from flows.gate import GateDecision
     from models.data import Scaler
     from models.forecaster import Forecaster
+    from models.search import SearchResult
     from models.train import TrainResult
 
 TRIGGERS = ("schedule", "manual", "drift")
@@ -52,6 +54,7 @@ class Candidate:
     result: TrainResult
     warm_started: bool
     checkpoint: Path
+    search: SearchResult | None = None  # how the configuration was chosen, when it was searched for
 
     def raw_net(self) -> torch.nn.Module:
         """The candidate between its scaler's two halves: raw readings in, raw forecasts out."""
@@ -79,6 +82,7 @@ class RetrainReport:
     warm_started: bool = False
     train_seconds: float = 0.0
     epochs: int = 0
+    trials: int = 0  # configurations tried by the search (0: the serving preset)
     readings: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     waited_s: float = 0.0  # for another retrain of the same model to end first
@@ -111,9 +115,16 @@ def current_champion() -> Forecaster | None:
 
 @task(cache_policy=NO_CACHE)
 def fit(
-    window: TrainingWindow, champion: Forecaster | None, warm_start: bool, epochs: int, out: Path
+    window: TrainingWindow,
+    champion: Forecaster | None,
+    warm_start: bool,
+    epochs: int,
+    out: Path,
+    trials: int = 0,
 ) -> tuple[Candidate, dict]:
-    """Train on the window's train split; early stopping on its validation split."""
+    """Train on the window's train split; early stopping on its validation split. With `trials`, the
+    configuration is searched for on the validation split first (the serving preset is the first
+    trial), and the candidate is the chosen trial's model: the gate sees only it."""
     import numpy as np
 
     from flows.gate import time_split, windows
@@ -129,19 +140,49 @@ def fit(
     train_w = windows([scaler.transform(s) for s in splits.train], L, H, "training")
     val_w = windows([scaler.transform(s) for s in splits.val], L, H, "validation")
     holdout = windows(splits.holdout, L, H, "holdout")  # raw units: every contender is scored the same way
-    model = build("itransformer", lookback=L, horizon=H, **PRESETS["serving"])
-    warm = False
-    if warm_start and champion is not None and champion.meta.architecture == "itransformer":
-        state = champion.model.state_dict()
-        if all(k in state and state[k].shape == v.shape for k, v in model.state_dict().items()):
-            model.load_state_dict(state)  # iTransformer weights do not depend on the number of variates
-            warm = True
     cfg = TrainConfig(epochs=epochs, lr=1e-3, schedule="cosine", patience=3, progress=False)
-    result = train(model, train_w, val_w, cfg, desc="retrain")
+    found, warm = None, False
+    if trials > 0:
+        model, result, found = _searched(settings, train_w, val_w, len(window.channels), cfg, trials)
+    else:
+        model = build("itransformer", lookback=L, horizon=H, **PRESETS["serving"])
+        if warm_start and champion is not None and champion.meta.architecture == "itransformer":
+            state = champion.model.state_dict()
+            if all(k in state and state[k].shape == v.shape for k, v in model.state_dict().items()):
+                model.load_state_dict(state)  # iTransformer weights do not depend on the number of variates
+                warm = True
+        result = train(model, train_w, val_w, cfg, desc="retrain")
     extra = {"train_seconds": result.seconds, "epochs": result.epochs, "warm_started": warm, "grid": window.grid}
+    if found is not None:
+        extra["search"] = found.to_dict()
     save(out, model, window.channels, scaler, name=settings.model_name, extra=extra)
     sizes = {"train_windows": len(train_w), "val_windows": len(val_w), "holdout_windows": len(holdout)}
-    return Candidate(model, scaler, result, warm, out), {"holdout": holdout, "ranges": splits.ranges, **sizes}
+    candidate = Candidate(model, scaler, result, warm, out, found)
+    return candidate, {"holdout": holdout, "ranges": splits.ranges, **sizes}
+
+
+def _searched(settings: Settings, train_w, val_w, n_variates: int, cfg, trials: int):
+    """(model, its training result, the search) for the configuration chosen on validation."""
+    from dataclasses import replace
+
+    from models.device import pick_device
+    from models.nets import PRESETS
+    from models.search import SearchBudget, SearchSpace, search
+    from models.train import TrainResult
+
+    space = SearchSpace()
+    space = replace(space, epochs=tuple(sorted({*space.epochs, cfg.epochs})))
+    preset = {"dropout": 0.1, **PRESETS["serving"]}  # the preset's dropout is the config's default
+    budget = SearchBudget(trials, settings.search_max_seconds, settings.search_max_forward_ms)
+    found = search(
+        train_w, val_w, settings.lookback, settings.horizon, n_variates, budget,
+        space=space, base=cfg, start_from=SearchSpace.point(preset, cfg), progress=sys.stderr.isatty(),
+        log=get_run_logger().info,
+    )  # fmt: skip
+    best = found.best
+    device = str(pick_device(cfg.device))
+    result = TrainResult(best.val_loss, best.epochs, best.seconds, device, best.history, "search")
+    return found.model, result, found
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -254,8 +295,7 @@ def _register(
     from prefect import runtime as prefect_runtime
 
     from models.mlflow.registry import log_checkpoint, use_experiment
-    from models.mlflow.tracking import forecast_plot, loss_plot
-    from models.nets import PRESETS
+    from models.mlflow.tracking import forecast_plot, log_search_trials, loss_plot
 
     use_experiment(EXPERIMENT)
     # MLflow's own "View run" links open its GenAI view; the flow logs links to the training view instead
@@ -284,10 +324,13 @@ def _register(
                 "topic": window.provenance.topic,
                 "grid_interval_ms": (window.grid or {}).get("interval_ms"),
                 "grid_anchor_ms": (window.grid or {}).get("anchor_ms"),
-                **PRESETS["serving"],
+                **{k: v for k, v in candidate.model.cfg.to_dict().items() if k not in ("lookback", "horizon")},
+                "search_trials": len(candidate.search.trials) if candidate.search else 0,
                 **sizes,
             }
         )
+        if candidate.search is not None:  # the trials as child runs, the choice and its budget on this run
+            log_search_trials(candidate.search)
         for rec in candidate.result.history:
             mlflow.log_metrics({k: rec[k] for k in ("train_loss", "val_loss", "lr")}, step=rec["epoch"])
         mlflow.log_metrics({f"holdout_mse_{k}": v for k, v in decision.scores.items()})
@@ -390,8 +433,10 @@ def retrain(
     warm_start: bool = True,
     margin: float = 0.0,
     epochs: int = 5,
+    trials: int = 0,
 ) -> dict:
     """Retrain the serving model on the readings topic and promote it only if it wins on the holdout.
+    `trials` > 0 searches for the model's configuration on the validation split first (0: the preset).
     One retrain of a model at a time, however it was started (schedule, drift, a deployment run or
     `sensorcast retrain` in a process of its own): a second one waits for the first."""
     if trigger not in TRIGGERS:
@@ -410,7 +455,7 @@ def retrain(
     started = time.monotonic()
     with one_retrain_at_a_time(Settings.load().model_name, logger):
         waited = time.monotonic() - started
-        report = _retrain(trigger, reason, hours, warm_start, margin, epochs, logger)
+        report = _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials)
     report.waited_s = round(waited, 3)
     logger.info(
         "retrain done in %.0f s: version %s, promoted %s", time.monotonic() - started, report.version, report.promoted
@@ -418,9 +463,10 @@ def retrain(
     return report.to_dict()
 
 
-def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger) -> RetrainReport:
+def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=0) -> RetrainReport:
     from models.data import DataError
     from models.mlflow.registry import run_url
+    from models.search import NothingEligible
 
     champion = current_champion()
     window = pull(hours, champion.channels if champion is not None else None)
@@ -431,8 +477,8 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger) -> Retr
     logger.info("window: %d readings, refused %s, %d series", prov.readings, prov.refused, prov.segments)
     with tempfile.TemporaryDirectory(prefix="sensorcast-retrain-") as tmp:
         try:
-            candidate, info = fit(window, champion, warm_start, epochs, Path(tmp) / "candidate")
-        except DataError as e:
+            candidate, info = fit(window, champion, warm_start, epochs, Path(tmp) / "candidate", trials)
+        except (DataError, NothingEligible) as e:
             logger.warning("not retrained: %s", e)
             report = RetrainReport(trigger, reason or trigger, False, f"not retrained: {e}", {})
             report.readings, report.refused = window.provenance.readings, window.provenance.refused
@@ -480,7 +526,7 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger) -> Retr
         announce(version, run_id)
     report = RetrainReport(
         trigger, reason or trigger, decision.promote, decision.reason, decision.scores, version, run_id,
-        candidate.warm_started, candidate.result.seconds, candidate.result.epochs, window.provenance.readings,
-        window.provenance.refused,
+        candidate.warm_started, candidate.result.seconds, candidate.result.epochs,
+        len(candidate.search.trials) if candidate.search else 0, window.provenance.readings, window.provenance.refused,
     )  # fmt: skip
     return report

@@ -148,6 +148,14 @@ class Settings(BaseSettings):
         pattern="^(record|reading)$",
         description="the window's hours count by the Kafka record's timestamp, or also by each reading's own ts",
     )
+    search_max_seconds: float | None = Field(
+        default=3600.0, description="a retrain's configuration search (`--trials N`) stops starting trials after this"
+    )
+    search_max_forward_ms: float | None = Field(
+        default=20.0,
+        description="a searched configuration whose CPU forward pass at batch 256 takes longer (on the retrain's "
+        "machine) is not eligible: the serving preset takes about 5 ms",
+    )
 
     # -- service -------------------------------------------------------------------------------
     max_batch: int = Field(default=256, description="most readings in one micro-batch")

@@ -30,7 +30,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "models.nets",
         "models.train",
     ),
-    "models.mlflow": ("models.checkpoint", "models.fit", "models.forecaster"),
+    "models.search": ("models.data", "models.nets", "models.train"),  # beside fit: chooses what fit trains
+    "models.mlflow": ("models.checkpoint", "models.fit", "models.forecaster", "models.search"),
     "pipeline.settings": (),
     "pipeline.records": (),
     "pipeline.messages": (),

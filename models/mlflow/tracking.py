@@ -12,6 +12,7 @@ import numpy as np
 
 from models.fit import FitResult
 from models.mlflow.registry import log_checkpoint, use_experiment
+from models.search import SearchResult
 
 
 def forecast_plot(sample: dict[str, np.ndarray], channels: list[str], path: Path) -> Path:
@@ -55,6 +56,50 @@ def loss_plot(history: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def search_plot(found: SearchResult, path: Path) -> Path:
+    """Each trial's best validation loss in the order they ran, the chosen one marked: how the search
+    moved, and how far the choice is from the preset (trial 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    colors = {"complete": "tab:blue", "pruned": "0.6", "diverged": "tab:red"}
+    for state, color in colors.items():
+        ran = [t for t in found.trials if t.state == state and t.val_loss is not None]
+        ax.scatter([t.number for t in ran], [t.val_loss for t in ran], color=color, label=state, s=24)
+    ax.scatter([found.best.number], [found.best.val_loss], marker="*", s=160, color="tab:orange", label="chosen")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best validation MSE (scaled)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_search_trials(found: SearchResult) -> None:
+    """Under the active run: each trial as a child run (its parameters, per-epoch losses, how it
+    ended), and on the run itself the choice, its validation loss, the budget and a plot."""
+    for t in found.trials:
+        with mlflow.start_run(run_name=f"trial-{t.number}", nested=True):
+            mlflow.log_params(t.params)
+            mlflow.set_tags({"trial_state": t.state, "forward_ms_batch_256": f"{t.forward_ms:.3f}"})
+            for rec in t.history:
+                mlflow.log_metrics({k: rec[k] for k in ("train_loss", "val_loss", "lr")}, step=rec["epoch"])
+            if t.val_loss is not None:
+                mlflow.log_metric("best_val_loss", t.val_loss)
+            mlflow.log_metric("train_seconds", t.seconds)
+    summary = found.to_dict()
+    mlflow.set_tags({"search_chosen_trial": str(found.best.number), "search_states": str(summary["states"])})
+    mlflow.log_metrics({"search_wall_seconds": found.wall_seconds, "search_chosen_val_loss": found.best.val_loss})
+    mlflow.log_params({f"search_budget_{k}": summary[k] for k in ("budget_trials", "budget_seconds", "max_forward_ms")})
+    mlflow.log_dict(summary | {"trial_log": [t.to_dict() for t in found.trials]}, "search.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(search_plot(found, Path(tmp) / "search.png")))
 
 
 def beats_baselines(metrics: dict[str, dict[str, float]], model: str = "itransformer") -> bool:

@@ -661,6 +661,11 @@ def retrain_cmd(
     margin: float = typer.Option(0.0, help="promote only when the holdout MSE beats the champion's by this fraction"),
     epochs: int = typer.Option(5, help="training epochs (early stopping may end sooner)"),
     warm_start: bool = typer.Option(True, help="start from the champion's weights when the shapes allow"),
+    trials: int = typer.Option(
+        0,
+        help="search for the model's configuration on the validation split with this many trials, each a child "
+        "run in MLflow (0: the serving preset; SENSORCAST_SEARCH_MAX_SECONDS and _MAX_FORWARD_MS bound it)",
+    ),
     reason: str = typer.Option("", help="why, for the run's record"),
     wait: bool = typer.Option(False, "--wait", help="on a served deployment: wait for the run and print its outcome"),
 ) -> None:
@@ -678,7 +683,7 @@ def retrain_cmd(
         _fail(f"no MLflow server at {settings.tracking_uri}; start the local stack with `sensorcast stack up`")
     os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
     params = {"trigger": "manual", "reason": reason, "hours": hours, "warm_start": warm_start, "margin": margin}
-    params["epochs"] = epochs
+    params["epochs"], params["trials"] = epochs, trials
     prefect_api = urlparse(settings.prefect_url)
     if stack_mod.port_open(prefect_api.hostname or "127.0.0.1", prefect_api.port or 80):
         from flows.schedule import served_deployment_id, start_run

@@ -220,6 +220,34 @@ def test_at_the_default_margin_a_better_candidate_wins_and_a_worse_one_loses_eac
     assert alias_version(loop_settings.model_name, "champion") == "2"
 
 
+def test_a_two_trial_search_logs_each_trial_as_a_child_run_and_the_gate_sees_only_the_choice(
+    loop_settings: Settings, produce
+) -> None:
+    """`trials=2`: the serving preset is trial 0, each trial is a child run of the retrain's MLflow run,
+    and the registered version is the chosen trial's configuration, the only one the gate scored."""
+    from mlflow import MlflowClient
+
+    produce(loop_settings, history(range(200)))
+    report = retrain(trigger="manual", reason="searched", epochs=1, trials=2)
+    assert report["trials"] == 2 and report["version"] == "1", report
+    assert set(report["scores"]) == {"candidate", "persistence", "mean"}, report["scores"]
+    client = MlflowClient()
+    parent = client.get_run(report["run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{report['run_id']}'"
+    )
+    trials = {c.info.run_name: c for c in children}
+    assert set(trials) == {"trial-0", "trial-1"}, sorted(trials)
+    assert trials["trial-0"].data.params["d_model"] == "64" and trials["trial-0"].data.params["epochs"] == "1"
+    assert {c.data.tags["trial_state"] for c in children} <= {"complete", "pruned", "ineligible", "diverged"}
+    chosen = trials[f"trial-{parent.data.tags['search_chosen_trial']}"]
+    assert chosen.data.tags["trial_state"] == "complete"
+    for key in ("d_model", "e_layers", "d_ff", "n_heads"):
+        assert parent.data.params[key] == chosen.data.params[key], key
+    assert parent.data.params["search_trials"] == "2" and parent.data.metrics["search_wall_seconds"] > 0
+    assert parent.data.metrics["search_chosen_val_loss"] == chosen.data.metrics["best_val_loss"]
+
+
 def test_the_champion_is_scored_only_on_holdout_after_its_own_training_data(
     loop_settings: Settings, produce, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,46 @@
+"""The configuration search: chosen on validation only, the best trial's own weights, budgets kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.data import Windows
+from models.search import NothingEligible, SearchBudget, SearchSpace, search
+from models.train import TrainConfig, mean_loss
+
+SMALL = SearchSpace(d_model=(8, 16), e_layers=(1, 2), d_ff=(8, 16), n_heads=(4,), epochs=(2,), patience=(2,))
+BASE = TrainConfig(progress=False, seed=3)
+
+
+def _windows(series) -> tuple[Windows, Windows]:
+    return Windows([series[:400]], 24, 6), Windows([series[400 - 24 :]], 24, 6)
+
+
+def test_the_chosen_model_is_the_best_trial_at_its_best_validation_epoch(multi_sine) -> None:
+    train_w, val_w = _windows(multi_sine)
+    found = search(train_w, val_w, 24, 6, 4, SearchBudget(trials=4), space=SMALL, base=BASE, progress=False)
+    done = [t for t in found.trials if t.state == "complete"]
+    assert len(found.trials) == 4 and done
+    assert found.best.val_loss == min(t.val_loss for t in done)
+    assert mean_loss(found.model, val_w, found.model.embed.weight.device) == pytest.approx(
+        found.best.val_loss, rel=1e-5
+    )
+    assert found.model.cfg.d_model == found.best.params["d_model"] and not found.model.training
+    assert found.to_dict()["chosen"] == found.best.params and found.wall_seconds > 0
+
+
+def test_over_the_serving_budget_a_configuration_never_trains_but_the_start_point_does(multi_sine) -> None:
+    train_w, val_w = _windows(multi_sine)
+    start = SearchSpace.point({"d_model": 8, "e_layers": 1, "d_ff": 8, "dropout": 0.1, "n_heads": 4}, BASE)
+    start.update(epochs=2, patience=2)
+    budget = SearchBudget(trials=3, max_forward_ms=1e-6)  # nothing is that fast
+    found = search(train_w, val_w, 24, 6, 4, budget, space=SMALL, base=BASE, start_from=start, progress=False)
+    assert [t.state for t in found.trials] == ["complete", "ineligible", "ineligible"]
+    assert all(t.history == [] and t.val_loss is None for t in found.trials[1:])
+    assert found.best.number == 0 and found.best.params == start
+
+
+def test_when_nothing_is_eligible_the_error_says_what_to_change(multi_sine) -> None:
+    train_w, val_w = _windows(multi_sine)
+    with pytest.raises(NothingEligible, match="max_forward_ms"):
+        search(train_w, val_w, 24, 6, 4, SearchBudget(trials=2, max_forward_ms=1e-6), space=SMALL, progress=False)
