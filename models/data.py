@@ -215,17 +215,32 @@ def wants_time_features(model: torch.nn.Module) -> bool:
     return getattr(getattr(model, "cfg", None), "n_time_features", 0) > 0
 
 
+def wants_cycle(model: torch.nn.Module) -> bool:
+    """Whether a network's forward takes each window's cycle index: the iTransformer with a cycle."""
+    return getattr(getattr(model, "cfg", None), "cycle", 0) > 0
+
+
 # -- windows -------------------------------------------------------------------------------------
 
 
 class Windows(torch.utils.data.Dataset):
     """All (x, y) windows of one or more series, as views: `unfold` strides over the data, no copies.
 
-    Several series (one per entity) are kept apart, so no window straddles two entities.
+    Several series (one per entity) are kept apart, so no window straddles two entities. `starts` is
+    each series' first row as a slot on the data's time grid (default 0): a window's cycle index is
+    the slot of its first step, so a cycle-aware network sees the same phase in training and serving.
     """
 
-    def __init__(self, series: list[np.ndarray], lookback: int, horizon: int, marks: list[np.ndarray] | None = None):
+    def __init__(
+        self,
+        series: list[np.ndarray],
+        lookback: int,
+        horizon: int,
+        marks: list[np.ndarray] | None = None,
+        starts: list[int] | None = None,
+    ):
         self.lookback, self.horizon = lookback, horizon
+        kept_starts: list[int] = []
         size = lookback + horizon
         self.views: list[Tensor] = []
         self.mark_views: list[Tensor] = []  # time features of the same windows, when given
@@ -233,12 +248,14 @@ class Windows(torch.utils.data.Dataset):
             t = torch.as_tensor(np.ascontiguousarray(s, dtype=np.float32))
             if t.shape[0] >= size:
                 self.views.append(t.unfold(0, size, 1))  # (num, N, L + H), a view
+                kept_starts.append(int(starts[i]) if starts is not None else 0)
                 if marks is not None:
                     m = torch.as_tensor(np.ascontiguousarray(marks[i], dtype=np.float32))
                     self.mark_views.append(m.unfold(0, size, 1))
         if not self.views:
             raise DataError(f"no series is long enough for lookback {lookback} + horizon {horizon}")
         self.offsets = np.cumsum([0] + [v.shape[0] for v in self.views])
+        self.starts = np.asarray(kept_starts, dtype=np.int64)  # slot of each kept series' first row
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -253,9 +270,24 @@ class Windows(torch.utils.data.Dataset):
         w = self._gather(self.views, index)
         return w[:, : self.lookback], w[:, self.lookback :]
 
-    def model_batch(self, index: Tensor, with_marks: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
-        """(inputs, y): inputs are (x,), or (x, x_mark, y_mark) for a network that takes time features."""
+    def inputs_for(self, model: torch.nn.Module, index: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        """(inputs, y) in the form this network's forward takes."""
+        return self.model_batch(index, wants_time_features(model), wants_cycle(model))
+
+    def cycle_index(self, index: Tensor) -> Tensor:
+        """The slot of each window's first step on the data's grid (B,)."""
+        i = index.numpy().astype(np.int64)
+        k = np.searchsorted(self.offsets, i, side="right") - 1
+        return torch.from_numpy(self.starts[k] + i - self.offsets[k])
+
+    def model_batch(
+        self, index: Tensor, with_marks: bool = False, with_cycle: bool = False
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
+        """(inputs, y): inputs are (x,), (x, x_mark, y_mark) for a network that takes time features, or
+        (x, None, cycle_index) for one with a cycle."""
         x, y = self.batch(index)
+        if with_cycle:
+            return (x, None, self.cycle_index(index)), y
         if not with_marks:
             return (x,), y
         if not self.mark_views:
@@ -307,6 +339,7 @@ def prepare(
     marks: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     if with_time_features and not time_column:
         raise DataError("time features need a time column")
+    starts: dict[str, list[int]] = {"train": [], "val": [], "test": []}  # rows are consecutive slots
     for g in groups:
         if time_column:
             g = g.sort(time_column)
@@ -321,11 +354,14 @@ def prepare(
         for name in parts:
             a, b = getattr(sp, name)
             parts[name].append(values[max(a, 0) : b])
+            starts[name].append(max(a, 0))
             if with_time_features:
                 marks[name].append(time_features(g[time_column].to_numpy()[max(a, 0) : b]))
     scaler = Scaler.fit(np.concatenate(parts["train"])) if scale else Scaler.identity(len(channels))
     made = {
-        k: Windows([scaler.transform(v) for v in vs], lookback, horizon, marks[k] if with_time_features else None)
+        k: Windows(
+            [scaler.transform(v) for v in vs], lookback, horizon, marks[k] if with_time_features else None, starts[k]
+        )
         for k, vs in parts.items()
     }
     return Prepared(channels, scaler, made["train"], made["val"], made["test"])

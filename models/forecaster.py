@@ -86,6 +86,11 @@ class Forecaster:
         model, meta = load(folder, device="cpu")
         if meta.config.get("n_time_features", 0):
             raise ValueError("checkpoints trained with time features are not servable yet; retrain without them")
+        if meta.architecture == "itransformer" and meta.config.get("cycle", 0):
+            raise ValueError(
+                "cycle-aware checkpoints are not servable yet (the service does not pass each window's cycle "
+                "index); retrain with cycle=0"
+            )
         if meta.architecture == "itransformer" and meta.config.get("n_covariates", 0):
             raise ValueError(
                 "checkpoints trained with time covariates are not servable yet; retrain with n_covariates=0"

@@ -22,10 +22,9 @@ def evaluate(model: nn.Module, windows, device: torch.device | str = "cpu", batc
     model.eval()
     se = ae = None
     count = 0
-    takes_marks = getattr(getattr(model, "cfg", None), "n_time_features", 0) > 0  # the Transformer with timeF
     for start in range(0, len(windows), batch_size):
-        inputs, y = windows.model_batch(torch.arange(start, min(start + batch_size, len(windows))), takes_marks)
-        pred = model(*[t.to(device) for t in inputs]).float().cpu()
+        inputs, y = windows.inputs_for(model, torch.arange(start, min(start + batch_size, len(windows))))
+        pred = model(*[t if t is None else t.to(device) for t in inputs]).float().cpu()
         err = pred - y  # (B, H, N)
         se_b, ae_b = (err**2).sum(dim=(0, 2)), err.abs().sum(dim=(0, 2))  # per horizon step
         se = se_b if se is None else se + se_b

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -51,6 +52,7 @@ class SearchSpace:
     schedule: tuple[str, ...] = ("halve", "cosine")
     epochs: tuple[int, ...] = (5, 10, 20)
     patience: tuple[int, ...] = (2, 3, 5)
+    cycle: tuple[int, ...] = (0,)  # periods to try for a cycle-aware network (0: none); see cycle_candidates
 
     def suggest(self, trial) -> tuple[dict, dict]:
         """(the network's config fields, the training config's fields) for one trial."""
@@ -61,6 +63,8 @@ class SearchSpace:
             "dropout": trial.suggest_float("dropout", *self.dropout),
             "n_heads": trial.suggest_categorical("n_heads", list(self.n_heads)),
         }
+        if self.cycle != (0,):
+            net["cycle"] = trial.suggest_categorical("cycle", list(self.cycle))
         fit = {
             "lr": trial.suggest_float("lr", *self.lr, log=True),
             "schedule": trial.suggest_categorical("schedule", list(self.schedule)),
@@ -73,7 +77,8 @@ class SearchSpace:
     def point(net: dict, fit: TrainConfig) -> dict:
         """A known configuration as values of the space's parameters (to enqueue as a trial)."""
         keys = ("d_model", "e_layers", "d_ff", "dropout", "n_heads")
-        return {**{k: net[k] for k in keys}, **{k: getattr(fit, k) for k in ("lr", "schedule", "epochs", "patience")}}
+        point = {**{k: net[k] for k in keys}, **{k: getattr(fit, k) for k in ("lr", "schedule", "epochs", "patience")}}
+        return point | ({"cycle": net["cycle"]} if "cycle" in net else {})
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,36 @@ class SearchResult:
         }
 
 
+def cadence_of(step_s: float | None) -> int | None:
+    """The natural cycle in steps of a grid with this step: a day for steps that divide it, a week for
+    daily readings, else None."""
+    if not step_s or step_s <= 0:
+        return None
+    if abs(step_s - 86_400) < 1:
+        return 7
+    per_day = 86_400 / step_s
+    return int(round(per_day)) if step_s < 86_400 and abs(per_day - round(per_day)) < 1e-6 else None
+
+
+def cycle_candidates(train: np.ndarray, cadence: int | None = None, most: int = 2, max_lag: int = 400) -> list[int]:
+    """Periods worth trying for a cycle, from the training split alone: the strongest peaks of the
+    channels' mean autocorrelation (a local maximum above 0.2), then the grid's natural `cadence` (24
+    for hourly readings, 7 for daily) if given. `train` is (T, N)."""
+    x = train - train.mean(axis=0)
+    n = len(x)
+    lags = min(max_lag, n // 3)
+    if lags < 3:
+        return [cadence] if cadence else []
+    spectrum = np.fft.rfft(x, n=2 * n, axis=0)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum), axis=0)[: lags + 1]  # (lags + 1, N)
+    acf = (acf / np.maximum(acf[0], 1e-12)).mean(axis=1)
+    peaks = [k for k in range(2, lags) if acf[k] > 0.2 and acf[k] >= acf[k - 1] and acf[k] > acf[k + 1]]
+    found = sorted(peaks, key=lambda k: -acf[k])[:most]
+    if cadence and cadence not in found:
+        found.append(cadence)
+    return sorted(found)
+
+
 class NothingEligible(RuntimeError):
     """Every trial was pruned, diverged or over the serving budget: there is no configuration to choose."""
 
@@ -135,11 +170,12 @@ def forward_ms(model: torch.nn.Module, n_variates: int, batch: int = LATENCY_BAT
     """Median wall time of one forward pass at `batch` on the CPU, after one warm-up."""
     model = model.eval()
     x = torch.randn(batch, model.cfg.lookback, n_variates)
-    model(x)
+    inputs = (x, None, torch.zeros(batch, dtype=torch.long)) if getattr(model.cfg, "cycle", 0) else (x,)
+    model(*inputs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(x)
+        model(*inputs)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -171,6 +207,8 @@ def search(
 
     def objective(trial: optuna.Trial) -> float:
         net_fields, fit_fields = space.suggest(trial)
+        if net_fields.get("cycle"):
+            net_fields["n_variates"] = n_variates
         model = ITransformer(ITransformerConfig(lookback, horizon, **net_fields))
         cost = forward_ms(model, n_variates)
         record = TrialRecord(trial.number, dict(trial.params), "ineligible", None, round(cost, 3), 0.0, 0)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.data import Windows, wants_time_features
+from models.data import Windows
 from models.device import pick_device, seed_everything
 
 
@@ -54,11 +54,10 @@ def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
 def mean_loss(model: nn.Module, windows: Windows, device: torch.device, batch_size: int = 256) -> float:
     model.eval()
     total, count = 0.0, 0
-    marks = wants_time_features(model)
     for start in range(0, len(windows), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(windows)))
-        inputs, y = windows.model_batch(idx, marks)
-        inputs, y = [t.to(device) for t in inputs], y.to(device)
+        inputs, y = windows.inputs_for(model, idx)
+        inputs, y = [t if t is None else t.to(device) for t in inputs], y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = model(*inputs)
         total += nn.functional.mse_loss(pred.float(), y, reduction="sum").item()
@@ -87,7 +86,6 @@ def train(
     if cfg.max_batches_per_epoch:
         n_batches = min(n_batches, cfg.max_batches_per_epoch)
 
-    marks = wants_time_features(model)
     stopped_by = "epochs"
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -98,8 +96,9 @@ def train(
         running = 0.0
         bar = tqdm(range(n_batches), desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False)
         for b in bar:
-            inputs, y = train_set.model_batch(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], marks)
-            inputs, y = [t.to(device, non_blocking=True) for t in inputs], y.to(device, non_blocking=True)
+            inputs, y = train_set.inputs_for(model, order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+            inputs = [t if t is None else t.to(device, non_blocking=True) for t in inputs]
+            y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 pred = model(*inputs)
             loss = nn.functional.mse_loss(pred.float(), y)

@@ -7,6 +7,11 @@ Forecasting", ICLR 2024), read top to bottom as the paper's Figure 2:
 
 Weights never depend on N, so one model serves any number of variates, and permuting the input
 variates permutes the output the same way (attention without positions is permutation-equivariant).
+
+With `cycle` = W > 0 it is cycle-aware, after CycleNet's residual cycle forecasting (Lin et al.,
+NeurIPS 2024): a learnable cycle of W steps per variate (so N is then fixed) is taken out of the
+normalized lookback before the encoder and added back to the forecast, each step's phase being its
+slot on the data's time grid modulo W. The network then learns what the cycle does not explain.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class ITransformerConfig:
     dropout: float = 0.1
     n_covariates: int = 0  # extra tokens for time features (hour, weekday, ...), never forecast
     use_norm: bool = True  # the paper's instance normalization (RevIN without affine)
+    cycle: int = 0  # W: a learnable cycle of this period (CycleNet's RCF); 0: none
+    n_variates: int = 0  # N, needed by a cycle (one per variate); 0 otherwise
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,13 +108,27 @@ class ITransformer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.e_layers))
         self.encoder_norm = nn.LayerNorm(cfg.d_model)
         self.project = nn.Linear(cfg.d_model, cfg.horizon)
+        if cfg.cycle:
+            if cfg.n_variates < 1:
+                raise ValueError("a cycle needs n_variates: it holds one learnable cycle per variate")
+            self.cycle = nn.Parameter(torch.zeros(cfg.cycle, cfg.n_variates))  # (W, N)
 
-    def forward(self, x: Tensor, x_mark: Tensor | None = None) -> Tensor:
-        """x (B, L, N) values; x_mark (B, L, C) optional time covariates → (B, H, N)."""
+    def cycle_at(self, first: Tensor, steps: int, offset: int = 0) -> Tensor:
+        """The cycle over `steps` steps from slot first + offset, as tokens (B, N, steps)."""
+        phase = (first[:, None] + offset + torch.arange(steps, device=first.device)) % self.cfg.cycle  # (B, steps)
+        return self.cycle[phase].transpose(1, 2)
+
+    def forward(self, x: Tensor, x_mark: Tensor | None = None, cycle_index: Tensor | None = None) -> Tensor:
+        """x (B, L, N) values; x_mark (B, L, C) optional time covariates; cycle_index (B,) the slot of
+        each window's first step, for a cycle-aware network → (B, H, N)."""
         B, L, N = x.shape
         tokens = x.transpose(1, 2).contiguous()  # (B, N, L): one row per variate
         if self.cfg.use_norm:
             tokens, mean, std = self.norm.normalize(tokens)
+        if self.cfg.cycle:
+            if cycle_index is None:
+                raise ValueError("this iTransformer has a cycle: pass each window's cycle_index")
+            tokens = tokens - self.cycle_at(cycle_index, L)  # what the cycle explains is taken out
         if x_mark is not None:
             tokens = torch.cat([tokens, x_mark.transpose(1, 2)], dim=1)  # (B, N + C, L)
         h = self.embed_dropout(self.embed(tokens))  # (B, N + C, D)
@@ -115,6 +136,8 @@ class ITransformer(nn.Module):
             h = layer(h)  # attention across variate tokens
         h = self.encoder_norm(h)
         y = self.project(h)[:, :N]  # (B, N + C, H) → keep the variates → (B, N, H)
+        if self.cfg.cycle:
+            y = y + self.cycle_at(cycle_index, self.cfg.horizon, offset=L)  # and put back over the horizon
         if self.cfg.use_norm:
             y = self.norm.denormalize(y, mean, std)
         return y.transpose(1, 2)  # (B, H, N)

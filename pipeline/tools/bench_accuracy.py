@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from models.data import Prepared, Split, load_table, prepare, split_for
+from models.data import Prepared, Split, guess_time_column, load_table, prepare, split_for
 from models.device import pick_device
 from models.metrics import evaluate
 from models.nets import NAIVE, ITransformer, ITransformerConfig, Transformer, TransformerConfig
-from models.search import SearchBudget, SearchSpace, search
+from models.search import SearchBudget, SearchSpace, cadence_of, cycle_candidates, search
 from models.train import TrainConfig, train
 
 NETWORKS = ("itransformer", "transformer")
@@ -139,11 +139,16 @@ def run_accuracy(
                 m = evaluate(cls(h), data.test)
                 rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
         if search_budget is not None and "itransformer" in models:
+            cycle_from = (
+                data.scaler.transform(frame.select(data.channels).to_numpy()[: split.train[1]]),
+                _step_s(frame),
+            )
             rows.append(
                 _searched(
-                    data, lookback, h, search_budget, search_space, train_cfg, max_seconds, protocol, device, path, log
+                    data, lookback, h, search_budget, search_space, train_cfg, max_seconds, protocol, device, path, log,
+                    cycle_from,
                 )
-            )
+            )  # fmt: skip
         for name in models:
             if name not in NETWORKS or (name == "itransformer" and search_budget is not None):
                 continue
@@ -164,11 +169,16 @@ def run_accuracy(
     return rows
 
 
-def _searched(data, lookback, h, budget, space, train_cfg, max_seconds, protocol, device, path, log) -> BenchRow:
+def _searched(
+    data, lookback, h, budget, space, train_cfg, max_seconds, protocol, device, path, log, cycle_from=None
+) -> BenchRow:
     """The iTransformer chosen on validation, scored on the test split once. `max_seconds` caps each trial."""
     log(f"searching the iTransformer's configuration for horizon {h} on {path.name}: {budget.trials} trials")
     base = replace(train_cfg or default_train_config("itransformer", protocol), max_seconds=max_seconds)
     space = space or SearchSpace()
+    if space.cycle == (0,) and cycle_from is not None:  # the periods worth trying, from the train split alone
+        space = replace(space, cycle=(0, *cycle_candidates(cycle_from[0], cadence_of(cycle_from[1]))))
+        log(f"  cycle periods to try: {space.cycle[1:] or 'none'} (0: no cycle)")
     paper = itransformer_for(lookback, h, len(data.channels), protocol).cfg.to_dict()
     start = SearchSpace.point(paper, base) if base.epochs in space.epochs else None  # the paper's, first
     found = search(
@@ -184,6 +194,17 @@ def _searched(data, lookback, h, budget, space, train_cfg, max_seconds, protocol
         "itransformer", h, m.mse, m.mae, found.best.seconds, found.best.epochs, "search", max_seconds, size,
         {**found.to_dict(), "trial_log": [t.to_dict() for t in found.trials]},
     )  # fmt: skip
+
+
+def _step_s(frame) -> float | None:
+    """The median step of the data's time column in seconds (None without one)."""
+    column = guess_time_column(frame)
+    if column is None or frame.height < 2:
+        return None
+    times = frame[column]
+    if times.dtype.is_temporal():
+        return times.diff().dt.total_seconds().median()
+    return None
 
 
 def default_train_config(model: str, protocol: str) -> TrainConfig:

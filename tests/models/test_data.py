@@ -114,3 +114,13 @@ def test_windows_carry_time_features_beside_the_values() -> None:
     (x, x_mark, y_mark), y = w.model_batch(torch.tensor([0, 15]), with_marks=True)
     assert x[1, 0, 0] == 100 and x_mark[1, 0, 0] == 1000  # the second series' first window, values and marks aligned
     assert y_mark.shape == (2, 2, 1) and y_mark[0, 0, 0] == 40
+
+
+def test_a_windows_cycle_index_is_its_first_steps_slot_in_each_series() -> None:
+    import numpy as np
+
+    w = Windows([np.zeros((10, 1)), np.zeros((3, 1)), np.zeros((9, 1))], 4, 2, starts=[100, 7, 50])
+    # the 3-row series has no window and is dropped with its start: 5 windows from 100, then 4 from 50
+    assert w.cycle_index(torch.arange(len(w))).tolist() == [100, 101, 102, 103, 104, 50, 51, 52, 53]
+    (x, no_marks, phase), _ = w.model_batch(torch.tensor([6]), with_cycle=True)
+    assert no_marks is None and phase.tolist() == [51] and x.shape == (1, 4, 1)

@@ -67,3 +67,18 @@ def test_cuda_graphs_forecast_what_eager_does_and_do_not_pile_up(tmp_path) -> No
             eager = f._forward(torch.from_numpy(x).cuda()).cpu().numpy()
         assert np.allclose(f.predict(x), eager, atol=1e-4), batch
     assert sorted(f._graphs) == [1, 8, 1024]  # one a size used, none past the largest
+
+
+def test_a_cycle_aware_checkpoint_keeps_its_cycle_and_is_refused_for_serving_with_the_reason(tmp_path) -> None:
+    from models.checkpoint import load
+
+    net = ITransformer(
+        ITransformerConfig(lookback=16, horizon=4, d_model=32, n_heads=4, d_ff=32, cycle=5, n_variates=3)
+    )
+    with torch.no_grad():
+        net.cycle.normal_()
+    save(tmp_path, net.eval(), ["a", "b", "c"], Scaler.identity(3))
+    loaded, meta = load(tmp_path)
+    assert meta.config["cycle"] == 5 and torch.equal(loaded.cycle, net.cycle)
+    with pytest.raises(ValueError, match="cycle-aware checkpoints are not servable yet"):
+        Forecaster.from_checkpoint(tmp_path, device="cpu")

@@ -44,3 +44,17 @@ def test_when_nothing_is_eligible_the_error_says_what_to_change(multi_sine) -> N
     train_w, val_w = _windows(multi_sine)
     with pytest.raises(NothingEligible, match="max_forward_ms"):
         search(train_w, val_w, 24, 6, 4, SearchBudget(trials=2, max_forward_ms=1e-6), space=SMALL, progress=False)
+
+
+def test_cycle_periods_come_from_the_training_data_and_the_grid() -> None:
+    import numpy as np
+
+    from models.search import cadence_of, cycle_candidates
+
+    t = np.arange(2000.0)[:, None]
+    daily = np.sin(2 * np.pi * t / 24) + 0.1 * np.cos(2 * np.pi * t / 5)
+    assert 24 in cycle_candidates(daily)
+    assert cycle_candidates(np.random.default_rng(0).normal(size=(2000, 2)), cadence=7) == [7]  # noise: the grid's
+    assert (cadence_of(3600), cadence_of(86_400), cadence_of(900), cadence_of(7 * 3600), cadence_of(None)) == (
+        24, 7, 96, None, None,
+    )  # fmt: skip

@@ -64,3 +64,42 @@ def test_overfits_a_small_multi_sine_set(multi_sine) -> None:
     )
     after = mean_loss(model, data, torch.device("cpu"))
     assert after < before / 10, (before, after)
+
+
+def test_a_cycle_is_taken_out_and_put_back_by_its_phase() -> None:
+    """With the encoder's output zeroed, the forecast is the learned cycle continued past the window,
+    in the window's own scale, and a window W slots later (the same phase) forecasts the same."""
+    model = _model(cycle=7, n_variates=2)
+    with torch.no_grad():
+        model.project.weight.zero_(), model.project.bias.zero_()
+        model.cycle.copy_(torch.arange(14.0).reshape(7, 2))
+    x = torch.randn(1, 24, 2) * 3 + 5
+    first = torch.tensor([3])
+    y = model(x, None, first)
+    phase = (3 + 24 + torch.arange(6)) % 7
+    mean, std = x.mean(dim=1), x.std(dim=1, unbiased=False)
+    torch.testing.assert_close(y[0], model.cycle[phase] * std + mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model(x, None, first + 7), y)
+    assert not torch.allclose(model(x, None, first + 1), y)
+
+
+def test_a_cycle_aware_network_refuses_a_window_without_its_phase() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="cycle_index"):
+        _model(cycle=7, n_variates=2)(torch.randn(1, 24, 2))
+    with pytest.raises(ValueError, match="n_variates"):
+        _model(cycle=7)
+
+
+def test_a_cycle_learns_a_cycle_the_windows_do_not_show(multi_sine) -> None:
+    """The windows' phase comes from Windows.starts: a cycle of 12 trains below the same net without."""
+    losses = {}
+    for cycle in (0, 12):
+        torch.manual_seed(0)
+        extra = {"cycle": cycle, "n_variates": 4} if cycle else {}
+        model = ITransformer(ITransformerConfig(lookback=8, horizon=12, d_model=16, n_heads=4, d_ff=16, **extra))
+        data = Windows([multi_sine[:, :1].repeat(4, axis=1)], 8, 12, starts=[0])
+        train(model, data, data, TrainConfig(epochs=4, lr=3e-3, progress=False))
+        losses[cycle] = mean_loss(model, data, torch.device("cpu"))
+    assert losses[12] < losses[0], losses
