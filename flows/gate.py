@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.data import DataError, Scaler, Windows
+from models.data import DataError, Scaler, Windows, wants_cycle
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Splits:
     holdout: list[np.ndarray]
     cuts: tuple[int, int] | None = None  # (t1, t2), epoch ms: train < t1 <= validation < t2 <= holdout
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # part → (first, last) target time, ms
+    first_ts: dict[str, list[int]] = field(default_factory=dict)  # part → time of each series' first row, ms
 
 
 Timed = tuple[np.ndarray, np.ndarray]  # (ts (T,) epoch ms, values (T, N)) of one contiguous series
@@ -52,6 +53,7 @@ def time_split(series: list[Timed], lookback: int, val: float = 0.1, holdout: fl
     t2 = int(np.quantile(stamps, 1 - holdout, method="higher"))
     t2 = max(t2, t1 + 1)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "holdout": []}
+    first_ts: dict[str, list[int]] = {"train": [], "val": [], "holdout": []}
     ranges: dict[str, list[int]] = {}
     for ts, values in series:
         a, b = int(np.searchsorted(ts, t1)), int(np.searchsorted(ts, t2))
@@ -60,25 +62,37 @@ def time_split(series: list[Timed], lookback: int, val: float = 0.1, holdout: fl
                 continue
             history = 0 if name == "train" else lookback
             parts[name].append(values[max(start - history, 0) : end])
+            first_ts[name].append(int(ts[max(start - history, 0)]))
             first, last = ranges.get(name, [int(ts[start]), int(ts[end - 1])])
             ranges[name] = [min(first, int(ts[start])), max(last, int(ts[end - 1]))]
-    return Splits(**parts, cuts=(t1, t2), ranges={k: (v[0], v[1]) for k, v in ranges.items()})
+    return Splits(**parts, cuts=(t1, t2), ranges={k: (v[0], v[1]) for k, v in ranges.items()}, first_ts=first_ts)
 
 
-def after(series: list[Timed], since_ms: int, lookback: int) -> list[np.ndarray]:
+def after(series: list[Timed], since_ms: int, lookback: int) -> list[Timed]:
     """The rows of each series after `since_ms`, each with up to `lookback` rows of history before:
     a holdout that holds none of a model's training targets."""
     out = []
     for ts, values in series:
         start = int(np.searchsorted(ts, since_ms, side="right"))
         if start < len(ts):
-            out.append(values[max(start - lookback, 0) :])
+            out.append((ts[max(start - lookback, 0) :], values[max(start - lookback, 0) :]))
     return out
 
 
-def windows(series: list[np.ndarray], lookback: int, horizon: int, what: str) -> Windows:
+def windows(
+    series: list[np.ndarray],
+    lookback: int,
+    horizon: int,
+    what: str,
+    first_ts: list[int] | None = None,
+    grid: dict | None = None,
+) -> Windows:
+    """Windows of the series; with `first_ts` and the `grid`, each knows its phase (its first step's slot)."""
+    starts = None
+    if first_ts is not None and grid:
+        starts = [(t - grid["anchor_ms"]) // grid["interval_ms"] for t in first_ts]
     try:
-        return Windows([s.astype(np.float32) for s in series], lookback, horizon)
+        return Windows([s.astype(np.float32) for s in series], lookback, horizon, starts=starts)
     except DataError:
         need = lookback + horizon
         raise DataError(
@@ -87,7 +101,15 @@ def windows(series: list[np.ndarray], lookback: int, horizon: int, what: str) ->
         ) from None
 
 
-Forecast = Callable[[torch.Tensor], torch.Tensor]  # raw (B, L, N) → raw (B, H, N)
+Forecast = Callable[..., torch.Tensor]  # raw (B, L, N) → raw (B, H, N); with a cycle, (x, phase) → ...
+
+
+def forecast_windows(forecast: Forecast, holdout: Windows, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(forecast, actual) of the holdout windows at `index`; a network with a cycle gets their phases."""
+    x, y = holdout.batch(index)
+    if wants_cycle(getattr(forecast, "model", forecast)):  # the serving wrapper (Scaled) or the bare network
+        return forecast(x, holdout.cycle_index(index)), y
+    return forecast(x), y
 
 
 @torch.no_grad()
@@ -96,8 +118,8 @@ def scaled_mse(forecast: Forecast, holdout: Windows, scaler: Scaler, batch_size:
     std = torch.as_tensor(np.asarray(scaler.std, dtype=np.float32))
     total, count = 0.0, 0
     for start in range(0, len(holdout), batch_size):
-        x, y = holdout.batch(torch.arange(start, min(start + batch_size, len(holdout))))
-        err = (forecast(x).float() - y) / std
+        pred, y = forecast_windows(forecast, holdout, torch.arange(start, min(start + batch_size, len(holdout))))
+        err = (pred.float() - y) / std
         total += float((err**2).sum())
         count += err.numel()
     return total / max(count, 1)
@@ -108,8 +130,8 @@ def holdout_mae(forecast: Forecast, holdout: Windows, channels: list[str], batch
     """Per-channel MAE over the holdout, raw units: the drift monitor's yardstick for this model."""
     total, count = None, 0
     for start in range(0, len(holdout), batch_size):
-        x, y = holdout.batch(torch.arange(start, min(start + batch_size, len(holdout))))
-        err = (forecast(x).float() - y).abs().sum(dim=(0, 1))
+        pred, y = forecast_windows(forecast, holdout, torch.arange(start, min(start + batch_size, len(holdout))))
+        err = (pred.float() - y).abs().sum(dim=(0, 1))
         total = err if total is None else total + err
         count += y.shape[0] * y.shape[1]
     return {c: float(v) / max(count, 1) for c, v in zip(channels, total.tolist(), strict=True)}

@@ -137,13 +137,16 @@ def fit(
     L, H = settings.lookback, settings.horizon
     splits = time_split(window.timed_series(), L)
     scaler = Scaler.fit(np.concatenate([s for s in splits.train if len(s)]))
-    train_w = windows([scaler.transform(s) for s in splits.train], L, H, "training")
-    val_w = windows([scaler.transform(s) for s in splits.val], L, H, "validation")
-    holdout = windows(splits.holdout, L, H, "holdout")  # raw units: every contender is scored the same way
+    grid, first = window.grid, splits.first_ts  # each window's phase on the grid, for a model with a cycle
+    train_w = windows([scaler.transform(s) for s in splits.train], L, H, "training", first["train"], grid)
+    val_w = windows([scaler.transform(s) for s in splits.val], L, H, "validation", first["val"], grid)
+    # raw units: every contender is scored the same way
+    holdout = windows(splits.holdout, L, H, "holdout", first["holdout"], grid)
     cfg = TrainConfig(epochs=epochs, lr=1e-3, schedule="cosine", patience=3, progress=False)
     found, warm = None, False
     if trials > 0:
-        model, result, found = _searched(settings, train_w, val_w, len(window.channels), cfg, trials)
+        train_parts = [scaler.transform(s) for s in splits.train]
+        model, result, found = _searched(settings, train_w, val_w, train_parts, grid, cfg, trials)
     else:
         model = build("itransformer", lookback=L, horizon=H, **PRESETS["serving"])
         if warm_start and champion is not None and champion.meta.architecture == "itransformer":
@@ -161,17 +164,24 @@ def fit(
     return candidate, {"holdout": holdout, "ranges": splits.ranges, **sizes}
 
 
-def _searched(settings: Settings, train_w, val_w, n_variates: int, cfg, trials: int):
-    """(model, its training result, the search) for the configuration chosen on validation."""
+def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None, cfg, trials: int):
+    """(model, its training result, the search) for the configuration chosen on validation. With a
+    grid, the space holds a cycle: the periods the longest training series' autocorrelation and the
+    grid's cadence suggest."""
     from dataclasses import replace
 
     from models.device import pick_device
     from models.nets import PRESETS
-    from models.search import SearchBudget, SearchSpace, search
+    from models.search import SearchBudget, SearchSpace, cadence_of, cycle_candidates, search
     from models.train import TrainResult
 
     space = SearchSpace()
     space = replace(space, epochs=tuple(sorted({*space.epochs, cfg.epochs})))
+    if grid:
+        longest = max(train_parts, key=len)
+        periods = [w for w in cycle_candidates(longest, cadence_of(grid["interval_ms"] / 1000)) if w > 1]
+        space = replace(space, cycle=(0, *periods))
+    n_variates = train_parts[0].shape[1]
     preset = {"dropout": 0.1, **PRESETS["serving"]}  # the preset's dropout is the config's default
     budget = SearchBudget(trials, settings.search_max_seconds, settings.search_max_forward_ms)
     found = search(
@@ -246,9 +256,12 @@ def holdout_sample(candidate: Candidate, holdout) -> dict:
     forecast plot of the run."""
     import torch
 
-    x, y = holdout[len(holdout) - 1]
+    from flows.gate import forecast_windows
+
+    last = torch.tensor([len(holdout) - 1])
     with torch.no_grad():
-        pred = candidate.raw_net()(x[None])[0]
+        pred, y = forecast_windows(candidate.raw_net(), holdout, last)
+    x, y, pred = holdout.batch(last)[0][0], y[0], pred[0]
     return {"history": x.numpy(), "actual": y.numpy(), "forecast": pred.numpy()}
 
 
@@ -492,7 +505,9 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
 
             lookback, horizon = holdout.lookback, holdout.horizon
             try:  # every contender on the same windows, none holding the champion's training targets
-                holdout = windows(after(window.timed_series(), trained_until, lookback), lookback, horizon, "holdout")
+                kept = after(window.timed_series(), trained_until, lookback)
+                first = [int(ts[0]) for ts, _ in kept]
+                holdout = windows([v for _, v in kept], lookback, horizon, "holdout", first, window.grid)
                 info["holdout_after"] = _iso(trained_until)  # in the run's params: what the gate scored
                 info["holdout_windows_scored"] = len(holdout)
                 logger.info(

@@ -57,8 +57,12 @@ class Scaled(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, N) → (B, H, N)
-        return self.model((x - self.mean) / self.std) * self.std + self.mean
+    def forward(
+        self, x: torch.Tensor, cycle_index: torch.Tensor | None = None
+    ) -> torch.Tensor:  # (B, L, N) → (B, H, N)
+        scaled = (x - self.mean) / self.std
+        out = self.model(scaled) if cycle_index is None else self.model(scaled, None, cycle_index)
+        return out * self.std + self.mean
 
 
 class Forecaster:
@@ -77,7 +81,8 @@ class Forecaster:
         std = torch.as_tensor(np.asarray(meta.scaler["std"], dtype=np.float32), device=self.device)
         self.net = Scaled(self.model, mean, std).eval()
         self.input_bounds = input_bounds(np.asarray(meta.scaler["mean"]), np.asarray(meta.scaler["std"]))
-        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.cycle = int(meta.config.get("cycle", 0))  # W: its forecasts depend on each window's phase
+        self.use_graphs = cuda_graphs and self.device.type == "cuda" and not self.cycle  # graphs take x alone
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.scripted = self._script() if script and self.device.type == "cpu" else None
 
@@ -86,10 +91,10 @@ class Forecaster:
         model, meta = load(folder, device="cpu")
         if meta.config.get("n_time_features", 0):
             raise ValueError("checkpoints trained with time features are not servable yet; retrain without them")
-        if meta.architecture == "itransformer" and meta.config.get("cycle", 0):
+        if meta.config.get("cycle", 0) and not meta.extra.get("grid"):
             raise ValueError(
-                "cycle-aware checkpoints are not servable yet (the service does not pass each window's cycle "
-                "index); retrain with cycle=0"
+                "this checkpoint has a cycle but no time grid: a window's phase is its slot on the grid of the "
+                "training data; retrain it with the grid recorded (the retrain flow does), or with cycle=0"
             )
         if meta.architecture == "itransformer" and meta.config.get("n_covariates", 0):
             raise ValueError(
@@ -124,12 +129,21 @@ class Forecaster:
         """The time grid of the training data ({"interval_ms", "anchor_ms"}), or None: not recorded."""
         return self.meta.extra.get("grid")
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def _forward(self, x: torch.Tensor, *cycle_index: torch.Tensor) -> torch.Tensor:
+        return self.net(x, *cycle_index)
+
+    def phases(self, slot_ts: np.ndarray) -> np.ndarray:
+        """Each window's phase: the slot of its first step on the training grid, from the time of its
+        last (int64 epoch ms, one per window)."""
+        grid = self.grid
+        last = np.rint((np.asarray(slot_ts, dtype=np.int64) - grid["anchor_ms"]) / grid["interval_ms"])
+        return last.astype(np.int64) - (self.lookback - 1)
 
     def _script(self) -> torch.jit.ScriptModule | None:
         """Trace once at batch 8 (the trace is batch-size agnostic; tests check it against eager)."""
-        example = torch.zeros(8, self.lookback, len(self.channels))
+        example = (torch.zeros(8, self.lookback, len(self.channels)),)
+        if self.cycle:
+            example += (torch.zeros(8, dtype=torch.long),)
         try:
             with torch.no_grad():
                 return torch.jit.optimize_for_inference(torch.jit.trace(self.net, example))
@@ -138,9 +152,18 @@ class Forecaster:
             return None
 
     @torch.inference_mode()
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, slot_ts: np.ndarray | None = None) -> np.ndarray:
+        """x (B, L, N) raw readings → (B, H, N) raw forecasts. `slot_ts` (B,) is the time of each window's
+        last reading on the grid: a model with a cycle needs it (its phase), others ignore it."""
         if x.ndim != 3 or x.shape[1] != self.lookback or x.shape[2] != len(self.channels):
             raise ValueError(f"expected (batch, {self.lookback}, {len(self.channels)}), got {x.shape}")
+        if self.cycle:
+            if slot_ts is None or len(slot_ts) != x.shape[0]:
+                raise ValueError("this model has a cycle: pass slot_ts, the time of each window's last reading")
+            inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            phase = torch.from_numpy(self.phases(slot_ts)).to(self.device)
+            out = self.scripted(inputs, phase) if self.scripted is not None else self._forward(inputs, phase)
+            return out.float().cpu().numpy()
         if self.use_graphs and self._bucket(x.shape[0]) is not None:
             try:
                 return self._predict_graph(x)
@@ -191,4 +214,4 @@ class Forecaster:
         """Compile/capture every bucket now, so the first real batch pays nothing."""
         sizes = BUCKETS if self.use_graphs else (1, 8)
         for b in sizes:
-            self.predict(np.zeros((b, self.lookback, len(self.channels)), dtype=np.float32))
+            self.predict(np.zeros((b, self.lookback, len(self.channels)), dtype=np.float32), np.zeros(b, np.int64))

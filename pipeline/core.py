@@ -79,6 +79,8 @@ class Model(Protocol):
     version: str
     input_bounds: tuple[np.ndarray, np.ndarray] | None  # (low, high) per channel, or None: any float32
     grid: dict | None  # {"interval_ms", "anchor_ms"} of its training data, or None: unknown
+    # a model may also have `cycle` (> 0: its forecasts depend on each window's phase on that grid),
+    # and then takes predict(x, slot_ts)
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -165,6 +167,12 @@ class ForecastCore:
         m = slot.model
         self.channels = list(m.channels)
         self.grid = None if cfg.interval_ms else Grid.from_dict(getattr(m, "grid", None), cfg.grid_tolerance)
+        trained_every = (getattr(m, "grid", None) or {}).get("interval_ms")
+        if getattr(m, "cycle", 0) and cfg.interval_ms and cfg.interval_ms != trained_every:
+            raise ValueError(
+                f"model {m.name} v{m.version} has a cycle on a grid of {trained_every} ms, and the service is set "
+                f"to slot readings every {cfg.interval_ms} ms: unset SENSORCAST_READING_INTERVAL_S, or retrain"
+            )
         self.windows = EntityWindows(
             len(self.channels),
             m.lookback,
@@ -315,7 +323,10 @@ class ForecastCore:
         if not len(batch.rows):
             return None, 0.0
         started = time.perf_counter()
-        pred = batch.model.predict(batch.x)  # (B, H, N)
+        if getattr(batch.model, "cycle", 0):  # its phase: each window's last slot on the model's grid
+            pred = batch.model.predict(batch.x, batch.slot_ts)  # (B, H, N)
+        else:
+            pred = batch.model.predict(batch.x)
         return pred, time.perf_counter() - started
 
     def finish(

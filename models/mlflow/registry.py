@@ -26,7 +26,14 @@ def pyfunc_example(folder: Path):
     forecaster = Forecaster.from_checkpoint(folder, device="cpu")
     mean = np.asarray(forecaster.meta.scaler["mean"], dtype=np.float32)
     example = pd.DataFrame(np.tile(mean, (forecaster.lookback, 1)), columns=forecaster.channels)
-    out = pd.DataFrame(forecaster.predict(example.to_numpy()[None])[0], columns=forecaster.channels)
+    x = example.to_numpy()[None]
+    if not forecaster.cycle:
+        out = pd.DataFrame(forecaster.predict(x)[0], columns=forecaster.channels)
+        return example, infer_signature(example, out)
+    grid = forecaster.grid  # a model with a cycle takes each reading's time too (its phase)
+    ts = grid["anchor_ms"] + grid["interval_ms"] * np.arange(forecaster.lookback, dtype=np.int64)
+    out = pd.DataFrame(forecaster.predict(x, ts[-1:])[0], columns=forecaster.channels)
+    example = example.assign(ts=ts)
     return example, infer_signature(example, out)
 
 

@@ -64,7 +64,8 @@ def test_one_time_cut_for_every_entity_and_every_segment() -> None:
     assert len(splits.holdout) == 1  # only the latest site reaches past t2: the early segment has none
     assert [len(s) for s in splits.train][0] == 40  # the early segment is training data, whole
     kept = after([other], since_ms=200 * hour, lookback=4)
-    assert kept[0][0, 0] == 200 - 168 - 3  # the first target after the cut, with 4 rows of history before
+    assert kept[0][1][0, 0] == 200 - 168 - 3  # the first target after the cut, with 4 rows of history before
+    assert kept[0][0][0] == (200 - 3) * hour  # and its time
 
 
 def test_a_champion_the_services_could_not_swap_to_refuses_the_promotion() -> None:
@@ -79,3 +80,29 @@ def test_a_champion_the_services_could_not_swap_to_refuses_the_promotion() -> No
     holdout = windows([np.zeros((10, 2), dtype=np.float32)], lookback=4, horizon=1, what="holdout")
     decision = score.fn(candidate, champion, holdout, 0.0, ["temp", "rh"])
     assert not decision.promote and "the champion v3 takes channels ['temp']" in decision.reason
+
+
+def test_a_window_has_the_same_phase_in_training_as_the_service_gives_it(tmp_path) -> None:
+    """The flow's windows know each window's first slot on the grid; the service derives it from the
+    time of the window's last reading (Forecaster.phases). Each reading's value here is its slot, so
+    every window of every part says when it ends, and the two must agree."""
+    from models.checkpoint import save
+    from models.forecaster import Forecaster
+    from models.nets.itransformer import ITransformer, ITransformerConfig
+
+    hour, anchor, L, H = 3_600_000, 1_800_000, 8, 3
+    grid = {"interval_ms": hour, "anchor_ms": anchor}
+    net = ITransformer(ITransformerConfig(L, H, d_model=8, n_heads=4, d_ff=8, cycle=24, n_variates=1))
+    save(tmp_path, net, ["v"], Scaler.identity(1), extra={"grid": grid})
+    service = Forecaster.from_checkpoint(tmp_path, device="cpu")
+    series = [
+        (anchor + slots * hour, slots[:, None].astype(float))
+        for slots in (np.arange(5, 65), np.arange(400, 490), np.arange(1000, 1040), np.arange(2000, 2004))
+    ]  # the last is too short for any window: its start must not shift the others'
+    splits = time_split(series, L)
+    for part in ("train", "val", "holdout"):
+        w = windows(getattr(splits, part), L, H, part, splits.first_ts[part], grid)
+        index = torch.arange(len(w))
+        x, _ = w.batch(index)
+        last_ts = anchor + x[:, -1, 0].numpy().astype(np.int64) * hour
+        assert service.phases(last_ts).tolist() == w.cycle_index(index).tolist(), part

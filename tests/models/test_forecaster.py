@@ -69,16 +69,41 @@ def test_cuda_graphs_forecast_what_eager_does_and_do_not_pile_up(tmp_path) -> No
     assert sorted(f._graphs) == [1, 8, 1024]  # one a size used, none past the largest
 
 
-def test_a_cycle_aware_checkpoint_keeps_its_cycle_and_is_refused_for_serving_with_the_reason(tmp_path) -> None:
-    from models.checkpoint import load
-
+def _cycle_net() -> ITransformer:
+    torch.manual_seed(0)
     net = ITransformer(
         ITransformerConfig(lookback=16, horizon=4, d_model=32, n_heads=4, d_ff=32, cycle=5, n_variates=3)
     )
     with torch.no_grad():
         net.cycle.normal_()
-    save(tmp_path, net.eval(), ["a", "b", "c"], Scaler.identity(3))
+    return net.eval()
+
+
+def test_a_cycle_model_forecasts_from_each_windows_phase_on_its_grid_traced_as_eager(tmp_path) -> None:
+    """The phase is the slot of the window's first step on the training grid: slot_ts (its last
+    reading's time) minus L - 1 slots. Traced and eager agree; the phase changes the forecast."""
+    from models.checkpoint import load
+
+    grid = {"interval_ms": 60_000, "anchor_ms": 30_000}
+    net = _cycle_net()
+    save(tmp_path, net, ["a", "b", "c"], Scaler.identity(3), extra={"grid": grid})
     loaded, meta = load(tmp_path)
     assert meta.config["cycle"] == 5 and torch.equal(loaded.cycle, net.cycle)
-    with pytest.raises(ValueError, match="cycle-aware checkpoints are not servable yet"):
+    f = Forecaster.from_checkpoint(tmp_path, device="cpu")
+    assert f.cycle == 5 and f.scripted is not None
+    x = np.random.default_rng(0).normal(size=(3, 16, 3)).astype(np.float32)
+    slot_ts = np.array([30_000 + 60_000 * 40, 30_000 + 60_000 * 41, 30_000 + 60_000 * 45], dtype=np.int64)
+    assert f.phases(slot_ts).tolist() == [25, 26, 30]
+    with torch.no_grad():
+        eager = net(torch.from_numpy(x), None, torch.tensor([25, 26, 30])).numpy()
+    np.testing.assert_allclose(f.predict(x, slot_ts), eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(f.predict(x[:1], slot_ts[:1] + 5 * 60_000), eager[:1], rtol=1e-5, atol=1e-5)  # W later
+    assert not np.allclose(f.predict(x[:1], slot_ts[1:2]), eager[:1])
+    with pytest.raises(ValueError, match="slot_ts"):
+        f.predict(x)
+
+
+def test_a_cycle_checkpoint_without_a_grid_is_refused_with_the_reason(tmp_path) -> None:
+    save(tmp_path, _cycle_net(), ["a", "b", "c"], Scaler.identity(3))
+    with pytest.raises(ValueError, match="no time grid"):
         Forecaster.from_checkpoint(tmp_path, device="cpu")

@@ -88,6 +88,36 @@ def test_with_a_real_itransformer_forecaster(tiny_checkpoint) -> None:
     assert len(doc["forecast"]["temp"]) == 5 and all(np.isfinite(doc["forecast"]["pressure"]))
 
 
+def test_a_model_with_a_cycle_forecasts_from_each_windows_time_on_its_grid(tmp_path) -> None:
+    """Two entities with the same values at different hours get different forecasts from a cycle model:
+    the core hands it each window's last slot, and each forecast is the model's for that window and time."""
+    import torch
+
+    from models.checkpoint import save
+    from models.data import Scaler
+    from models.forecaster import Forecaster
+    from models.nets.itransformer import ITransformer, ITransformerConfig
+
+    torch.manual_seed(0)
+    net = ITransformer(ITransformerConfig(8, 4, d_model=16, n_heads=4, d_ff=16, cycle=24, n_variates=2))
+    with torch.no_grad():
+        net.cycle.normal_()
+    save(tmp_path, net.eval(), CH, Scaler.identity(2), extra={"grid": {"interval_ms": HOUR, "anchor_ms": 0}})
+    forecaster = Forecaster.from_checkpoint(tmp_path, device="cpu")
+    out, stats = core(forecaster).process(
+        [reading("x", s, value=s % 3) for s in range(8)] + [reading("y", s, value=s % 3) for s in range(30, 38)]
+    )
+    assert stats.forecasts == 2
+    got = {d["entity"]: d["forecast"]["temp"] for d in (orjson.loads(m.value) for m in out)}
+    x = np.array([[[s % 3, -(s % 3)] for s in range(8)]], dtype=np.float32)
+    for entity, last in (("x", 7), ("y", 37)):
+        expected = forecaster.predict(x, np.array([last * HOUR]))[0, :, 0]
+        np.testing.assert_allclose(got[entity], expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got["x"], got["y"])
+    with pytest.raises(ValueError, match="SENSORCAST_READING_INTERVAL_S"):
+        core(forecaster, interval_ms=HOUR // 2)
+
+
 def test_an_entity_silent_past_the_ttl_is_forgotten_and_warms_up_again() -> None:
     c = core(entity_ttl_s=60.0)
     warm = c.prepare([reading("quiet", s) for s in range(4)] + [reading("busy", 0)], now_s=0.0)
