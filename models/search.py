@@ -246,7 +246,7 @@ def search(
         return result.best_val_loss
 
     sampler = optuna.samplers.TPESampler(seed=base.seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)  # never on epoch 1 alone
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
     if start_from:
         study.enqueue_trial(start_from)
