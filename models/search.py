@@ -44,7 +44,7 @@ class SearchSpace:
     """What the search may choose. Sizes are choices; ranges are (low, high)."""
 
     d_model: tuple[int, ...] = (64, 128, 256, 512)
-    e_layers: tuple[int, int] = (1, 4)
+    e_layers: tuple[int, int] = (0, 4)  # 0: embedding and projection alone, a linear model like CycleNet/Linear
     d_ff: tuple[int, ...] = (64, 128, 256, 512)
     n_heads: tuple[int, ...] = (4, 8)  # every d_model above divides by each
     dropout: tuple[float, float] = (0.0, 0.3)
