@@ -55,6 +55,7 @@ class Candidate:
     warm_started: bool
     checkpoint: Path
     search: SearchResult | None = None  # how the configuration was chosen, when it was searched for
+    intervals: dict | None = None  # split-conformal half-widths from the holdout (models/conformal.py)
 
     def raw_net(self) -> torch.nn.Module:
         """The candidate between its scaler's two halves: raw readings in, raw forecasts out."""
@@ -158,10 +159,38 @@ def fit(
     extra = {"train_seconds": result.seconds, "epochs": result.epochs, "warm_started": warm, "grid": window.grid}
     if found is not None:
         extra["search"] = found.to_dict()
+    intervals = calibrate(Candidate(model, scaler, result, warm, out), holdout, settings.interval_level_list)
+    extra["intervals"] = intervals
     save(out, model, window.channels, scaler, name=settings.model_name, extra=extra)
     sizes = {"train_windows": len(train_w), "val_windows": len(val_w), "holdout_windows": len(holdout)}
-    candidate = Candidate(model, scaler, result, warm, out, found)
+    candidate = Candidate(model, scaler, result, warm, out, found, intervals)
     return candidate, {"holdout": holdout, "ranges": splits.ranges, **sizes}
+
+
+def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
+    """Split-conformal half-widths per channel and step from the candidate's holdout errors (windows it
+    never trained on), in its scaled units: what the service's intervals stand on until the monitor
+    adapts them."""
+    import numpy as np
+    import torch
+
+    from flows.gate import forecast_windows
+    from models.conformal import split_conformal
+
+    std = np.asarray(candidate.scaler.std, dtype=np.float32)
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(holdout), 512):
+            pred, y = forecast_windows(
+                candidate.raw_net(), holdout, torch.arange(start, min(start + 512, len(holdout)))
+            )
+            scores.append((pred.float() - y).abs().numpy() / std)  # (B, H, N)
+    widths = split_conformal(np.concatenate(scores), levels)
+    return {
+        "score": "abs_error_scaled",
+        "windows": len(holdout),
+        "half_width": {k: v.tolist() for k, v in widths.items()},
+    }
 
 
 def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None, cfg, trials: int):
@@ -354,6 +383,9 @@ def _register(
             if sample is not None:
                 mlflow.log_artifact(str(forecast_plot(sample, window.channels, Path(tmp) / "forecast.png")))
         mlflow.log_text(decision.reason, "gate.txt")
+        intervals = candidate.intervals or {}
+        mlflow.log_dict(intervals, "intervals.json")  # the split-conformal half-widths the version serves with
+        mlflow.log_params({"interval_levels": ",".join(intervals.get("half_width", {})) or "none"})
         version = done["version"] = log_checkpoint(candidate.checkpoint, settings.model_name)
     return _tag_version(settings, version, run.info.run_id, decision, window, ranges)
 

@@ -48,6 +48,14 @@ def input_bounds(mean: np.ndarray, std: np.ndarray, max_scaled: float = MAX_SCAL
     return np.clip(mean - max_scaled * std, -f32, f32), np.clip(mean + max_scaled * std, -f32, f32)
 
 
+def interval_widths(meta: CheckpointMeta) -> dict[str, np.ndarray]:
+    """{level: (N, H) half-width in raw units} from the split-conformal widths the version carries
+    (scaled units, (H, N)); empty for a version without them."""
+    stored = (meta.extra.get("intervals") or {}).get("half_width") or {}
+    std = np.asarray(meta.scaler["std"], dtype=np.float32)[:, None]
+    return {level: (np.asarray(w, dtype=np.float32).T * std).astype(np.float32) for level, w in stored.items()}
+
+
 class Scaled(nn.Module):
     """The network between the training scaler's two halves: raw readings in, raw forecasts out."""
 
@@ -81,6 +89,7 @@ class Forecaster:
         std = torch.as_tensor(np.asarray(meta.scaler["std"], dtype=np.float32), device=self.device)
         self.net = Scaled(self.model, mean, std).eval()
         self.input_bounds = input_bounds(np.asarray(meta.scaler["mean"]), np.asarray(meta.scaler["std"]))
+        self.interval_widths = interval_widths(meta)
         self.cycle = int(meta.config.get("cycle", 0))  # W: its forecasts depend on each window's phase
         self.use_graphs = cuda_graphs and self.device.type == "cuda" and not self.cycle  # graphs take x alone
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -357,6 +357,10 @@ class ForecastCore:
             inputs_filled, step_ms = batch.inputs_filled, batch.step_ms
         steps = [step or None for step in step_ms.tolist()]  # 0: the entity's grid is still being learned
         produced = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))  # once a batch
+        widths = getattr(model, "interval_widths", None) or {}  # level → (N, H) half-width, raw units
+        bounds = None
+        if widths:  # each level's lower and upper around every forecast
+            bounds = np.stack([b for w in widths.values() for b in (per_channel - w, per_channel + w)], axis=1)
         values = self.encoder.encode(
             entities,
             slot_ts.tolist(),
@@ -366,6 +370,8 @@ class ForecastCore:
             produced,
             steps,
             inputs_filled.tolist(),
+            bounds,
+            tuple(widths),
         )
         topic = self.cfg.forecasts_topic
         out.extend(map(Outgoing, repeat(topic), [e.encode() for e in entities], values))  # keyed by entity

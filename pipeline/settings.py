@@ -148,6 +148,12 @@ class Settings(BaseSettings):
         pattern="^(record|reading)$",
         description="the window's hours count by the Kafka record's timestamp, or also by each reading's own ts",
     )
+    interval_levels: str = Field(
+        default="0.8,0.95",
+        pattern=r"^\s*(0?\.\d+\s*(,\s*0?\.\d+\s*)*)?$",
+        description="the forecast intervals a retrain calibrates (split-conformal on its holdout), comma-separated; "
+        "empty: none",
+    )
     search_max_seconds: float | None = Field(
         default=3600.0, description="a retrain's configuration search (`--trials N`) stops starting trials after this"
     )
@@ -228,6 +234,10 @@ class Settings(BaseSettings):
     @property
     def prefect_url(self) -> str:
         return self.prefect_api_url or f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def interval_level_list(self) -> list[float]:
+        return [float(x) for x in self.interval_levels.split(",") if x.strip()]
 
     @property
     def partition_list(self) -> list[int] | None:

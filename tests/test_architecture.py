@@ -19,11 +19,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "models.device": (),
     "models.data": (),
     "models.metrics": (),
+    "models.conformal": (),
     "models.train": ("models.data", "models.device"),
     "models.checkpoint": ("models.data", "models.nets"),
     "models.forecaster": ("models.checkpoint", "models.device"),  # inference: never the training loop
     "models.fit": (
         "models.checkpoint",
+        "models.conformal",
         "models.data",
         "models.device",
         "models.metrics",

@@ -191,6 +191,14 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     assert len(set(keys)) == len(ENTITIES) * (last - (L - 1)), "every reading forecast across the switch"
     versions = [d["model"]["version"] for d in sorted(forecasts.docs, key=lambda d: d["ts"])]
     assert versions[0] == "1" and versions[-1] == "3" and json.dumps(versions).count('"2"') == 0
+    # every forecast through the broker carries each version's own split-conformal intervals around it
+    for d in forecasts.docs:
+        assert set(d["intervals"]) == {"0.8", "0.95"}, d
+        for c, point in d["forecast"].items():
+            lo8, hi8 = (d["intervals"]["0.8"][side][c] for side in ("lower", "upper"))
+            lo95, hi95 = (d["intervals"]["0.95"][side][c] for side in ("lower", "upper"))
+            assert len(lo8) == len(point) == len(hi95) == H
+            assert all(a <= b <= p <= e <= f for a, b, p, e, f in zip(lo95, lo8, point, hi8, hi95, strict=True)), d
 
 
 def test_at_the_default_margin_a_better_candidate_wins_and_a_worse_one_loses_each_saying_why(

@@ -118,6 +118,29 @@ def test_a_model_with_a_cycle_forecasts_from_each_windows_time_on_its_grid(tmp_p
         core(forecaster, interval_ms=HOUR // 2)
 
 
+def test_a_version_with_intervals_sends_each_level_around_every_forecast(tmp_path) -> None:
+    """The version's split-conformal half-widths (scaled units) come out in raw units around the point."""
+    import torch
+
+    from models.checkpoint import save
+    from models.data import Scaler
+    from models.forecaster import Forecaster
+    from models.nets import build
+
+    torch.manual_seed(0)
+    half = {"0.8": [[1.0, 2.0]] * 4, "0.95": [[3.0, 4.0]] * 4}  # (H, N) per level
+    extra = {"intervals": {"score": "abs_error_scaled", "windows": 100, "half_width": half}}
+    net = build("itransformer", lookback=8, horizon=4, d_model=16, n_heads=4, d_ff=16)
+    save(tmp_path, net, CH, Scaler(np.zeros(2), np.array([10.0, 0.5])), extra=extra)
+    out, stats = core(Forecaster.from_checkpoint(tmp_path, device="cpu")).process([reading("x", s) for s in range(8)])
+    (doc,) = [orjson.loads(m.value) for m in out]
+    for c, scale, w8, w95 in (("temp", 10.0, 1.0, 3.0), ("pressure", 0.5, 2.0, 4.0)):
+        point = np.array(doc["forecast"][c])
+        for level, w in (("0.8", w8), ("0.95", w95)):
+            np.testing.assert_allclose(np.array(doc["intervals"][level]["upper"][c]) - point, w * scale, rtol=1e-5)
+            np.testing.assert_allclose(point - np.array(doc["intervals"][level]["lower"][c]), w * scale, rtol=1e-5)
+
+
 def test_an_entity_silent_past_the_ttl_is_forgotten_and_warms_up_again() -> None:
     c = core(entity_ttl_s=60.0)
     warm = c.prepare([reading("quiet", s) for s in range(4)] + [reading("busy", 0)], now_s=0.0)

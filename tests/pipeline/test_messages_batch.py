@@ -113,3 +113,41 @@ def test_the_forecast_encoder_writes_what_encode_forecast_writes(
         encode_forecast(entities[i], ts[i], channels, fc[i], *model, "2026-11-30T08:00:00Z", steps[i], filled[i])
         for i in range(forecasts)
     ]
+
+
+@FUZZ
+@given(
+    channels=st.lists(names, min_size=1, max_size=3, unique=True),
+    forecasts=st.integers(0, 4),
+    horizon=st.integers(1, 3),
+    levels=st.lists(st.sampled_from(["0.5", "0.8", "0.9", "0.95", "0.99"]), min_size=1, max_size=3, unique=True),
+    numbers=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=36, max_size=36),
+    widths=st.lists(st.floats(0, 1e6, width=32), min_size=27, max_size=27),
+)
+def test_with_intervals_the_forecast_encoder_writes_what_encode_forecast_writes(
+    channels, forecasts, horizon, levels, numbers, widths
+) -> None:
+    n, k = len(channels), forecasts
+    fc = np.array(numbers[: k * n * horizon], np.float32).reshape(k, n, horizon)
+    w = {
+        lv: np.array(widths[j * 9 : j * 9 + n * horizon], np.float32).reshape(n, horizon) for j, lv in enumerate(levels)
+    }
+    bounds = np.stack([b for lv in levels for b in (fc - w[lv], fc + w[lv])], axis=1) if k else None
+    got = ForecastEncoder(channels).encode(
+        [f"e{i}" for i in range(k)], list(range(k)), fc, "m", "1", "now", [60_000] * k, [0] * k, bounds, tuple(levels)
+    )
+    assert got == [
+        encode_forecast(
+            f"e{i}",
+            i,
+            channels,
+            fc[i],
+            "m",
+            "1",
+            "now",
+            60_000,
+            0,
+            {lv: (fc[i] - w[lv], fc[i] + w[lv]) for lv in levels},
+        )
+        for i in range(k)
+    ]
