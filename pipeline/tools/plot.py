@@ -133,6 +133,14 @@ def plot(history: EntityHistory, out: Path, last_steps: int = 240) -> dict:
             t0 = parse_ts(latest["ts"])
             horizon = np.arange(1, len(latest["forecast"][c]) + 1) * step + t0
             ax.plot(as_dt(horizon), latest["forecast"][c], "--", color="tab:orange", label="latest forecast")
+            bands = latest.get("intervals") or {}
+            for level in sorted(bands, key=float, reverse=True):  # the widest first, the narrower over it
+                band = bands[level]
+                alpha = 0.12 if float(level) >= 0.9 else 0.25
+                ax.fill_between(
+                    as_dt(horizon), band["lower"][c], band["upper"][c], color="tab:orange", alpha=alpha,
+                    lw=0, label=f"{float(level):.0%} interval",
+                )  # fmt: skip
         s = scores[c]
         title = f"{c}"
         if s["model_mae"] is not None:

@@ -43,6 +43,16 @@ def test_one_step_forecasts_meet_the_readings_they_forecast_and_score_against_pe
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_latest_forecasts_intervals_are_drawn_as_bands(tmp_path: Path) -> None:
+    readings, forecasts = docs(30)
+    point = np.array([[30.0] * 3, [50.0] * 3])
+    bands = {lv: (point - w, point + w) for lv, w in (("0.8", 1.0), ("0.95", 2.5))}
+    latest = encode_forecast("a", 30 * HOUR, ["temp", "rh"], point, "m", "2", format_ts(0), HOUR, 0, bands)
+    history = history_from_docs("a", readings, forecasts + [orjson.loads(latest)])
+    plot(history, tmp_path / "bands.png")
+    assert (tmp_path / "bands.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_jittered_readings_still_meet_their_forecasts() -> None:
     """Before, forecasts met readings by exact ts: with a jittered clock none did."""
     times, pred, actual = one_step(history_from_docs("a", *docs(30, bias=0.5, jitter=0.25)))
