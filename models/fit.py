@@ -13,7 +13,7 @@ from models.checkpoint import save
 from models.conformal import split_conformal
 from models.data import load_table, load_weather, prepare, weather_csv_path
 from models.device import pick_device
-from models.metrics import evaluate
+from models.metrics import abs_errors, evaluate
 from models.nets import NAIVE, ITransformer, ITransformerConfig
 from models.train import TrainConfig, TrainResult, train
 
@@ -30,17 +30,10 @@ class FitResult:
     sample: dict[str, np.ndarray]  # "history" (L, N), "actual" (H, N), "forecast" (H, N), raw units
 
 
-@torch.no_grad()
 def test_intervals(model: torch.nn.Module, windows, levels, device) -> dict:
     """Split-conformal half-widths from the test split's absolute errors (scaled units, as the windows
     are): windows the model never trained on, as in the retrain flow's holdout."""
-    model.eval()
-    scores = []
-    for start in range(0, len(windows), 512):
-        inputs, y = windows.inputs_for(model, torch.arange(start, min(start + 512, len(windows))))
-        pred = model(*[t if t is None else t.to(device) for t in inputs]).float().cpu()
-        scores.append((pred - y).abs().numpy())
-    widths = split_conformal(np.concatenate(scores), list(levels))
+    widths = split_conformal(abs_errors(model, windows, device), list(levels))
     return {
         "score": "abs_error_scaled",
         "windows": len(windows),

@@ -32,3 +32,18 @@ def evaluate(model: nn.Module, windows, device: torch.device | str = "cpu", batc
         count += y.shape[0] * y.shape[2]
     mse_steps, mae_steps = (se / count).tolist(), (ae / count).tolist()
     return Metrics(sum(mse_steps) / len(mse_steps), sum(mae_steps) / len(mae_steps), mse_steps, mae_steps)
+
+
+@torch.no_grad()
+def abs_errors(model: nn.Module, windows, device: torch.device | str = "cpu", batch_size: int = 512):
+    """|forecast - actual| of every window, (n, H, N), in the windows' units: conformal scores."""
+    import numpy as np
+
+    device = torch.device(device)
+    model.eval()
+    out = []
+    for start in range(0, len(windows), batch_size):
+        inputs, y = windows.inputs_for(model, torch.arange(start, min(start + batch_size, len(windows))))
+        pred = model(*[t if t is None else t.to(device) for t in inputs]).float().cpu()
+        out.append((pred - y).abs().numpy())
+    return np.concatenate(out)

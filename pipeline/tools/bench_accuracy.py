@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from models.conformal import split_conformal
 from models.data import Prepared, Split, guess_time_column, load_table, prepare, split_for
 from models.device import pick_device
-from models.metrics import evaluate
+from models.metrics import abs_errors, evaluate
 from models.nets import NAIVE, ITransformer, ITransformerConfig, Transformer, TransformerConfig
 from models.search import SearchBudget, SearchSpace, cadence_of, cycle_candidates, search
 from models.train import TrainConfig, train
@@ -70,6 +71,7 @@ class BenchRow:
     time_cap_s: float | None = None  # the explicit training budget, when one was set
     config: dict | None = None  # the network's size
     search: dict | None = None  # how the configuration was chosen (models.search.SearchResult.to_dict)
+    intervals: dict | None = None  # level → test coverage and mean half-width, calibrated on validation
 
     def to_json(self) -> dict:
         return {
@@ -83,6 +85,7 @@ class BenchRow:
             "time_cap_s": self.time_cap_s,
             "config": self.config,
             "search": self.search,
+            "intervals": self.intervals,
         }
 
 
@@ -158,9 +161,21 @@ def run_accuracy(
             log(f"training {name} for horizon {h} on {path.name} ({len(data.train)} windows, {n} channels)")
             result = train(model, data.train, data.val, cfg, desc=f"{name} H={h}")
             m = evaluate(model, data.test, device)
+            bands = interval_coverage(model, data, device)
             size = {k: v for k, v in model.cfg.to_dict().items() if k not in ("lookback", "horizon")}
             rows.append(
-                BenchRow(name, h, m.mse, m.mae, result.seconds, result.epochs, result.stopped_by, max_seconds, size)
+                BenchRow(
+                    name,
+                    h,
+                    m.mse,
+                    m.mae,
+                    result.seconds,
+                    result.epochs,
+                    result.stopped_by,
+                    max_seconds,
+                    size,
+                    intervals=bands,
+                )  # fmt: skip
             )
             log(
                 f"  {name}: MSE {m.mse:.4f} MAE {m.mae:.4f} in {result.seconds:.0f} s, {result.epochs} epochs "
@@ -185,6 +200,7 @@ def _searched(
         data.train, data.val, lookback, h, len(data.channels), budget, space=space, base=base, start_from=start, log=log
     )
     m = evaluate(found.model.to(device), data.test, device)
+    bands = interval_coverage(found.model, data, device)
     size = {k: v for k, v in found.model.cfg.to_dict().items() if k not in ("lookback", "horizon")}
     log(
         f"  itransformer (searched): MSE {m.mse:.4f} MAE {m.mae:.4f}; chosen {found.best.params} "
@@ -192,8 +208,20 @@ def _searched(
     )
     return BenchRow(
         "itransformer", h, m.mse, m.mae, found.best.seconds, found.best.epochs, "search", max_seconds, size,
-        {**found.to_dict(), "trial_log": [t.to_dict() for t in found.trials]},
+        {**found.to_dict(), "trial_log": [t.to_dict() for t in found.trials]}, bands,
     )  # fmt: skip
+
+
+def interval_coverage(model, data: Prepared, device, levels=(0.8, 0.9, 0.95)) -> dict:
+    """Split-conformal intervals calibrated on the validation split, measured on the test split: the
+    share of test values inside, and the mean half-width (scaled units), per level. Validation also
+    chose the epoch (and, searched, the configuration), so this is a slightly optimistic calibration."""
+    widths = split_conformal(abs_errors(model, data.val, device), list(levels))
+    test = abs_errors(model, data.test, device)
+    return {
+        level: {"coverage": round(float((test <= w).mean()), 4), "mean_half_width": round(float(w.mean()), 4)}
+        for level, w in widths.items()
+    }
 
 
 def _step_s(frame) -> float | None:

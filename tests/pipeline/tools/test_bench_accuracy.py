@@ -57,11 +57,18 @@ def test_bench_accuracy_standard_runs_end_to_end_on_a_slice(tmp_path, shared_dat
             "time_cap_s",
             "config",
             "search",
+            "intervals",
         }
     transformer = next(r for r in doc["results"] if r["model"] == "transformer")
     assert transformer["config"]["d_model"] == 512 and transformer["config"]["d_ff"] == 2048
     assert transformer["config"]["n_time_features"] == 4  # hourly ETTh1: hour, weekday, day of month, day of year
     assert transformer["stopped_by"] == "epochs" and transformer["time_cap_s"] is None
+    for r in doc["results"]:  # calibrated on validation, measured on test: a share, and a width that grows
+        if r["model"] in ("itransformer", "transformer"):
+            bands = r["intervals"]
+            # 17 validation windows on this slice: 0.95 would need 19, so it is left out
+            assert set(bands) == {"0.8", "0.9"} and all(0 <= b["coverage"] <= 1 for b in bands.values())
+            assert 0 < bands["0.8"]["mean_half_width"] <= bands["0.9"]["mean_half_width"]
 
 
 def test_a_two_trial_search_chooses_on_validation_and_scores_the_choice_once(tmp_path, shared_data) -> None:
