@@ -52,6 +52,7 @@ bench: install  ## JSON results under bench-results/
 	$(VENV)/bin/sensorcast bench accuracy --protocol standard --dataset exchange --horizons 96 --json bench-results/accuracy-exchange.json
 	$(VENV)/bin/sensorcast bench accuracy --protocol standard --dataset etth1 --horizons 96 --json bench-results/accuracy-etth1.json
 	$(VENV)/bin/sensorcast bench accuracy --protocol seed --dataset exchange --json bench-results/accuracy-seed.json
+	$(VENV)/bin/sensorcast bench intervals --plot bench-results/interval-coverage.png --json bench-results/intervals.json
 	$(VENV)/bin/sensorcast bench latency --json bench-results/latency.json
 	$(VENV)/bin/sensorcast bench retrain --json bench-results/retrain.json
 

@@ -199,6 +199,56 @@ def train_cmd(
     Console().print(table)
 
 
+@bench_app.command("intervals")
+def bench_intervals(
+    dataset: str = typer.Option("etth1", help="etth1, exchange, weather or a PATH"),
+    shift_sigma: float = typer.Option(2.0, help="the level shift from the test split's middle on, in training σ"),
+    gamma: float = typer.Option(0.05, help="the adaptive method's step size"),
+    window: int = typer.Option(500, help="the rolling method's window of outcomes"),
+    epochs: int = typer.Option(10, help="training epochs of the iTransformer"),
+    horizon: int = typer.Option(24),
+    shared_data: Optional[Path] = typer.Option(None, envvar="SENSORCAST_SHARED_DATA"),
+    plot: Path = typer.Option(Path("bench-results/interval-coverage.png"), help="the coverage-over-time plot"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+) -> None:
+    """Static, rolling and adaptive conformal intervals side by side on one replayed stream with a level shift."""
+    from models.data import DataError, resolve_dataset, shared_data_dir
+    from pipeline.tools.bench_intervals import run_intervals
+
+    try:
+        path = resolve_dataset(dataset, shared_data or shared_data_dir())
+        doc = run_intervals(
+            path, horizon=horizon, shift_sigma=shift_sigma, gamma=gamma, window=window, epochs=epochs, plot=plot,
+            log=lambda m: console.print(m),
+        )  # fmt: skip
+    except DataError as e:
+        _fail(str(e))
+    table = Table(
+        title=f"intervals on {path.name}, a {shift_sigma:g} σ level shift at window {doc['shift_onset_window']}"
+    )
+    for col in ("method", "level", "coverage", "before", "after", "first week after", "back within ±5", "half-width"):
+        table.add_column(col)
+    for method, by_level in doc["results"].items():
+        for level, r in by_level.items():
+            back = r["windows_to_within_5_points"]
+            cells = (
+                r["coverage"],
+                r["coverage_before_shift"],
+                r["coverage_after_shift"],
+                r["coverage_first_week_after_shift"],
+            )
+            table.add_row(
+                method, level, *(f"{c:.3f}" for c in cells), "never" if back is None else f"{back} windows",
+                f"{r['mean_half_width']:.3f}",
+            )  # fmt: skip
+    Console().print(table)
+    console.print(f"coverage plot: {doc['plot']}")
+    if json_path:
+        from pipeline.tools.bench_latency import machine
+
+        _write_json(json_path, {"machine": machine(), **doc})
+
+
 @bench_app.command("accuracy")
 def bench_accuracy(
     protocol: str = typer.Option("standard", help="seed (L=10, H=1, 80/20, raw) or standard (TSLib: L=96, scaled)"),

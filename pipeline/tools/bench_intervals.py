@@ -1,0 +1,176 @@
+"""`sensorcast bench intervals`: three ways to keep a forecast interval calibrated, side by side on one
+stream with a level shift.
+
+The iTransformer is trained on a real data set (ETTh1 by default) and its test split is replayed in
+time order as a stream, with every channel shifted by `shift_sigma` training σ from the test split's
+middle on (a recalibrated sensor, a moved site: what drift looks like). Each forecast's interval is
+issued when it is made, and each horizon step's outcome is learned only when its reading arrives, k
+steps later. The three methods, per level, horizon step and channel:
+- static: split-conformal on the validation split, never changed (what a version carries);
+- rolling: the conformal quantile of the last `window` outcomes (darts' ConformalNaiveModel way);
+- adaptive: the static width times exp(θ), θ moved by every outcome (models.conformal.AdaptiveWidths).
+Reported: coverage over the whole run, before the shift and after it; the trailing coverage over time
+(a plot), its low after the shift and how many windows after the shift it is back within ±5 points;
+mean width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from models.conformal import AdaptiveWidths, split_conformal
+from models.data import load_table, prepare, split_for
+from models.metrics import abs_errors
+from models.nets import ITransformer, ITransformerConfig
+from models.train import TrainConfig, train
+
+TRAILING = 168  # windows in the trailing coverage (a week of hourly readings)
+
+
+def shifted(frame, channels: list[str], start_row: int, sigma: np.ndarray):
+    """The frame with every channel moved by `sigma` from `start_row` on."""
+    import polars as pl
+
+    after = pl.int_range(0, frame.height) >= start_row
+    return frame.with_columns(
+        [pl.when(after).then(pl.col(c) + float(s)).otherwise(pl.col(c)) for c, s in zip(channels, sigma, strict=True)]
+    )
+
+
+def replay(scores: np.ndarray, static: dict[str, np.ndarray], calib: np.ndarray, window: int, gamma: float) -> dict:
+    """Hits per method and level, (T, H, N), and the widths issued, for test `scores` (T, H, N) in time
+    order; window t's step k is learned at time t + k."""
+    T, H, N = scores.shape
+    methods = {"static": {}, "rolling": {}, "adaptive": {}}
+    adaptive = AdaptiveWidths(static, gamma)
+    history = list(calib[-window:])  # the rolling method starts from the calibration set's last scores
+    issued = {m: {lv: np.empty((T, H, N)) for lv in static} for m in methods}
+    for t in range(T):
+        # issue window t's intervals with what is known now
+        current = adaptive.current()
+        recent = np.sort(np.asarray(history[-window:]), axis=0)  # once for every level
+        for level, w in static.items():
+            issued["static"][level][t] = w
+            issued["adaptive"][level][t] = current[level]
+            rank = math.ceil((len(recent) + 1) * float(level))
+            issued["rolling"][level][t] = recent[min(rank, len(recent)) - 1]
+        # learn the outcomes that arrive at t: window t - k's step k
+        arrived = np.zeros((H, N), dtype=bool)
+        latest = np.zeros((H, N))
+        missed = {lv: np.zeros((H, N), dtype=bool) for lv in static}
+        for k in range(H):
+            j = t - k
+            if j < 0:
+                break
+            arrived[k] = True
+            latest[k] = scores[j, k]
+            for level in static:
+                missed[level][k] = scores[j, k] > issued["adaptive"][level][j, k]
+        adaptive.update(missed, arrived)
+        if arrived.all():  # one full set of outcomes per step for the rolling window
+            history.append(latest)
+    return {m: {lv: scores <= issued[m][lv] for lv in static} for m in methods} | {"widths": issued}
+
+
+def trailing_coverage(hits: np.ndarray) -> np.ndarray:
+    """Coverage over the last TRAILING windows at each window from the TRAILING-th on."""
+    return np.convolve(hits.mean(axis=(1, 2)), np.ones(TRAILING) / TRAILING, mode="valid")
+
+
+def after_shift(hits: np.ndarray, level: float, onset: int, band: float = 0.05) -> dict:
+    """In the two weeks after the shift: the trailing coverage's low, and how many windows after the
+    onset it is back within ±band of the level (0: it never left)."""
+    trailing = trailing_coverage(hits)  # entry i covers windows i .. i + TRAILING - 1
+    soon = trailing[onset : onset + 2 * TRAILING]
+    low = int(np.argmin(soon))
+    if abs(soon[low] - level) <= band:
+        return {"trailing_low": round(float(soon[low]), 4), "windows_to_within_5_points": 0}
+    back = np.flatnonzero(np.abs(trailing[onset + low :] - level) <= band)
+    return {
+        "trailing_low": round(float(soon[low]), 4),
+        "windows_to_within_5_points": int(low + back[0] + TRAILING) if len(back) else None,
+    }
+
+
+def run_intervals(
+    path: Path,
+    lookback: int = 96,
+    horizon: int = 24,
+    shift_sigma: float = 2.0,
+    levels: tuple[float, ...] = (0.8, 0.9),
+    gamma: float = 0.05,
+    window: int = 500,
+    epochs: int = 10,
+    plot: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    frame = load_table(path)
+    split = split_for(path, frame.height, lookback)
+    clean = prepare(frame, lookback, horizon, split, path_hint=path)
+    test_rows = split.test[1] - (split.test[0] + lookback)
+    onset_row = split.test[0] + lookback + test_rows // 2
+    sigma = shift_sigma * np.asarray(clean.scaler.std)
+    data = prepare(shifted(frame, clean.channels, onset_row, sigma), lookback, horizon, split, path_hint=path)
+    model = ITransformer(ITransformerConfig(lookback, horizon, d_model=256, n_heads=8, e_layers=2, d_ff=256))
+    log(f"training the iTransformer on {path.name} (L={lookback}, H={horizon}), then replaying its test split")
+    train(model, data.train, data.val, TrainConfig(epochs=epochs, lr=1e-4, schedule="halve", patience=3))
+    calib = abs_errors(model, data.val)
+    scores = abs_errors(model, data.test)  # window t forecasts rows t + L .. t + L + H - 1 of the test split
+    static = split_conformal(calib, list(levels))
+    onset = max(0, onset_row - split.test[0] - lookback - horizon + 1)  # the first window with a shifted target
+    hits = replay(scores, static, calib, window, gamma)
+    widths = hits.pop("widths")
+    results = {}
+    for method, by_level in hits.items():
+        for level, h in by_level.items():
+            results.setdefault(method, {})[level] = {
+                "coverage": round(float(h.mean()), 4),
+                "coverage_before_shift": round(float(h[:onset].mean()), 4),
+                "coverage_after_shift": round(float(h[onset:].mean()), 4),
+                "coverage_first_week_after_shift": round(float(h[onset : onset + TRAILING].mean()), 4),
+                **after_shift(h, float(level), onset),
+                "mean_half_width": round(float(widths[method][level].mean()), 4),
+            }
+    doc = {
+        "dataset": str(path),
+        "lookback": lookback,
+        "horizon": horizon,
+        "shift_sigma": shift_sigma,
+        "windows": int(scores.shape[0]),
+        "shift_onset_window": int(onset),
+        "gamma": gamma,
+        "rolling_window": window,
+        "results": results,
+    }
+    if plot is not None:
+        doc["plot"] = str(coverage_plot(hits, onset, plot, float(sorted(levels)[-1])))
+    return doc
+
+
+def coverage_plot(hits: dict, onset: int, path: Path, level: float) -> Path:
+    """Trailing coverage of each method over the stream at one level, the shift marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = next(k for k in hits["static"] if float(k) == level)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for method, color in (("static", "tab:red"), ("rolling", "tab:green"), ("adaptive", "tab:blue")):
+        trailing = trailing_coverage(hits[method][key])
+        ax.plot(np.arange(TRAILING - 1, TRAILING - 1 + len(trailing)), trailing, color=color, label=method)
+    ax.axhline(level, color="black", lw=1, ls="--", label=f"nominal {level:.0%}")
+    ax.axhspan(level - 0.05, level + 0.05, color="0.9", zorder=0)
+    ax.axvline(onset, color="0.4", lw=1, ls=":", label="level shift")
+    ax.set_xlabel("forecast window (hours into the test split)")
+    ax.set_ylabel(f"coverage, trailing {TRAILING} windows")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
