@@ -5,8 +5,9 @@ and reports its validation loss after every epoch, so the median pruner stops tr
 others. A configuration whose forward pass at batch 256 is over the serving budget is not eligible
 and never trains. The test split is never seen here: the caller scores the chosen model once.
 
-The chosen model is the best trial's own weights. Training is seeded and deterministic on CPU, so a
-second training of the same configuration would give the same weights again; keeping them saves it.
+The chosen model is the best trial's own weights: the model the search judged, without a second
+training (which would cost as much again, and multi-threaded CPU training drifts in the last digits
+between runs).
 
 >>> from models.data import Windows
 >>> import numpy as np
