@@ -77,8 +77,8 @@ class BenchRow:
         return {
             "model": self.model,
             "horizon": self.horizon,
-            "mse": round(self.mse, 6),
-            "mae": round(self.mae, 6),
+            "mse": float(f"{self.mse:.6g}"),  # significant digits: seed-protocol MSEs are ~1e-5
+            "mae": float(f"{self.mae:.6g}"),
             "train_seconds": round(self.train_seconds, 2),
             "epochs": self.epochs,
             "stopped_by": self.stopped_by,
