@@ -178,12 +178,10 @@ def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
     from models.conformal import split_conformal
 
     std = np.asarray(candidate.scaler.std, dtype=np.float32)
-    scores = []
+    net, scores = candidate.raw_net(), []
     with torch.no_grad():
         for start in range(0, len(holdout), 512):
-            pred, y = forecast_windows(
-                candidate.raw_net(), holdout, torch.arange(start, min(start + 512, len(holdout)))
-            )
+            pred, y = forecast_windows(net, holdout, torch.arange(start, min(start + 512, len(holdout))))
             scores.append((pred.float() - y).abs().numpy() / std)  # (B, H, N)
     widths = split_conformal(np.concatenate(scores), levels)
     return {

@@ -340,7 +340,13 @@ class ForecastCore:
         stats.inference_s = inference_s
         stats.batch_rows = len(batch.rows)
         per_channel = pred.transpose(0, 2, 1)  # (B, N, H): rows go out as lists
+        widths = getattr(model, "interval_widths", None) or {}  # level → (N, H) half-width, raw units
+        bounds = None
+        if widths:  # each level's lower and upper around every forecast, (B, 2·levels, N, H)
+            bounds = np.stack([b for w in widths.values() for b in (per_channel - w, per_channel + w)], axis=1)
         finite = np.isfinite(per_channel).all(axis=(1, 2))
+        if bounds is not None:
+            finite &= np.isfinite(bounds).all(axis=(1, 2, 3))
         rows, entities, slot_ts = batch.rows, batch.entities, batch.slot_ts
         if not finite.all():
             for j in np.flatnonzero(~finite).tolist():
@@ -351,16 +357,13 @@ class ForecastCore:
                 )
                 self._dead_letter(bad, batch.records[rows[j]], out, stats)
             rows, slot_ts, per_channel = rows[finite], slot_ts[finite], per_channel[finite]
+            bounds = bounds[finite] if bounds is not None else None
             entities = [e for e, ok in zip(entities, finite.tolist(), strict=True) if ok]
             inputs_filled, step_ms = batch.inputs_filled[finite], batch.step_ms[finite]
         else:
             inputs_filled, step_ms = batch.inputs_filled, batch.step_ms
         steps = [step or None for step in step_ms.tolist()]  # 0: the entity's grid is still being learned
         produced = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))  # once a batch
-        widths = getattr(model, "interval_widths", None) or {}  # level → (N, H) half-width, raw units
-        bounds = None
-        if widths:  # each level's lower and upper around every forecast
-            bounds = np.stack([b for w in widths.values() for b in (per_channel - w, per_channel + w)], axis=1)
         values = self.encoder.encode(
             entities,
             slot_ts.tolist(),
