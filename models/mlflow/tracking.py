@@ -70,6 +70,8 @@ def search_plot(found: SearchResult, path: Path) -> Path:
     colors = {"complete": "tab:blue", "pruned": "0.6", "diverged": "tab:red"}
     for state, color in colors.items():
         ran = [t for t in found.trials if t.state == state and t.val_loss is not None]
+        if not ran:
+            continue
         ax.scatter([t.number for t in ran], [t.val_loss for t in ran], color=color, label=state, s=24)
     ax.scatter([found.best.number], [found.best.val_loss], marker="*", s=160, color="tab:orange", label="chosen")
     ax.set_xlabel("trial")
