@@ -210,6 +210,8 @@ def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None
         space = replace(space, cycle=(0, *periods))
     n_variates = train_parts[0].shape[1]
     preset = {"dropout": 0.1, **PRESETS["serving"]}  # the preset's dropout is the config's default
+    if space.cycle != (0,):
+        preset["cycle"] = 0  # trial 0 is the preset exactly: no cycle
     budget = SearchBudget(trials, settings.search_max_seconds, settings.search_max_forward_ms)
     found = search(
         train_w, val_w, settings.lookback, settings.horizon, n_variates, budget,
