@@ -175,7 +175,7 @@ def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
     import torch
 
     from flows.gate import forecast_windows
-    from models.conformal import split_conformal
+    from models.conformal import calibration
 
     std = np.asarray(candidate.scaler.std, dtype=np.float32)
     net, scores = candidate.raw_net(), []
@@ -183,12 +183,7 @@ def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
         for start in range(0, len(holdout), 512):
             pred, y = forecast_windows(net, holdout, torch.arange(start, min(start + 512, len(holdout))))
             scores.append((pred.float() - y).abs().numpy() / std)  # (B, H, N)
-    widths = split_conformal(np.concatenate(scores), levels)
-    return {
-        "score": "abs_error_scaled",
-        "windows": len(holdout),
-        "half_width": {k: v.tolist() for k, v in widths.items()},
-    }
+    return calibration(np.concatenate(scores), levels)
 
 
 def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None, cfg, trials: int):
@@ -199,15 +194,13 @@ def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None
 
     from models.device import pick_device
     from models.nets import PRESETS
-    from models.search import SearchBudget, SearchSpace, cadence_of, cycle_candidates, search
+    from models.search import SearchBudget, SearchSpace, search
     from models.train import TrainResult
 
     space = SearchSpace()
     space = replace(space, epochs=tuple(sorted({*space.epochs, cfg.epochs})))
     if grid:
-        longest = max(train_parts, key=len)
-        periods = [w for w in cycle_candidates(longest, cadence_of(grid["interval_ms"] / 1000)) if w > 1]
-        space = replace(space, cycle=(0, *periods))
+        space = space.with_cycles(max(train_parts, key=len), grid["interval_ms"] / 1000)
     n_variates = train_parts[0].shape[1]
     preset = {"dropout": 0.1, **PRESETS["serving"]}  # the preset's dropout is the config's default
     if space.cycle != (0,):

@@ -40,6 +40,18 @@ def split_conformal(scores: np.ndarray, levels: list[float]) -> dict[str, np.nda
     return out
 
 
+def calibration(scores: np.ndarray, levels: list[float]) -> dict:
+    """What a version stores of its intervals (checkpoint `extra["intervals"]`, read back by
+    `models.forecaster.interval_widths`): the half-widths of `scores` (n, H, N), absolute errors in
+    the training scaler's units, per level."""
+    widths = split_conformal(scores, levels)
+    return {
+        "score": "abs_error_scaled",
+        "windows": int(scores.shape[0]),
+        "half_width": {k: v.tolist() for k, v in widths.items()},
+    }
+
+
 def coverage(actual: np.ndarray, forecast: np.ndarray, half_width: np.ndarray) -> float:
     """The share of values within forecast ± half_width (arrays that broadcast together)."""
     return float((np.abs(actual - forecast) <= half_width).mean())

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import save
-from models.conformal import split_conformal
+from models.conformal import calibration
 from models.data import load_table, load_weather, prepare, weather_csv_path
 from models.device import pick_device
 from models.metrics import abs_errors, evaluate
@@ -33,12 +33,7 @@ class FitResult:
 def test_intervals(model: torch.nn.Module, windows, levels, device) -> dict:
     """Split-conformal half-widths from the test split's absolute errors (scaled units, as the windows
     are): windows the model never trained on, as in the retrain flow's holdout."""
-    widths = split_conformal(abs_errors(model, windows, device), list(levels))
-    return {
-        "score": "abs_error_scaled",
-        "windows": len(windows),
-        "half_width": {k: v.tolist() for k, v in widths.items()},
-    }
+    return calibration(abs_errors(model, windows, device), list(levels))
 
 
 def fit_checkpoint(

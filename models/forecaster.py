@@ -166,21 +166,19 @@ class Forecaster:
         last reading on the grid: a model with a cycle needs it (its phase), others ignore it."""
         if x.ndim != 3 or x.shape[1] != self.lookback or x.shape[2] != len(self.channels):
             raise ValueError(f"expected (batch, {self.lookback}, {len(self.channels)}), got {x.shape}")
+        phase: tuple[torch.Tensor, ...] = ()  # the net's second input, for a model with a cycle
         if self.cycle:
             if slot_ts is None or len(slot_ts) != x.shape[0]:
                 raise ValueError("this model has a cycle: pass slot_ts, the time of each window's last reading")
-            inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-            phase = torch.from_numpy(self.phases(slot_ts)).to(self.device)
-            out = self.scripted(inputs, phase) if self.scripted is not None else self._forward(inputs, phase)
-            return out.float().cpu().numpy()
-        if self.use_graphs and self._bucket(x.shape[0]) is not None:
+            phase = (torch.from_numpy(self.phases(slot_ts)).to(self.device),)
+        if self.use_graphs and self._bucket(x.shape[0]) is not None:  # never with a cycle: graphs take x alone
             try:
                 return self._predict_graph(x)
             except RuntimeError as e:  # a capture the driver refuses: serve eagerly, never fail
                 log.warning("CUDA graph replay failed (%s); running eagerly from now on", e)
                 self.use_graphs = False
         inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        out = self.scripted(inputs) if self.scripted is not None else self._forward(inputs)
+        out = self.scripted(inputs, *phase) if self.scripted is not None else self._forward(inputs, *phase)
         return out.float().cpu().numpy()
 
     # -- CUDA: fixed-size buckets, captured graphs, pinned staging buffers ---------------------------

@@ -74,6 +74,11 @@ class SearchSpace:
         }
         return net, fit
 
+    def with_cycles(self, train: np.ndarray, step_s: float | None) -> SearchSpace:
+        """This space offering, beside no cycle, the periods the training data (T, N) and its grid's
+        step suggest (`cycle_candidates`, `cadence_of`)."""
+        return replace(self, cycle=(0, *cycle_candidates(train, cadence_of(step_s))))
+
     @staticmethod
     def point(net: dict, fit: TrainConfig) -> dict:
         """A known configuration as values of the space's parameters (to enqueue as a trial)."""

@@ -20,7 +20,7 @@ from models.data import Prepared, Split, guess_time_column, load_table, prepare,
 from models.device import pick_device
 from models.metrics import abs_errors, evaluate
 from models.nets import NAIVE, ITransformer, ITransformerConfig, Transformer, TransformerConfig
-from models.search import SearchBudget, SearchSpace, cadence_of, cycle_candidates, search
+from models.search import SearchBudget, SearchSpace, search
 from models.train import TrainConfig, train
 
 NETWORKS = ("itransformer", "transformer")
@@ -192,7 +192,7 @@ def _searched(
     base = replace(train_cfg or default_train_config("itransformer", protocol), max_seconds=max_seconds)
     space = space or SearchSpace()
     if space.cycle == (0,) and cycle_from is not None:  # the periods worth trying, from the train split alone
-        space = replace(space, cycle=(0, *cycle_candidates(cycle_from[0], cadence_of(cycle_from[1]))))
+        space = space.with_cycles(*cycle_from)
         log(f"  cycle periods to try: {space.cycle[1:] or 'none'} (0: no cycle)")
     paper = itransformer_for(lookback, h, len(data.channels), protocol).cfg.to_dict()
     start = SearchSpace.point(paper, base) if base.epochs in space.epochs else None  # the paper's, first

@@ -107,21 +107,18 @@ def test_bench_accuracy_seed_protocol_says_persistence_is_hard_to_beat(tmp_path,
     assert any("persistence" in n for n in doc["notes"])
 
 
+def _refused(*args: str) -> str:
+    """stderr of `bench accuracy ARGS`, which must exit 1."""
+    cmd = [sys.executable, "-m", "pipeline.tools.cli", "bench", "accuracy", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res.stderr[-2000:]
+    return res.stderr
+
+
 def test_an_unknown_model_is_a_clear_error() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "pipeline.tools.cli", "bench", "accuracy", "--models", "itransformer,prophet"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert res.returncode == 1 and "prophet" in res.stderr and "persistence" in res.stderr
+    stderr = _refused("--models", "itransformer,prophet")
+    assert "prophet" in stderr and "persistence" in stderr
 
 
 def test_unknown_protocol_is_a_clear_error() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "pipeline.tools.cli", "bench", "accuracy", "--protocol", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert res.returncode == 1 and "unknown protocol" in res.stderr
+    assert "unknown protocol" in _refused("--protocol", "nope")
