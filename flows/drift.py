@@ -29,6 +29,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from flows.coverage import CoverageTracker
 from pipeline.timegrid import Grid, GridError, infer_grid
 
 DRIFT_EVENT = "sensorcast.drift"  # the Prefect event the monitor emits and the retrain deployment's trigger expects
@@ -43,7 +46,8 @@ def drift_resource(model_name: str) -> str:
 class _Entity:
     grid: Grid | None = None
     times_ms: list[int] = field(default_factory=list)  # the first readings' times, until the grid is known
-    pending: dict[int, list[tuple[str, float, float]]] = field(default_factory=dict)  # due slot → (ch, pred, last)
+    # due slot → (channel, prediction, last reading, horizon step, published bounds or None)
+    pending: dict[int, list[tuple[str, float, float, int, tuple | None]]] = field(default_factory=dict)
     errors: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of the model
     naive: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of persistence
     above: int = 0  # consecutive scored readings over the threshold
@@ -70,6 +74,7 @@ class DriftTracker:
         self._last_values: dict[str, dict[str, float]] = {}  # entity → its latest reading: persistence's forecast
         self.fired_at: float | None = None
         self.fired_entity: str | None = None
+        self.coverage: CoverageTracker | None = None  # set by the monitor: published intervals are scored too
 
     def _entity(self, entity: str, now_s: float | None) -> _Entity:
         e = self.entities.get(entity)
@@ -88,9 +93,12 @@ class DriftTracker:
         forecast: dict[str, list[float]],
         step_s: float | None = None,
         now_s: float | None = None,
+        intervals: dict | None = None,
     ) -> None:
         """A forecast made after the reading at `ts` (seconds; the forecast's slot on the grid), whose
-        steps are `step_s` apart: its steps wait for the readings that land in their slots."""
+        steps are `step_s` apart: its steps wait for the readings that land in their slots. Its
+        `intervals` (the wire's {level: {"lower": {ch: [H]}, "upper": ...}}) are scored by
+        `self.coverage` when it is set and measures these levels and this horizon."""
         e = self._entity(entity, now_s)
         ts_ms = round(ts * 1000)
         if step_s:
@@ -101,10 +109,27 @@ class DriftTracker:
             return
         last = self._last_values.get(entity, {})
         base = e.grid.slot(ts_ms)
-        for k in range(len(next(iter(forecast.values()), []))):
+        horizon = len(next(iter(forecast.values()), []))
+        bounds = self._bounds(intervals, forecast, horizon)
+        for k in range(horizon):
             e.pending.setdefault(base + k + 1, []).extend(
-                (c, forecast[c][k], last.get(c, float("nan"))) for c in forecast
+                (c, forecast[c][k], last.get(c, float("nan")), k, bounds[c][k] if bounds else None) for c in forecast
             )
+
+    def _bounds(self, intervals: dict | None, forecast: dict, horizon: int) -> dict[str, list[tuple]] | None:
+        """{channel: [each step's (lower, upper, lower, upper, ...) over the levels]}, or None when
+        there is nothing to score (no tracker, no intervals, or levels and horizon it does not measure)."""
+        cov = self.coverage
+        if cov is None or not isinstance(intervals, dict) or not cov.fits(intervals, horizon):
+            return None
+        try:
+            sides = [intervals[level][side] for level in cov.levels for side in ("lower", "upper")]
+            per_channel = {c: np.array([side[c] for side in sides], dtype=np.float64) for c in forecast}
+        except (KeyError, TypeError, ValueError):  # a malformed interval is not scored
+            return None
+        if any(a.shape != (len(sides), horizon) for a in per_channel.values()):
+            return None
+        return {c: [tuple(col) for col in a.T.tolist()] for c, a in per_channel.items()}
 
     def on_reading(self, entity: str, ts: float, values: dict[str, float], now_s: float) -> bool:
         """Score every pending step due in the slot of `ts`; returns True when this reading makes drift fire."""
@@ -122,11 +147,13 @@ class DriftTracker:
         slot = e.grid.slot(ts_ms)
         self._last_values[entity] = dict(values)
         scored = False
-        for channel, pred, last in e.pending.pop(slot, []):
+        for channel, pred, last, k, bounds in e.pending.pop(slot, []):
             if channel in values:
                 e.errors[channel].append(abs(values[channel] - pred))
                 e.naive[channel].append(abs(values[channel] - last))
                 scored = True
+                if bounds is not None and self.coverage is not None:
+                    self.coverage.observe(k, channel, values[channel], bounds)
         for due in [d for d in e.pending if d < slot]:  # steps whose reading never came (a gap): drop them
             del e.pending[due]
         if not scored:

@@ -6,6 +6,11 @@ when drift fires, emits the Prefect event `sensorcast.drift`, at most once per c
 the retrain deployment's trigger turns it into a run. The yardstick is the champion's per-channel
 holdout MAE, tagged on its version by the retrain flow, and it follows the models topic: a promotion
 changes the yardstick at once.
+
+It also scores the champion's published intervals (`flows.coverage`): coverage and width per level,
+channel and step, as Prometheus gauges and in its MLflow run; and every `calibration_every_s` it
+adapts them (ACI) and publishes the multipliers to the compacted calibration topic, keyed by version,
+where the service picks them up. A restarted monitor resumes from its version's last publication.
 """
 
 from __future__ import annotations
@@ -19,11 +24,25 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
 import orjson
 
+from flows.coverage import CoverageTracker
 from flows.drift import DRIFT_EVENT, DriftTracker, drift_resource
 from pipeline.kafka import TopicFollower
-from pipeline.messages import BadReading, TimePolicy, check_key, parse_reading, parse_ts
+from pipeline.messages import (
+    BadCalibration,
+    BadReading,
+    Calibration,
+    TimePolicy,
+    calibration_key,
+    check_key,
+    encode_calibration,
+    format_ts,
+    parse_calibration,
+    parse_reading,
+    parse_ts,
+)
 from pipeline.records import Record
 from pipeline.settings import Settings
 
@@ -52,6 +71,43 @@ def mae_ratio_gauge(registry=None):
         ["entity", "channel", "model"],
         registry=registry or REGISTRY,
     )
+
+
+class CoverageGauges:
+    """The monitor's interval gauges: coverage and mean width per level, channel and horizon step,
+    over the rolling window and since start, and the multiplier the service is told to apply."""
+
+    def __init__(self, registry=None):
+        from prometheus_client import REGISTRY, Gauge
+
+        labels, registry = ["level", "channel", "step", "window"], registry or REGISTRY
+        self.coverage = Gauge(
+            "sensorcast_interval_coverage", "share of readings inside the published interval", labels, registry=registry
+        )
+        self.width = Gauge(
+            "sensorcast_interval_width", "mean width of the published interval (raw units)", labels, registry=registry
+        )
+        self.multiplier = Gauge(
+            "sensorcast_interval_multiplier",
+            "the adapted multiplier of the version's split-conformal half-width",
+            labels[:3],
+            registry=registry,
+        )
+
+    def export(self, cov: CoverageTracker) -> None:
+        for window, rolling in (("rolling", True), ("total", False)):
+            for gauge, values in ((self.coverage, cov.coverage(rolling)), (self.width, cov.width(rolling))):
+                for level, grid in values.items():
+                    for (k, n), v in np.ndenumerate(grid):
+                        if np.isfinite(v):
+                            gauge.labels(level, cov.channels[n], str(k + 1), window).set(float(v))
+        for level, grid in cov.multipliers().items():
+            for (k, n), v in np.ndenumerate(grid):
+                self.multiplier.labels(level, cov.channels[n], str(k + 1)).set(float(v))
+
+    def clear(self) -> None:
+        for gauge in (self.coverage, self.width, self.multiplier):
+            gauge.clear()
 
 
 def emit_drift_event(settings: Settings, detail: dict) -> None:
@@ -167,8 +223,13 @@ class DriftMonitor:
         reference: Callable[[], tuple[str, dict[str, float]]] | None = None,
         on_champion: Callable[[str], None] | None = None,
         ttl_s: float | None = None,
+        publish: Callable[[bytes, bytes], None] | None = None,
+        coverage_gauges: CoverageGauges | None = None,
+        coverage_window: int = 1000,
     ):
         self.settings, self.on_drift, self.metrics = settings, on_drift, metrics
+        self.publish, self.coverage_gauges, self.coverage_window = publish, coverage_gauges, coverage_window
+        self.published: dict[str, Calibration] = {}  # version → its latest calibration on the topic
         self.version, self.reference, self.on_champion, self.ttl_s = version, reference, on_champion, ttl_s
         self._tracker_args = (window, threshold, patience, cooldown_s)
         self.tracker = DriftTracker(list(reference_mae), reference_mae, *self._tracker_args)
@@ -180,11 +241,16 @@ class DriftMonitor:
         self.followers = [
             TopicFollower(s, topic, lambda r, t=topic: self.inbox.put((t, r)), whole_records=True)
             for topic in (s.readings_topic, s.forecasts_topic, s.models_topic)
-        ]
+        ] + [  # the compacted topic from its start: a restarted monitor resumes its version's multipliers
+            TopicFollower(s, s.calibration_topic, lambda r: self.inbox.put((s.calibration_topic, r)), since_ms=0,
+                          whole_records=True)
+        ]  # fmt: skip
 
     def handle(self, topic: str, record: Record, now_s: float) -> None:
         if topic == self.settings.models_topic:
             self._announced(record.value)
+        elif topic == self.settings.calibration_topic:
+            self._calibration(record.value)
         elif topic == self.settings.forecasts_topic:
             self._forecast(record.value, now_s)
         else:
@@ -215,6 +281,8 @@ class DriftMonitor:
         self.tracker = DriftTracker(list(mae), mae, *self._tracker_args)
         if self.metrics is not None:
             self.metrics.clear()
+        if self.coverage_gauges is not None:
+            self.coverage_gauges.clear()
         if self.on_champion is not None:
             self.on_champion(version)
         return True
@@ -227,7 +295,70 @@ class DriftMonitor:
             return
         step = doc.get("step_ms")
         step_s = step / 1000 if isinstance(step, int | float) and not isinstance(step, bool) and step > 0 else None
-        self.tracker.on_forecast(entity, ts, doc.get("forecast", {}), step_s, now_s)
+        forecast, intervals = doc.get("forecast", {}), doc.get("intervals")
+        if isinstance(intervals, dict) and intervals and isinstance(forecast, dict) and forecast:
+            model = doc.get("model")
+            version = str(model.get("version")) if isinstance(model, dict) else None
+            if self.version is not None and version != self.version:
+                intervals = None  # another version's: its misses say nothing of the champion's multipliers
+            elif self.tracker.coverage is None:
+                self._start_coverage(list(intervals), len(next(iter(forecast.values()))))
+        self.tracker.on_forecast(entity, ts, forecast, step_s, now_s, intervals)
+
+    def _start_coverage(self, levels: list[str], horizon: int) -> None:
+        """Score the champion's intervals from its first forecast with them on, from its last
+        published multipliers if there are any (a restarted monitor), else from its static widths."""
+        cov = CoverageTracker(
+            self.tracker.channels, levels, horizon, self.coverage_window, self.settings.calibration_gamma
+        )
+        self.tracker.coverage = cov
+        self._resume(cov)
+
+    def _resume(self, cov: CoverageTracker) -> None:
+        cal = self.published.get(str(self.version))
+        if cal is None or cov.ticks:
+            return
+        scales = cal.scales(cov.channels, cov.horizon)  # (N, H) per level
+        for i, level in enumerate(cov.levels):
+            if level in scales:
+                cov.theta[i] = np.log(scales[level].T)
+        log.info("v%s's intervals resume from the multipliers published %s", self.version, cal.updated_at)
+
+    def _calibration(self, value: bytes | None) -> None:
+        try:
+            cal = parse_calibration(value)
+        except BadCalibration:
+            return
+        if cal.name == self.settings.model_name:
+            self.published[cal.version] = cal
+            if cal.version == self.version and self.tracker.coverage is not None:
+                self._resume(self.tracker.coverage)
+
+    def calibrate(self, now_ms: int | None = None) -> bool:
+        """One adaptation from the outcomes since the last; the multipliers go to the calibration
+        topic and the gauges. False when there was nothing to adapt from."""
+        cov = self.tracker.coverage
+        if cov is None or not cov.adapt():
+            return False
+        if self.coverage_gauges is not None:
+            self.coverage_gauges.export(cov)
+        if self.publish is not None:
+            name, version = self.settings.model_name, str(self.version)
+            multipliers = {
+                level: {c: m[:, n].round(6).tolist() for n, c in enumerate(cov.channels)}
+                for level, m in cov.multipliers().items()
+            }
+            updated = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))
+            try:
+                self.publish(calibration_key(name, version), encode_calibration(name, version, multipliers, updated))
+            except Exception as e:  # the service keeps what it has; the next period tries again
+                log.error("could not publish v%s's calibration (%s)", version, e)
+        return True
+
+    def summary(self) -> dict[str, float]:
+        """The rolling errors and, once the champion's intervals are scored, their coverage and width."""
+        cov = self.tracker.coverage
+        return self.tracker.summary() | (cov.summary() if cov is not None else {})
 
     def _reading(self, record: Record, now_s: float) -> None:
         s, channels = self.settings, self.tracker.channels
@@ -283,12 +414,15 @@ class DriftMonitor:
         on_summary: Callable[[dict[str, float]], None] | None = None,
         summary_every_s: float = 60.0,
     ) -> None:
-        """Follow both topics from now until `stop`; `clock` gives the cool-down's seconds. Every
-        `summary_every_s` (and once at the end) the tracker's summary goes to `on_summary`."""
+        """Follow the topics from now until `stop`; `clock` gives the cool-down's seconds. Every
+        `summary_every_s` (and once at the end) the summary goes to `on_summary`; every
+        `settings.calibration_every_s` the intervals adapt (`calibrate`)."""
         followers = self.followers
         for f in followers:
             f.start()
         next_summary = clock() + summary_every_s
+        calibrate_every = self.settings.calibration_every_s
+        next_calibration = clock() + calibrate_every
         forget_every = min(self.ttl_s / 10, 60.0) if self.ttl_s else None
         next_forget = clock() + (forget_every or 0)
         try:
@@ -296,8 +430,11 @@ class DriftMonitor:
                 if clock() >= next_summary:
                     self.follow_champion()  # the fallback, when an announcement was missed
                     if on_summary is not None:
-                        on_summary(self.tracker.summary())
+                        on_summary(self.summary())
                     next_summary = clock() + summary_every_s
+                if clock() >= next_calibration:
+                    self.calibrate()
+                    next_calibration = clock() + calibrate_every
                 if forget_every is not None and clock() >= next_forget:
                     self.forget_idle(clock())
                     next_forget = clock() + forget_every
@@ -307,7 +444,7 @@ class DriftMonitor:
                     continue
                 self.handle(topic, value, clock())
             if on_summary is not None:
-                on_summary(self.tracker.summary())
+                on_summary(self.summary())
         finally:
             for f in followers:
                 f.close()

@@ -17,6 +17,7 @@ from pipeline.messages import (
     DEAD_LETTER_PAYLOAD_BYTES,
     BadReading,
     BatchDecoder,
+    Calibration,
     ForecastEncoder,
     TimePolicy,
     check_key,
@@ -104,10 +105,19 @@ class BatchStats:
 
 class ModelSlot:
     """Holds the serving model; a swap is one reference assignment, so a batch in flight keeps the
-    model it started with and the next batch gets the new one."""
+    model it started with and the next batch gets the new one.
+
+    It also holds the monitor's calibrations (`pipeline.messages.Calibration`), per version: a
+    version's intervals are its split-conformal half-widths times the latest multipliers for that
+    version, or the static half-widths until one arrives. A swap so starts from the new version's own."""
+
+    KEPT_VERSIONS = 8  # calibrations of this many versions are kept (a rollback finds its own)
 
     def __init__(self, model: Model):
         self._model = model
+        self._scales: dict[str, dict[str, np.ndarray]] = {}  # version → level → (N, H) multipliers
+        self._generation = 0  # counts calibrations applied: the cache below is for one model and generation
+        self._widths: tuple[Model | None, int, dict[str, np.ndarray]] = (None, 0, {})
 
     @property
     def model(self) -> Model:
@@ -129,6 +139,31 @@ class ModelSlot:
             )
         self._model = new
         return old
+
+    def calibrate(self, cal: Calibration) -> bool:
+        """Keep `cal` for its version if it is for this model's name; True if it changes what the
+        serving version publishes from the next batch on."""
+        model = self._model
+        if cal.name != model.name:
+            return False
+        self._scales.pop(cal.version, None)
+        self._scales[cal.version] = cal.scales(model.channels, model.horizon)
+        while len(self._scales) > self.KEPT_VERSIONS:
+            del self._scales[next(iter(self._scales))]
+        self._generation += 1
+        return cal.version == str(model.version)
+
+    def interval_widths(self, model: Model) -> dict[str, np.ndarray]:
+        """{level: (N, H)} half-widths, raw units, that `model` publishes now (empty: no intervals)."""
+        generation = self._generation
+        cached_for, cached_generation, widths = self._widths
+        if cached_for is model and cached_generation == generation:
+            return widths
+        static = getattr(model, "interval_widths", None) or {}
+        scales = self._scales.get(str(model.version), {})
+        widths = {level: w * scales[level] if level in scales else w for level, w in static.items()}
+        self._widths = (model, generation, widths)
+        return widths
 
 
 @dataclass
@@ -340,7 +375,7 @@ class ForecastCore:
         stats.inference_s = inference_s
         stats.batch_rows = len(batch.rows)
         per_channel = pred.transpose(0, 2, 1)  # (B, N, H): rows go out as lists
-        widths = getattr(model, "interval_widths", None) or {}  # level → (N, H) half-width, raw units
+        widths = self.slot.interval_widths(model)  # level → (N, H) half-width, raw units
         bounds = None
         if widths:  # each level's lower and upper around every forecast, (B, 2·levels, N, H)
             bounds = np.stack([b for w in widths.values() for b in (per_channel - w, per_channel + w)], axis=1)

@@ -14,6 +14,7 @@ import torch
 from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
 from pipeline.kafka import TopicFollower, ensure_topics, service_sink, service_source
 from pipeline.loop import run
+from pipeline.messages import BadCalibration, parse_calibration
 from pipeline.metrics import ServiceMetrics
 from pipeline.model_source import ModelWatcher, load_model
 from pipeline.settings import Settings
@@ -34,6 +35,31 @@ class _Observer:
             self._next = published_at + self.every_s
             lag = getattr(self.source, "lag", dict)()
             self.metrics.set_lag(lag)
+
+
+class CalibrationFollower:
+    """Applies the monitor's calibrations (the compacted calibration topic, read from its start, so
+    the latest per version is known at once) to the slot. The service never waits on it: until one
+    arrives, or with no monitor at all, a version's intervals are its static split-conformal ones."""
+
+    def __init__(self, slot: ModelSlot):
+        self.slot = slot
+        self.applied = 0
+        self.refused = 0
+        self._said: set[str] = set()
+
+    def __call__(self, value: bytes | None) -> None:
+        try:
+            cal = parse_calibration(value)
+        except BadCalibration as e:
+            self.refused += 1
+            log.warning("calibration not applied, the intervals stay as they are: %s", e)
+            return
+        if self.slot.calibrate(cal):
+            self.applied += 1
+            if cal.version not in self._said:
+                self._said.add(cal.version)
+                log.info("intervals of %s v%s now follow the monitor's calibration", cal.name, cal.version)
 
 
 def rehydrate_span_ms(settings: Settings, forecaster) -> int | None:
@@ -92,10 +118,11 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
         gc.freeze()  # the new model's objects join the frozen ones (see below)
 
     watcher = ModelWatcher(slot, ref, settings.device, settings.model_poll_s, on_swap=swapped) if ref else None
-    follower = None
+    followers = [TopicFollower(settings, settings.calibration_topic, CalibrationFollower(slot), since_ms=0)]
     if watcher:
         watcher.start()
-        follower = TopicFollower(settings, settings.models_topic, watcher.announced)  # promotions land at once
+        followers.append(TopicFollower(settings, settings.models_topic, watcher.announced))  # promotions land at once
+    for follower in followers:
         follower.start()
     # torch, numpy and the clients leave ~10^6 long-lived objects; a full collection walked them all
     # in ~100 ms, every few seconds under load: the p99's worst spikes. Freeze them out of the walk.
@@ -116,7 +143,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
         if watcher:
             watcher.stop.set()
             watcher.wake.set()
-        if follower:
+        for follower in followers:
             follower.close()
         sink.close()
         source.close()

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     models_topic: str = Field(
         default="sensorcast.models", description="promotion announcements: the service reloads at once"
     )
+    calibration_topic: str = Field(
+        default="sensorcast.calibration",
+        description="compacted: the monitor's latest interval multipliers per model version, applied by the service",
+    )
     topic_partitions: int = Field(default=3, description="partitions of topics the project creates")
     kafka_client: str = Field(
         default="kafka-python",
@@ -153,6 +157,15 @@ class Settings(BaseSettings):
         pattern=r"^\s*(0?\.\d+\s*(,\s*0?\.\d+\s*)*)?$",
         description="the forecast intervals a retrain calibrates (split-conformal on its holdout), comma-separated; "
         "empty: none",
+    )
+    calibration_every_s: float = Field(
+        default=10.0, gt=0, description="the monitor adapts the intervals from the outcomes this often, and publishes"
+    )
+    calibration_gamma: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="the monitor's step size: log-width moves by gamma × (miss rate − (1 − level)) each period",
     )
     search_max_seconds: float | None = Field(
         default=3600.0, description="a retrain's configuration search (`--trials N`) stops starting trials after this"

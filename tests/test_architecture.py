@@ -49,6 +49,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "pipeline.core",
         "pipeline.kafka",
         "pipeline.loop",
+        "pipeline.messages",  # the calibration topic's messages, for the slot
         "pipeline.metrics",
         "pipeline.model_source",
         "pipeline.settings",

@@ -118,10 +118,10 @@ def make_admin(settings: Settings) -> KafkaAdminClient:
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, partitions: int | None = None) -> None:
-    """Create the topics that are missing (idempotent) and wait until their metadata is visible."""
-    names = list(
-        topics or [settings.readings_topic, settings.forecasts_topic, settings.dlq_topic, settings.models_topic]
-    )
+    """Create the topics that are missing (idempotent) and wait until their metadata is visible. The
+    calibration topic is compacted: it keeps the latest message of each model version."""
+    s = settings
+    names = list(topics or [s.readings_topic, s.forecasts_topic, s.dlq_topic, s.models_topic, s.calibration_topic])
     parts = partitions or settings.topic_partitions
     admin = make_admin(settings)
     try:
@@ -130,7 +130,15 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, parti
         if missing:
             try:
                 admin.create_topics(
-                    [NewTopic(n, num_partitions=parts, replication_factor=settings.topic_replication) for n in missing]
+                    [
+                        NewTopic(
+                            n,
+                            num_partitions=parts,
+                            replication_factor=settings.topic_replication,
+                            topic_configs={"cleanup.policy": "compact"} if n == s.calibration_topic else {},
+                        )
+                        for n in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 pass

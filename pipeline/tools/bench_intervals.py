@@ -1,11 +1,11 @@
 """`sensorcast bench intervals`: three ways to keep a forecast interval calibrated, side by side on one
 stream with a level shift.
 
-The iTransformer is trained on a real data set (ETTh1 by default) and its test split is replayed in
-time order as a stream, with every channel shifted by `shift_sigma` training σ from the test split's
-middle on (a recalibrated sensor, a moved site: what drift looks like). Each forecast's interval is
-issued when it is made, and each horizon step's outcome is learned only when its reading arrives, k
-steps later. The three methods, per level, horizon step and channel:
+The iTransformer is trained on a real data set (ETTh1 by default; of the weather, one airport's hours)
+and its test split is replayed in time order as a stream, with every channel shifted by `shift_sigma`
+training σ from the test split's middle on (a recalibrated sensor, a moved site: what drift looks
+like). Each forecast's interval is issued when it is made, and each horizon step's outcome is learned
+only when its reading arrives, k steps later. The three methods, per level, horizon step and channel:
 - static: split-conformal on the validation split, never changed (what a version carries);
 - rolling: the conformal quantile of the last `window` outcomes (darts' ConformalNaiveModel way);
 - adaptive: the static width times exp(θ), θ moved by every outcome (models.conformal.AdaptiveWidths).
@@ -107,8 +107,14 @@ def run_intervals(
     epochs: int = 10,
     plot: Path | None = None,
     log: Callable[[str], None] = print,
+    entity: str | None = None,
 ) -> dict:
     frame = load_table(path)
+    if "origin" in frame.columns:  # the weather, one row per airport and hour: one airport is the stream
+        import polars as pl
+
+        entity = entity or str(frame["origin"][0])
+        frame = frame.filter(pl.col("origin") == entity).drop("origin")
     split = split_for(path, frame.height, lookback)
     clean = prepare(frame, lookback, horizon, split, path_hint=path)
     test_rows = split.test[1] - (split.test[0] + lookback)
@@ -137,6 +143,7 @@ def run_intervals(
             }
     doc = {
         "dataset": str(path),
+        "entity": entity,
         "lookback": lookback,
         "horizon": horizon,
         "shift_sigma": shift_sigma,

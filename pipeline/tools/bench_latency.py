@@ -362,6 +362,7 @@ def against_kafka(
             "forecasts_topic": f"bench-{tag}.forecasts",
             "dlq_topic": f"bench-{tag}.dlq",
             "models_topic": f"bench-{tag}.models",
+            "calibration_topic": f"bench-{tag}.calibration",
         }
     )
     ensure_topics(s)

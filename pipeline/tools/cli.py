@@ -207,6 +207,7 @@ def bench_intervals(
     window: int = typer.Option(500, help="the rolling method's window of outcomes"),
     epochs: int = typer.Option(10, help="training epochs of the iTransformer"),
     horizon: int = typer.Option(24),
+    entity: Optional[str] = typer.Option(None, help="of the weather, the airport whose hours make the stream"),
     shared_data: Optional[Path] = typer.Option(None, envvar="SENSORCAST_SHARED_DATA"),
     plot: Path = typer.Option(Path("bench-results/interval-coverage.png"), help="the coverage-over-time plot"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
@@ -219,7 +220,7 @@ def bench_intervals(
         path = resolve_dataset(dataset, shared_data or shared_data_dir())
         doc = run_intervals(
             path, horizon=horizon, shift_sigma=shift_sigma, gamma=gamma, window=window, epochs=epochs, plot=plot,
-            log=lambda m: console.print(m),
+            log=lambda m: console.print(m), entity=entity,
         )  # fmt: skip
     except DataError as e:
         _fail(str(e))
@@ -856,14 +857,23 @@ def monitor_cmd(
     summary_every: float = typer.Option(60.0, help="seconds between two summaries logged to MLflow"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Watch live forecasts against the readings that arrive; emit a Prefect drift event when they part."""
+    """Watch live forecasts against the readings that arrive; emit a Prefect drift event when they part.
+    Score the forecasts' intervals too, adapt them and publish the multipliers the service applies."""
     import signal
     import threading
     import time
 
     from prometheus_client import start_http_server
 
-    from flows.monitor import DriftMonitor, MlflowLog, champion_reference, emit_drift_event, mae_ratio_gauge
+    from flows.monitor import (
+        CoverageGauges,
+        DriftMonitor,
+        MlflowLog,
+        champion_reference,
+        emit_drift_event,
+        mae_ratio_gauge,
+    )
+    from pipeline.kafka import ensure_topics, make_producer
 
     _logging(verbose)
     settings = Settings.load()
@@ -881,16 +891,26 @@ def monitor_cmd(
         mlflow_log.drift(detail)
         emit_drift_event(settings, detail)
 
+    ensure_topics(settings, [settings.calibration_topic])  # compacted: the latest multipliers per version
+    producer = make_producer(settings)
+
+    def publish(key: bytes, value: bytes) -> None:
+        producer.send(settings.calibration_topic, key=key, value=value)
+
     monitor = DriftMonitor(
         settings, reference, on_drift, threshold, patience, cooldown, window, gauge,
         version=version, reference=lambda: champion_reference(settings), on_champion=mlflow_log.new_champion,
-        ttl_s=settings.entity_ttl_s,
+        ttl_s=settings.entity_ttl_s, publish=publish, coverage_gauges=CoverageGauges(),
     )  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     console.print(f"watching {settings.forecasts_topic} against {settings.readings_topic} (champion v{version})")
-    monitor.run(stop, time.monotonic, on_summary=mlflow_log.metrics, summary_every_s=summary_every)
+    try:
+        monitor.run(stop, time.monotonic, on_summary=mlflow_log.metrics, summary_every_s=summary_every)
+    finally:
+        producer.flush(10)
+        producer.close()
 
 
 @app.command("demo")

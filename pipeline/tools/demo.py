@@ -78,7 +78,8 @@ def _view(state: LiveState, tracker, dead: Counter, note: str):
     table = Table(
         title=f"sensorcast live: {state.sent / elapsed:,.0f} readings/s, p99 {state.p99()} ms\n"
         f"incidents sent {sum(state.incidents.values())} {dict(state.incidents) or ''}\n"
-        f"dead letters by reason {sum(dead.values())} {dict(dead) or ''}",
+        f"dead letters by reason {sum(dead.values())} {dict(dead) or ''}\n"
+        f"{_coverage_line(tracker.coverage)}",
         caption=note,
     )
     for col in ("entity", f"last {VIEW_CHANNEL}", "next-step forecast", "rolling MAE", "persistence MAE", "model"):
@@ -95,6 +96,30 @@ def _view(state: LiveState, tracker, dead: Counter, note: str):
             f"v{state.version.get(entity, '-')}",
         )
     return table
+
+
+def coverage_of(cov) -> dict[str, dict[str, float]]:
+    """{level: {"since_start", "rolling"}}: the share of the view channel's readings, over all sites
+    and steps, that fell inside the interval published for them (empty until one was scored)."""
+    if cov is None or not cov.seen.any():
+        return {}
+    total, rolling = cov.coverage(), cov.coverage(rolling=True)
+    scored = cov.seen > 0
+    return {
+        level: {"since_start": round(float(total[level][scored].mean()), 3),
+                "rolling": round(float(rolling[level][scored].mean()), 3)}
+        for level in cov.levels
+    }  # fmt: skip
+
+
+def _coverage_line(cov) -> str:
+    levels = coverage_of(cov)
+    if not levels:
+        return f"interval coverage of {VIEW_CHANNEL}: waiting for the first scored step"
+    each = [
+        f"{float(k):.0%} interval {v['rolling']:.1%} (since start {v['since_start']:.1%})" for k, v in levels.items()
+    ]  # noqa: E501
+    return f"interval coverage of {VIEW_CHANNEL}, next to the rolling MAE below: " + ", ".join(each)
 
 
 def _retrain(settings: Settings, reason: str, epochs: int) -> dict:
@@ -120,7 +145,7 @@ def verdict(report: dict) -> str:
     return f"v{report['version']} loses and is not promoted: {figures} ({report['gate']})"
 
 
-TOPICS = ("readings_topic", "forecasts_topic", "dlq_topic", "models_topic")
+TOPICS = ("readings_topic", "forecasts_topic", "dlq_topic", "models_topic", "calibration_topic")
 
 
 def fresh_names(settings: Settings, log: Callable[[str], None] = print) -> Settings:
@@ -189,6 +214,7 @@ def run_demo(
 ) -> dict:
     import mlflow
 
+    from flows.coverage import CoverageTracker
     from flows.drift import DriftTracker
     from models.mlflow.registry import run_url
     from pipeline.kafka import TopicCollector, ensure_topics, make_producer
@@ -291,7 +317,12 @@ def run_demo(
                 if fc:
                     state.next_forecast[entity] = fc[0]
                 step = doc.get("step_ms")
-                tracker.on_forecast(entity, parse_ts(stamp) / 1000, doc["forecast"], step / 1000 if step else None)
+                intervals = doc.get("intervals")
+                if intervals and fc and tracker.coverage is None:  # the published intervals, scored as they land
+                    tracker.coverage = CoverageTracker([VIEW_CHANNEL], list(intervals), len(fc), window=500)
+                tracker.on_forecast(
+                    entity, parse_ts(stamp) / 1000, doc["forecast"], step / 1000 if step else None, intervals=intervals
+                )
 
         from contextlib import nullcontext
 
@@ -400,6 +431,7 @@ def run_demo(
         "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
         "rolling_mae": {e: round(tracker.mae(e, VIEW_CHANNEL), 3) for e in scored},
         "persistence_mae": {e: round(tracker.mae(e, VIEW_CHANNEL, naive=True), 3) for e in scored},
+        "interval_coverage": coverage_of(tracker.coverage),
         "service_exit_code": exit_code,
         "mlflow": urls.get("mlflow"),
         "prefect": urls.get("prefect"),
@@ -418,6 +450,8 @@ def run_demo(
         model = sum(summary["rolling_mae"].values()) / len(scored)
         naive = sum(summary["persistence_mae"].values()) / len(scored)
         log(f"       rolling MAE of {VIEW_CHANNEL} over the sites: model {model:.2f}, persistence {naive:.2f}")
+    if summary["interval_coverage"]:
+        log(f"       {_coverage_line(tracker.coverage)}")
     log(f"       end-to-end latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; service exited {exit_code}")
     log(f"       MLflow, the retrain runs: {_experiment_url(settings)}")
     log(f"       Prefect, the flow runs: {urls.get('prefect', '').removesuffix('/api')}/runs")

@@ -9,8 +9,10 @@ import sys
 import threading
 import time
 
+import numpy as np
 import orjson
 import pytest
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from flows.monitor import DriftMonitor
 from pipeline.kafka import ensure_topics, make_producer
@@ -131,6 +133,88 @@ def test_an_entity_silent_past_the_ttl_is_forgotten_with_its_gauge_labels(kafka_
     assert gauge("gone") is not None and gauge("alive") is not None
     assert monitor.forget_idle(now_s=20) == ["gone"]
     assert gauge("gone") is None and gauge("alive") is not None and set(monitor.tracker.entities) == {"alive"}
+
+
+def test_too_narrow_intervals_are_widened_through_the_compacted_topic_and_the_service_applies_them(
+    kafka_settings,
+) -> None:
+    """Forecasts 0.1 off with intervals of ±0.05: every reading misses. The monitor widens them, publishes
+    the multipliers keyed by version on the compacted topic, and a service's follower applies them to
+    that version's intervals (and a restarted monitor resumes from them)."""
+    from prometheus_client import CollectorRegistry
+
+    from flows.monitor import CoverageGauges
+    from pipeline.core import ModelSlot
+    from pipeline.kafka import TopicFollower, make_admin, topic_reader
+    from pipeline.messages import calibration_key, encode_forecast, format_ts
+    from pipeline.records import Record
+    from pipeline.serve import CalibrationFollower
+    from tests.fixtures.fakes import LastValueModel
+
+    s = kafka_settings.model_copy(update={"calibration_every_s": 0.2, "model_name": "fake"})
+    ensure_topics(s)
+    producer = make_producer(s, linger_ms=0)
+    gauges = CoverageGauges(CollectorRegistry())
+
+    def publish(key: bytes, value: bytes) -> None:
+        producer.send(s.calibration_topic, key=key, value=value).get(30)
+
+    monitor = DriftMonitor(s, {"temp": 0.5}, print, version="1", publish=publish, coverage_gauges=gauges)
+    serving = LastValueModel(["temp"], horizon=H, version="1")
+    serving.name, serving.interval_widths = "fake", {"0.9": np.full((1, H), 0.05)}
+    slot = ModelSlot(serving)
+    follower = TopicFollower(s, s.calibration_topic, CalibrationFollower(slot), since_ms=0)
+    stop = threading.Event()
+    runner = threading.Thread(target=monitor.run, args=(stop, time.monotonic, None, 3600), daemon=True)
+    runner.start()
+    follower.start()
+    try:
+        assert monitor.wait_ready(30) and follower.ready.wait(30)
+        for t in range(60):
+            producer.send(
+                s.readings_topic, key=b"site", value=encode_reading("site", t * HOUR, {"temp": truth(t, None)})
+            )
+            point = np.array([[truth(t + k, None) + 0.1 for k in range(1, H + 1)]])
+            bounds = {"0.9": (point - 0.05, point + 0.05)}
+            doc = encode_forecast("site", t * HOUR, ["temp"], point, "fake", "1", format_ts(0), HOUR, 0, bounds)
+            producer.send(s.forecasts_topic, key=b"site", value=doc)
+            producer.flush()
+            time.sleep(0.02)
+        deadline = time.monotonic() + 20
+        while slot.interval_widths(serving)["0.9"][0, 0] <= 0.05 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+        follower.close()
+    cov = monitor.tracker.coverage
+    assert cov is not None and cov.seen.sum() > 100 and cov.coverage()["0.9"].max() == 0.0  # every step missed
+    assert np.all(slot.interval_widths(serving)["0.9"] > 0.05)  # the service's v1 intervals are wider now
+    labels = {"level": "0.9", "channel": "temp", "step": "1", "window": "total"}
+    assert gauges.coverage._metrics and gauges.coverage.labels(*labels.values())._value.get() == 0.0
+    assert monitor.summary()["coverage_90_temp"] == 0.0
+    admin = make_admin(s)
+    try:
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.calibration_topic)])
+    finally:
+        admin.close()
+    assert "compact" in str(configs) and "cleanup.policy" in str(configs), configs
+    # a restarted monitor resumes v1's multipliers from the topic, not from its static widths
+    restarted = DriftMonitor(s, {"temp": 0.5}, print, version="1")
+    reader = topic_reader(s, s.calibration_topic, from_beginning=True)
+    published: list = []
+    for _ in range(100):  # until the topic's end
+        got = [r for batch in reader.poll(timeout_ms=200).values() for r in batch]
+        published += got
+        if published and not got:
+            break
+    reader.close()
+    assert published and {r.key for r in published} == {calibration_key("fake", "1")}
+    for r in published:
+        restarted.handle(s.calibration_topic, Record(r.value, r.key), now_s=0)
+    restarted._start_coverage(["0.9"], H)
+    np.testing.assert_allclose(restarted.tracker.coverage.multipliers()["0.9"], cov.multipliers()["0.9"], rtol=1e-5)
+    producer.close()
 
 
 def test_the_yardstick_is_the_champions_holdout_mae_tag(mlflow_tracking, tiny_checkpoint) -> None:

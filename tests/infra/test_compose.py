@@ -145,7 +145,8 @@ def test_every_dashboard_query_names_a_metric_the_service_or_the_monitor_exports
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from flows.monitor import mae_ratio_gauge
+    from flows.coverage import CoverageTracker
+    from flows.monitor import CoverageGauges, mae_ratio_gauge
     from pipeline.core import BatchStats
     from pipeline.metrics import ServiceMetrics
     from pipeline.records import Record
@@ -156,6 +157,9 @@ def test_every_dashboard_query_names_a_metric_the_service_or_the_monitor_exports
     service.on_batch(BatchStats(readings=1, batch_rows=1, dead={"not_json": 1}), [Record(b"", timestamp_ms=1)], 1.0)
     monitor = CollectorRegistry()
     mae_ratio_gauge(monitor).labels(entity="a", channel="t", model="model").set(1.0)
+    coverage = CoverageTracker(["t"], ["0.9"], horizon=1)
+    coverage.observe(0, "t", 1.0, (0.0, 2.0))
+    CoverageGauges(monitor).export(coverage)
     text = generate_latest(service.registry).decode() + generate_latest(monitor).decode()
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 

@@ -141,6 +141,39 @@ def test_a_version_with_intervals_sends_each_level_around_every_forecast(tmp_pat
             np.testing.assert_allclose(point - np.array(doc["intervals"][level]["lower"][c]), w * scale, rtol=1e-5)
 
 
+def test_the_monitors_calibration_scales_its_versions_intervals_and_a_swap_starts_from_the_new_versions_own() -> None:
+    from pipeline.messages import encode_calibration, parse_calibration
+
+    def with_intervals(version: str) -> LastValueModel:
+        m = LastValueModel(CH, version=version)
+        m.interval_widths = {"0.9": np.ones((2, 3))}  # (N, H): ±1 around every step
+        return m
+
+    def half_widths(c) -> list[float]:
+        (doc,) = [orjson.loads(m.value) for m in c.process([reading("a", next(hours))])[0]]
+        return [(u - p) for u, p in zip(doc["intervals"]["0.9"]["upper"]["temp"], doc["forecast"]["temp"], strict=True)]
+
+    def calibration(version: str, temp: list[float]):
+        doc = {"0.9": {"temp": temp, "pressure": [1.0, 1.0, 1.0]}}
+        return parse_calibration(encode_calibration("fake", version, doc, "2026-01-01T00:00:00Z"))
+
+    hours = iter(range(100))
+    c = core(with_intervals("1"))
+    c.process([reading("a", next(hours)) for _ in range(3)])  # warm up
+    assert half_widths(c) == [1.0, 1.0, 1.0]  # the version's static widths until the monitor speaks
+    assert c.slot.calibrate(calibration("1", [2.0, 0.5, 100.0]))
+    assert half_widths(c) == [2.0, 0.5, 10.0]  # applied from the next batch, a multiplier clipped to 10
+    assert not c.slot.calibrate(calibration("2", [3.0, 3.0, 3.0]))  # kept for v2, not v1's
+    assert half_widths(c) == [2.0, 0.5, 10.0]
+    c.slot.swap(with_intervals("2"))
+    assert half_widths(c) == [3.0, 3.0, 3.0]  # v2 arrives with its own calibration
+    c.slot.swap(with_intervals("3"))
+    assert half_widths(c) == [1.0, 1.0, 1.0]  # v3 has none yet: its static widths
+    assert not c.slot.calibrate(parse_calibration(encode_calibration("other-model", "3", {"0.9": {}}, "")))
+    assert c.slot.calibrate(calibration("3", [1.0, 1.0]))  # the wrong horizon: v3 keeps its static widths
+    assert half_widths(c) == [1.0, 1.0, 1.0]
+
+
 def test_an_entity_silent_past_the_ttl_is_forgotten_and_warms_up_again() -> None:
     c = core(entity_ttl_s=60.0)
     warm = c.prepare([reading("quiet", s) for s in range(4)] + [reading("busy", 0)], now_s=0.0)

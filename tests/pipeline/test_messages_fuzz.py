@@ -139,3 +139,37 @@ def test_an_unforeseen_exception_becomes_undecodable_with_its_type(monkeypatch: 
     assert err.value.reason == "undecodable" and "KeyError" in str(err.value)
     letter = orjson.loads(encode_dead_letter(err.value, "readings", 1, 2, b'{"entity": "a"}'))
     assert letter["reason"] == "undecodable" and "KeyError" in letter["error"]
+
+
+def apply_or_refuse(raw: bytes | None) -> None:
+    """The calibration's invariant: a Calibration whose scales are finite and in range, or
+    BadCalibration; nothing else escapes, so the service's follower never dies of a message."""
+    from pipeline.messages import MULTIPLIER_RANGE, BadCalibration, parse_calibration
+
+    try:
+        cal = parse_calibration(raw)
+    except BadCalibration as bad:
+        assert str(bad)
+        return
+    for scales in cal.scales(CH, horizon=2).values():
+        assert scales.shape == (2, 2) and np.all((scales >= MULTIPLIER_RANGE[0]) & (scales <= MULTIPLIER_RANGE[1]))
+
+
+@FUZZ
+@given(st.binary(max_size=512) | json_values.map(lambda doc: to_bytes(doc, ascii_only=False)))
+@example(b'{"name": "m", "version": true, "multipliers": {}}')
+@example(b'{"name": "m", "version": "1", "multipliers": {"0.9": {"temp": [1, NaN]}}}')
+@example(b'{"name": "m", "version": "1", "multipliers": {"0.9": {"temp": [1e308, 1e-308], "pressure": [0, 1]}}}')
+def test_any_calibration_message_is_applied_in_range_or_refused(raw: bytes) -> None:
+    apply_or_refuse(raw)
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(["0.8", "0.9"]),
+        st.dictionaries(st.sampled_from(CH), st.lists(st.floats() | st.integers() | st.booleans(), max_size=3)),
+    )
+)
+def test_calibration_shaped_messages_are_applied_in_range_or_refused(multipliers: dict) -> None:
+    apply_or_refuse(json.dumps({"name": "m", "version": "1", "multipliers": multipliers}).encode())

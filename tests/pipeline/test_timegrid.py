@@ -20,7 +20,9 @@ def jittered(n: int, interval: int, jitter: float, seed: int, anchor: int = 0, s
 @settings(max_examples=60, deadline=None)
 @given(
     interval=st.sampled_from([1000, 15_000, 60_000, 3_600_000, 7_777]),
-    jitter=st.floats(0, 0.25),
+    # up to ±0.24 of the interval: at ±0.25 two readings can lie 1.5 intervals apart, which is one step
+    # or two (a missed reading); no estimator can tell, and Hypothesis found such a case (seed 1556)
+    jitter=st.floats(0, 0.24),
     anchor_frac=st.floats(0, 0.999),
     seed=st.integers(0, 10_000),
 )
