@@ -70,15 +70,24 @@ class CoverageTracker:
             return
         lower, upper = np.asarray(bounds[0::2], dtype=np.float64), np.asarray(bounds[1::2], dtype=np.float64)
         miss = ((actual < lower) | (actual > upper)).astype(np.float64)
-        width = upper - lower
-        self.hits[:, step, n] += 1 - miss
-        self.width_sum[:, step, n] += width
-        self.seen[step, n] += 1
-        at = self._pos[step, n] % self.window
-        self._ring_miss[at, :, step, n], self._ring_width[at, :, step, n] = miss, width
-        self._pos[step, n] += 1
-        self._tick_miss[:, step, n] += miss
-        self._tick_seen[step, n] += 1
+        self._add(np.array([step]), np.array([n]), miss[:, None], (upper - lower)[:, None])
+
+    def observe_cells(self, miss: np.ndarray, width: np.ndarray, seen: np.ndarray) -> None:
+        """Many outcomes at once, at most one per (step, channel): `miss` and `width` (L, H, N), for
+        the cells where `seen` (H, N) is True."""
+        k, n = np.nonzero(seen)
+        self._add(k, n, miss[:, k, n].astype(np.float64), width[:, k, n])
+
+    def _add(self, k: np.ndarray, n: np.ndarray, miss: np.ndarray, width: np.ndarray) -> None:
+        """Outcomes of the distinct cells (k[i], n[i]): `miss` and `width` (L, cells)."""
+        self.hits[:, k, n] += 1 - miss
+        self.width_sum[:, k, n] += width
+        self.seen[k, n] += 1
+        at = self._pos[k, n] % self.window
+        self._ring_miss[at, :, k, n], self._ring_width[at, :, k, n] = miss.T, width.T
+        self._pos[k, n] += 1
+        self._tick_miss[:, k, n] += miss
+        self._tick_seen[k, n] += 1
 
     def adapt(self) -> bool:
         """One ACI step from the outcomes since the last; False (and nothing moves) when there were none."""

@@ -55,31 +55,3 @@ def calibration(scores: np.ndarray, levels: list[float]) -> dict:
 def coverage(actual: np.ndarray, forecast: np.ndarray, half_width: np.ndarray) -> float:
     """The share of values within forecast ± half_width (arrays that broadcast together)."""
     return float((np.abs(actual - forecast) <= half_width).mean())
-
-
-class AdaptiveWidths:
-    """Adaptive conformal inference (Gibbs and Candès, 2021) on the interval's scale, per level,
-    horizon step and channel: each width is its static split-conformal width times exp(θ), and after
-    every outcome θ += γ·(miss − α), where α = 1 − level. A run of misses widens the interval, a run
-    of hits narrows it. Whatever the errors do, the miss rate over T outcomes is within
-    (|θ_T| + |θ_0|)/(γ·T) of α, so long-run coverage holds under any shift.
-
-    >>> widths = AdaptiveWidths({"0.9": np.ones((1, 1))}, gamma=0.5)
-    >>> widths.update({"0.9": np.array([[True]])}); round(float(widths.current()["0.9"][0, 0]), 3)
-    1.568
-    """
-
-    def __init__(self, static: dict[str, np.ndarray], gamma: float = 0.02):
-        self.static = {k: np.asarray(v, dtype=np.float64) for k, v in static.items()}
-        self.gamma = gamma
-        self.theta = {k: np.zeros_like(v) for k, v in self.static.items()}
-
-    def current(self) -> dict[str, np.ndarray]:
-        return {k: self.static[k] * np.exp(self.theta[k]) for k in self.static}
-
-    def update(self, missed: dict[str, np.ndarray], seen: np.ndarray | bool = True) -> None:
-        """`missed[level]` (H, N) booleans: the outcome fell outside that level's interval; `seen` masks
-        the (step, channel) cells that had an outcome this time."""
-        for level, miss in missed.items():
-            alpha = 1 - float(level)
-            self.theta[level] += self.gamma * (np.asarray(miss, dtype=np.float64) - alpha) * seen

@@ -8,7 +8,8 @@ like). Each forecast's interval is issued when it is made, and each horizon step
 only when its reading arrives, k steps later. The three methods, per level, horizon step and channel:
 - static: split-conformal on the validation split, never changed (what a version carries);
 - rolling: the conformal quantile of the last `window` outcomes (darts' ConformalNaiveModel way);
-- adaptive: the static width times exp(θ), θ moved by every outcome (models.conformal.AdaptiveWidths).
+- adaptive: the static width times exp(θ), θ moved after every reading by the outcomes it brought:
+  the monitor's own code (flows.coverage.CoverageTracker), one tick per reading.
 Reported: coverage over the whole run, before the shift and after it; the trailing coverage over time
 (a plot), its low after the shift and how many windows after the shift it is back within ±5 points;
 mean width.
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.conformal import AdaptiveWidths, split_conformal
+from flows.coverage import CoverageTracker
+from models.conformal import split_conformal
 from models.data import load_table, prepare, split_for
 from models.metrics import abs_errors
 from models.nets import ITransformer, ITransformerConfig
@@ -46,31 +48,28 @@ def replay(scores: np.ndarray, static: dict[str, np.ndarray], calib: np.ndarray,
     order; window t's step k is learned at time t + k."""
     T, H, N = scores.shape
     methods = {"static": {}, "rolling": {}, "adaptive": {}}
-    adaptive = AdaptiveWidths(static, gamma)
+    levels = list(static)
+    adaptive = CoverageTracker([str(n) for n in range(N)], levels, H, window=1, gamma=gamma)
     history = list(calib[-window:])  # the rolling method starts from the calibration set's last scores
     issued = {m: {lv: np.empty((T, H, N)) for lv in static} for m in methods}
+    steps = np.arange(H)
     for t in range(T):
         # issue window t's intervals with what is known now
-        current = adaptive.current()
+        multipliers = adaptive.multipliers()
         recent = np.sort(np.asarray(history[-window:]), axis=0)  # once for every level
         for level, w in static.items():
             issued["static"][level][t] = w
-            issued["adaptive"][level][t] = current[level]
+            issued["adaptive"][level][t] = w * multipliers[level]
             rank = math.ceil((len(recent) + 1) * float(level))
             issued["rolling"][level][t] = recent[min(rank, len(recent)) - 1]
-        # learn the outcomes that arrive at t: window t - k's step k
-        arrived = np.zeros((H, N), dtype=bool)
-        latest = np.zeros((H, N))
-        missed = {lv: np.zeros((H, N), dtype=bool) for lv in static}
-        for k in range(H):
-            j = t - k
-            if j < 0:
-                break
-            arrived[k] = True
-            latest[k] = scores[j, k]
-            for level in static:
-                missed[level][k] = scores[j, k] > issued["adaptive"][level][j, k]
-        adaptive.update(missed, arrived)
+        # learn the outcomes that arrive at t: window t - k's step k, for every k whose window exists
+        arrived = steps <= t
+        j = np.clip(t - steps, 0, None)
+        latest = scores[j, steps]  # (H, N)
+        width = np.stack([issued["adaptive"][lv][j, steps] for lv in levels])  # (L, H, N) half-widths
+        seen = np.broadcast_to(arrived[:, None], (H, N))
+        adaptive.observe_cells(latest[None] > width, 2 * width, seen)
+        adaptive.adapt()
         if arrived.all():  # one full set of outcomes per step for the rolling window
             history.append(latest)
     return {m: {lv: scores <= issued[m][lv] for lv in static} for m in methods} | {"widths": issued}

@@ -54,6 +54,26 @@ def test_a_level_shift_is_missed_then_covered_again_within_a_declared_number_of_
     assert abs(cov.coverage()["0.9"][0, 0] - 0.9) < 0.02  # and over the whole run
 
 
+def test_a_tripled_noise_scale_is_where_static_intervals_stay_wrong_and_adapted_ones_keep_their_bound() -> None:
+    """Errors whose scale triples halfway, one outcome a tick: the static 90% width (calibrated before)
+    covers far less after; the adapted one's miss rate stays within ACI's bound of 10% over the run."""
+    rng = np.random.default_rng(3)
+    static = float(np.quantile(np.abs(rng.normal(size=2000)), 0.9))
+    cov = CoverageTracker(["temp"], ["0.9"], horizon=1, gamma=0.05)
+    scale = np.r_[np.ones(5000), 3 * np.ones(5000)]
+    misses_static = 0
+    for s in scale:
+        error = float(rng.normal() * s)
+        half = static * cov.multipliers()["0.9"][0, 0]
+        cov.observe(0, "temp", error, (-half, half))
+        cov.adapt()
+        misses_static += abs(error) > static
+    missed = 1 - cov.coverage()["0.9"][0, 0]
+    assert abs(missed - 0.1) <= abs(cov.theta[0, 0, 0]) / (0.05 * len(scale)) + 1e-9  # |θ_T − θ_0| / (γT)
+    assert abs(missed - 0.1) < 0.01  # and the bound is tight here
+    assert misses_static / len(scale) > 0.3  # half the run at three times the noise
+
+
 def test_the_drift_tracker_scores_each_published_interval_at_its_own_step() -> None:
     drift = DriftTracker(["temp"], reference_mae=1.0)
     drift.coverage = CoverageTracker(["temp"], ["0.8", "0.95"], horizon=2)
