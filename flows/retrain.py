@@ -175,15 +175,17 @@ def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
     import torch
 
     from flows.gate import forecast_windows
-    from models.conformal import calibration
+    from models.conformal import calibration, window_scale
 
     std = np.asarray(candidate.scaler.std, dtype=np.float32)
-    net, scores = candidate.raw_net(), []
+    net, errors, scales = candidate.raw_net(), [], []
     with torch.no_grad():
         for start in range(0, len(holdout), 512):
-            pred, y = forecast_windows(net, holdout, torch.arange(start, min(start + 512, len(holdout))))
-            scores.append((pred.float() - y).abs().numpy() / std)  # (B, H, N)
-    return calibration(np.concatenate(scores), levels)
+            index = torch.arange(start, min(start + 512, len(holdout)))
+            pred, y = forecast_windows(net, holdout, index)
+            errors.append((pred.float() - y).abs().numpy() / std)  # (B, H, N)
+            scales.append(window_scale((holdout.batch(index)[0].numpy() / std).std(axis=1)))  # (B, N)
+    return calibration(np.concatenate(errors), np.concatenate(scales), levels)
 
 
 def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None, cfg, trials: int):

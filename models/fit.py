@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from models.checkpoint import save
-from models.conformal import calibration
+from models.conformal import calibration, window_scale
 from models.data import load_table, load_weather, prepare, weather_csv_path
 from models.device import pick_device
-from models.metrics import abs_errors, evaluate
+from models.metrics import abs_errors, evaluate, window_std
 from models.nets import NAIVE, ITransformer, ITransformerConfig
 from models.train import TrainConfig, TrainResult, train
 
@@ -33,7 +33,7 @@ class FitResult:
 def test_intervals(model: torch.nn.Module, windows, levels, device) -> dict:
     """Split-conformal half-widths from the test split's absolute errors (scaled units, as the windows
     are): windows the model never trained on, as in the retrain flow's holdout."""
-    return calibration(abs_errors(model, windows, device), list(levels))
+    return calibration(abs_errors(model, windows, device), window_scale(window_std(windows)), list(levels))
 
 
 def fit_checkpoint(

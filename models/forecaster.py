@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import CheckpointMeta, load
+from models.conformal import WINDOW_SCORE, window_scale
 from models.device import pick_device
 
 # CUDA graph sizes: a batch is padded up to the next one; a larger batch runs without a graph (one
@@ -90,10 +91,21 @@ class Forecaster:
         self.net = Scaled(self.model, mean, std).eval()
         self.input_bounds = input_bounds(np.asarray(meta.scaler["mean"]), np.asarray(meta.scaler["std"]))
         self.interval_widths = interval_widths(meta)
+        stored = meta.extra.get("intervals") or {}
+        self._window_power = float(stored.get("power", 0.5)) if stored.get("score") == WINDOW_SCORE else None
+        self._inv_std = (1 / np.asarray(meta.scaler["std"], dtype=np.float32)).astype(np.float32)
         self.cycle = int(meta.config.get("cycle", 0))  # W: its forecasts depend on each window's phase
         self.use_graphs = cuda_graphs and self.device.type == "cuda" and not self.cycle  # graphs take x alone
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.scripted = self._script() if script and self.device.type == "cpu" else None
+
+    def interval_scale(self, x: np.ndarray) -> np.ndarray | None:
+        """(B, N) float32: what each forecast's half-widths are multiplied by, its input window's scale
+        (`models.conformal.window_scale`) for x (B, L, N) raw; None for a version calibrated with one
+        width for every window."""
+        if self._window_power is None:
+            return None
+        return window_scale((x * self._inv_std).std(axis=1), self._window_power).astype(np.float32)
 
     @classmethod
     def from_checkpoint(cls, folder: Path, device: str = "auto", version: str | None = None) -> Forecaster:

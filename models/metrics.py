@@ -34,6 +34,18 @@ def evaluate(model: nn.Module, windows, device: torch.device | str = "cpu", batc
     return Metrics(sum(mse_steps) / len(mse_steps), sum(mae_steps) / len(mae_steps), mse_steps, mae_steps)
 
 
+def window_std(windows, batch_size: int = 512):
+    """Each window's standard deviation over its input, per channel, (n, N), in the windows' units:
+    the scale of the window-scaled conformal score."""
+    import numpy as np
+
+    out = []
+    for start in range(0, len(windows), batch_size):
+        x, _ = windows.batch(torch.arange(start, min(start + batch_size, len(windows))))
+        out.append(x.std(dim=1, unbiased=False).numpy())
+    return np.concatenate(out)
+
+
 @torch.no_grad()
 def abs_errors(model: nn.Module, windows, device: torch.device | str = "cpu", batch_size: int = 512):
     """|forecast - actual| of every window, (n, H, N), in the windows' units: conformal scores."""

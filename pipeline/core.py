@@ -378,7 +378,10 @@ class ForecastCore:
         widths = self.slot.interval_widths(model)  # level → (N, H) half-width, raw units
         bounds = None
         if widths:  # each level's lower and upper around every forecast, (B, 2·levels, N, H)
-            bounds = np.stack([b for w in widths.values() for b in (per_channel - w, per_channel + w)], axis=1)
+            scale_of = getattr(model, "interval_scale", None)
+            scale = scale_of(batch.x) if scale_of is not None else None  # (B, N): each window's own scale
+            half = [w if scale is None else w * scale[:, :, None] for w in widths.values()]
+            bounds = np.stack([b for h in half for b in (per_channel - h, per_channel + h)], axis=1)
         finite = np.isfinite(per_channel).all(axis=(1, 2))
         if bounds is not None:
             finite &= np.isfinite(bounds).all(axis=(1, 2, 3))

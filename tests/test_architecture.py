@@ -22,7 +22,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "models.conformal": (),
     "models.train": ("models.data", "models.device"),
     "models.checkpoint": ("models.data", "models.nets"),
-    "models.forecaster": ("models.checkpoint", "models.device"),  # inference: never the training loop
+    "models.forecaster": ("models.checkpoint", "models.conformal", "models.device"),  # never the training loop
     "models.fit": (
         "models.checkpoint",
         "models.conformal",

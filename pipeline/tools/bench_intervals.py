@@ -12,7 +12,9 @@ only when its reading arrives, k steps later. The three methods, per level, hori
   the monitor's own code (flows.coverage.CoverageTracker), one tick per reading.
 Reported: coverage over the whole run, before the shift and after it; the trailing coverage over time
 (a plot), its low after the shift and how many windows after the shift it is back within ±5 points;
-mean width.
+mean width. The scores are the shipped one, |error| over the window's scale; under "scores", the
+plain scaled error and two window scales are compared as static split-conformal on the unshifted
+test split (coverage, width, interval score, coverage in calm and volatile windows).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from flows.coverage import CoverageTracker
-from models.conformal import split_conformal
+from models.conformal import WINDOW_POWER, WINDOW_SCORE, interval_report, split_conformal, window_scale
 from models.data import load_table, prepare, split_for
-from models.metrics import abs_errors
+from models.metrics import abs_errors, window_std
 from models.nets import ITransformer, ITransformerConfig
 from models.train import TrainConfig, train
 
@@ -123,12 +125,17 @@ def run_intervals(
     model = ITransformer(ITransformerConfig(lookback, horizon, d_model=256, n_heads=8, e_layers=2, d_ff=256))
     log(f"training the iTransformer on {path.name} (L={lookback}, H={horizon}), then replaying its test split")
     train(model, data.train, data.val, TrainConfig(epochs=epochs, lr=1e-4, schedule="halve", patience=3))
-    calib = abs_errors(model, data.val)
-    scores = abs_errors(model, data.test)  # window t forecasts rows t + L .. t + L + H - 1 of the test split
+    val = (abs_errors(model, data.val), window_std(data.val))
+    # the score a version ships: |error| over its window's scale (models.conformal); which is measured below
+    scale_val, scale_test = window_scale(val[1])[:, None, :], window_scale(window_std(data.test))[:, None, :]
+    calib = val[0] / scale_val
+    scores = abs_errors(model, data.test) / scale_test  # window t forecasts rows t + L .. t + L + H - 1
     static = split_conformal(calib, list(levels))
     onset = max(0, onset_row - split.test[0] - lookback - horizon + 1)  # the first window with a shifted target
     hits = replay(scores, static, calib, window, gamma)
-    widths = hits.pop("widths")
+    widths = {m: {lv: w * scale_test for lv, w in by_level.items()} for m, by_level in hits.pop("widths").items()}
+    clean_test = (abs_errors(model, clean.test), window_std(clean.test))  # the same model, no shift
+    score_powers = {"scaled_error": 0.0, "over_sqrt_window_std": WINDOW_POWER, "over_window_std": 1.0}
     results = {}
     for method, by_level in hits.items():
         for level, h in by_level.items():
@@ -150,7 +157,10 @@ def run_intervals(
         "shift_onset_window": int(onset),
         "gamma": gamma,
         "rolling_window": window,
+        "score": WINDOW_SCORE,
         "results": results,
+        # which score calibrates best: static split-conformal on validation, on the test split unshifted
+        "scores": {name: interval_report(val, clean_test, levels, p) for name, p in score_powers.items()},
     }
     if plot is not None:
         doc["plot"] = str(coverage_plot(hits, onset, plot, float(sorted(levels)[-1])))

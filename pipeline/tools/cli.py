@@ -243,6 +243,15 @@ def bench_intervals(
                 f"{r['mean_half_width']:.3f}",
             )  # fmt: skip
     Console().print(table)
+    scores = Table(title="which score: static split-conformal on validation, on the unshifted test split")
+    for col in ("score", "level", "coverage", "half-width", "interval score (lower wins)", "calm / middle / volatile"):
+        scores.add_column(col)
+    for name, by_level in doc["scores"].items():
+        for level, r in by_level.items():
+            thirds = " / ".join(f"{c:.3f}" for c in r["coverage_calm_middle_volatile"])
+            cells = (f"{r['coverage']:.3f}", f"{r['mean_half_width']:.3f}", f"{r['interval_score']:.3f}", thirds)
+            scores.add_row(name, level, *cells)
+    Console().print(scores)
     console.print(f"coverage plot: {doc['plot']}")
     if json_path:
         from pipeline.tools.bench_latency import machine

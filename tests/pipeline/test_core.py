@@ -141,6 +141,32 @@ def test_a_version_with_intervals_sends_each_level_around_every_forecast(tmp_pat
             np.testing.assert_allclose(point - np.array(doc["intervals"][level]["lower"][c]), w * scale, rtol=1e-5)
 
 
+def test_a_version_calibrated_on_window_scaled_errors_widens_each_interval_with_its_own_window(tmp_path) -> None:
+    """Half-width = stored width × training σ × √(the input window's σ in training σ, floored at 0.05)."""
+    import torch
+
+    from models.checkpoint import save
+    from models.conformal import WINDOW_SCORE
+    from models.data import Scaler
+    from models.forecaster import Forecaster
+    from models.nets import build
+
+    torch.manual_seed(0)
+    half = {"0.8": [[1.0, 2.0]] * 4}  # (H, N)
+    extra = {"intervals": {"score": WINDOW_SCORE, "power": 0.5, "windows": 100, "half_width": half}}
+    net = build("itransformer", lookback=8, horizon=4, d_model=16, n_heads=4, d_ff=16)
+    save(tmp_path, net, CH, Scaler(np.zeros(2), np.array([10.0, 0.5])), extra=extra)
+    c = core(Forecaster.from_checkpoint(tmp_path, device="cpu"))
+    calm = [reading("calm", s, value=5.0 + 0.01 * (s % 2)) for s in range(8)]  # a near-constant window
+    busy = [reading("busy", s) for s in range(8)]  # temp 0..7 and pressure 0..-7: σ 2.29 each
+    docs = {d["entity"]: d for d in (orjson.loads(m.value) for m in c.process(calm + busy)[0])}
+    for entity, window_std in (("calm", 0.005), ("busy", float(np.std(np.arange(8))))):
+        for c_, scale, w in (("temp", 10.0, 1.0), ("pressure", 0.5, 2.0)):
+            expected = w * scale * np.sqrt(max(window_std / scale, 0.05))
+            got = np.array(docs[entity]["intervals"]["0.8"]["upper"][c_]) - np.array(docs[entity]["forecast"][c_])
+            np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
 def test_the_monitors_calibration_scales_its_versions_intervals_and_a_swap_starts_from_the_new_versions_own() -> None:
     from pipeline.messages import encode_calibration, parse_calibration
 

@@ -22,4 +22,9 @@ def test_the_three_methods_are_measured_on_one_stream_with_a_plot(tmp_path, shar
         for r in by_level.values():
             assert 0 < r["coverage"] <= 1 and r["mean_half_width"] > 0
     assert abs(doc["results"]["adaptive"]["0.9"]["coverage"] - 0.9) < 0.02  # its long-run guarantee, on real data
+    assert set(doc["scores"]) == {"scaled_error", "over_sqrt_window_std", "over_window_std"}
+    for by_level in doc["scores"].values():  # the three scores side by side, each a split-conformal interval
+        for r in by_level.values():
+            assert 0 < r["coverage"] <= 1 and r["interval_score"] >= 2 * r["mean_half_width"] > 0
+            assert len(r["coverage_calm_middle_volatile"]) == 3
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and doc["machine"]["cpu_model"]
