@@ -53,6 +53,8 @@ bench: install  ## JSON results under bench-results/
 	$(VENV)/bin/sensorcast bench accuracy --protocol standard --dataset etth1 --horizons 96 --json bench-results/accuracy-etth1.json
 	$(VENV)/bin/sensorcast bench accuracy --protocol seed --dataset exchange --json bench-results/accuracy-seed.json
 	$(VENV)/bin/sensorcast bench intervals --plot bench-results/interval-coverage.png --json bench-results/intervals.json
+	$(VENV)/bin/sensorcast bench intervals --dataset weather --plot bench-results/interval-coverage-weather.png --json bench-results/intervals-weather.json
+	$(VENV)/bin/sensorcast bench intervals --per-entity --json bench-results/intervals-per-entity.json
 	$(VENV)/bin/sensorcast bench latency --json bench-results/latency.json
 	$(VENV)/bin/sensorcast bench retrain --json bench-results/retrain.json
 

@@ -342,7 +342,7 @@ class DriftMonitor:
             return False
         if self.coverage_gauges is not None:
             self.coverage_gauges.export(cov)
-        if self.publish is not None:
+        if self.publish is not None and self.version is not None:  # multipliers are for one version
             name, version = self.settings.model_name, str(self.version)
             multipliers = {
                 level: {c: m[:, n].round(6).tolist() for n, c in enumerate(cov.channels)}

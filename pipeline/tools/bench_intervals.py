@@ -27,7 +27,7 @@ import numpy as np
 
 from flows.coverage import CoverageTracker
 from models.conformal import WINDOW_POWER, WINDOW_SCORE, interval_report, split_conformal, window_scale
-from models.data import load_table, prepare, split_for
+from models.data import DataError, load_table, prepare, split_for
 from models.metrics import abs_errors, window_std
 from models.nets import ITransformer, ITransformerConfig
 from models.train import TrainConfig, train
@@ -190,3 +190,89 @@ def coverage_plot(hits: dict, onset: int, path: Path, level: float) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def run_entity_state(
+    path: Path,
+    lookback: int = 96,
+    horizon: int = 24,
+    shift_sigma: float = 2.0,
+    level: float = 0.9,
+    gamma: float = 0.05,
+    epochs: int = 6,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Is the adaptation's state worth keeping per entity? The weather's airports as one stream each,
+    every channel of the first airport only shifted by `shift_sigma` training σ from the middle of its
+    test split; the adaptive intervals replayed with one θ per level, step and channel shared by all
+    airports (what the monitor keeps, per version) and with one per airport. Outcomes of one hour are
+    one tick, as they would be in one of the monitor's periods."""
+    import polars as pl
+
+    frame = load_table(path)
+    if "origin" not in frame.columns:
+        raise DataError("--per-entity needs data with entities: the weather")
+    kw = {"entity_column": "origin", "time_column": "time", "path_hint": path}
+    clean = prepare(frame, lookback, horizon, **kw)
+    entities = frame["origin"].unique(maintain_order=True).to_list()
+    first = frame.filter(pl.col("origin") == entities[0]).sort("time")
+    split = split_for(path, first.height, lookback)  # what prepare does per entity
+    targets_from = split.test[0] + lookback  # the test split's first forecast target (its rows before: context)
+    half = (split.test[1] - targets_from) // 2
+    onset_time = first["time"][targets_from + half]
+    moved = (pl.col("origin") == entities[0]) & (pl.col("time") >= onset_time)
+    sigma = shift_sigma * np.asarray(clean.scaler.std)
+    frame = frame.with_columns(
+        [
+            pl.when(moved).then(pl.col(c) + float(s)).otherwise(pl.col(c))
+            for c, s in zip(clean.channels, sigma, strict=True)
+        ]
+    )
+    data = prepare(frame, lookback, horizon, **kw)
+    model = ITransformer(ITransformerConfig(lookback, horizon, d_model=256, n_heads=8, e_layers=2, d_ff=256))
+    log(f"training the iTransformer on {path.name}'s {len(entities)} airports, then replaying each one's test split")
+    train(model, data.train, data.val, TrainConfig(epochs=epochs, lr=1e-4, schedule="halve", patience=3))
+    key = f"{level:g}"
+    static = split_conformal(abs_errors(model, data.val) / window_scale(window_std(data.val))[:, None, :], [level])[key]
+    scores = abs_errors(model, data.test) / window_scale(window_std(data.test))[:, None, :]
+    per = [scores[data.test.offsets[i] : data.test.offsets[i + 1]] for i in range(len(entities))]
+    T = min(len(p) for p in per)
+    per = np.stack([p[:T] for p in per])  # (E, T, H, N): airport e's window t, in time order
+    onset = max(0, half - horizon + 1)  # the first window of airport 0 with a shifted target
+    out = {"dataset": str(path), "entities": entities, "shifted": entities[0], "windows_per_entity": int(T),
+           "shift_onset_window": int(onset), "level": key, "gamma": gamma}  # fmt: skip
+    for name, shared in (("shared", True), ("per_entity", False)):
+        issued = _replay_entities(per, static, key, gamma, shared)
+        hits, alpha = per <= issued, 1 - level
+        out[name] = {
+            "coverage": round(float(hits.mean()), 4),
+            "coverage_by_entity": {e: round(float(h.mean()), 4) for e, h in zip(entities, hits, strict=True)},
+            "first_week_after_shift_by_entity": {
+                e: round(float(h[onset : onset + TRAILING].mean()), 4) for e, h in zip(entities, hits, strict=True)
+            },
+            "interval_score": round(float((2 * issued + 2 / alpha * np.maximum(per - issued, 0)).mean()), 4),
+            "state_floats": int(static.size * (1 if shared else len(entities))),
+        }
+    return out
+
+
+def _replay_entities(scores: np.ndarray, static: np.ndarray, level: str, gamma: float, shared: bool) -> np.ndarray:
+    """The half-widths issued to each entity's windows (E, T, H, N), adapted by one CoverageTracker for
+    all entities or one each; window t's step k is learned at t + k."""
+    E, T, H, N = scores.shape
+    trackers = [
+        CoverageTracker([str(n) for n in range(N)], [level], H, window=1, gamma=gamma)
+        for _ in range(1 if shared else E)
+    ]
+    issued, steps = np.empty((E, T, H, N)), np.arange(H)
+    seen = lambda t: np.broadcast_to((steps <= t)[:, None], (H, N))  # noqa: E731
+    for t in range(T):
+        j = np.clip(t - steps, 0, None)
+        for e in range(E):
+            tracker = trackers[0 if shared else e]
+            issued[e, t] = static * tracker.multipliers()[level]
+            width = issued[e, j, steps]
+            tracker.observe_cells((scores[e, j, steps] > width)[None], 2 * width[None], seen(t))
+        for tracker in trackers:
+            tracker.adapt()
+    return issued

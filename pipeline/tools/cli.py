@@ -208,14 +208,42 @@ def bench_intervals(
     epochs: int = typer.Option(10, help="training epochs of the iTransformer"),
     horizon: int = typer.Option(24),
     entity: Optional[str] = typer.Option(None, help="of the weather, the airport whose hours make the stream"),
+    per_entity: bool = typer.Option(
+        False, "--per-entity", help="instead: the weather's airports, one shifted; adaptation shared or per airport"
+    ),
     shared_data: Optional[Path] = typer.Option(None, envvar="SENSORCAST_SHARED_DATA"),
     plot: Path = typer.Option(Path("bench-results/interval-coverage.png"), help="the coverage-over-time plot"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
 ) -> None:
     """Static, rolling and adaptive conformal intervals side by side on one replayed stream with a level shift."""
     from models.data import DataError, resolve_dataset, shared_data_dir
-    from pipeline.tools.bench_intervals import run_intervals
+    from pipeline.tools.bench_intervals import run_entity_state, run_intervals
 
+    if per_entity:
+        try:
+            doc = run_entity_state(
+                resolve_dataset("weather" if dataset == "etth1" else dataset, Path(".")), horizon=horizon,
+                shift_sigma=shift_sigma, gamma=gamma, epochs=epochs, log=lambda m: console.print(m),
+            )  # fmt: skip
+        except DataError as e:
+            _fail(str(e))
+        table = Table(title=f"adaptation state: {doc['shifted']} shifted by {shift_sigma:g} σ, level {doc['level']}")
+        for col in ("state", "floats", "coverage", *(f"{e}" for e in doc["entities"]), "first week after, each",
+                    "interval score"):  # fmt: skip
+            table.add_column(col)
+        for name in ("shared", "per_entity"):
+            r = doc[name]
+            after = " / ".join(f"{v:.3f}" for v in r["first_week_after_shift_by_entity"].values())
+            by = (f"{v:.3f}" for v in r["coverage_by_entity"].values())
+            table.add_row(
+                name, str(r["state_floats"]), f"{r['coverage']:.3f}", *by, after, f"{r['interval_score']:.3f}"
+            )
+        Console().print(table)
+        if json_path:
+            from pipeline.tools.bench_latency import machine
+
+            _write_json(json_path, {"machine": machine(), **doc})
+        return
     try:
         path = resolve_dataset(dataset, shared_data or shared_data_dir())
         doc = run_intervals(
