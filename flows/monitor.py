@@ -73,6 +73,18 @@ def mae_ratio_gauge(registry=None):
     )
 
 
+def _numbers_per_channel(forecast: object) -> bool:
+    """A forecast's {"channel": [H numbers]}, every row as long: what the trackers can score."""
+    if not isinstance(forecast, dict) or not forecast:
+        return False
+    rows = list(forecast.values())
+    return all(
+        isinstance(row, list) and len(row) == len(rows[0])
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in row)
+        for row in rows
+    )  # fmt: skip
+
+
 class CoverageGauges:
     """The monitor's interval gauges: coverage and mean width per level, channel and horizon step,
     over the rolling window and since start, and the multiplier the service is told to apply."""
@@ -295,8 +307,10 @@ class DriftMonitor:
             return
         step = doc.get("step_ms")
         step_s = step / 1000 if isinstance(step, int | float) and not isinstance(step, bool) and step > 0 else None
-        forecast, intervals = doc.get("forecast", {}), doc.get("intervals")
-        if isinstance(intervals, dict) and intervals and isinstance(forecast, dict) and forecast:
+        forecast, intervals = doc.get("forecast"), doc.get("intervals")
+        if not _numbers_per_channel(forecast):  # not our service's: nothing to score
+            return
+        if isinstance(intervals, dict) and intervals:
             model = doc.get("model")
             version = str(model.get("version")) if isinstance(model, dict) else None
             if self.version is not None and version != self.version:

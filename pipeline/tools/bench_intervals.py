@@ -35,14 +35,27 @@ from models.train import TrainConfig, train
 TRAILING = 168  # windows in the trailing coverage (a week of hourly readings)
 
 
-def shifted(frame, channels: list[str], start_row: int, sigma: np.ndarray):
-    """The frame with every channel moved by `sigma` from `start_row` on."""
+def shifted(frame, channels: list[str], start_row: int | None, sigma: np.ndarray, where=None):
+    """The frame with every channel moved by `sigma` from `start_row` on (or where `where`, a polars
+    expression, holds)."""
     import polars as pl
 
-    after = pl.int_range(0, frame.height) >= start_row
+    after = where if where is not None else pl.int_range(0, frame.height) >= start_row
     return frame.with_columns(
         [pl.when(after).then(pl.col(c) + float(s)).otherwise(pl.col(c)) for c, s in zip(channels, sigma, strict=True)]
     )
+
+
+def window_scores(model, windows) -> np.ndarray:
+    """The shipped conformal score of every window, (n, H, N): |error| over its window's scale."""
+    return abs_errors(model, windows) / window_scale(window_std(windows))[:, None, :]
+
+
+def trained(data, lookback: int, horizon: int, epochs: int) -> ITransformer:
+    """The iTransformer at the paper's setting, trained on `data`'s splits."""
+    model = ITransformer(ITransformerConfig(lookback, horizon, d_model=256, n_heads=8, e_layers=2, d_ff=256))
+    train(model, data.train, data.val, TrainConfig(epochs=epochs, lr=1e-4, schedule="halve", patience=3))
+    return model
 
 
 def replay(scores: np.ndarray, static: dict[str, np.ndarray], calib: np.ndarray, window: int, gamma: float) -> dict:
@@ -122,9 +135,8 @@ def run_intervals(
     onset_row = split.test[0] + lookback + test_rows // 2
     sigma = shift_sigma * np.asarray(clean.scaler.std)
     data = prepare(shifted(frame, clean.channels, onset_row, sigma), lookback, horizon, split, path_hint=path)
-    model = ITransformer(ITransformerConfig(lookback, horizon, d_model=256, n_heads=8, e_layers=2, d_ff=256))
     log(f"training the iTransformer on {path.name} (L={lookback}, H={horizon}), then replaying its test split")
-    train(model, data.train, data.val, TrainConfig(epochs=epochs, lr=1e-4, schedule="halve", patience=3))
+    model = trained(data, lookback, horizon, epochs)
     val = (abs_errors(model, data.val), window_std(data.val))
     # the score a version ships: |error| over its window's scale (models.conformal); which is measured below
     scale_val, scale_test = window_scale(val[1])[:, None, :], window_scale(window_std(data.test))[:, None, :]
@@ -222,19 +234,12 @@ def run_entity_state(
     onset_time = first["time"][targets_from + half]
     moved = (pl.col("origin") == entities[0]) & (pl.col("time") >= onset_time)
     sigma = shift_sigma * np.asarray(clean.scaler.std)
-    frame = frame.with_columns(
-        [
-            pl.when(moved).then(pl.col(c) + float(s)).otherwise(pl.col(c))
-            for c, s in zip(clean.channels, sigma, strict=True)
-        ]
-    )
-    data = prepare(frame, lookback, horizon, **kw)
-    model = ITransformer(ITransformerConfig(lookback, horizon, d_model=256, n_heads=8, e_layers=2, d_ff=256))
+    data = prepare(shifted(frame, clean.channels, None, sigma, where=moved), lookback, horizon, **kw)
     log(f"training the iTransformer on {path.name}'s {len(entities)} airports, then replaying each one's test split")
-    train(model, data.train, data.val, TrainConfig(epochs=epochs, lr=1e-4, schedule="halve", patience=3))
+    model = trained(data, lookback, horizon, epochs)
     key = f"{level:g}"
-    static = split_conformal(abs_errors(model, data.val) / window_scale(window_std(data.val))[:, None, :], [level])[key]
-    scores = abs_errors(model, data.test) / window_scale(window_std(data.test))[:, None, :]
+    static = split_conformal(window_scores(model, data.val), [level])[key]
+    scores = window_scores(model, data.test)
     per = [scores[data.test.offsets[i] : data.test.offsets[i + 1]] for i in range(len(entities))]
     T = min(len(p) for p in per)
     per = np.stack([p[:T] for p in per])  # (E, T, H, N): airport e's window t, in time order

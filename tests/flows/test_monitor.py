@@ -217,6 +217,32 @@ def test_too_narrow_intervals_are_widened_through_the_compacted_topic_and_the_se
     producer.close()
 
 
+def test_junk_on_the_forecasts_and_calibration_topics_never_stops_the_monitor(kafka_settings) -> None:
+    """Anyone can write to a topic: a forecast that is not our service's is not scored, and the monitor
+    keeps scoring the real ones."""
+    from pipeline.records import Record
+
+    monitor = DriftMonitor(kafka_settings, {"temp": 0.5}, print, version="1")
+    junk = [
+        {"entity": "site", "ts": 0, "forecast": {"temp": 5}},
+        {"entity": "site", "ts": 0, "forecast": {"temp": ["a", "b"]}},
+        {"entity": "site", "ts": 0, "forecast": {"temp": [1.0, 2.0], "other": [1.0]}},
+        {"entity": "site", "ts": 0, "forecast": []},
+        {"entity": "site", "ts": 0, "forecast": {"temp": [1.0]}, "intervals": {"0.9": {"lower": 3}}},
+        {"entity": "site", "ts": 0, "forecast": {"temp": [1.0]}, "intervals": {"0.9": {"lower": {"temp": ["x"]},
+                                                                              "upper": {"temp": [None]}}}},
+    ]  # fmt: skip
+    for t in range(4):
+        reading = encode_reading("site", t * HOUR, {"temp": 20.0})
+        monitor.handle(kafka_settings.readings_topic, Record(reading, b"site"), now_s=t)
+        for doc in junk:
+            monitor.handle(kafka_settings.forecasts_topic, Record(orjson.dumps(doc)), now_s=t)
+        monitor.handle(kafka_settings.calibration_topic, Record(b"{not json"), now_s=t)
+        good = {"entity": "site", "ts": format_ts(t * HOUR), "step_ms": HOUR, "forecast": {"temp": [21.0]}}
+        monitor.handle(kafka_settings.forecasts_topic, Record(orjson.dumps(good)), now_s=t)
+    assert monitor.tracker.mae("site", "temp") == 1.0 / 0.5  # the real forecasts, each 1 off, and only them
+
+
 def test_the_yardstick_is_the_champions_holdout_mae_tag(mlflow_tracking, tiny_checkpoint) -> None:
     from mlflow import MlflowClient
 
