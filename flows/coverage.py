@@ -8,9 +8,10 @@ publishes its version's split-conformal half-width times a multiplier exp(θ), o
 and channel. Every `adapt()` (a tick: the monitor's publication period), θ += γ·(miss rate − α) over
 the outcomes the tick brought, α = 1 − level. A tick of misses widens the interval, a tick of hits
 narrows it; whatever the errors do, the average miss rate over T ticks is within
-(|θ_T| + |θ_0|)/(γ·T) of α. A tick, not an outcome, is the step: a thousand entities missing at
-once move θ by γ, not by a thousand γ, before the service has even heard of it. The misses are
-judged against the interval the service really published, so what it applied is what is corrected.
+(|θ_T| + |θ_0|)/(γ·T) of α (while θ stays inside the multipliers' range, 0.1–10). A tick, not an
+outcome, is the step: a thousand entities missing at once move θ by γ, not by a thousand γ, before the service
+has even heard of it. The misses are judged against the interval the service really published, so
+what it applied is what is corrected.
 
 >>> cov = CoverageTracker(["temp"], ["0.9"], horizon=1, gamma=0.5)
 >>> cov.observe(0, "temp", 30.0, (19.0, 21.0))  # 30 is outside 19..21: a miss
@@ -38,7 +39,6 @@ class CoverageTracker:
         horizon: int,
         window: int = 500,
         gamma: float = 0.05,
-        theta: dict[str, np.ndarray] | None = None,
     ):
         self.channels, self.levels, self.horizon = list(channels), list(levels), horizon
         self.window, self.gamma = window, gamma
@@ -51,12 +51,8 @@ class CoverageTracker:
         self._ring_width = np.full((window, *cells), np.nan)
         self._pos = np.zeros(cells[1:], dtype=np.int64)
         self._tick_miss, self._tick_seen = np.zeros(cells), np.zeros(cells[1:])
-        self.theta = np.zeros(cells)
+        self.theta = np.zeros(cells)  # log-multipliers; a restarted monitor sets its published ones
         self.ticks = 0
-        if theta:  # resumed from a published calibration (a restarted monitor)
-            for i, level in enumerate(self.levels):
-                if level in theta and np.shape(theta[level]) == cells[1:]:
-                    self.theta[i] = theta[level]
 
     def fits(self, levels, horizon: int) -> bool:
         """Whether a forecast with these levels and horizon is one this tracker measures."""
