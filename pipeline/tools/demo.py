@@ -113,13 +113,14 @@ def coverage_of(cov) -> dict[str, dict[str, float]]:
 
 
 def _coverage_line(cov) -> str:
+    """The share of readings inside their interval, per level: lately (its last 500 per step) and since start."""
     levels = coverage_of(cov)
     if not levels:
-        return f"interval coverage of {VIEW_CHANNEL}: waiting for the first scored step"
-    each = [
-        f"{float(k):.0%} interval {v['rolling']:.1%} (since start {v['since_start']:.1%})" for k, v in levels.items()
-    ]  # noqa: E501
-    return f"interval coverage of {VIEW_CHANNEL}, next to the rolling MAE below: " + ", ".join(each)
+        return f"{VIEW_CHANNEL} inside its intervals: waiting for the first scored step"
+    pct = " / ".join(f"{float(k):.0%}" for k in levels)
+    lately = " / ".join(f"{v['rolling']:.1%}" for v in levels.values())
+    since = " / ".join(f"{v['since_start']:.1%}" for v in levels.values())
+    return f"{VIEW_CHANNEL} inside its {pct} intervals: {lately} lately, {since} since start"
 
 
 def _retrain(settings: Settings, reason: str, epochs: int) -> dict:
