@@ -16,25 +16,22 @@ MODELS_PACKAGE = Path(__file__).resolve().parents[1]  # shipped as code_paths: t
 
 
 def pyfunc_example(folder: Path):
-    """(input example, signature) for a checkpoint: L rows of its channels in, H rows out."""
+    """(input example, signature) for a checkpoint: L rows of its channels in, H rows out (the
+    forecast, and the bounds of each level it carries)."""
     import numpy as np
     import pandas as pd
     from mlflow.models import infer_signature
 
     from models.forecaster import Forecaster
+    from models.mlflow.pyfunc import forecast_frame
 
     forecaster = Forecaster.from_checkpoint(folder, device="cpu")
     mean = np.asarray(forecaster.meta.scaler["mean"], dtype=np.float32)
     example = pd.DataFrame(np.tile(mean, (forecaster.lookback, 1)), columns=forecaster.channels)
-    x = example.to_numpy()[None]
-    if not forecaster.cycle:
-        out = pd.DataFrame(forecaster.predict(x)[0], columns=forecaster.channels)
-        return example, infer_signature(example, out)
-    grid = forecaster.grid  # a model with a cycle takes each reading's time too (its phase)
-    ts = grid["anchor_ms"] + grid["interval_ms"] * np.arange(forecaster.lookback, dtype=np.int64)
-    out = pd.DataFrame(forecaster.predict(x, ts[-1:])[0], columns=forecaster.channels)
-    example = example.assign(ts=ts)
-    return example, infer_signature(example, out)
+    if forecaster.cycle:  # a model with a cycle takes each reading's time too (its phase)
+        grid = forecaster.grid
+        example = example.assign(ts=grid["anchor_ms"] + grid["interval_ms"] * np.arange(forecaster.lookback))
+    return example, infer_signature(example, forecast_frame(forecaster, example))
 
 
 MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}  # a model-training experiment

@@ -128,14 +128,16 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
         "import mlflow, numpy as np, pandas as pd\n"
         f"m = mlflow.pyfunc.load_model('models:/{loop_settings.model_name}@champion')\n"
         f"x = pd.DataFrame(np.ones(({L}, 2), dtype='float32'), columns=['rh', 'temp'])\n"
-        "print(m.predict(x).shape)\n"
+        "out = m.predict(x)\n"
+        "print(len(out), list(out.columns))\n"
     )
     clean = subprocess.run(
         [sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": ""}, cwd="/", capture_output=True, text=True,
         timeout=180,
     )  # fmt: skip
     assert clean.returncode == 0, clean.stderr[-3000:]
-    assert f"({H}, 2)" in clean.stdout
+    rows, columns = clean.stdout.strip().split(" ", 1)
+    assert int(rows) == H and "'rh', 'temp'" in columns and "'temp_lower_0.8', 'temp_upper_0.8'" in columns, columns
 
     # a candidate that is not better by the margin is registered, tagged, and not promoted
     second = retrain(trigger="schedule", margin=0.9, epochs=1)
