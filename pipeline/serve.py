@@ -37,6 +37,9 @@ class _Observer:
             self.metrics.set_lag(lag)
 
 
+CALIBRATION_WAIT_S = 10.0  # at start, at most this long for the calibrations already on the topic
+
+
 class CalibrationFollower:
     """Applies the monitor's calibrations (the compacted calibration topic, read from its start, so
     the latest per version is known at once) to the slot. The service never waits on it: until one
@@ -124,6 +127,12 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
         followers.append(TopicFollower(settings, settings.models_topic, watcher.announced))  # promotions land at once
     for follower in followers:
         follower.start()
+    # the calibrations already on the compacted topic, before the first forecast (a bounded wait on the
+    # broker, never on the monitor: with none running the topic is empty and this returns at once)
+    if not followers[0].caught_up.wait(CALIBRATION_WAIT_S):
+        log.warning(
+            "the calibration topic was not read within %.0f s: static intervals until it is", CALIBRATION_WAIT_S
+        )
     # torch, numpy and the clients leave ~10^6 long-lived objects; a full collection walked them all
     # in ~100 ms, every few seconds under load: the p99's worst spikes. Freeze them out of the walk.
     gc.collect()

@@ -212,14 +212,16 @@ class TopicFollower(threading.Thread):
         self.since_ms = since_ms  # start from the messages written since then (None: from now)
         self.halt = threading.Event()
         self.ready = threading.Event()
+        self.caught_up = threading.Event()  # what the topic held when following began has been handed over
 
     def run(self) -> None:
-        consumer = None
+        consumer, ends = None, {}
         while not self.halt.is_set():
             try:
                 if consumer is None:
                     consumer = topic_reader(self.settings, self.topic, since_ms=self.since_ms)
                     self.since_ms = None  # after a reconnect: from then on, not the history again
+                    ends = {} if self.caught_up.is_set() else consumer.end_offsets(list(consumer.assignment()))
                     self.ready.set()
                 for records in consumer.poll(timeout_ms=self.poll_ms).values():
                     for r in records:
@@ -227,6 +229,8 @@ class TopicFollower(threading.Thread):
                             self.on_message(Record(r.value, r.key, r.topic, r.partition, r.offset, r.timestamp))
                         else:
                             self.on_message(r.value)
+                if not self.caught_up.is_set() and all(consumer.position(tp) >= end for tp, end in ends.items()):
+                    self.caught_up.set()
             except Exception as e:  # keep following; the registry poll is the fallback meanwhile
                 log.warning("following %s failed (%s); retrying", self.topic, e)
                 if consumer is not None:

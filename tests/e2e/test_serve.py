@@ -308,3 +308,45 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_las
         where[(doc["entity"], format_ts(parse_ts(doc["ts"])))] = (r.partition, r.offset)
     assert all(where[k][1] >= committed.get(where[k][0], 0) for k in twice), "a committed reading was repeated"
     assert sum(counts.values()) - len(counts) <= RATE * interval_ms / 1000 + service_settings.max_batch
+
+
+def test_the_running_service_applies_the_calibration_of_its_version_from_the_topic(
+    kafka_settings: Settings, tiny_checkpoint, produce, collect
+) -> None:
+    """A calibration already on the compacted topic is applied from the first forecast; another
+    version's is not; a new one lands while the service runs. Half-widths here: 1 (static) × multiplier."""
+    from pipeline.messages import calibration_key, encode_calibration
+
+    half = {"0.9": [[1.0, 1.0]] * H}  # (H, N), the plain score: one width for every window
+    folder = tiny_checkpoint(intervals={"score": "abs_error_scaled", "windows": 50, "half_width": half})
+    s = kafka_settings.model_copy(update={"model_uri": str(folder), "metrics_port": 0})
+    ensure_topics(s)
+
+    def calibration(version: str, multiplier: float) -> tuple[bytes, bytes]:
+        rows = {"0.9": {c: [multiplier] * H for c in CH}}
+        return calibration_key("test-model", version), encode_calibration("test-model", version, rows, "now")
+
+    produce(s, [calibration("local", 3.0), calibration("9", 7.0)], topic=s.calibration_topic)
+    forecasts = collect(s, s.forecasts_topic)
+    thread, stop = start_service(s)
+
+    def widths(docs: list[dict]) -> set[float]:
+        return {
+            round(u - p, 4)
+            for d in docs
+            for u, p in zip(d["intervals"]["0.9"]["upper"]["temp"], d["forecast"]["temp"], strict=True)
+        }
+
+    try:
+        produce(s, readings(1, range(12)))
+        first = forecasts.wait_for(12 - (L - 1))
+        assert widths(first) == {3.0}, widths(first)  # v"local"'s multiplier from the start, not v9's
+        produce(s, [calibration("local", 0.5)], topic=s.calibration_topic)
+        deadline, hours = time.monotonic() + 30, iter(range(12, 200))
+        while 0.5 not in widths(forecasts.docs[len(first) :]) and time.monotonic() < deadline:
+            produce(s, readings(1, range(next(hours), next(hours) + 1)))
+            time.sleep(0.3)
+        assert widths(forecasts.docs[-1:]) == {0.5}  # a new calibration lands while it runs
+    finally:
+        stop.set()
+        thread.join(timeout=30)
