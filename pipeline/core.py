@@ -7,6 +7,7 @@ pass, safe on another thread) → `finish` (encode). pipeline/loop.py drives it 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Protocol
@@ -115,6 +116,7 @@ class ModelSlot:
 
     def __init__(self, model: Model):
         self._model = model
+        self.check: Callable[[Model], None] | None = None  # raises if a model cannot be served here (the core's)
         self._scales: dict[str, dict[str, np.ndarray]] = {}  # version → level → (N, H) multipliers
         self._generation = 0  # counts calibrations applied: the cache below is for one model and generation
         self._widths: tuple[Model | None, int, dict[str, np.ndarray]] = (None, 0, {})
@@ -137,6 +139,8 @@ class ModelSlot:
                 f"new model {new.name} v{new.version} was trained every {new_step['interval_ms']} ms; the serving "
                 f"windows hold slots of {old_step['interval_ms']} ms: restart the service to change them"
             )
+        if self.check is not None:
+            self.check(new)
         self._model = new
         return old
 
@@ -202,12 +206,8 @@ class ForecastCore:
         m = slot.model
         self.channels = list(m.channels)
         self.grid = None if cfg.interval_ms else Grid.from_dict(getattr(m, "grid", None), cfg.grid_tolerance)
-        trained_every = (getattr(m, "grid", None) or {}).get("interval_ms")
-        if getattr(m, "cycle", 0) and cfg.interval_ms and cfg.interval_ms != trained_every:
-            raise ValueError(
-                f"model {m.name} v{m.version} has a cycle on a grid of {trained_every} ms, and the service is set "
-                f"to slot readings every {cfg.interval_ms} ms: unset SENSORCAST_READING_INTERVAL_S, or retrain"
-            )
+        self.servable(m)
+        slot.check = self.servable  # a hot swap is held to the same rule
         self.windows = EntityWindows(
             len(self.channels),
             m.lookback,
@@ -225,6 +225,16 @@ class ForecastCore:
         self._staging = [np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32) for _ in range(2)]
         self._flip = 0
         self._next_eviction = 0.0
+
+    def servable(self, m: Model) -> None:
+        """ValueError if this service's windows cannot feed `m`: a model with a cycle needs readings
+        slotted on the grid it was trained on, not on SENSORCAST_READING_INTERVAL_S's."""
+        trained_every = (getattr(m, "grid", None) or {}).get("interval_ms")
+        if getattr(m, "cycle", 0) and self.cfg.interval_ms and self.cfg.interval_ms != trained_every:
+            raise ValueError(
+                f"model {m.name} v{m.version} has a cycle on a grid of {trained_every} ms, and the service is set "
+                f"to slot readings every {self.cfg.interval_ms} ms: unset SENSORCAST_READING_INTERVAL_S, or retrain"
+            )
 
     def process(self, records: list[Record], now_ms: int | None = None) -> tuple[list[Outgoing], BatchStats]:
         """One batch start to end: prepare → forecast → finish."""

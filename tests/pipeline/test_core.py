@@ -116,6 +116,11 @@ def test_a_model_with_a_cycle_forecasts_from_each_windows_time_on_its_grid(tmp_p
     assert not np.allclose(got["x"], got["y"])
     with pytest.raises(ValueError, match="SENSORCAST_READING_INTERVAL_S"):
         core(forecaster, interval_ms=HOUR // 2)
+    # the same rule for a hot swap: a service slotting every 30 min refuses the cycle model, keeps its own
+    plain = core(LastValueModel(CH, lookback=8, horizon=4), interval_ms=HOUR // 2)
+    with pytest.raises(ValueError, match="SENSORCAST_READING_INTERVAL_S"):
+        plain.slot.swap(forecaster)
+    assert isinstance(plain.slot.model, LastValueModel)
 
 
 def test_a_version_with_intervals_sends_each_level_around_every_forecast(tmp_path) -> None:
