@@ -54,6 +54,7 @@ class SearchSpace:
     epochs: tuple[int, ...] = (5, 10, 20)
     patience: tuple[int, ...] = (2, 3, 5)
     cycle: tuple[int, ...] = (0,)  # periods to try for a cycle-aware network (0: none); see cycle_candidates
+    skip: tuple[bool, ...] = (False, True)  # a correction to the last value (ITransformerConfig.skip), or not
 
     def suggest(self, trial) -> tuple[dict, dict]:
         """(the network's config fields, the training config's fields) for one trial."""
@@ -66,6 +67,8 @@ class SearchSpace:
         }
         if self.cycle != (0,):
             net["cycle"] = trial.suggest_categorical("cycle", list(self.cycle))
+        if len(self.skip) > 1 or self.skip[0]:
+            net["skip"] = trial.suggest_categorical("skip", list(self.skip))
         fit = {
             "lr": trial.suggest_float("lr", *self.lr, log=True),
             "schedule": trial.suggest_categorical("schedule", list(self.schedule)),
@@ -84,7 +87,7 @@ class SearchSpace:
         """A known configuration as values of the space's parameters (to enqueue as a trial)."""
         keys = ("d_model", "e_layers", "d_ff", "dropout", "n_heads")
         point = {**{k: net[k] for k in keys}, **{k: getattr(fit, k) for k in ("lr", "schedule", "epochs", "patience")}}
-        return point | ({"cycle": net["cycle"]} if "cycle" in net else {})
+        return point | ({"cycle": net["cycle"]} if "cycle" in net else {}) | {"skip": bool(net.get("skip", False))}
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class ITransformerConfig:
     use_norm: bool = True  # the paper's instance normalization (RevIN without affine)
     cycle: int = 0  # W: a learnable cycle of this period (CycleNet's RCF); 0: none
     n_variates: int = 0  # N, needed by a cycle (one per variate); 0 otherwise
+    skip: bool = False  # forecast = the last value + the network's correction, which starts at zero (persistence)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +109,9 @@ class ITransformer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.e_layers))
         self.encoder_norm = nn.LayerNorm(cfg.d_model)
         self.project = nn.Linear(cfg.d_model, cfg.horizon)
+        if cfg.skip:  # the correction starts at zero: an untrained network is persistence
+            nn.init.zeros_(self.project.weight)
+            nn.init.zeros_(self.project.bias)
         if cfg.cycle:
             if cfg.n_variates < 1:
                 raise ValueError("a cycle needs n_variates: it holds one learnable cycle per variate")
@@ -136,6 +140,8 @@ class ITransformer(nn.Module):
             h = layer(h)  # attention across variate tokens
         h = self.encoder_norm(h)
         y = self.project(h)[:, :N]  # (B, N + C, H) → keep the variates → (B, N, H)
+        if self.cfg.skip:
+            y = y + tokens[:, :N, -1:]  # a correction to the last (normalized) value, every step
         if self.cfg.cycle:
             y = y + self.cycle_at(cycle_index, self.cfg.horizon, offset=L)  # and put back over the horizon
         if self.cfg.use_norm:

@@ -250,6 +250,7 @@ def test_a_two_trial_search_logs_each_trial_as_a_child_run_and_the_gate_sees_onl
     assert set(trials) == {"trial-0", "trial-1"}, sorted(trials)
     preset = trials["trial-0"].data.params
     assert preset["d_model"] == "64" and preset["epochs"] == "1" and preset["cycle"] == "0"  # hourly: a cycle offered
+    assert preset["skip"] == "False"  # the preset exactly: no skip either
     assert {c.data.tags["trial_state"] for c in children} <= {"complete", "pruned", "ineligible", "diverged"}
     chosen = trials[f"trial-{parent.data.tags['search_chosen_trial']}"]
     assert chosen.data.tags["trial_state"] == "complete"

@@ -103,3 +103,15 @@ def test_a_cycle_learns_a_cycle_the_windows_do_not_show(multi_sine) -> None:
         train(model, data, data, TrainConfig(epochs=4, lr=3e-3, progress=False))
         losses[cycle] = mean_loss(model, data, torch.device("cpu"))
     assert losses[12] < losses[0], losses
+
+
+def test_with_a_skip_an_untrained_network_is_persistence_and_training_learns_a_correction(multi_sine) -> None:
+    """skip=True: the forecast is the last value plus a correction whose projection starts at zero."""
+    x = torch.randn(5, 24, 3) * 4 + 10
+    assert torch.allclose(_model(skip=True)(x), x[:, -1:, :].expand(5, 6, 3), atol=1e-5)
+    torch.manual_seed(0)
+    net = ITransformer(ITransformerConfig(lookback=24, horizon=6, d_model=32, n_heads=4, d_ff=64, skip=True))
+    windows = Windows([multi_sine], 24, 6)
+    before = mean_loss(net, windows, torch.device("cpu"))
+    train(net, windows, windows, TrainConfig(epochs=6, lr=1e-3, progress=False))
+    assert mean_loss(net, windows, torch.device("cpu")) < 0.5 * before  # a sine is not flat: a correction is learned
