@@ -124,9 +124,10 @@ class CoverageTracker:
         "width_90_temp")."""
         out: dict[str, float] = {}
         seen = self.seen.sum(axis=0)  # (N,)
+        rolling_by_level = self.coverage(rolling=True)  # one pass over the rings for every level
         for i, level in enumerate(self.levels):
             pct = f"{float(level) * 100:g}".replace(".", "_")
-            rolling = self.coverage(rolling=True)[level]
+            rolling = rolling_by_level[level]
             for n, c in enumerate(self.channels):
                 if not seen[n]:
                     continue

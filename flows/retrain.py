@@ -176,16 +176,16 @@ def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
 
     from flows.gate import forecast_windows
     from models.conformal import calibration, window_scale
+    from models.metrics import window_std
 
     std = np.asarray(candidate.scaler.std, dtype=np.float32)
-    net, errors, scales = candidate.raw_net(), [], []
+    net, errors = candidate.raw_net(), []
     with torch.no_grad():
         for start in range(0, len(holdout), 512):
-            index = torch.arange(start, min(start + 512, len(holdout)))
-            pred, y = forecast_windows(net, holdout, index)
+            pred, y = forecast_windows(net, holdout, torch.arange(start, min(start + 512, len(holdout))))
             errors.append((pred.float() - y).abs().numpy() / std)  # (B, H, N)
-            scales.append(window_scale((holdout.batch(index)[0].numpy() / std).std(axis=1)))  # (B, N)
-    return calibration(np.concatenate(errors), np.concatenate(scales), levels)
+    scale = window_scale(window_std(holdout) / std)  # (n, N): the holdout is raw, the scale in training σ
+    return calibration(np.concatenate(errors), scale, levels)
 
 
 def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None, cfg, trials: int):

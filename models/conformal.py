@@ -25,7 +25,6 @@ import math
 import numpy as np
 
 WINDOW_SCORE = "abs_error_scaled_over_sqrt_window_std"  # the score a version's intervals stand on
-SCALED_SCORE = "abs_error_scaled"  # versions calibrated before the window scale: one width for every window
 WINDOW_POWER = 0.5  # the scale is std ** this: 0 is no scale, 1 over-corrects (calm windows under-covered)
 STD_FLOOR = 0.05  # a window's std is at least this (training σ): a stuck sensor still gets an interval
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import CheckpointMeta, load
-from models.conformal import WINDOW_SCORE, window_scale
+from models.conformal import WINDOW_POWER, WINDOW_SCORE, window_scale
 from models.device import pick_device
 
 # CUDA graph sizes: a batch is padded up to the next one; a larger batch runs without a graph (one
@@ -92,7 +92,7 @@ class Forecaster:
         self.input_bounds = input_bounds(np.asarray(meta.scaler["mean"]), np.asarray(meta.scaler["std"]))
         self.interval_widths = interval_widths(meta)
         stored = meta.extra.get("intervals") or {}
-        self._window_power = float(stored.get("power", 0.5)) if stored.get("score") == WINDOW_SCORE else None
+        self._window_power = float(stored.get("power", WINDOW_POWER)) if stored.get("score") == WINDOW_SCORE else None
         self._inv_std = (1 / np.asarray(meta.scaler["std"], dtype=np.float32)).astype(np.float32)
         self.cycle = int(meta.config.get("cycle", 0))  # W: its forecasts depend on each window's phase
         self.use_graphs = cuda_graphs and self.device.type == "cuda" and not self.cycle  # graphs take x alone

@@ -47,22 +47,17 @@ class CalibrationFollower:
 
     def __init__(self, slot: ModelSlot):
         self.slot = slot
-        self.applied = 0
-        self.refused = 0
-        self._said: set[str] = set()
+        self._said: set[str] = set()  # versions whose first applied calibration was logged
 
     def __call__(self, value: bytes | None) -> None:
         try:
             cal = parse_calibration(value)
         except BadCalibration as e:
-            self.refused += 1
             log.warning("calibration not applied, the intervals stay as they are: %s", e)
             return
-        if self.slot.calibrate(cal):
-            self.applied += 1
-            if cal.version not in self._said:
-                self._said.add(cal.version)
-                log.info("intervals of %s v%s now follow the monitor's calibration", cal.name, cal.version)
+        if self.slot.calibrate(cal) and cal.version not in self._said:
+            self._said.add(cal.version)
+            log.info("intervals of %s v%s now follow the monitor's calibration", cal.name, cal.version)
 
 
 def rehydrate_span_ms(settings: Settings, forecaster) -> int | None:
