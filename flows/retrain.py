@@ -147,7 +147,8 @@ def fit(
     found, warm = None, False
     if trials > 0:
         train_parts = [scaler.transform(s) for s in splits.train]
-        model, result, found = _searched(settings, train_w, val_w, train_parts, grid, cfg, trials)
+        origins = _origins(settings, train_parts, first["train"], grid)
+        model, result, found = _searched(settings, train_w, val_w, train_parts, grid, cfg, trials, origins)
     else:
         model = build("itransformer", lookback=L, horizon=H, **PRESETS["serving"])
         if warm_start and champion is not None and champion.meta.architecture == "itransformer":
@@ -188,10 +189,30 @@ def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
     return calibration(np.concatenate(errors), scale, levels)
 
 
-def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None, cfg, trials: int):
-    """(model, its training result, the search) for the configuration chosen on validation. With a
-    grid, the space holds a cycle: the periods the longest training series' autocorrelation and the
-    grid's cadence suggest."""
+def _origins(settings: Settings, train_parts, first_ts: list[int], grid: dict | None) -> list:
+    """The earlier rolling origins the search also judges on (`settings.search_folds` in all, the real
+    split included), cut from the training rows: each validation block as long as the real one (the
+    time split gives validation 1/7 of training's rows). Fewer when the data is too short; none at 1."""
+    from models.data import DataError, rolling_origins
+
+    L, H = settings.lookback, settings.horizon
+    rows = [max(H, round(len(p) / 7)) for p in train_parts]
+    starts = [(t - grid["anchor_ms"]) // grid["interval_ms"] for t in first_ts] if grid else None
+    for folds in range(settings.search_folds, 1, -1):
+        try:
+            made = rolling_origins(train_parts, rows, L, H, folds, starts)
+        except DataError:
+            continue
+        if folds < settings.search_folds:
+            get_run_logger().warning(f"the training data holds {folds} rolling origins, not {settings.search_folds}")
+        return made
+    return []
+
+
+def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None, cfg, trials: int, origins=()):
+    """(model, its training result, the search) for the configuration chosen on validation, over the
+    rolling `origins` too. With a grid, the space holds a cycle: the periods the longest training
+    series' autocorrelation and the grid's cadence suggest."""
     from dataclasses import replace
 
     from models.device import pick_device
@@ -210,12 +231,12 @@ def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None
     budget = SearchBudget(trials, settings.search_max_seconds, settings.search_max_forward_ms)
     found = search(
         train_w, val_w, settings.lookback, settings.horizon, n_variates, budget,
-        space=space, base=cfg, start_from=SearchSpace.point(preset, cfg), progress=sys.stderr.isatty(),
-        log=get_run_logger().info,
+        space=space, base=cfg, start_from=SearchSpace.point(preset, cfg), folds=origins,
+        progress=sys.stderr.isatty(), log=get_run_logger().info,
     )  # fmt: skip
     best = found.best
     device = str(pick_device(cfg.device))
-    result = TrainResult(best.val_loss, best.epochs, best.seconds, device, best.history, "search")
+    result = TrainResult(best.val_loss, best.epochs, best.seconds, device, best.epochs_on(), "search")
     return found.model, result, found
 
 

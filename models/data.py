@@ -305,6 +305,39 @@ class Windows(torch.utils.data.Dataset):
         return torch.stack(parts)
 
 
+def rolling_origins(
+    parts: list[np.ndarray],
+    val_rows: int | list[int],
+    lookback: int,
+    horizon: int,
+    folds: int,
+    starts: list[int] | None = None,
+) -> list[tuple[Windows, Windows]]:
+    """Earlier (train, validation) folds cut from the training rows alone, for rolling-origin
+    validation: fold k (1 ≤ k < folds) validates on the k-th block of `val_rows` rows counted back
+    from the end of each training series and trains on what comes before it. One validation period
+    is a weak judge of a configuration (ETTh1's four months, Exchange's two years); several, each
+    scored on data its model never saw, are less so. `parts` are the scaled training series (T, N),
+    one per entity; `starts` their first slot on the time grid. Oldest fold first."""
+    rows = val_rows if isinstance(val_rows, list) else [val_rows] * len(parts)
+    starts = starts or [0] * len(parts)
+    made: list[tuple[Windows, Windows]] = []
+    for k in range(folds - 1, 0, -1):
+        fit, held, fit_at, held_at = [], [], [], []
+        for part, v, s in zip(parts, rows, starts, strict=True):
+            cut = len(part) - k * v
+            if cut - lookback - horizon < 1 or v < horizon:
+                continue  # too short a series for this origin
+            fit.append(part[:cut])
+            held.append(part[cut - lookback : cut + v])
+            fit_at.append(s)
+            held_at.append(s + cut - lookback)
+        if not fit:
+            raise DataError(f"the training split is too short for {folds} rolling origins of {rows[0]} rows")
+        made.append((Windows(fit, lookback, horizon, starts=fit_at), Windows(held, lookback, horizon, starts=held_at)))
+    return made
+
+
 @dataclass
 class Prepared:
     """Everything a training run needs from one file: scaled splits as windows, and how to undo it."""

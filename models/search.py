@@ -26,7 +26,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -49,10 +49,12 @@ class SearchSpace:
     d_ff: tuple[int, ...] = (64, 128, 256, 512)
     n_heads: tuple[int, ...] = (4, 8)  # every d_model above divides by each
     dropout: tuple[float, float] = (0.0, 0.3)
-    lr: tuple[float, float] = (5e-5, 3e-3)  # sampled on a log scale
+    lr: tuple[float, float] = (5e-5, 1e-2)  # sampled on a log scale
     schedule: tuple[str, ...] = ("halve", "cosine")
-    epochs: tuple[int, ...] = (5, 10, 20)
+    epochs: tuple[int, ...] = (5, 10, 20, 30)
     patience: tuple[int, ...] = (2, 3, 5)
+    batch_size: tuple[int, ...] = (32, 256)
+    loss: tuple[str, ...] = ("mse", "mae")  # what training minimizes (validation judges by MSE either way)
     cycle: tuple[int, ...] = (0,)  # periods to try for a cycle-aware network (0: none); see cycle_candidates
     skip: tuple[bool, ...] = (False, True)  # a correction to the last value (ITransformerConfig.skip), or not
 
@@ -74,8 +76,27 @@ class SearchSpace:
             "schedule": trial.suggest_categorical("schedule", list(self.schedule)),
             "epochs": trial.suggest_categorical("epochs", list(self.epochs)),
             "patience": trial.suggest_categorical("patience", list(self.patience)),
+            "batch_size": trial.suggest_categorical("batch_size", list(self.batch_size)),
+            "loss": trial.suggest_categorical("loss", list(self.loss)),
         }
         return net, fit
+
+    def cyclenet_linear(self) -> dict | None:
+        """CycleNet/Linear's recipe (Lin et al., NeurIPS 2024: a linear map beside a learnable cycle,
+        learning rate 0.01, batch 256, 30 epochs, patience 5) as a point of this space, with its shortest
+        cycle on offer: a known good start for data with a cycle. None when the space cannot hold it."""
+        cycles = [c for c in self.cycle if c]
+        point = {
+            "d_model": max(self.d_model), "e_layers": 0, "d_ff": self.d_ff[0], "dropout": 0.0,
+            "n_heads": self.n_heads[0], "lr": 1e-2, "schedule": "halve", "epochs": 30, "patience": 5,
+            "batch_size": 256, "loss": "mse", "skip": False,
+        }  # fmt: skip
+        fits = (
+            self.e_layers[0] == 0 and self.lr[0] <= 1e-2 <= self.lr[1] and self.dropout[0] == 0.0
+            and all(point[k] in getattr(self, k) for k in ("schedule", "epochs", "patience", "batch_size", "loss"))
+            and False in self.skip
+        )  # fmt: skip
+        return {**point, "cycle": min(cycles)} if cycles and fits else None
 
     def with_cycles(self, train: np.ndarray, step_s: float | None) -> SearchSpace:
         """This space offering, beside no cycle, the periods the training data (T, N) and its grid's
@@ -86,7 +107,8 @@ class SearchSpace:
     def point(net: dict, fit: TrainConfig) -> dict:
         """A known configuration as values of the space's parameters (to enqueue as a trial)."""
         keys = ("d_model", "e_layers", "d_ff", "dropout", "n_heads")
-        point = {**{k: net[k] for k in keys}, **{k: getattr(fit, k) for k in ("lr", "schedule", "epochs", "patience")}}
+        fits = ("lr", "schedule", "epochs", "patience", "batch_size", "loss")
+        point = {**{k: net[k] for k in keys}, **{k: getattr(fit, k) for k in fits}}
         return point | ({"cycle": net["cycle"]} if "cycle" in net else {}) | {"skip": bool(net.get("skip", False))}
 
 
@@ -107,14 +129,21 @@ class TrialRecord:
     number: int
     params: dict
     state: str
-    val_loss: float | None  # its best validation loss (None when it never trained)
+    val_loss: float | None  # its best validation loss, the mean over the folds (None when it never trained)
     forward_ms: float
     seconds: float
     epochs: int
     history: list[dict] = field(default_factory=list)
+    fold_val_losses: list[float] = field(default_factory=list)  # each fold's best, oldest first, the real split last
+    folds: int = 1  # rolling origins judged on, the real split included
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def epochs_on(self, fold: int | None = None) -> list[dict]:
+        """The per-epoch records of one fold (default: the real split, the last), without the fold key."""
+        fold = self.folds - 1 if fold is None else fold
+        return [{k: v for k, v in r.items() if k != "fold"} for r in self.history if r.get("fold", 0) == fold]
 
 
 @dataclass
@@ -131,6 +160,7 @@ class SearchResult:
         return {
             "chosen": self.best.params,
             "chosen_val_loss": self.best.val_loss,
+            "folds": self.best.folds,  # rolling origins each trial was judged on, the validation split included
             "trials": len(self.trials),
             "states": {s: sum(t.state == s for t in self.trials) for s in sorted({t.state for t in self.trials})},
             "budget_trials": self.budget.trials,
@@ -199,18 +229,23 @@ def search(
     *,
     space: SearchSpace | None = None,
     base: TrainConfig | None = None,
-    start_from: dict | None = None,
+    start_from: dict | list[dict] | None = None,
+    folds: Sequence[tuple[Windows, Windows]] = (),
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Run the search; raise `NothingEligible` when no trial completed. `start_from` (values for the
-    space's parameters, such as today's preset) is the first trial, always eligible, so the choice is
-    never worse on validation than it."""
+    space's parameters, such as today's preset, or a list of such points) are the first trials, always
+    eligible, so the choice is never worse on validation than they are. With `folds` (earlier origins,
+    `models.data.rolling_origins`), a trial trains once per fold and then on the real split, and is
+    judged by the mean of the folds' validation losses: rolling-origin validation. The chosen model is
+    still the one trained on the whole training split."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from `log` instead
     space, base = space or SearchSpace(), base or TrainConfig()
     log = log or logging.getLogger("sensorcast.search").info
+    starts = [start_from] if isinstance(start_from, dict) else list(start_from or [])
     records: list[TrialRecord] = []
     kept: dict = {}  # the best completed trial's network and training config
 
@@ -220,45 +255,55 @@ def search(
             net_fields["n_variates"] = n_variates
         model = ITransformer(ITransformerConfig(lookback, horizon, **net_fields))
         cost = forward_ms(model, n_variates)
-        record = TrialRecord(trial.number, dict(trial.params), "ineligible", None, round(cost, 3), 0.0, 0)
+        record = TrialRecord(
+            trial.number, dict(trial.params), "ineligible", None, round(cost, 3), 0.0, 0, folds=len(folds) + 1
+        )
         records.append(record)
-        known = start_from is not None and trial.number == 0  # today's choice stays eligible, however busy the CPU
+        known = trial.number < len(starts)  # the known points stay eligible, however busy the CPU
         if budget.max_forward_ms is not None and cost > budget.max_forward_ms and not known:
             log(f"trial {trial.number}: {cost:.1f} ms at batch {LATENCY_BATCH} > {budget.max_forward_ms:g} ms, skipped")
             raise optuna.TrialPruned()
         cfg = replace(base, **fit_fields, progress=False)
         started = time.perf_counter()
+        runs = [*folds, (train_set, val_set)]  # the earlier origins, oldest first, then the real split
+        initial = copy.deepcopy(model)  # every fold starts from the same weights
 
-        def on_epoch(rec: dict) -> None:
-            record.history.append(rec)
+        def on_epoch(rec: dict, fold: int) -> None:
+            record.history.append(rec if len(runs) == 1 else {**rec, "fold": fold})
             record.epochs = rec["epoch"]
-            trial.report(rec["val_loss"], rec["epoch"])
             if not math.isfinite(rec["val_loss"]):
                 record.state = "diverged"
                 raise optuna.TrialPruned()
-            if trial.should_prune():
-                record.state = "pruned"
-                raise optuna.TrialPruned()
+            if fold == 0:  # the pruner compares trials on the first fold they all train on
+                trial.report(rec["val_loss"], rec["epoch"])
+                if trial.should_prune():
+                    record.state = "pruned"
+                    raise optuna.TrialPruned()
 
         try:
-            result = train(model, train_set, val_set, cfg, on_epoch=on_epoch, desc=f"trial {trial.number}")
+            for j, (fit_w, val_w) in enumerate(runs):
+                net = model if j == len(runs) - 1 else copy.deepcopy(initial)
+                result = train(
+                    net, fit_w, val_w, cfg, on_epoch=lambda rec, j=j: on_epoch(rec, j), desc=f"trial {trial.number}"
+                )
+                record.fold_val_losses.append(result.best_val_loss)
         finally:
             record.seconds = round(time.perf_counter() - started, 2)
             losses = [r["val_loss"] for r in record.history if math.isfinite(r["val_loss"])]
             record.val_loss = min(losses) if losses else None
             if record.state != "ineligible":
                 log(f"trial {trial.number}: {record.state}, val {record.val_loss} after {record.epochs} epochs")
-        record.state, record.val_loss = "complete", result.best_val_loss
-        log(f"trial {trial.number}: val {result.best_val_loss:.5f} in {record.seconds:.0f} s, {trial.params}")
-        if "record" not in kept or result.best_val_loss < kept["record"].val_loss:
+        record.state, record.val_loss = "complete", statistics.fmean(record.fold_val_losses)
+        log(f"trial {trial.number}: val {record.val_loss:.5f} in {record.seconds:.0f} s, {trial.params}")
+        if "record" not in kept or record.val_loss < kept["record"].val_loss:
             kept.update(record=record, model=copy.deepcopy(model).cpu().eval(), cfg=cfg)
-        return result.best_val_loss
+        return record.val_loss
 
     sampler = optuna.samplers.TPESampler(seed=base.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)  # never on epoch 1 alone
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
-    if start_from:
-        study.enqueue_trial(start_from)
+    for point in starts:
+        study.enqueue_trial(point)
     started = time.perf_counter()
     with tqdm(total=budget.trials, desc="search", unit="trial", disable=not progress) as bar:
         study.optimize(

@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine | halve (TSLib's "type1": lr halves each epoch) | constant
+    loss: str = "mse"  # what training minimizes: mse | mae | huber; validation always judges by MSE
     patience: int = 3
     seed: int = 2024
     device: str = "auto"
@@ -40,6 +41,13 @@ class TrainResult:
     device: str
     history: list[dict] = field(default_factory=list)
     stopped_by: str = "epochs"  # "epochs" (the schedule ran out), "patience" (early stopping) or "time_cap"
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mse": nn.functional.mse_loss,
+    "mae": nn.functional.l1_loss,  # less pulled by the outliers of heavy-tailed series
+    "huber": nn.functional.smooth_l1_loss,  # squared within one (scaled) unit, absolute beyond
+}
 
 
 def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
@@ -74,6 +82,9 @@ def train(
     desc: str = "train",
 ) -> TrainResult:
     """Train in place; the model ends with the weights of its best validation epoch."""
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}")
+    criterion = LOSSES[cfg.loss]
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     model.to(device)
@@ -101,7 +112,7 @@ def train(
             y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 pred = model(*inputs)
-            loss = nn.functional.mse_loss(pred.float(), y)
+            loss = criterion(pred.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

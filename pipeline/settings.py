@@ -170,6 +170,12 @@ class Settings(BaseSettings):
     search_max_seconds: float | None = Field(
         default=3600.0, description="a retrain's configuration search (`--trials N`) stops starting trials after this"
     )
+    search_folds: int = Field(
+        default=3,
+        ge=1,
+        description="rolling origins a retrain's search judges each configuration on: the validation split and the "
+        "blocks of training data before it (1: the validation split alone); each costs a training per trial",
+    )
     search_max_forward_ms: float | None = Field(
         default=20.0,
         description="a searched configuration whose CPU forward pass at batch 256 takes longer (on the retrain's "

@@ -90,8 +90,13 @@ def log_search_trials(found: SearchResult) -> None:
         with mlflow.start_run(run_name=f"trial-{t.number}", nested=True):
             mlflow.log_params(t.params)
             mlflow.set_tags({"trial_state": t.state, "forward_ms_batch_256": f"{t.forward_ms:.3f}"})
-            for rec in t.history:
-                mlflow.log_metrics({k: rec[k] for k in ("train_loss", "val_loss", "lr")}, step=rec["epoch"])
+            for fold in range(t.folds):  # the real split's epochs as train_loss..., an earlier origin's suffixed
+                suffix = "" if fold == t.folds - 1 else f"_origin{fold}"
+                for rec in t.epochs_on(fold):
+                    metrics = {f"{k}{suffix}": rec[k] for k in ("train_loss", "val_loss", "lr")}
+                    mlflow.log_metrics(metrics, step=rec["epoch"])
+            for fold, loss in enumerate(t.fold_val_losses if t.folds > 1 else []):
+                mlflow.log_metric("fold_best_val_loss", loss, step=fold)
             if t.val_loss is not None:
                 mlflow.log_metric("best_val_loss", t.val_loss)
             mlflow.log_metric("train_seconds", t.seconds)
@@ -99,6 +104,7 @@ def log_search_trials(found: SearchResult) -> None:
     mlflow.set_tags({"search_chosen_trial": str(found.best.number), "search_states": str(summary["states"])})
     mlflow.log_metrics({"search_wall_seconds": found.wall_seconds, "search_chosen_val_loss": found.best.val_loss})
     mlflow.log_params({f"search_budget_{k}": summary[k] for k in ("budget_trials", "budget_seconds", "max_forward_ms")})
+    mlflow.log_param("search_folds", summary["folds"])
     mlflow.log_dict(summary | {"trial_log": [t.to_dict() for t in found.trials]}, "search.json")
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(str(search_plot(found, Path(tmp) / "search.png")))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from models.conformal import WINDOW_POWER, interval_report
-from models.data import Prepared, Split, guess_time_column, load_table, prepare, split_for
+from models.data import Prepared, Split, guess_time_column, load_table, prepare, rolling_origins, split_for
 from models.device import pick_device
 from models.metrics import abs_errors, evaluate, window_std
 from models.nets import NAIVE, ITransformer, ITransformerConfig, Transformer, TransformerConfig
@@ -108,10 +108,12 @@ def run_accuracy(
     log: Callable[[str], None] = print,
     search_budget: SearchBudget | None = None,
     search_space: SearchSpace | None = None,
+    folds: int = 1,
 ) -> list[BenchRow]:
     """Each network trains for its protocol's full schedule (epochs, patience), so a busy machine takes
     longer but scores the same; `max_seconds` is an explicit budget, reported in every row it applies to.
-    With `search_budget`, the iTransformer's configuration is searched for on validation instead."""
+    With `search_budget`, the iTransformer's configuration is searched for on validation instead, over
+    `folds` rolling origins (1: the validation split alone)."""
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
@@ -142,14 +144,13 @@ def run_accuracy(
                 m = evaluate(cls(h), data.test)
                 rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
         if search_budget is not None and "itransformer" in models:
-            cycle_from = (
-                data.scaler.transform(frame.select(data.channels).to_numpy()[: split.train[1]]),
-                _step_s(frame),
-            )
+            train_rows = data.scaler.transform(frame.select(data.channels).to_numpy()[: split.train[1]])
+            val_rows = split.val[1] - split.val[0] - lookback
+            origins = rolling_origins([train_rows], val_rows, lookback, h, folds)
             rows.append(
                 _searched(
                     data, lookback, h, search_budget, search_space, train_cfg, max_seconds, protocol, device, path, log,
-                    cycle_from,
+                    (train_rows, _step_s(frame)), origins,
                 )
             )  # fmt: skip
         for name in models:
@@ -185,20 +186,27 @@ def run_accuracy(
 
 
 def _searched(
-    data, lookback, h, budget, space, train_cfg, max_seconds, protocol, device, path, log, cycle_from=None
+    data, lookback, h, budget, space, train_cfg, max_seconds, protocol, device, path, log, cycle_from=None, origins=()
 ) -> BenchRow:
-    """The iTransformer chosen on validation, scored on the test split once. `max_seconds` caps each trial."""
-    log(f"searching the iTransformer's configuration for horizon {h} on {path.name}: {budget.trials} trials")
+    """The iTransformer chosen on validation (over the rolling `origins` too), scored on the test split
+    once. `max_seconds` caps each trial. The search starts from the paper's setting and, with a cycle
+    on offer, CycleNet/Linear's recipe."""
+    log(
+        f"searching the iTransformer's configuration for horizon {h} on {path.name}: {budget.trials} trials, "
+        f"{len(origins) + 1} rolling origin(s)"
+    )
     base = replace(train_cfg or default_train_config("itransformer", protocol), max_seconds=max_seconds)
     space = space or SearchSpace()
     if space.cycle == (0,) and cycle_from is not None:  # the periods worth trying, from the train split alone
         space = space.with_cycles(*cycle_from)
         log(f"  cycle periods to try: {space.cycle[1:] or 'none'} (0: no cycle)")
     paper = itransformer_for(lookback, h, len(data.channels), protocol).cfg.to_dict()
-    start = SearchSpace.point(paper, base) if base.epochs in space.epochs else None  # the paper's, first
+    starts = [SearchSpace.point(paper, base)] if base.epochs in space.epochs else []  # the paper's, first
+    starts += [point for point in [space.cyclenet_linear()] if point is not None]
     found = search(
-        data.train, data.val, lookback, h, len(data.channels), budget, space=space, base=base, start_from=start, log=log
-    )
+        data.train, data.val, lookback, h, len(data.channels), budget, space=space, base=base, start_from=starts,
+        folds=origins, log=log,
+    )  # fmt: skip
     m = evaluate(found.model.to(device), data.test, device)
     bands = interval_coverage(found.model, data, device)
     size = {k: v for k, v in found.model.cfg.to_dict().items() if k not in ("lookback", "horizon")}

@@ -314,6 +314,12 @@ def bench_accuracy(
         0, help="choose the iTransformer's configuration on validation with this many Optuna trials (0: the paper's)"
     ),
     search_seconds: Optional[float] = typer.Option(None, help="the search's wall-time budget (checked between trials)"),
+    folds: int = typer.Option(
+        3,
+        min=1,
+        help="rolling origins a searched configuration is judged on: the validation split and the "
+        "FOLDS-1 blocks before it (1: the validation split alone)",
+    ),
     max_forward_ms: Optional[float] = typer.Option(
         None, help="a searched configuration whose forward pass at batch 256 takes longer is not eligible"
     ),
@@ -358,6 +364,7 @@ def bench_accuracy(
             log=lambda m: console.print(m),
             search_budget=budget,
             search_space=space,
+            folds=folds,
         )
     except (DataError, NothingEligible) as e:
         _fail(str(e))

@@ -234,7 +234,8 @@ def test_a_two_trial_search_logs_each_trial_as_a_child_run_and_the_gate_sees_onl
     loop_settings: Settings, produce
 ) -> None:
     """`trials=2`: the serving preset is trial 0, each trial is a child run of the retrain's MLflow run,
-    and the registered version is the chosen trial's configuration, the only one the gate scored."""
+    and the registered version is the chosen trial's configuration, the only one the gate scored. Each
+    trial is judged on rolling origins: the validation split and two blocks of training data before it."""
     from mlflow import MlflowClient
 
     produce(loop_settings, history(range(200)))
@@ -258,6 +259,11 @@ def test_a_two_trial_search_logs_each_trial_as_a_child_run_and_the_gate_sees_onl
         assert parent.data.params[key] == chosen.data.params[key], key
     assert parent.data.params["search_trials"] == "2" and parent.data.metrics["search_wall_seconds"] > 0
     assert parent.data.metrics["search_chosen_val_loss"] == chosen.data.metrics["best_val_loss"]
+    # judged on three rolling origins (the default): the chosen trial's val loss is the mean of the three
+    assert parent.data.params["search_folds"] == "3"
+    folds = [m.value for m in client.get_metric_history(chosen.info.run_id, "fold_best_val_loss")]
+    assert len(folds) == 3 and chosen.data.metrics["best_val_loss"] == pytest.approx(sum(folds) / 3)
+    assert client.get_metric_history(chosen.info.run_id, "val_loss_origin0")  # the oldest origin's epochs
 
 
 def test_the_champion_is_scored_only_on_holdout_after_its_own_training_data(

@@ -17,6 +17,7 @@ from models.data import (
     load_weather,
     prepare,
     ratio_split,
+    rolling_origins,
     split_for,
 )
 
@@ -124,3 +125,22 @@ def test_a_windows_cycle_index_is_its_first_steps_slot_in_each_series() -> None:
     assert w.cycle_index(torch.arange(len(w))).tolist() == [100, 101, 102, 103, 104, 50, 51, 52, 53]
     (x, no_marks, phase), _ = w.model_batch(torch.tensor([6]), with_cycle=True)
     assert no_marks is None and phase.tolist() == [51] and x.shape == (1, 4, 1)
+
+
+def test_rolling_origins_validate_on_blocks_before_the_validation_split_each_after_its_training() -> None:
+    rows = np.arange(100.0)[:, None]  # each value is its own row number
+    folds = rolling_origins([rows], val_rows=20, lookback=10, horizon=5, folds=3, starts=[1000])
+    assert len(folds) == 2  # the real split is the third
+    for (fit, held), (first_held, end) in zip(folds, [(60, 80), (80, 100)], strict=True):  # oldest first
+        fit_x, fit_y = fit.batch(torch.arange(len(fit)))
+        held_x, held_y = held.batch(torch.arange(len(held)))
+        assert fit_y.max() == first_held - 1  # training ends where the block begins
+        assert held_y.min() == first_held and held_y.max() == end - 1  # every row of the block is forecast once
+        assert len(held) == 20 - 5 + 1
+        assert held.cycle_index(torch.tensor([0])).item() == 1000 + first_held - 10  # its slot on the grid
+        assert fit.cycle_index(torch.tensor([0])).item() == 1000
+
+
+def test_too_many_rolling_origins_for_the_data_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match="too short for 9 rolling origins"):
+        rolling_origins([np.zeros((100, 2))], val_rows=20, lookback=10, horizon=5, folds=9)

@@ -58,3 +58,30 @@ def test_cycle_periods_come_from_the_training_data_and_the_grid() -> None:
     assert (cadence_of(3600), cadence_of(86_400), cadence_of(900), cadence_of(7 * 3600), cadence_of(None)) == (
         24, 7, 96, None, None,
     )  # fmt: skip
+
+
+def test_with_rolling_origins_a_trial_is_judged_by_the_mean_over_folds_and_the_model_is_the_real_splits(
+    multi_sine,
+) -> None:
+    from models.data import rolling_origins
+
+    train_w, val_w = _windows(multi_sine)
+    folds = rolling_origins([multi_sine[:400]], val_rows=60, lookback=24, horizon=6, folds=3)
+    found = search(
+        train_w, val_w, 24, 6, 4, SearchBudget(trials=2), space=SMALL, base=BASE, folds=folds, progress=False
+    )
+    for t in [t for t in found.trials if t.state == "complete"]:
+        assert len(t.fold_val_losses) == 3 and t.val_loss == pytest.approx(sum(t.fold_val_losses) / 3)
+        assert sorted({h["fold"] for h in t.history}) == [0, 1, 2]
+    real = mean_loss(found.model, val_w, found.model.embed.weight.device)
+    assert real == pytest.approx(found.best.fold_val_losses[-1], rel=1e-5)  # trained on the whole training split
+    assert found.best.val_loss == min(t.val_loss for t in found.trials if t.state == "complete")
+
+
+def test_cyclenet_linears_recipe_is_a_point_of_a_space_with_a_cycle_only() -> None:
+    with_cycle = SearchSpace(cycle=(0, 24, 48))
+    assert with_cycle.cyclenet_linear() == {
+        "d_model": 512, "e_layers": 0, "d_ff": 64, "dropout": 0.0, "n_heads": 4, "lr": 1e-2, "schedule": "halve",
+        "epochs": 30, "patience": 5, "batch_size": 256, "loss": "mse", "skip": False, "cycle": 24,
+    }  # fmt: skip
+    assert SearchSpace().cyclenet_linear() is None and SMALL.cyclenet_linear() is None

@@ -31,3 +31,38 @@ def test_early_stopping_keeps_the_best_epoch_and_returns_its_weights(multi_sine)
     assert result.best_val_loss == min(vals)
     # the model holds the best epoch's weights, not the last one's: its validation loss is the best one
     assert abs(mean_loss(model, data, torch.device("cpu")) - result.best_val_loss) < 1e-6 * max(1.0, min(vals))
+
+
+class _Level(torch.nn.Module):
+    """One learnable number forecast for every step: it converges to the targets' mean under MSE and
+    to their median under MAE."""
+
+    def __init__(self):
+        super().__init__()
+        self.level = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return self.level.expand(x.shape[0], 1, x.shape[2])
+
+
+def test_the_training_loss_is_what_the_config_names_and_validation_still_judges_by_mse() -> None:
+    import numpy as np
+
+    skewed = np.array([0.0] * 8 + [10.0] * 2, dtype=np.float32)  # median 0, mean 2
+    data = Windows([np.tile(skewed, 30)[:, None]], 1, 1)
+    levels = {}
+    for loss in ("mse", "mae"):
+        model = _Level()
+        cfg = TrainConfig(epochs=60, lr=0.2, batch_size=300, patience=60, loss=loss, progress=False)
+        result = train(model, data, data, cfg)
+        levels[loss] = model.level.item()
+        assert result.best_val_loss == mean_loss(model, data, torch.device("cpu"))  # MSE, whatever trained it
+    assert abs(levels["mse"] - 2.0) < 0.3 and abs(levels["mae"]) < 0.3, levels
+
+
+def test_an_unknown_loss_is_refused_with_the_choices(multi_sine) -> None:
+    import pytest
+
+    data = Windows([multi_sine], 24, 6)
+    with pytest.raises(ValueError, match="mse, mae, huber"):
+        train(_Level(), data, data, TrainConfig(loss="l3", progress=False))

@@ -86,6 +86,7 @@ def test_a_two_trial_search_chooses_on_validation_and_scores_the_choice_once(tmp
     done = [t for t in trials if t["state"] == "complete"]
     best = min(done, key=lambda t: t["val_loss"])
     assert search["chosen"] == best["params"] and search["chosen_val_loss"] == best["val_loss"]
+    assert search["folds"] == 3 and all(len(t["fold_val_losses"]) == 3 for t in done)  # rolling origins by default
     assert row["config"]["d_model"] == best["params"]["d_model"] and np.isfinite(row["mse"])
 
 
