@@ -2,8 +2,10 @@
 
 TPE proposes a size and a schedule from a declared `SearchSpace`. Each trial trains on the train split
 and reports its validation loss after every epoch, so the median pruner stops trials that trail the
-others. A configuration whose forward pass at batch 256 is over the serving budget is not eligible
-and never trains. The test split is never seen here: the caller scores the chosen model once.
+others. With rolling origins, a trial also trains on the earlier folds (first, oldest first: the
+pruner watches the first) and is judged by the mean over all of them, since one validation period
+is a noisy judge. A configuration whose forward pass at batch 256 is over the serving budget is not
+eligible and never trains. The test split is never seen here: the caller scores the chosen model once.
 
 The chosen model is the best trial's own weights: the model the search judged, without a second
 training (which would cost as much again, and multi-threaded CPU training drifts in the last digits
