@@ -206,6 +206,8 @@ def _origins(settings: Settings, train_parts, first_ts: list[int], grid: dict | 
         if folds < settings.search_folds:
             get_run_logger().warning(f"the training data holds {folds} rolling origins, not {settings.search_folds}")
         return made
+    if settings.search_folds > 1:
+        get_run_logger().warning("the training data is too short for rolling origins: judged on validation alone")
     return []
 
 

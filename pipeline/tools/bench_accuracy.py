@@ -202,7 +202,8 @@ def _searched(
         log(f"  cycle periods to try: {space.cycle[1:] or 'none'} (0: no cycle)")
     paper = itransformer_for(lookback, h, len(data.channels), protocol).cfg.to_dict()
     starts = [SearchSpace.point(paper, base)] if base.epochs in space.epochs else []  # the paper's, first
-    starts += [point for point in [space.cyclenet_linear()] if point is not None]
+    if (recipe := space.cyclenet_linear()) is not None:
+        starts.append(recipe)
     found = search(
         data.train, data.val, lookback, h, len(data.channels), budget, space=space, base=base, start_from=starts,
         folds=origins, log=log,
