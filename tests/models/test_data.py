@@ -132,8 +132,8 @@ def test_rolling_origins_validate_on_blocks_before_the_validation_split_each_aft
     folds = rolling_origins([rows], val_rows=20, lookback=10, horizon=5, folds=3, starts=[1000])
     assert len(folds) == 2  # the real split is the third
     for (fit, held), (first_held, end) in zip(folds, [(60, 80), (80, 100)], strict=True):  # oldest first
-        fit_x, fit_y = fit.batch(torch.arange(len(fit)))
-        held_x, held_y = held.batch(torch.arange(len(held)))
+        _, fit_y = fit.batch(torch.arange(len(fit)))
+        _, held_y = held.batch(torch.arange(len(held)))
         assert fit_y.max() == first_held - 1  # training ends where the block begins
         assert held_y.min() == first_held and held_y.max() == end - 1  # every row of the block is forecast once
         assert len(held) == 20 - 5 + 1

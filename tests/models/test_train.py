@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from models.data import Windows
@@ -46,8 +48,6 @@ class _Level(torch.nn.Module):
 
 
 def test_the_training_loss_is_what_the_config_names_and_validation_still_judges_by_mse() -> None:
-    import numpy as np
-
     skewed = np.array([0.0] * 8 + [10.0] * 2, dtype=np.float32)  # median 0, mean 2
     data = Windows([np.tile(skewed, 30)[:, None]], 1, 1)
     levels = {}
@@ -61,8 +61,6 @@ def test_the_training_loss_is_what_the_config_names_and_validation_still_judges_
 
 
 def test_an_unknown_loss_is_refused_with_the_choices(multi_sine) -> None:
-    import pytest
-
     data = Windows([multi_sine], 24, 6)
     with pytest.raises(ValueError, match="mse, mae, huber"):
         train(_Level(), data, data, TrainConfig(loss="l3", progress=False))
