@@ -40,9 +40,10 @@ class Splits:
 
 
 Timed = tuple[np.ndarray, np.ndarray]  # (ts (T,) epoch ms, values (T, N)) of one contiguous series
+VAL_SHARE, HOLDOUT_SHARE = 0.1, 0.2  # of all rows, after the two cuts
 
 
-def time_split(series: list[Timed], lookback: int, val: float = 0.1, holdout: float = 0.2) -> Splits:
+def time_split(series: list[Timed], lookback: int, val: float = VAL_SHARE, holdout: float = HOLDOUT_SHARE) -> Splits:
     """Cut every series at the same two times, t1 and t2, chosen so that about `val` and `holdout` of
     all rows fall after them. Validation and holdout rows are preceded by up to `lookback` rows of the
     same series as history (inputs only: no target of one part lies in another)."""

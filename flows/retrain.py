@@ -191,12 +191,14 @@ def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
 
 def _origins(settings: Settings, train_parts, first_ts: list[int], grid: dict | None) -> list:
     """The earlier rolling origins the search also judges on (`settings.search_folds` in all, the real
-    split included), cut from the training rows: each validation block as long as the real one (the
-    time split gives validation 1/7 of training's rows). Fewer when the data is too short; none at 1."""
+    split included), cut from the training rows: each validation block as long as the real one (in
+    the time split's proportion to the training rows). Fewer when the data is too short; none at 1."""
+    from flows.gate import HOLDOUT_SHARE, VAL_SHARE
     from models.data import DataError, rolling_origins
 
     L, H = settings.lookback, settings.horizon
-    rows = [max(H, round(len(p) / 7)) for p in train_parts]
+    per_train_row = VAL_SHARE / (1 - VAL_SHARE - HOLDOUT_SHARE)
+    rows = [max(H, round(len(p) * per_train_row)) for p in train_parts]
     starts = [(t - grid["anchor_ms"]) // grid["interval_ms"] for t in first_ts] if grid else None
     for folds in range(settings.search_folds, 1, -1):
         try:
