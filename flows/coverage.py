@@ -31,6 +31,37 @@ import numpy as np
 from pipeline.messages import MULTIPLIER_RANGE  # a multiplier stays within it: one bad stretch never blows up
 
 
+def well_formed_intervals(intervals: object, forecast: dict[str, list], levels: list[str]) -> bool:
+    """Whether a forecast's `intervals` are ones a tracker may measure: only the `levels` this system
+    calibrates (the settings' own: a level "0.5" or "abc" on the topic is junk), each with a lower and an
+    upper row of finite numbers per forecast channel, every row as long as the forecast's, and at least
+    one step. Anything else would lock a tracker to a shape no real forecast has, or raise inside it.
+
+    >>> f = {"temp": [20.0, 21.0]}
+    >>> well_formed_intervals({"0.9": {"lower": {"temp": [19, 20]}, "upper": {"temp": [21, 22]}}}, f, ["0.9"])
+    True
+    >>> well_formed_intervals({"abc": {"lower": {"temp": [19, 20]}, "upper": {"temp": [21, 22]}}}, f, ["0.9"])
+    False
+    """
+    if not isinstance(intervals, dict) or not intervals or not forecast:
+        return False
+    horizon = len(next(iter(forecast.values())))
+    if horizon < 1 or not set(intervals) <= set(levels):
+        return False
+    for bands in intervals.values():
+        if not isinstance(bands, dict) or set(bands) != {"lower", "upper"}:
+            return False
+        for side in bands.values():
+            if not isinstance(side, dict) or set(side) != set(forecast):
+                return False
+            for row in side.values():
+                if not isinstance(row, list) or len(row) != horizon:
+                    return False
+                if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in row):
+                    return False
+    return True
+
+
 class CoverageTracker:
     def __init__(
         self,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
-from flows.coverage import CoverageTracker
+from flows.coverage import CoverageTracker, well_formed_intervals
 from flows.drift import DRIFT_EVENT, DriftTracker, drift_resource
 from pipeline.kafka import TopicFollower
 from pipeline.messages import (
@@ -249,6 +249,9 @@ class DriftMonitor:
         self.inbox: queue.Queue[tuple[str, Record]] = queue.Queue()
         self.fired: list[dict] = []
         self.refused: Counter[str] = Counter()  # readings the service refused too, by reason: never scored
+        self.junk: Counter[str] = Counter()  # internal-topic messages skipped, by topic and why: never fatal
+        self.levels = [f"{level:g}" for level in settings.interval_level_list]  # the levels a retrain calibrates
+        self._misfits = 0  # champion forecasts in a row that the coverage tracker does not measure
         s = settings
         self.followers = [
             TopicFollower(s, topic, lambda r, t=topic: self.inbox.put((t, r)), whole_records=True)
@@ -258,7 +261,22 @@ class DriftMonitor:
                           whole_records=True)
         ]  # fmt: skip
 
+    MAX_INTERNAL_BYTES = 4_000_000  # an internal message larger than this is junk (the service's are ~1 MB at most)
+    REBUILD_AFTER = 20  # champion forecasts in a row of another shape than the tracker's: it was locked wrongly
+
     def handle(self, topic: str, record: Record, now_s: float) -> None:
+        """One message of a followed topic. Junk on an internal topic is counted and skipped: nothing
+        on them can stop the monitor or lock a tracker."""
+        if topic != self.settings.readings_topic and len(record.value or b"") > self.MAX_INTERNAL_BYTES:
+            self.junk[f"{topic}: oversized"] += 1
+            return
+        try:
+            self._handle(topic, record, now_s)
+        except Exception as e:  # a message no check foresaw: counted and skipped, never fatal
+            self.junk[f"{topic}: {type(e).__name__}"] += 1
+            log.warning("skipped a message on %s: %s: %s", topic, type(e).__name__, e)
+
+    def _handle(self, topic: str, record: Record, now_s: float) -> None:
         if topic == self.settings.models_topic:
             self._announced(record.value)
         elif topic == self.settings.calibration_topic:
@@ -273,6 +291,7 @@ class DriftMonitor:
             doc = orjson.loads(value or b"")
             name, version = doc["name"], str(doc["version"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
+            self.junk[f"{self.settings.models_topic}: not an announcement"] += 1
             return
         if name == self.settings.model_name and version != self.version:
             self.follow_champion()
@@ -304,20 +323,43 @@ class DriftMonitor:
             doc = orjson.loads(value or b"")
             entity, ts = doc["entity"], parse_ts(doc["ts"], self.settings.ts_unit) / 1000.0
         except (orjson.JSONDecodeError, KeyError, TypeError, BadReading):
+            self.junk[f"{self.settings.forecasts_topic}: not a forecast"] += 1
+            return
+        if not isinstance(entity, str):
+            self.junk[f"{self.settings.forecasts_topic}: not a forecast"] += 1
             return
         step = doc.get("step_ms")
         step_s = step / 1000 if isinstance(step, int | float) and not isinstance(step, bool) and step > 0 else None
         forecast, intervals = doc.get("forecast"), doc.get("intervals")
-        if not _numbers_per_channel(forecast):  # not our service's: nothing to score
+        if not _numbers_per_channel(forecast) or not len(next(iter(forecast.values()))):  # nothing to score
+            self.junk[f"{self.settings.forecasts_topic}: no forecast rows"] += 1
             return
-        if isinstance(intervals, dict) and intervals:
+        if intervals is not None and not well_formed_intervals(intervals, forecast, self.levels):
+            self.junk[f"{self.settings.forecasts_topic}: malformed intervals"] += 1
+            intervals = None  # the point forecast is still scored
+        if intervals:
             model = doc.get("model")
             version = str(model.get("version")) if isinstance(model, dict) else None
             if self.version is not None and version != self.version:
                 intervals = None  # another version's: its misses say nothing of the champion's multipliers
-            elif self.tracker.coverage is None:
-                self._start_coverage(list(intervals), len(next(iter(forecast.values()))))
+            else:
+                self._track_coverage(list(intervals), len(next(iter(forecast.values()))))
         self.tracker.on_forecast(entity, ts, forecast, step_s, now_s, intervals)
+
+    def _track_coverage(self, levels: list[str], horizon: int) -> None:
+        """Start scoring the champion's intervals; a tracker that has measured none of the last
+        REBUILD_AFTER champion forecasts was started on a shape they do not have, and starts again."""
+        cov = self.tracker.coverage
+        if cov is None:
+            self._start_coverage(levels, horizon)
+        elif cov.fits(levels, horizon):
+            self._misfits = 0
+        else:
+            self._misfits += 1
+            if self._misfits >= self.REBUILD_AFTER:
+                log.warning("the champion's intervals are %s over %d steps: coverage restarts on them", levels, horizon)
+                self._misfits = 0
+                self._start_coverage(levels, horizon)
 
     def _start_coverage(self, levels: list[str], horizon: int) -> None:
         """Score the champion's intervals from its first forecast with them on, from its last
@@ -342,6 +384,7 @@ class DriftMonitor:
         try:
             cal = parse_calibration(value)
         except BadCalibration:
+            self.junk[f"{self.settings.calibration_topic}: not a calibration"] += 1
             return
         if cal.name == self.settings.model_name:
             self.published[cal.version] = cal

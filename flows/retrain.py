@@ -56,6 +56,7 @@ class Candidate:
     checkpoint: Path
     search: SearchResult | None = None  # how the configuration was chosen, when it was searched for
     intervals: dict | None = None  # split-conformal half-widths from the holdout (models/conformal.py)
+    lineage: dict = field(default_factory=dict)  # where its configuration came from, and its warm start
 
     def raw_net(self) -> torch.nn.Module:
         """The candidate between its scaler's two halves: raw readings in, raw forecasts out."""
@@ -87,6 +88,8 @@ class RetrainReport:
     readings: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     waited_s: float = 0.0  # for another retrain of the same model to end first
+    configuration: str = ""  # where the candidate's configuration came from (flows/lineage.py), and why
+    warm_start_reason: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,9 +132,10 @@ def fit(
     import numpy as np
 
     from flows.gate import time_split, windows
+    from flows.lineage import RECIPE_KEYS, next_configuration
     from models.checkpoint import save
     from models.data import Scaler
-    from models.nets import PRESETS, build
+    from models.nets import build
     from models.train import TrainConfig, train
 
     settings = Settings.load()
@@ -143,29 +147,63 @@ def fit(
     val_w = windows([scaler.transform(s) for s in splits.val], L, H, "validation", first["val"], grid)
     # raw units: every contender is scored the same way
     holdout = windows(splits.holdout, L, H, "holdout", first["holdout"], grid)
-    cfg = TrainConfig(epochs=epochs, lr=1e-3, schedule="cosine", patience=3, progress=False)
-    found, warm = None, False
+    found, warm, plan = None, False, None
     if trials > 0:
+        cfg = TrainConfig(epochs=epochs, lr=1e-3, schedule="cosine", patience=3, progress=False)
         train_parts = [scaler.transform(s) for s in splits.train]
         origins = _origins(settings, train_parts, first["train"], grid)
         model, result, found = _searched(settings, train_w, val_w, train_parts, grid, cfg, trials, origins)
+        recipe = {k: getattr(cfg, k) for k in RECIPE_KEYS} | {
+            k: found.best.params[k] for k in RECIPE_KEYS if k in found.best.params
+        }
+        lineage = {"config_source": "search", "config_reason": f"searched over {trials} trials"}
     else:
-        model = build("itransformer", lookback=L, horizon=H, **PRESETS["serving"])
-        if warm_start and champion is not None and champion.meta.architecture == "itransformer":
-            state = champion.model.state_dict()
-            if all(k in state and state[k].shape == v.shape for k, v in model.state_dict().items()):
-                model.load_state_dict(state)  # iTransformer weights do not depend on the number of variates
-                warm = True
+        plan = next_configuration(champion.meta if champion is not None else None, L, H, window.channels, window.grid)
+        recipe = plan.recipe
+        cfg = TrainConfig(epochs=epochs, progress=False, **{k: v for k, v in recipe.items() if k in RECIPE_KEYS})
+        model = build(plan.architecture, lookback=L, horizon=H, **plan.config)
+        warm_reason = "warm start off" if not warm_start else plan.reason
+        if warm_start and plan.carried:
+            warm, warm_reason = _warm_start(model, champion)
+        elif warm_start and champion is not None:
+            warm_reason = "trained from scratch: a new lineage"
+        lineage = {
+            "config_source": f"champion v{champion.version}" if plan.carried else "preset",
+            "config_reason": plan.reason,
+            "warm_start_reason": warm_reason,
+        }
+        get_run_logger().info("configuration: %s; %s", plan.reason, warm_reason)
         result = train(model, train_w, val_w, cfg, desc="retrain")
     extra = {"train_seconds": result.seconds, "epochs": result.epochs, "warm_started": warm, "grid": window.grid}
+    extra["recipe"] = dict(recipe)  # what the next retrain trains this configuration with
+    extra["lineage"] = lineage
     if found is not None:
         extra["search"] = found.to_dict()
     intervals = calibrate(Candidate(model, scaler, result, warm, out), holdout, settings.interval_level_list)
     extra["intervals"] = intervals
     save(out, model, window.channels, scaler, name=settings.model_name, extra=extra)
     sizes = {"train_windows": len(train_w), "val_windows": len(val_w), "holdout_windows": len(holdout)}
-    candidate = Candidate(model, scaler, result, warm, out, found, intervals)
+    candidate = Candidate(model, scaler, result, warm, out, found, intervals, lineage)
     return candidate, {"holdout": holdout, "ranges": splits.ranges, **sizes}
+
+
+def _warm_start(model: torch.nn.Module, champion: Forecaster) -> tuple[bool, str]:
+    """Load the champion's weights into `model` of its configuration; when they do not load (a
+    checkpoint of another shape), train from scratch and say why: a retrain never crashes on it."""
+    theirs, ours = champion.model.state_dict(), model.state_dict()
+    why = ""
+    if set(theirs) != set(ours):
+        why = f"other parameters: {sorted(set(theirs) ^ set(ours))[:4]}"
+    elif bad := [k for k in ours if theirs[k].shape != ours[k].shape]:  # load_state_dict would copy the rest first
+        why = f"{bad[0]} is {tuple(theirs[bad[0]].shape)}, this configuration's {tuple(ours[bad[0]].shape)}"
+    else:
+        try:
+            model.load_state_dict(theirs)
+        except (RuntimeError, ValueError) as e:
+            why = str(e).strip().splitlines()[0][:300]
+    if why:
+        return False, f"trained from scratch: the champion v{champion.version}'s weights did not load ({why})"
+    return True, f"warm-started from the champion v{champion.version}"
 
 
 def calibrate(candidate: Candidate, holdout, levels: list[float]) -> dict:
@@ -276,28 +314,37 @@ def data_ranges(window: TrainingWindow, ranges: dict[str, tuple[int, int]]) -> d
 
 @task(cache_policy=NO_CACHE)
 def score(
-    candidate: Candidate, champion: Forecaster | None, holdout, margin: float, channels: list[str]
+    candidate: Candidate,
+    champion: Forecaster | None,
+    holdout,
+    margin: float,
+    channels: list[str],
+    grid: dict | None = None,
 ) -> GateDecision:
-    """Every contender on the same holdout windows, in the candidate's scaled units."""
+    """Every contender on the same holdout windows, in the candidate's scaled units. A champion of
+    another lookback, horizon, channels or cadence cannot be scored on them: the candidate then starts
+    a new lineage, compared with the naive baselines only, and the reason says so."""
     from dataclasses import replace
 
-    from flows.gate import GateDecision, decide, holdout_mae, scaled_mse
+    from flows.gate import decide, holdout_mae, scaled_mse
+    from flows.lineage import lineage_break
     from models.nets import NAIVE
 
     contenders = {"candidate": candidate.raw_net()}
-    if champion is not None and (champion.channels != channels or champion.lookback != holdout.lookback):
-        reason = (
-            f"the champion v{champion.version} takes channels {champion.channels} with lookback {champion.lookback}, "
-            f"the candidate {channels} with {holdout.lookback}: serving services cannot swap between them "
-            "(restart them on the new model to change); not promoted"
-        )
-        return GateDecision(False, reason, {}, margin)
+    broken = None
+    if champion is not None:
+        broken = lineage_break(champion.meta, holdout.lookback, holdout.horizon, channels, grid)
+        if broken is not None:  # windows the two cannot both be scored on: the naive baselines judge alone
+            champion = None
     if champion is not None:
         contenders["champion"] = champion.net.cpu()
     horizon = holdout.horizon
     contenders.update({name: cls(horizon) for name, cls in NAIVE.items()})
     scores = {name: scaled_mse(net, holdout, candidate.scaler) for name, net in contenders.items()}
-    return replace(decide(scores, margin), candidate_mae=holdout_mae(contenders["candidate"], holdout, channels))
+    decision = decide(scores, margin)
+    if broken is not None:
+        decision = replace(decision, reason=f"{broken}: compared with the naive baselines only; {decision.reason}")
+    return replace(decision, candidate_mae=holdout_mae(contenders["candidate"], holdout, channels))
 
 
 def holdout_sample(candidate: Candidate, holdout) -> dict:
@@ -375,6 +422,7 @@ def _register(
                 "gate": decision.reason,
                 FLOW_RUN_TAG: str(prefect_runtime.flow_run.id or ""),  # `sensorcast retrain --wait` finds it
                 ATTEMPT_TAG: attempt or "",  # a retry of this task finds what it already made
+                **candidate.lineage,  # where its configuration came from, and why it was or was not warm-started
             }
         )
         mlflow.log_params(
@@ -574,7 +622,7 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
                     {},
                     margin,
                 )
-        decision = decision or score(candidate, champion, holdout, margin, window.channels)
+        decision = decision or score(candidate, champion, holdout, margin, window.channels, window.grid)
         logger.info("gate: %s", decision.reason)
         sample = holdout_sample(candidate, holdout)
         attempt = uuid.uuid4().hex  # one key for all tries of the registration: a retry finds its version
@@ -596,4 +644,6 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
         candidate.warm_started, candidate.result.seconds, candidate.result.epochs,
         len(candidate.search.trials) if candidate.search else 0, window.provenance.readings, window.provenance.refused,
     )  # fmt: skip
+    report.configuration = candidate.lineage.get("config_reason", "")
+    report.warm_start_reason = candidate.lineage.get("warm_start_reason", "")
     return report

@@ -98,6 +98,12 @@ class ServiceMetrics:
             registry=r,
         )
         self.swaps = Counter("sensorcast_model_swaps", "hot swaps to a new model version", registry=r)
+        self.load_failures = Counter(
+            "sensorcast_model_load_failures",
+            "promoted versions not swapped in: refused (this service can never serve it) or transient (retried)",
+            ["kind"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "sensorcast_model_info",
             "the serving model (1; name and version in the labels)",

@@ -115,7 +115,14 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
         metrics.swaps.inc()
         gc.freeze()  # the new model's objects join the frozen ones (see below)
 
-    watcher = ModelWatcher(slot, ref, settings.device, settings.model_poll_s, on_swap=swapped) if ref else None
+    def not_served(kind: str, version: str, reason: str) -> None:
+        metrics.load_failures.labels(kind=kind).inc()
+
+    watcher = (
+        ModelWatcher(slot, ref, settings.device, settings.model_poll_s, on_swap=swapped, on_failure=not_served)
+        if ref
+        else None
+    )
     followers = [TopicFollower(settings, settings.calibration_topic, CalibrationFollower(slot), since_ms=0)]
     if watcher:
         watcher.start()

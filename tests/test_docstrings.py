@@ -7,7 +7,15 @@ import importlib
 
 import pytest
 
-MODULES = ["flows.drift", "flows.gate", "flows.slots", "models.conformal", "models.nets", "models.search"]
+MODULES = [
+    "flows.drift",
+    "flows.gate",
+    "flows.lineage",
+    "flows.slots",
+    "models.conformal",
+    "models.nets",
+    "models.search",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

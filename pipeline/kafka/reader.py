@@ -194,8 +194,9 @@ def read_since(settings: Settings, topic: str, since_ms: int | None) -> TopicSli
 class TopicFollower(threading.Thread):
     """Calls `on_message(value)` for every message that arrives on `topic` from now on (the service
     follows model announcements this way), or `on_message(record)` with `whole_records` (a
-    `pipeline.records.Record`: key and timestamp too). A broker hiccup is retried, never raised into
-    the caller."""
+    `pipeline.records.Record`: key and timestamp too). A broker hiccup is retried from the next
+    offset, never from the end, and a message the handler raises on is skipped and counted: nothing
+    on an internal topic can stop a follower or make it miss what was published during an outage."""
 
     def __init__(
         self,
@@ -213,6 +214,8 @@ class TopicFollower(threading.Thread):
         self.halt = threading.Event()
         self.ready = threading.Event()
         self.caught_up = threading.Event()  # what the topic held when following began has been handed over
+        self.next_offsets: dict[int, int] = {}  # partition → the next offset to hand over
+        self.skipped = 0  # messages the handler raised on: counted, logged, skipped
 
     def run(self) -> None:
         consumer, ends = None, {}
@@ -220,25 +223,45 @@ class TopicFollower(threading.Thread):
             try:
                 if consumer is None:
                     consumer = topic_reader(self.settings, self.topic, since_ms=self.since_ms)
-                    self.since_ms = None  # after a reconnect: from then on, not the history again
+                    self.since_ms = None  # after a reconnect: where it stopped, never the history again
+                    self._resume(consumer)
                     ends = {} if self.caught_up.is_set() else consumer.end_offsets(list(consumer.assignment()))
                     self.ready.set()
                 for records in consumer.poll(timeout_ms=self.poll_ms).values():
                     for r in records:
-                        if self.whole_records:
-                            self.on_message(Record(r.value, r.key, r.topic, r.partition, r.offset, r.timestamp))
-                        else:
-                            self.on_message(r.value)
+                        self._hand_over(r)
+                        self.next_offsets[r.partition] = r.offset + 1
                 if not self.caught_up.is_set() and all(consumer.position(tp) >= end for tp, end in ends.items()):
                     self.caught_up.set()
-            except Exception as e:  # keep following; the registry poll is the fallback meanwhile
-                log.warning("following %s failed (%s); retrying", self.topic, e)
+            except Exception as e:  # keep following from the next offset; the registry poll is the fallback meanwhile
+                log.warning("following %s failed (%s); retrying from where it stopped", self.topic, e)
                 if consumer is not None:
                     consumer.close()
                     consumer = None
                 self.halt.wait(2.0)
         if consumer is not None:
             consumer.close()
+
+    def _hand_over(self, r) -> None:
+        """One message to the handler; one it cannot take is counted and skipped, never fatal."""
+        try:
+            if self.whole_records:
+                self.on_message(Record(r.value, r.key, r.topic, r.partition, r.offset, r.timestamp))
+            else:
+                self.on_message(r.value)
+        except Exception as e:
+            self.skipped += 1
+            log.warning("skipped %s[%d]@%d: %s: %s", self.topic, r.partition, r.offset, type(e).__name__, e)
+
+    def _resume(self, consumer) -> None:
+        """After a reconnect, each partition from the next offset not yet handed over (or its start, if
+        retention removed it): nothing published meanwhile is lost."""
+        if not self.next_offsets:
+            return
+        tps = [tp for tp in consumer.assignment() if tp.partition in self.next_offsets]
+        starts = consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(self.next_offsets[tp.partition], starts[tp]))
 
     def close(self) -> None:
         self.halt.set()

@@ -69,8 +69,8 @@ def test_a_tripled_noise_scale_is_where_static_intervals_stay_wrong_and_adapted_
         cov.adapt()
         misses_static += abs(error) > static
     missed = 1 - cov.coverage()["0.9"][0, 0]
-    assert abs(missed - 0.1) <= abs(cov.theta[0, 0, 0]) / (0.05 * len(scale)) + 1e-9  # |θ_T − θ_0| / (γT)
-    assert abs(missed - 0.1) < 0.01  # and the bound is tight here
+    assert abs(missed - 0.1) < 0.01  # the level held through the change of noise
+    assert 2.4 < cov.multipliers()["0.9"][0, 0] < 3.6  # by widening the interval about threefold, as the noise grew
     assert misses_static / len(scale) > 0.3  # half the run at three times the noise
 
 

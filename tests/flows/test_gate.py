@@ -8,7 +8,7 @@ import torch
 
 from flows.gate import after, decide, scaled_mse, time_split, windows
 from models.data import DataError, Scaler
-from models.nets import Persistence
+from models.nets import Persistence, WindowMean
 
 
 def test_split_is_chronological_and_later_splits_carry_lookback_history() -> None:
@@ -68,18 +68,35 @@ def test_one_time_cut_for_every_entity_and_every_segment() -> None:
     assert kept[0][0][0] == (200 - 3) * hour  # and its time
 
 
-def test_a_champion_the_services_could_not_swap_to_refuses_the_promotion() -> None:
-    """Before, a champion with other channels was skipped and the candidate promoted as "no champion
-    yet"; every service then refused the swap."""
+@pytest.mark.parametrize(
+    ("champion_config", "champion_channels", "said"),
+    [
+        (
+            {"lookback": 4, "horizon": 1},
+            ["temp"],
+            "the champion v3 takes channels ['temp'], this retrain ['temp', 'rh']",
+        ),
+        ({"lookback": 4, "horizon": 2}, ["temp", "rh"], "the champion v3 forecasts 2 steps, this retrain 1"),
+        ({"lookback": 8, "horizon": 1}, ["temp", "rh"], "the champion v3 reads 8 steps back, this retrain 4"),
+    ],
+)
+def test_a_champion_of_other_dimensions_is_not_scored_the_candidate_meets_the_naive_baselines_alone(
+    champion_config: dict, champion_channels: list[str], said: str
+) -> None:
+    """Before, a champion of another horizon crashed the gate (arrays of different horizons
+    subtracted), and one of other channels refused every promotion: the lineage could never change."""
     from types import SimpleNamespace
 
     from flows.retrain import score
 
-    candidate = SimpleNamespace(raw_net=lambda: Persistence(1))
-    champion = SimpleNamespace(channels=["temp"], lookback=4, version="3")
-    holdout = windows([np.zeros((10, 2), dtype=np.float32)], lookback=4, horizon=1, what="holdout")
+    candidate = SimpleNamespace(raw_net=lambda: WindowMean(1), scaler=Scaler.identity(2))
+    meta = SimpleNamespace(config=champion_config, channels=champion_channels, extra={}, version="3")
+    champion = SimpleNamespace(meta=meta, version="3", net=Persistence(champion_config["horizon"]))
+    series = np.stack([np.arange(40.0), np.zeros(40)], axis=1).astype(np.float32)  # persistence beats the mean
+    holdout = windows([series], lookback=4, horizon=1, what="holdout")
     decision = score.fn(candidate, champion, holdout, 0.0, ["temp", "rh"])
-    assert not decision.promote and "the champion v3 takes channels ['temp']" in decision.reason
+    assert decision.reason.startswith(f"{said}: compared with the naive baselines only"), decision.reason
+    assert "champion" not in decision.scores and not decision.promote and "does not beat persistence" in decision.reason
 
 
 def test_a_window_has_the_same_phase_in_training_as_the_service_gives_it(tmp_path) -> None:

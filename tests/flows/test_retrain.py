@@ -373,3 +373,39 @@ def test_a_retried_registration_makes_one_version(
     versions = MlflowClient().search_model_versions(f"name='{loop_settings.model_name}'")
     assert failures and [v.version for v in versions] == [report["version"]] == ["1"]
     assert "gate" in MlflowClient().get_model_version(loop_settings.model_name, "1").tags
+
+
+def test_a_searched_champion_is_carried_into_the_scheduled_retrain_and_a_horizon_change_starts_a_new_lineage(
+    loop_settings: Settings, produce, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A champion of the search's making (d_model 32, one layer, a daily cycle, its own recipe): the
+    default retrain trains that configuration, warm-started from its weights, not the preset. After
+    SENSORCAST_HORIZON changes, the champion cannot be scored on the new windows: the run compares the
+    candidate with the naive baselines only and says so, and never crashes."""
+    from mlflow import MlflowClient
+
+    from models.checkpoint import save
+    from models.data import Scaler
+    from models.mlflow.registry import log_checkpoint
+    from models.nets import build
+
+    net = build("itransformer", lookback=L, horizon=H, d_model=32, n_heads=4, e_layers=1, d_ff=64, cycle=24,
+                n_variates=2)  # fmt: skip
+    extra = {"grid": {"interval_ms": HOUR, "anchor_ms": 0}, "recipe": {"lr": 3e-3, "batch_size": 64}}
+    folder = save(tmp_path / "searched", net, ["rh", "temp"], Scaler.identity(2), extra=extra)
+    assert log_checkpoint(folder, loop_settings.model_name, alias="champion") == "1"
+    produce(loop_settings, history(range(200)))
+
+    carried = retrain(trigger="schedule", epochs=1)
+    assert carried["version"] == "2" and carried["warm_started"] is True, carried
+    assert "the champion v1's configuration" in carried["configuration"], carried
+    run = MlflowClient().get_run(carried["run_id"]).data
+    assert (run.params["d_model"], run.params["e_layers"], run.params["cycle"]) == ("32", "1", "24"), run.params
+    assert run.tags["config_source"] == "champion v1" and run.tags["warm_start_reason"].startswith("warm-started")
+
+    monkeypatch.setenv("SENSORCAST_HORIZON", str(H * 2))
+    changed = retrain(trigger="schedule", epochs=1)
+    assert changed["version"] == "3" and changed["warm_started"] is False, changed
+    assert f"forecasts {H} steps, this retrain {H * 2}" in changed["configuration"], changed
+    assert "compared with the naive baselines only" in changed["gate"] and "champion" not in changed["scores"]
+    assert MlflowClient().get_run(changed["run_id"]).data.params["d_model"] == "64"  # the preset
