@@ -104,13 +104,24 @@ def pull(hours: float | None, channels: list[str] | None) -> TrainingWindow | Wi
         return e
 
 
+def use_tracking(settings: Settings) -> Settings:
+    """Point MLflow's process-wide tracking and registry URIs at the settings' server: every client
+    the flow builds, and the helpers it calls, then talk to it, whatever the environment or an earlier
+    call in the process set (one server for both: a registry URI set earlier must not win)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return settings
+
+
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def current_champion() -> Forecaster | None:
     """The serving model, or None when nothing is registered yet (an outage raises, and retries)."""
     from models.mlflow.registry import alias_version
     from pipeline.model_source import RegistryRef, load_version
 
-    settings = Settings.load()
+    settings = use_tracking(Settings.load())
     version = alias_version(settings.model_name, settings.model_alias)
     if version is None:
         return None
@@ -290,8 +301,8 @@ def champion_trained_until(version: str) -> int | None:
 
     from pipeline.messages import parse_ts
 
-    settings = Settings.load()
-    tag = MlflowClient().get_model_version(settings.model_name, version).tags.get("data_ranges")
+    settings = use_tracking(Settings.load())
+    tag = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, version).tags.get("data_ranges")
     if not tag:
         return None
     ranges = json.loads(tag)
@@ -376,12 +387,9 @@ def register(
     """One MLflow run: parameters, losses, provenance, plots, the model, registered and tagged with the
     gate's verdict; the alias is not moved here (`promote` does that, after). A retry finds the version
     an earlier try made (the run's `attempt` tag) and never registers a second. Returns (version, run id)."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    settings = Settings.load()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)  # one server: a registry URI set earlier in the process must not win
+    settings = use_tracking(Settings.load())
     done: dict[str, str] = {}
     try:
         return _register(settings, candidate, decision, window, trigger, reason, sizes, sample, done, ranges, attempt)
@@ -497,16 +505,15 @@ class ChampionMoved(RuntimeError):
 def promote(version: str, scored_against: str | None) -> str | None:
     """Move the alias to `version` only if it still points where the gate looked (compare-and-set:
     re-read just before the move). Returns None when moved, else the version the alias points to now."""
-    import mlflow
     from mlflow import MlflowClient
 
     from models.mlflow.registry import alias_version
 
-    settings = Settings.load()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    client = MlflowClient()
+    settings = use_tracking(Settings.load())
+    client = MlflowClient(settings.tracking_uri)
     now = alias_version(settings.model_name, settings.model_alias)
+    if now == version:  # a retry after the move was applied and its answer lost: done, not refused
+        return None
     if now != scored_against:
         client.set_model_version_tag(
             settings.model_name,

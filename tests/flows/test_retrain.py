@@ -409,3 +409,52 @@ def test_a_searched_champion_is_carried_into_the_scheduled_retrain_and_a_horizon
     assert f"forecasts {H} steps, this retrain {H * 2}" in changed["configuration"], changed
     assert "compared with the naive baselines only" in changed["gate"] and "champion" not in changed["scores"]
     assert MlflowClient().get_run(changed["run_id"]).data.params["d_model"] == "64"  # the preset
+
+
+def test_a_promotion_retried_after_its_answer_was_lost_is_success_not_a_refusal(
+    mlflow_tracking: str, tiny_checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias moved to v2 but the answer never came back; the task's retry finds @champion already
+    on v2. Before, it tagged v2 "refused: moved to v2" and the run skipped the announcement."""
+    from mlflow import MlflowClient
+
+    from flows.retrain import promote
+    from models.mlflow.registry import alias_version, log_checkpoint
+
+    monkeypatch.setenv("SENSORCAST_MODEL_NAME", "lost-answer")
+    for n in (1, 2):
+        log_checkpoint(tiny_checkpoint(f"v{n}", seed=n), "lost-answer", alias="champion" if n == 1 else None)
+    assert promote.fn("2", scored_against="1") is None
+    assert promote.fn("2", scored_against="1") is None and alias_version("lost-answer", "champion") == "2"
+    assert "promotion" not in MlflowClient().get_model_version("lost-answer", "2").tags
+
+
+def test_the_flows_mlflow_calls_use_the_settings_uri_not_mlflows_default(
+    mlflow_tracking: str, tiny_checkpoint, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server named only by SENSORCAST_MLFLOW_TRACKING_URI; MLflow left to its own default (a
+    mlflow.db in the working folder): the champion and its data ranges come from the settings' server.
+    Before, both tasks built MlflowClient() and read the empty default store."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.retrain import champion_trained_until, current_champion
+    from models.mlflow.registry import log_checkpoint
+
+    monkeypatch.setenv("SENSORCAST_MODEL_NAME", "by-settings")
+    log_checkpoint(tiny_checkpoint("v1"), "by-settings", alias="champion")
+    ranges = {"train": ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]}
+    MlflowClient().set_model_version_tag("by-settings", "1", "data_ranges", json.dumps(ranges))
+    monkeypatch.setenv("SENSORCAST_MLFLOW_TRACKING_URI", mlflow_tracking)
+    monkeypatch.chdir(tmp_path)
+
+    def forget() -> None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+    forget()
+    champion = current_champion.fn()
+    assert champion is not None and champion.version == "1"
+    forget()
+    assert champion_trained_until.fn("1") == 1767312000000  # 2026-01-02T00:00:00Z
