@@ -250,6 +250,7 @@ class DriftMonitor:
         self.fired: list[dict] = []
         self.refused: Counter[str] = Counter()  # readings the service refused too, by reason: never scored
         self.junk: Counter[str] = Counter()  # internal-topic messages skipped, by topic and why: never fatal
+        self.handled: Counter[str] = Counter()  # messages handled per topic, junk included (what a test waits on)
         self.levels = [f"{level:g}" for level in settings.interval_level_list]  # the levels a retrain calibrates
         self._misfits = 0  # champion forecasts in a row that the coverage tracker does not measure
         s = settings
@@ -267,14 +268,16 @@ class DriftMonitor:
     def handle(self, topic: str, record: Record, now_s: float) -> None:
         """One message of a followed topic. Junk on an internal topic is counted and skipped: nothing
         on them can stop the monitor or lock a tracker."""
-        if topic != self.settings.readings_topic and len(record.value or b"") > self.MAX_INTERNAL_BYTES:
-            self.junk[f"{topic}: oversized"] += 1
-            return
         try:
-            self._handle(topic, record, now_s)
+            if topic != self.settings.readings_topic and len(record.value or b"") > self.MAX_INTERNAL_BYTES:
+                self.junk[f"{topic}: oversized"] += 1
+            else:
+                self._handle(topic, record, now_s)
         except Exception as e:  # a message no check foresaw: counted and skipped, never fatal
             self.junk[f"{topic}: {type(e).__name__}"] += 1
             log.warning("skipped a message on %s: %s: %s", topic, type(e).__name__, e)
+        finally:
+            self.handled[topic] += 1
 
     def _handle(self, topic: str, record: Record, now_s: float) -> None:
         if topic == self.settings.models_topic:

@@ -244,8 +244,8 @@ class ForecastCore:
     def prepare(self, records: list[Record], now_s: float | None = None) -> StagedBatch:
         """Decode, validate and window every record; stage the windows of those ready to forecast.
         `now_s` (monotonic seconds; default now) dates the entities' last word for the idle TTL.
-        A replayed record (`Record.replay`) only refills its entity's window: its forecast or dead
-        letter was published before the restart."""
+        A replayed record (`Record.replay`) passes the same checks as a live one (key, time policy)
+        and only refills its entity's window: its forecast or dead letter was published before the restart."""
         now = time.monotonic() if now_s is None else now_s
         model = self.slot.model  # one model for the whole batch
         n = len(records)
@@ -272,15 +272,15 @@ class ForecastCore:
         live = np.ones(n, dtype=bool)  # not a replay: its outcome is published
         policy = self.cfg.key_policy
         for i, rec in enumerate(records):
-            if rec.replay:
-                live[i] = False
-                continue
+            live[i] = not rec.replay  # a replay passes the same checks, and publishes nothing
             entity = entities[i]
             if entity is not None and rec.key != entity.encode():
                 try:
-                    stats.rekeyed += check_key(rec.key, entity, policy)
+                    rekeyed = check_key(rec.key, entity, policy)
                 except BadReading as bad:
                     refused[i], entities[i] = bad, None
+                    continue
+                stats.rekeyed += rekeyed if live[i] else 0
         pushes = self.windows.push_many(entities, decoded.ts_ms, decoded.values, decoded.lacking, now, x, live)
         refused.update(pushes.refused)
         out: list[Outgoing] = []
@@ -324,10 +324,10 @@ class ForecastCore:
         for i, rec in enumerate(records):
             try:
                 reading = self.decoder.parse_one(rec.value, rec.timestamp_ms, model.input_bounds)
+                rekeyed = check_key(rec.key, reading.entity, cfg.key_policy)  # a replay too: the same checks
                 if rec.replay:  # refill the window only: its outcome was published before the restart
                     windows.push(reading, now)
                     continue
-                rekeyed = check_key(rec.key, reading.entity, cfg.key_policy)
                 pushed = windows.push(reading, now)
             except BadReading as bad:
                 if not rec.replay:

@@ -23,6 +23,9 @@ from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
 
 log = logging.getLogger("sensorcast.kafka")
+# librdkafka's own log lines (a broker refusing a connection, say) go through Python logging, served on
+# poll, instead of straight to stderr from its threads, where they outlived a test session's summary
+LIBRDKAFKA_LOG = logging.getLogger("sensorcast.kafka.librdkafka")
 # a commit to try again: the group is rebalancing, or its coordinator is moving (a broker died)
 RETRY_COMMIT = {
     KafkaError.REBALANCE_IN_PROGRESS,
@@ -50,6 +53,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         "client.id": "sensorcast-producer",
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+        "logger": LIBRDKAFKA_LOG,
         **confluent_security(settings),
         **overrides,
     }
@@ -70,6 +74,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "topic.metadata.refresh.interval.ms": 30_000,  # partitions added to the topic join within 30 s
         "client.id": "sensorcast-consumer",
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,  # librdkafka's default is 10 s
+        "logger": LIBRDKAFKA_LOG,
         **confluent_security(settings),
         **overrides,
     }

@@ -196,6 +196,21 @@ def _first_model(settings: Settings, epochs: int, log: Callable[[str], None]) ->
     return report
 
 
+def drain(counts: Callable[[], tuple[int, ...]], expected: tuple[int, ...], stall_s: float = 60.0) -> bool:
+    """Wait until every count reaches what is expected: the service works through what was produced
+    however slow the machine, so the wait ends on counts, or after `stall_s` without any progress (a
+    hung service), never on a fixed budget. True when every count arrived."""
+    seen, stalled_at = counts(), time.monotonic() + stall_s
+    while any(n < want for n, want in zip(seen, expected, strict=True)):
+        if time.monotonic() >= stalled_at:
+            return False
+        time.sleep(0.2)
+        now = counts()
+        if now != seen:
+            seen, stalled_at = now, time.monotonic() + stall_s
+    return True
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -395,9 +410,8 @@ def run_demo(
             if retrainer.is_alive():
                 retrainer.join(timeout=300)
             expected_min = max(0, (i + 1) - entities * (settings.lookback - 1))  # readings, not incidents
-            wait_until = time.monotonic() + 60
-            while len(forecasts.arrivals) < expected_min and time.monotonic() < wait_until:
-                time.sleep(0.2)
+            expected_dead = state.refusals_expected + sum(1 for at in broken_at if at <= i)
+            drain(lambda: (len(forecasts.arrivals), len(dead.docs)), (expected_min, expected_dead))
             time.sleep(1.0)
             absorb()
             if live_view:

@@ -37,12 +37,19 @@ def kill_broker(settings: Settings, node: str = "kafka") -> None:
         time.sleep(0.05)
 
 
-def stream(settings: Settings, steps: range, rate: float, sent: list[int]) -> None:
-    """The project's producer (idempotent, acks=all, retrying) sends paced readings and waits for every ack."""
+def stream(
+    settings: Settings, steps: range, rate: float, sent: list[int], hold: tuple[int, threading.Event] | None = None
+) -> None:
+    """The project's producer (idempotent, acks=all, retrying) sends paced readings and waits for every ack.
+    With `hold` (i, event), it waits for the event before the i-th step: the fault strikes mid-stream
+    however slow the machine."""
     producer = make_producer(settings)
     start = time.perf_counter()
     futures = []
     for i, s in enumerate(steps):
+        if hold is not None and i == hold[0]:
+            assert hold[1].wait(600), "the fault never struck"
+            start = time.perf_counter() - i * ENTITIES / rate  # paced on from here, not in a burst
         time.sleep(max(0.0, start + i * ENTITIES / rate - time.perf_counter()))
         for e in range(ENTITIES):
             value = encode_reading(f"e{e}", s * HOUR, {"temp": 20.0 + s % 7 + e, "pressure": 1.0 + 0.1 * e})
@@ -108,24 +115,29 @@ def own_cluster(clusters, tiny_checkpoint, kafka_client: str) -> Callable[[int],
 
 
 def serve_through(settings: Settings, tmp_path: Path, steps: range, rate: float, fault) -> tuple[Collector, dict]:
-    """Serve a paced stream, call `fault(service, forecasts)` once forecasts flow (about 1 s into the stream),
-    then wait for every forecast and stop. Asserts the fault struck mid-stream, the service lived
+    """Serve a paced stream, call `fault(service, forecasts)` once forecasts flow and half the stream
+    is sent (the producer waits there for it), then wait for every forecast and stop. Asserts the fault struck mid-stream, the service lived
     through it and stopped cleanly, and no reading lost its forecast; returns the forecasts and the
     service's metrics."""
     forecasts = Collector(settings, settings.forecasts_topic)
     sent: list[int] = []
     service = ServeProcess(settings.model_uri, settings.as_env(), tmp_path / "serve.log").start().wait_ready()
-    producer = threading.Thread(target=stream, args=(settings, steps, rate, sent), daemon=True)
+    striking = threading.Event()
+    hold = (len(steps) // 2, striking)
+    producer = threading.Thread(target=stream, args=(settings, steps, rate, sent, hold), daemon=True)
     try:
         producer.start()
-        forecasts.wait_for(30, timeout_s=60)
-        time.sleep(1.0)
+        forecasts.wait_for(30, timeout_s=300)
+        while len(sent) < hold[0]:  # the first half is out: the producer waits for the fault
+            assert producer.is_alive(), "the producer stopped before the fault"
+            time.sleep(0.05)
         struck_at = len(sent)
+        striking.set()  # the second half goes out while the fault strikes
         fault(service, forecasts)
-        producer.join(timeout=150)
+        producer.join(timeout=600)
         assert not producer.is_alive(), "the producer did not get every acknowledgement"
         expected = ENTITIES * (len(steps) - (L - 1))
-        forecasts.wait_for(expected, timeout_s=120, unique=True)
+        forecasts.wait_for(expected, timeout_s=300, unique=True)
         assert service.proc.poll() is None, "the service stopped:\n" + service.output()[-3000:]
         metrics = scrape(settings.metrics_port)
     finally:

@@ -29,21 +29,29 @@ def truth(t: int, shift_at: int | None) -> float:
     return 20 + 5 * math.sin(2 * math.pi * t / 24) + (8.0 if shift_at is not None and t >= shift_at else 0.0)
 
 
-def stream(settings, steps: range, shift_at: int | None) -> None:
-    """Readings as they arrive, and after each the forecast a model that never saw the shift would make."""
+def handled(monitor: DriftMonitor, topic: str, count: int, ceiling_s: float = 120) -> None:
+    """Wait until the monitor has handled `count` messages of `topic` (a ceiling only against a hang)."""
+    deadline = time.monotonic() + ceiling_s
+    while monitor.handled[topic] < count:
+        assert time.monotonic() < deadline, f"the monitor handled {monitor.handled[topic]} of {count} on {topic}"
+        time.sleep(0.005)
+
+
+def stream(settings, steps: range, shift_at: int | None, monitor: DriftMonitor) -> None:
+    """Readings as they arrive, and after each the forecast a model that never saw the shift would make;
+    each handed to the monitor before the next is sent (two topics, two consumers: nothing else orders them)."""
     producer = make_producer(settings, linger_ms=0)
     for t in steps:
-        producer.send(
-            settings.readings_topic, key=b"site", value=encode_reading("site", t * HOUR, {"temp": truth(t, shift_at)})
-        )
-        forecast = {
-            "entity": "site",
-            "ts": format_ts(t * HOUR),
-            "forecast": {"temp": [truth(t + k, None) + 0.1 for k in range(1, H + 1)]},
-        }
-        producer.send(settings.forecasts_topic, key=b"site", value=orjson.dumps(forecast))
-        producer.flush()
-        time.sleep(0.03)  # a cadence: each forecast is in before the next reading
+        for topic, value in (
+            (settings.readings_topic, encode_reading("site", t * HOUR, {"temp": truth(t, shift_at)})),
+            (settings.forecasts_topic, orjson.dumps({
+                "entity": "site", "ts": format_ts(t * HOUR),
+                "forecast": {"temp": [truth(t + k, None) + 0.1 for k in range(1, H + 1)]},
+            })),
+        ):  # fmt: skip
+            count = monitor.handled[topic] + 1
+            producer.send(topic, key=b"site", value=value).get(30)
+            handled(monitor, topic, count)
     producer.close()
 
 
@@ -57,13 +65,9 @@ def test_quiet_on_the_clean_stream_then_fires_once_on_a_level_shift(kafka_settin
     runner.start()
     try:
         assert monitor.wait_ready(30)
-        stream(kafka_settings, range(0, 96), shift_at=None)
-        time.sleep(0.5)
+        stream(kafka_settings, range(0, 96), shift_at=None, monitor=monitor)
         quiet = list(fired)
-        stream(kafka_settings, range(96, 160), shift_at=100)
-        deadline = time.monotonic() + 10
-        while not fired and time.monotonic() < deadline:
-            time.sleep(0.05)
+        stream(kafka_settings, range(96, 160), shift_at=100, monitor=monitor)
     finally:
         stop.set()
         runner.join(timeout=10)
@@ -91,17 +95,13 @@ def test_a_promotion_changes_the_yardstick_at_once_and_refused_readings_are_neve
         assert monitor.wait_ready(30)
         announcement = {"name": kafka_settings.model_name, "alias": "champion", "version": "2", "run_id": "r"}
         producer.send(kafka_settings.models_topic, key=b"m", value=orjson.dumps(announcement)).get(30)
-        deadline = time.monotonic() + 10
-        while not champions and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stream(kafka_settings, range(0, 48), shift_at=0)
+        handled(monitor, kafka_settings.models_topic, 1)
+        stream(kafka_settings, range(0, 48), shift_at=0, monitor=monitor)
         junk = encode_reading("site", 48 * HOUR, {"temp": 1e9})
+        count = monitor.handled[kafka_settings.readings_topic] + 1
         producer.send(kafka_settings.readings_topic, key=b"another-site", value=junk).get(30)
-        stream(kafka_settings, range(48, 96), shift_at=0)
-        deadline = time.monotonic() + 10
-        while sum(monitor.refused.values()) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        handled(monitor, kafka_settings.readings_topic, count)
+        stream(kafka_settings, range(48, 96), shift_at=0, monitor=monitor)
     finally:
         producer.close()
         stop.set()
@@ -151,7 +151,7 @@ def test_too_narrow_intervals_are_widened_through_the_compacted_topic_and_the_se
     from pipeline.serve import CalibrationFollower
     from tests.fixtures.fakes import LastValueModel
 
-    s = kafka_settings.model_copy(update={"calibration_every_s": 0.2, "model_name": "fake"})
+    s = kafka_settings.model_copy(update={"calibration_every_s": 0.2, "model_name": "fake", "interval_levels": "0.9"})
     ensure_topics(s)
     producer = make_producer(s, linger_ms=0)
     gauges = CoverageGauges(CollectorRegistry())
@@ -171,16 +171,18 @@ def test_too_narrow_intervals_are_widened_through_the_compacted_topic_and_the_se
     try:
         assert monitor.wait_ready(30) and follower.ready.wait(30)
         for t in range(60):
+            count = monitor.handled[s.readings_topic] + 1
             producer.send(
                 s.readings_topic, key=b"site", value=encode_reading("site", t * HOUR, {"temp": truth(t, None)})
-            )
+            ).get(30)
+            handled(monitor, s.readings_topic, count)
             point = np.array([[truth(t + k, None) + 0.1 for k in range(1, H + 1)]])
             bounds = {"0.9": (point - 0.05, point + 0.05)}
             doc = encode_forecast("site", t * HOUR, ["temp"], point, "fake", "1", format_ts(0), HOUR, 0, bounds)
-            producer.send(s.forecasts_topic, key=b"site", value=doc)
-            producer.flush()
-            time.sleep(0.02)
-        deadline = time.monotonic() + 20
+            count = monitor.handled[s.forecasts_topic] + 1
+            producer.send(s.forecasts_topic, key=b"site", value=doc).get(30)
+            handled(monitor, s.forecasts_topic, count)
+        deadline = time.monotonic() + 120  # a ceiling against a hang: the widths change on the next publication
         while slot.interval_widths(serving)["0.9"][0, 0] <= 0.05 and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:

@@ -222,3 +222,23 @@ def test_a_record_not_keyed_by_its_entity_is_refused_or_counted_and_forecasts_ar
     assert [orjson.loads(m.value)["reason"] for m in out if m.topic == "sensors.dlq"] == ["bad_key"]
     out, stats = core(key_policy="accept").process(stream)
     assert stats.rekeyed == 1 and [m.key for m in out if m.topic == "sensors.forecasts"] == [b"a", b"a"]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_replayed_reading_passes_the_key_check_as_it_did_live(batched: bool) -> None:
+    """A null-keyed reading stamped later than its neighbours was refused live (bad_key). Before, on a
+    restart it was replayed first without the check, moved the entity's clock ahead, and made the
+    keyed readings replayed after it `late`: only 2 of the next 4 readings were forecast."""
+    from dataclasses import replace
+
+    from pipeline.core import SMALL_BATCH
+
+    c = core()
+    stray = replace(reading("a", 9), key=None, replay=True)
+    replayed = [stray] + [replace(reading("a", s), replay=True) for s in range(4)]
+    live = [reading("a", s) for s in range(4, 8)]
+    pad = [replace(reading(f"pad{k}", 0), replay=True) for k in range(SMALL_BATCH + 1)] if batched else []
+    out, stats = c.process(pad + replayed + live)
+    forecasts = [orjson.loads(m.value) for m in out if m.topic == "sensors.forecasts"]
+    assert [d["ts"][11:13] for d in forecasts] == ["04", "05", "06", "07"], forecasts
+    assert stats.readings == 4 and not [m for m in out if m.topic == "sensors.dlq"]  # replays publish nothing

@@ -24,7 +24,7 @@ def test_port_in_use_is_a_clear_error_not_a_hang(tmp_path) -> None:
         started = time.monotonic()
         with pytest.raises(stack.StackError, match="already in use"):
             stack.up(settings, ["mlflow"], log=lambda _m: None)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 60  # refused at once, not after a start-up timeout (a ceiling, not a speed)
     assert stack.status(settings)["mlflow"]["state"] == "stopped"
 
 
