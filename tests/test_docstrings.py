@@ -12,6 +12,8 @@ MODULES = [
     "flows.gate",
     "flows.lineage",
     "flows.slots",
+    "flows.coverage",
+    "pipeline.kafka.source",
     "models.conformal",
     "models.nets",
     "models.search",

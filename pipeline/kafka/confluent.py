@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from pipeline.kafka.clients import RECONNECT_BACKOFF_MAX_MS, KafkaUnavailable, unreachable
 from pipeline.kafka.security import confluent_security
 from pipeline.kafka.sink import MAX_MESSAGE_BYTES, OutputRefused, refusal_letter, within_limit
-from pipeline.kafka.source import commit_metadata, committed_ts
+from pipeline.kafka.source import advance_marker, commit_metadata, committed_ts
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
 
@@ -307,7 +307,7 @@ class ConfluentSource:
         if len(messages) < max_records:
             messages.extend(self.consumer.consume(max_records - len(messages), 0))
         out = []
-        position, replay_until, last_ts = self._position, self.replay_until, self._last_ts
+        position, replay_until, stamps = self._position, self.replay_until, {}
         for m in messages:
             err = m.error()
             if err is not None:
@@ -319,9 +319,11 @@ class ConfluentSource:
             until = replay_until.get(p)
             out.append(Record(m.value(), m.key(), m.topic(), p, offset, ts, until is not None and offset < until))
             position[p] = offset + 1
-            last_ts[p] = ts
+            stamps.setdefault(p, []).append(ts)
             if until is not None and offset + 1 >= until:
                 del replay_until[p]
+        for p, ts in stamps.items():
+            self._last_ts[p] = advance_marker(self._last_ts.get(p), ts)
         return out
 
     def checkpoint(self) -> dict[int, tuple[int, int | None]]:

@@ -97,7 +97,7 @@ class KafkaSource:
                 for r in records
             )
             self._position[tp] = records[-1].offset + 1
-            self._last_ts[tp] = records[-1].timestamp
+            self._last_ts[tp] = advance_marker(self._last_ts.get(tp), [r.timestamp for r in records])
             if until is not None and records[-1].offset + 1 >= until:
                 del self.replay_until[tp]
         return out
@@ -177,14 +177,42 @@ class KafkaSource:
         self.committer.close()
 
 
+MARKER_AHEAD_MS = 5 * 60_000  # a record stamped further ahead of this host's clock does not move the marker
+
+
+def advance_marker(marker: int | None, stamps, now_ms: int | None = None) -> int | None:
+    """The time marker a commit carries: the latest record timestamp read that is not ahead of this
+    host's clock. A restart re-reads from it (minus the windows' span) by offsets_for_times, so one
+    producer whose clock runs a year ahead must not move it there (nothing would be re-read), and one
+    running behind must not move it back (the max keeps it). None until a sane timestamp is read.
+
+    >>> advance_marker(None, [1_000, 5_000, 10**15], now_ms=6_000)
+    5000
+    >>> advance_marker(5_000, [1_000], now_ms=6_000)
+    5000
+    """
+    limit = (int(time.time() * 1000) if now_ms is None else now_ms) + MARKER_AHEAD_MS
+    sane = [t for t in stamps if t is not None and 0 <= t <= limit]
+    if not sane:
+        return marker
+    newest = max(sane)
+    return newest if marker is None else max(marker, newest)
+
+
 def commit_metadata(last_ts: int | None) -> str:
     """What a commit carries besides its offset: the timestamp of the last record it covers."""
     return "" if last_ts is None or last_ts < 0 else f"ts={last_ts}"
 
 
 def committed_ts(metadata: str | None) -> int | None:
-    """The timestamp a commit carried (None: an older commit, or another client's)."""
-    if metadata and metadata.startswith("ts="):
+    """The timestamp a commit carried (None: an older commit, or another client's), whichever of the
+    two clients wrote it.
+
+    >>> committed_ts("ts=1700000000000"), committed_ts("ts=1700000000000" + chr(0)), committed_ts("")
+    (1700000000000, 1700000000000, None)
+    """
+    metadata = (metadata or "").rstrip("\x00")  # librdkafka's commits end in a NUL, as C strings do
+    if metadata.startswith("ts="):
         try:
             return int(metadata[3:])
         except ValueError:

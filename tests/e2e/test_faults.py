@@ -116,9 +116,9 @@ def own_cluster(clusters, tiny_checkpoint, kafka_client: str) -> Callable[[int],
 
 def serve_through(settings: Settings, tmp_path: Path, steps: range, rate: float, fault) -> tuple[Collector, dict]:
     """Serve a paced stream, call `fault(service, forecasts)` once forecasts flow and half the stream
-    is sent (the producer waits there for it), then wait for every forecast and stop. Asserts the fault struck mid-stream, the service lived
-    through it and stopped cleanly, and no reading lost its forecast; returns the forecasts and the
-    service's metrics."""
+    is out (the producer waits there for it), then wait for every forecast and stop. Asserts the
+    fault struck mid-stream, the service lived through it and stopped cleanly, and no reading lost
+    its forecast; returns the forecasts and the service's metrics."""
     forecasts = Collector(settings, settings.forecasts_topic)
     sent: list[int] = []
     service = ServeProcess(settings.model_uri, settings.as_env(), tmp_path / "serve.log").start().wait_ready()

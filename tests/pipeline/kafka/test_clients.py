@@ -82,3 +82,39 @@ def test_second_consumer_resumes_from_committed_offsets(kafka_settings: Settings
     second = _consume(kafka_settings)
     assert not set(first) & set(second), "a message was read twice"
     assert sorted(first + second) == list(range(7_000))
+
+
+def test_one_producer_clock_ahead_does_not_move_the_commits_time_marker(
+    kafka_settings: Settings, kafka_client: str
+) -> None:
+    """The marker a commit carries is where a restart re-reads from (by offsets_for_times). Before, it
+    was the last record's timestamp: one record stamped ahead moved it there, and the next restart
+    re-read that much less, or nothing (Kafka 4 refuses records over an hour ahead by default:
+    log.message.timestamp.after.max.ms; a broker set otherwise takes any)."""
+    from pipeline.kafka import service_source
+    from pipeline.kafka.source import committed_ts
+
+    settings = kafka_settings.model_copy(update={"kafka_client": kafka_client})
+    ensure_topics(settings, [settings.readings_topic], partitions=1)
+    now = int(time.time() * 1000)
+    producer = make_producer(settings, acks="all")
+    for i, stamp in enumerate([now - 3_000, now - 2_000, now + 50 * 60_000, now - 1_000]):
+        producer.send(settings.readings_topic, key=b"pump", value=b'{"i": %d}' % i, timestamp_ms=stamp).get(30)
+    producer.close()
+    source = service_source(settings)
+    try:
+        read, deadline = 0, time.monotonic() + 120  # a ceiling against a hang: the wait ends on the count
+        while read < 4 and time.monotonic() < deadline:
+            read += len(source.poll(10, 200))
+        assert read == 4
+        (marker,) = [ts for _, ts in source.checkpoint().values()]
+        source.commit()
+    finally:
+        source.close()
+    assert marker == now - 1_000  # the latest sane stamp, not the one 50 min ahead
+    consumer = make_consumer(settings)
+    try:
+        meta = consumer.committed(TopicPartition(settings.readings_topic, 0), metadata=True)
+    finally:
+        consumer.close()
+    assert committed_ts(meta.metadata) == now - 1_000
