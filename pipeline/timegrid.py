@@ -12,6 +12,8 @@ it sees in serving, and a jittered clock, a re-send or a lost reading never move
 (2, 2)
 >>> infer_grid([[0, 3_590_000, 7_210_000, 7_211_000, 10_800_000]]).interval_ms  # a re-send 1 s later
 3600000
+>>> infer_grid([[h * 3_600_000 + d for h in range(6) for d in (0, 1000)]]).interval_ms  # every one re-sent
+3600000
 """
 
 from __future__ import annotations
@@ -78,14 +80,16 @@ def _ints(times: Iterable[int]) -> np.ndarray:
 def infer_interval(series: Iterable[Iterable[int]]) -> int:
     """The cadence of readings in several series (one per entity): robust to re-sends, jitter and gaps.
 
-    First a rough step, the median of every entity's median gap (a re-send or a gap is one odd gap
-    among many; a per-entity median keeps one chatty entity from outvoting the rest). Then refined
+    First a rough step, the median of every entity's typical gap: the median of its gaps with the
+    re-sends left out (gaps under a quarter of its upper quartile gap), so a stream where every
+    reading is re-sent a second later still steps by the hour, not by a second or half an hour; a
+    per-entity figure keeps one chatty entity from outvoting the rest. Then refined
     over whole runs: each gap counts round(gap / rough) steps, and the interval is the least-squares
     slope of every reading's time over its step (one intercept per entity), so the jitter of every
     reading averages out, not only that of a run's two ends. Within 1% of a common cadence
     (1 s … 1 day) it is snapped to it."""
     arrays = [np.unique(_ints(s)) for s in series]
-    medians = [float(np.median(np.diff(a))) for a in arrays if len(a) >= 3]
+    medians = [_typical_gap(a) for a in arrays if len(a) >= 3]
     if not medians:
         raise GridError("at least one entity needs 3 readings at distinct times to tell its cadence")
     rough = float(np.median(medians))
@@ -95,6 +99,12 @@ def infer_interval(series: Iterable[Iterable[int]]) -> int:
     for _ in range(3):  # a better step counts the gaps better: a 1.5-step gap is one step or two
         interval = _slope(arrays, interval) or interval
     return snap(interval)
+
+
+def _typical_gap(a: np.ndarray) -> float:
+    """An entity's usual gap between distinct readings: the median of its gaps, re-sends left out."""
+    gaps = np.diff(a)
+    return float(np.median(gaps[gaps >= 0.25 * np.quantile(gaps, 0.75)]))
 
 
 def _slope(arrays: list[np.ndarray], step_ms: float) -> float | None:

@@ -14,6 +14,7 @@ MODULES = [
     "flows.slots",
     "flows.coverage",
     "pipeline.kafka.source",
+    "pipeline.timegrid",
     "models.conformal",
     "models.nets",
     "models.search",

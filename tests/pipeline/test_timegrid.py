@@ -48,3 +48,27 @@ def test_slot_rounds_half_an_interval_away_and_the_grid_round_trips() -> None:
     assert g.slot(g.ts_of(5)) == 5 and g.slot(g.ts_of(5) + HOUR // 2 - 1) == 5 and g.slot(g.ts_of(5) - HOUR // 2) == 5
     assert Grid.from_dict(g.to_dict()) == g and Grid.from_dict(None) is None
     assert Grid(HOUR, 0, tolerance=0.1).off_grid(HOUR // 5) and not g.off_grid(HOUR // 5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    interval=st.sampled_from([15_000, 60_000, 3_600_000, 7_777]),
+    jitter=st.floats(0, 0.2),
+    resend_after=st.floats(0.0005, 0.1),  # of the interval: a second after an hourly reading, and more
+    resending=st.integers(1, 3),  # of three entities; the others clean
+    seed=st.integers(0, 10_000),
+)
+def test_streams_of_resends_and_mixes_with_clean_entities_keep_their_cadence(
+    interval, jitter, resend_after, resending, seed
+) -> None:
+    """Before, a stream where every reading was re-sent 1 s later inferred a 1 s grid ("too little
+    data"), and one re-sending entity beside a clean one inferred half the interval."""
+    entities = [jittered(100, interval, jitter, seed + e) for e in range(3)]
+    for e in range(resending):
+        ts = entities[e]
+        entities[e] = np.sort(np.concatenate([ts, ts + max(1, int(resend_after * interval))]))
+    grid = infer_grid(entities)
+    assert abs(grid.interval_ms - interval) <= max(1, 0.002 * interval), grid
+    for ts in entities:
+        steps = np.diff([grid.slot(int(t)) for t in np.unique(ts)])
+        assert set(steps.tolist()) <= {0, 1}, "a re-send shares its reading's slot; no slot is skipped"
