@@ -208,14 +208,14 @@ class ForecastCore:
         self.grid = None if cfg.interval_ms else Grid.from_dict(getattr(m, "grid", None), cfg.grid_tolerance)
         self.servable(m)
         slot.check = self.servable  # a hot swap is held to the same rule
-        self.windows = EntityWindows(
+        self.windows = EntityWindows(  # the model's cadence; each entity at its own phase on it
             len(self.channels),
             m.lookback,
             max_fill_steps=cfg.max_fill_steps,
-            grid=self.grid,
-            interval_ms=cfg.interval_ms,
+            interval_ms=cfg.interval_ms or (self.grid.interval_ms if self.grid is not None else None),
             duplicates=cfg.duplicates,
             max_missing_fill=cfg.max_missing_fill,
+            tolerance=cfg.grid_tolerance,
         )
         self.decoder = BatchDecoder(
             self.channels, cfg.max_payload_bytes, policy=cfg.time, allow_missing=cfg.max_missing_fill > 0

@@ -5,8 +5,10 @@ p and p + L (a "double-written ring"), so the latest L slots are always the cont
 [p + 1, p + 1 + L): no roll, no per-message allocation, and a batch is one fancy-indexed gather.
 
 Time policy (docs/messages.md, "Time"):
-- a reading goes in its slot of the grid (pipeline/timegrid.py): the serving model's grid, else one
-  learned per entity from its first readings (or the configured interval at its first reading's phase);
+- a reading goes in its slot of the grid (pipeline/timegrid.py): each entity's own, at the model's
+  cadence (or the configured interval) and the phase its first readings show, so a device that reports
+  at :35 with ±10 min of jitter never straddles the half-interval boundary of a grid anchored at :00;
+  with no cadence given, the cadence is learned per entity too;
 - a second reading for a slot already filled is a `duplicate` (refused), or replaces the slot's
   values with `duplicates="replace"`; a reading for a slot before the latest is `late`;
 - up to `max_fill_steps` missing slots are forward-filled with the last values; a longer gap resets
@@ -82,13 +84,15 @@ class EntityWindows:
         duplicates: str = "refuse",
         max_missing_fill: int = 3,
         capacity: int = 64,
+        tolerance: float = 0.5,
     ):
         if duplicates not in ("refuse", "replace"):
             raise ValueError(f"duplicates must be refuse or replace, got {duplicates!r}")
         self.n, self.L = n_channels, lookback
         self.max_fill_steps, self.max_missing_fill = max_fill_steps, max_missing_fill
         self.grid = grid  # shared by every entity (the model's); None: each learns its own
-        self.fixed_interval_ms = interval_ms
+        self.fixed_interval_ms = interval_ms  # every entity's cadence, at a phase of its own (None: learned)
+        self.tolerance = tolerance  # of the grids the entities learn
         self.replace = duplicates == "replace"
         self.data = np.zeros((capacity, 2 * lookback, n_channels), dtype=np.float32)
         self.fills = np.zeros((capacity, 2 * lookback), dtype=np.int32)  # values filled, not measured, per slot
@@ -238,9 +242,9 @@ class EntityWindows:
                     filled = missing
             self._write(slot, values, n_lacking)
         self.last_slot[slot], self.last_ts[slot] = at, reading.ts_ms
-        if grid is None:
-            grid = self._learn(slot, reading.ts_ms)
-        slot_ts = grid.ts_of(at) if grid is not None else reading.ts_ms
+        if grid is None or slot in self.learning:
+            grid = self._learn(slot, reading.ts_ms) or grid
+        slot_ts = grid.ts_of(int(self.last_slot[slot])) if grid is not None else reading.ts_ms
         return Pushed(bool(self.count[slot] >= self.L), filled, reset, replaced, n_lacking, slot_ts)
 
     def push_many(
@@ -308,8 +312,8 @@ class EntityWindows:
             fast &= interval > 0
         at = (ts - anchor + interval // 2) // np.maximum(interval, 1)
         fast &= at - self.last_slot[s] == 1
-        if self.running_short or self.refused_run:  # a channel running short, a learned grid on trial
-            fast &= ~np.isin(s, [*self.running_short, *self.refused_run])
+        if self.running_short or self.refused_run or self.learning:  # a channel short, a grid on trial or learning
+            fast &= ~np.isin(s, [*self.running_short, *self.refused_run, *self.learning])
         f = np.flatnonzero(fast)
         if f.size:
             rows, fs = idx[f], s[f]
@@ -353,29 +357,34 @@ class EntityWindows:
 
     def _learn(self, slot: int, ts_ms: int) -> Grid | None:
         """Collect an entity's first readings; once there are enough, infer its grid (its median step,
-        or the configured interval, and their phase) and go on in slots."""
+        or the interval given, and their phase: a circular mean, so one jittered first reading does
+        not set it) and go on in slots."""
         seen = self.learning.setdefault(slot, [])
         if not seen or ts_ms != seen[-1]:
             seen.append(ts_ms)
-        if len(seen) < (1 if self.fixed_interval_ms else LEARN_READINGS):  # an interval given: its phase at once
-            return None
-        interval = self.fixed_interval_ms or _learned_interval(seen)
-        if not interval:
-            return None
-        grid = Grid(interval, infer_anchor([seen], interval))
-        del self.learning[slot]
+        if self.fixed_interval_ms:  # in slots at once, its phase refined over its first few readings
+            grid = Grid(self.fixed_interval_ms, infer_anchor([seen], self.fixed_interval_ms), self.tolerance)
+            if len(seen) >= LEARN_READINGS:
+                del self.learning[slot]
+        else:
+            interval = _learned_interval(seen) if len(seen) >= LEARN_READINGS else None
+            if not interval:
+                return None
+            grid = Grid(interval, infer_anchor([seen], interval), self.tolerance)
+            del self.learning[slot]
         self._own_grid(slot, grid)
         self.last_slot[slot] = grid.slot(ts_ms)
         return grid
 
     def _relearn(self, slot: int, ts_ms: int) -> bool:
-        """A grid an entity's first readings taught (no model grid, no configured interval) can be
-        wrong: a cadence that later speeds up or slows down, re-sends among the first readings. After
+        """A grid an entity's first readings taught can be wrong: a cadence that later speeds up or
+        slows down, re-sends among the first readings, a phase that drifted (an interval given, by the
+        model or the settings, is kept: only the phase is learned again). After
         more than max_fill_steps + 1 refusals or resets at distinct times, with never a whole window
         taken in between, it is dropped, the
         window reset and the grid learned again from this reading on, so no entity stays dark (the
         model's grid is never dropped)."""
-        if self.grid is not None or self.fixed_interval_ms or slot not in self.own_grid:
+        if self.grid is not None or slot not in self.own_grid:
             return False
         times = self.refused_run.setdefault(slot, set())
         times.add(ts_ms)

@@ -6,6 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
+from pipeline.messages import encode_reading
 from pipeline.records import Record
 from tests.fixtures.fakes import LastValueModel, reading
 from tests.fixtures.fakes import fake_core as core
@@ -242,3 +243,48 @@ def test_a_replayed_reading_passes_the_key_check_as_it_did_live(batched: bool) -
     forecasts = [orjson.loads(m.value) for m in out if m.topic == "sensors.forecasts"]
     assert [d["ts"][11:13] for d in forecasts] == ["04", "05", "06", "07"], forecasts
     assert stats.readings == 4 and not [m for m in out if m.topic == "sensors.dlq"]  # replays publish nothing
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_fleet_reporting_at_its_own_minutes_loses_no_reading_on_a_model_trained_at_the_hour(batched: bool) -> None:
+    """Devices at :05, :35 and :58, each with ±10 min of jitter, a model whose grid is anchored at :00.
+    Before, the :35 device's readings straddled the half-hour boundary of the model's grid: some
+    landed in their neighbour's slot (a false `duplicate`) and left a gap behind (a filled slot)."""
+    from pipeline.core import SMALL_BATCH
+
+    model = LastValueModel(["temp", "pressure"])
+    model.grid = {"interval_ms": HOUR, "anchor_ms": 0}
+    c = core(model)
+    rng = np.random.default_rng(7)
+    minutes = {"at-05": 5, "at-35": 35, "at-58": 58}
+    records = []
+    for step in range(60):
+        for entity, minute in minutes.items():
+            ts = step * HOUR + minute * 60_000 + int(rng.uniform(-10, 10) * 60_000)
+            records.append(Record(encode_reading(entity, ts, {"temp": 1.0, "pressure": 2.0}), entity.encode()))
+    size = SMALL_BATCH + 5 if batched else 1
+    dead, filled, forecasts = [], 0, 0
+    for start in range(0, len(records), size):
+        out, stats = c.process(records[start : start + size])
+        dead += [orjson.loads(m.value)["reason"] for m in out if m.topic == "sensors.dlq"]
+        filled += stats.filled
+        forecasts += stats.forecasts
+    assert dead == [] and filled == 0, (dead, filled)
+    assert forecasts == 3 * (60 - (model.lookback - 1))  # every reading after warm-up
+
+
+def test_with_a_configured_interval_a_device_whose_phase_moved_is_relearned_not_lost_for_good() -> None:
+    """SENSORCAST_READING_INTERVAL_S set; a device reports at :00, then (a clock reset) at :30 with
+    ±10 min of jitter, across the half-hour boundary of the phase it was anchored on. Before, each
+    entity anchored on its first reading and never relearned: readings kept colliding for as long as
+    it lived. Now a few refusals later its phase is learned again and nothing more is lost."""
+    c = core(interval_ms=HOUR)
+    rng = np.random.default_rng(3)
+    stamps = [s * HOUR for s in range(20)] + [
+        s * HOUR + 30 * 60_000 + int(rng.uniform(-10, 10) * 60_000) for s in range(20, 120)
+    ]
+    dead = []
+    for ts in stamps:
+        out, _ = c.process([Record(encode_reading("pump", ts, {"temp": 1.0, "pressure": 2.0}), b"pump")])
+        dead.append(sum(m.topic == "sensors.dlq" for m in out))
+    assert sum(dead[:20]) == 0 and sum(dead[60:]) == 0, dead
