@@ -136,10 +136,13 @@ def fit(
     epochs: int,
     out: Path,
     trials: int = 0,
+    champion_until: int | None = None,
 ) -> tuple[Candidate, dict]:
     """Train on the window's train split; early stopping on its validation split. With `trials`, the
     configuration is searched for on the validation split first (the serving preset is the first
-    trial), and the candidate is the chosen trial's model: the gate sees only it."""
+    trial), and the candidate is the chosen trial's model: the gate sees only it. A candidate
+    warm-started from the champion, whose training data ended at `champion_until` (epoch ms), has its
+    intervals calibrated only on the holdout windows after that: its inherited weights saw the rest."""
     import numpy as np
 
     from flows.gate import time_split, windows
@@ -190,12 +193,35 @@ def fit(
     extra["lineage"] = lineage
     if found is not None:
         extra["search"] = found.to_dict()
-    intervals = calibrate(Candidate(model, scaler, result, warm, out), holdout, settings.interval_level_list)
+    unseen = holdout
+    if warm and champion_until is not None and splits.ranges.get("holdout", (champion_until + 1,))[0] <= champion_until:
+        unseen, said = _unseen_by(window, champion_until, holdout, L, H)
+        lineage["intervals_calibrated_on"] = said
+        get_run_logger().info("intervals: %s", said)
+    intervals = calibrate(Candidate(model, scaler, result, warm, out), unseen, settings.interval_level_list)
     extra["intervals"] = intervals
     save(out, model, window.channels, scaler, name=settings.model_name, extra=extra)
     sizes = {"train_windows": len(train_w), "val_windows": len(val_w), "holdout_windows": len(holdout)}
     candidate = Candidate(model, scaler, result, warm, out, found, intervals, lineage)
     return candidate, {"holdout": holdout, "ranges": splits.ranges, **sizes}
+
+
+def _unseen_by(window: TrainingWindow, until_ms: int, holdout, lookback: int, horizon: int):
+    """The holdout windows after `until_ms` (what a warm start's inherited weights never trained on),
+    and what the run says of them; the whole holdout, said so, when too few are left."""
+    from flows.gate import after, windows
+    from models.data import DataError
+
+    kept = after(window.timed_series(), until_ms, lookback)
+    try:
+        unseen = windows([v for _, v in kept], lookback, horizon, "calibration", [int(ts[0]) for ts, _ in kept],
+                         window.grid)  # fmt: skip
+    except DataError:
+        return holdout, (
+            f"all {len(holdout)} holdout windows: too few after the champion's training data "
+            f"(to {_iso(until_ms)}) to calibrate on alone, so the intervals may be narrow"
+        )
+    return unseen, f"the {len(unseen)} holdout windows after the champion's training data (to {_iso(until_ms)})"
 
 
 def _warm_start(model: torch.nn.Module, champion: Forecaster) -> tuple[bool, str]:
@@ -247,8 +273,11 @@ def _origins(settings: Settings, train_parts, first_ts: list[int], grid: dict | 
 
     L, H = settings.lookback, settings.horizon
     per_train_row = VAL_SHARE / (1 - VAL_SHARE - HOLDOUT_SHARE)
-    rows = [max(H, round(len(p) * per_train_row)) for p in train_parts]
+    rows: int | list[int] = [max(H, round(len(p) * per_train_row)) for p in train_parts]
     starts = [(t - grid["anchor_ms"]) // grid["interval_ms"] for t in first_ts] if grid else None
+    if starts is not None:  # one cut in time for every series per fold, each block as long as the real one
+        span = max(s + len(p) for p, s in zip(train_parts, starts, strict=True)) - min(starts)
+        rows = max(H, round(span * per_train_row))
     for folds in range(settings.search_folds, 1, -1):
         try:
             made = rolling_origins(train_parts, rows, L, H, folds, starts)
@@ -597,7 +626,8 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
     logger.info("window: %d readings, refused %s, %d series", prov.readings, prov.refused, prov.segments)
     with tempfile.TemporaryDirectory(prefix="sensorcast-retrain-") as tmp:
         try:
-            candidate, info = fit(window, champion, warm_start, epochs, Path(tmp) / "candidate", trials)
+            until = champion_trained_until(champion.version) if champion is not None else None
+            candidate, info = fit(window, champion, warm_start, epochs, Path(tmp) / "candidate", trials, until)
         except (DataError, NothingEligible) as e:
             logger.warning("not retrained: %s", e)
             report = RetrainReport(trigger, reason or trigger, False, f"not retrained: {e}", {})
@@ -605,7 +635,7 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
             return report
         holdout, ranges = info.pop("holdout"), info.pop("ranges")
         decision = None
-        trained_until = champion_trained_until(champion.version) if champion is not None else None
+        trained_until = until
         holdout_start = ranges["holdout"][0] if "holdout" in ranges else None
         if trained_until is not None and holdout_start is not None and trained_until >= holdout_start:
             from flows.gate import GateDecision, after, windows

@@ -318,7 +318,11 @@ def rolling_origins(
     from the end of each training series and trains on what comes before it. One validation period
     is a weak judge of a configuration (ETTh1's four months, Exchange's two years); several, each
     scored on data its model never saw, are less so. `parts` are the scaled training series (T, N),
-    one per entity; `starts` their first slot on the time grid. Oldest fold first."""
+    one per entity; `starts` their first slot on the time grid. With `starts` and one `val_rows`, the
+    folds are cut at common times: one cut for every series per fold, as the time split cuts
+    (`_common_origins`). Oldest fold first."""
+    if starts is not None and not isinstance(val_rows, list):
+        return _common_origins(parts, val_rows, lookback, horizon, folds, starts)
     rows = val_rows if isinstance(val_rows, list) else [val_rows] * len(parts)
     starts = starts or [0] * len(parts)
     made: list[tuple[Windows, Windows]] = []
@@ -334,6 +338,34 @@ def rolling_origins(
             held_at.append(s + cut - lookback)
         if not fit:
             raise DataError(f"the training split is too short for {folds} rolling origins of {rows[0]} rows")
+        made.append((Windows(fit, lookback, horizon, starts=fit_at), Windows(held, lookback, horizon, starts=held_at)))
+    return made
+
+
+def _common_origins(
+    parts: list[np.ndarray], block: int, lookback: int, horizon: int, folds: int, starts: list[int]
+) -> list[tuple[Windows, Windows]]:
+    """Rolling origins cut at the same slots for every series: fold k validates on the slots
+    [end - k·block, end - (k-1)·block), `end` the slot after the last training row of any series, and
+    trains on every row before that block's start. No series' validation block lies before another's
+    training rows (a row count per series would cut each at its own time: where rows are missing, or
+    series start late, one entity's validation overlapped another's training)."""
+    end = max(s + len(p) for p, s in zip(parts, starts, strict=True))
+    made: list[tuple[Windows, Windows]] = []
+    for k in range(folds - 1, 0, -1):
+        low, high = end - k * block, end - (k - 1) * block  # the validation block's slots
+        fit, held, fit_at, held_at = [], [], [], []
+        for part, s in zip(parts, starts, strict=True):
+            cut = low - s  # rows of this series before the block
+            if min(cut, len(part)) - lookback - horizon >= 1:
+                fit.append(part[: max(cut, 0)])
+                fit_at.append(s)
+            first, stop = max(cut - lookback, 0), min(high - s, len(part))
+            if stop - first >= lookback + horizon and block >= horizon:
+                held.append(part[first:stop])  # its first target is at slot s + first + lookback >= low
+                held_at.append(s + first)
+        if not fit or not held:
+            raise DataError(f"the training split is too short for {folds} rolling origins of {block} rows")
         made.append((Windows(fit, lookback, horizon, starts=fit_at), Windows(held, lookback, horizon, starts=held_at)))
     return made
 

@@ -286,6 +286,11 @@ def test_the_champion_is_scored_only_on_holdout_after_its_own_training_data(
     assert params["holdout_after"] == ranges["validation"][1], (params, ranges)  # the champion's last reading
     assert 0 < int(params["holdout_windows_scored"]) < int(params["holdout_windows"]), params
     assert "champion" in wide["scores"], wide
+    # warm-started from the champion: its intervals are calibrated on those windows alone (before, on the
+    # whole holdout, including what the inherited weights trained on: too narrow)
+    assert wide["warm_started"] is True, wide
+    said = MlflowClient().get_run(wide["run_id"]).data.tags["intervals_calibrated_on"]
+    assert said.startswith(f"the {params['holdout_windows_scored']} holdout windows after the champion's"), said
 
 
 def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_registered(

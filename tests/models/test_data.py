@@ -144,3 +144,17 @@ def test_rolling_origins_validate_on_blocks_before_the_validation_split_each_aft
 def test_too_many_rolling_origins_for_the_data_is_a_clear_error() -> None:
     with pytest.raises(DataError, match="too short for 9 rolling origins"):
         rolling_origins([np.zeros((100, 2))], val_rows=20, lookback=10, horizon=5, folds=9)
+
+
+def test_rolling_origins_cut_every_series_at_the_same_times() -> None:
+    """Two sites: one with every slot 0..199, one that starts at slot 60 and has 90 rows. Each value is
+    its row's slot. Before, each series was cut by its own row count, so one site's validation block
+    began before the other's training rows ended (the one-cut rule the gate keeps was broken)."""
+    a = np.arange(0, 200, dtype=np.float64)[:, None]
+    b = np.arange(60, 150, dtype=np.float64)[:, None]
+    folds = rolling_origins([a, b], val_rows=20, lookback=10, horizon=5, folds=3, starts=[0, 60])
+    for (fit, held), low in zip(folds, [160, 180], strict=True):  # end = 200: blocks [160, 180), [180, 200)
+        _, fit_y = fit.batch(torch.arange(len(fit)))
+        _, held_y = held.batch(torch.arange(len(held)))
+        assert fit_y.max() == low - 1 and held_y.min() == low and held_y.max() < low + 20
+        assert (held.cycle_index(torch.arange(len(held))) + 10).min() == low  # each window's slot, as the grid says
