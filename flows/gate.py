@@ -6,9 +6,11 @@ each row's time on the grid. No site's holdout comes before another site's train
 series broken by a gap is never given a "holdout" of its own in the middle of the range.
 
 A candidate is promoted only when it beats persistence and beats the serving champion by at least
-`margin` (relative MSE). Scores are MSEs in the candidate's scaled units: each channel's error is
-divided by the candidate's training standard deviation, so every contender is measured on one scale
-whatever scaler it was trained with.
+`margin` (relative MSE). Scores are on a scale the holdout fixes, not any contender: each channel's
+MSE divided by persistence's MSE on the same windows, averaged over the channels (persistence scores
+1 by definition; `relative_scores`). Two runs' figures then read alike, and no channel counts for
+more because one candidate's short training window saw it barely vary. Raw-unit MAE per channel is
+reported beside it.
 
 >>> decide({"candidate": 0.40, "champion": 0.50, "persistence": 0.90, "mean": 0.70}, margin=0.05).promote
 True
@@ -127,6 +129,43 @@ def scaled_mse(forecast: Forecast, holdout: Windows, scaler: Scaler, batch_size:
 
 
 @torch.no_grad()
+def channel_errors(forecast: Forecast, holdout: Windows, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(MSE, MAE) per channel over the holdout windows, raw units, each (N,)."""
+    sq = ab = None
+    count = 0
+    for start in range(0, len(holdout), batch_size):
+        pred, y = forecast_windows(forecast, holdout, torch.arange(start, min(start + batch_size, len(holdout))))
+        err = (pred.float() - y).double()
+        sq = err.square().sum(dim=(0, 1)) if sq is None else sq + err.square().sum(dim=(0, 1))
+        ab = err.abs().sum(dim=(0, 1)) if ab is None else ab + err.abs().sum(dim=(0, 1))
+        count += y.shape[0] * y.shape[1]
+    return (sq / max(count, 1)).numpy(), (ab / max(count, 1)).numpy()
+
+
+def relative_scores(
+    contenders: dict[str, Forecast], holdout: Windows, channels: list[str]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """({contender: mean over channels of its MSE / persistence's MSE}, {contender: {channel: raw MAE}}).
+    `contenders` must hold "persistence", which scores 1. A floor (a millionth of the largest channel's
+    persistence MSE) is added above and below: a channel persistence forecasts perfectly (constant on
+    the holdout) scores 1 for a contender as perfect, and far more for one that is not, never x / 0.
+
+    >>> from models.nets import Persistence, WindowMean
+    >>> series = np.stack([np.arange(40.0), np.zeros(40)], axis=1).astype(np.float32)
+    >>> w = Windows([series], lookback=4, horizon=1)
+    >>> scores, mae = relative_scores({"persistence": Persistence(1), "mean": WindowMean(1)}, w, ["up", "flat"])
+    >>> scores["persistence"], mae["mean"]["up"]
+    (1.0, 2.5)
+    """
+    errors = {name: channel_errors(net, holdout) for name, net in contenders.items()}
+    base = errors["persistence"][0]
+    floor = 1e-6 * float(base.max()) + 1e-30
+    scores = {name: float(np.mean((mse + floor) / (base + floor))) for name, (mse, _) in errors.items()}
+    mae = {name: {c: float(v) for c, v in zip(channels, a, strict=True)} for name, (_, a) in errors.items()}
+    return scores, mae
+
+
+@torch.no_grad()
 def holdout_mae(forecast: Forecast, holdout: Windows, channels: list[str], batch_size: int = 512) -> dict[str, float]:
     """Per-channel MAE over the holdout, raw units: the drift monitor's yardstick for this model."""
     total, count = None, 0
@@ -142,9 +181,12 @@ def holdout_mae(forecast: Forecast, holdout: Windows, channels: list[str], batch
 class GateDecision:
     promote: bool
     reason: str
-    scores: dict[str, float]  # contender → holdout MSE (candidate, champion when there is one, persistence, mean)
+    scores: dict[
+        str, float
+    ]  # contender → holdout MSE relative to persistence's (candidate, champion, persistence, mean)
     margin: float
     candidate_mae: dict[str, float] = field(default_factory=dict)  # per channel, raw units
+    raw_mae: dict[str, dict[str, float]] = field(default_factory=dict)  # contender → channel → MAE, raw units
 
 
 def decide(scores: dict[str, float], margin: float) -> GateDecision:

@@ -361,12 +361,13 @@ def score(
     channels: list[str],
     grid: dict | None = None,
 ) -> GateDecision:
-    """Every contender on the same holdout windows, in the candidate's scaled units. A champion of
+    """Every contender on the same holdout windows, each channel's MSE relative to persistence's
+    (flows.gate.relative_scores), raw-unit MAE beside it. A champion of
     another lookback, horizon, channels or cadence cannot be scored on them: the candidate then starts
     a new lineage, compared with the naive baselines only, and the reason says so."""
     from dataclasses import replace
 
-    from flows.gate import decide, holdout_mae, scaled_mse
+    from flows.gate import decide, relative_scores
     from flows.lineage import lineage_break
     from models.nets import NAIVE
 
@@ -380,11 +381,11 @@ def score(
         contenders["champion"] = champion.net.cpu()
     horizon = holdout.horizon
     contenders.update({name: cls(horizon) for name, cls in NAIVE.items()})
-    scores = {name: scaled_mse(net, holdout, candidate.scaler) for name, net in contenders.items()}
+    scores, mae = relative_scores(contenders, holdout, channels)
     decision = decide(scores, margin)
     if broken is not None:
         decision = replace(decision, reason=f"{broken}: compared with the naive baselines only; {decision.reason}")
-    return replace(decision, candidate_mae=holdout_mae(contenders["candidate"], holdout, channels))
+    return replace(decision, candidate_mae=mae["candidate"], raw_mae=mae)
 
 
 def holdout_sample(candidate: Candidate, holdout) -> dict:
@@ -480,7 +481,10 @@ def _register(
             log_search_trials(candidate.search)
         for rec in candidate.result.history:
             mlflow.log_metrics({k: rec[k] for k in ("train_loss", "val_loss", "lr")}, step=rec["epoch"])
-        mlflow.log_metrics({f"holdout_mse_{k}": v for k, v in decision.scores.items()})
+        mlflow.log_metrics({f"holdout_mse_{k}": v for k, v in decision.scores.items()})  # relative to persistence
+        mlflow.log_metrics(
+            {f"holdout_mae_{k}_{_metric_name(c)}": v for k, per in decision.raw_mae.items() for c, v in per.items()}
+        )
         mlflow.log_metric("train_seconds", candidate.result.seconds)
         mlflow.log_dict(window.provenance.to_dict(), "provenance.json")
         with tempfile.TemporaryDirectory() as tmp:
@@ -493,6 +497,11 @@ def _register(
         mlflow.log_params({"interval_levels": ",".join(intervals.get("half_width", {})) or "none"})
         version = done["version"] = log_checkpoint(candidate.checkpoint, settings.model_name)
     return _tag_version(settings, version, run.info.run_id, decision, window, ranges)
+
+
+def _metric_name(channel: str) -> str:
+    """A channel name as MLflow takes it in a metric key (letters, digits, _ - . / and spaces)."""
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in channel)
 
 
 def _registered_by(name: str, attempt: str) -> tuple[str, str] | None:

@@ -123,3 +123,24 @@ def test_a_window_has_the_same_phase_in_training_as_the_service_gives_it(tmp_pat
         x, _ = w.batch(index)
         last_ts = anchor + x[:, -1, 0].numpy().astype(np.int64) * hour
         assert service.phases(last_ts).tolist() == w.cycle_index(index).tolist(), part
+
+
+def test_the_gates_figures_are_fixed_by_the_holdout_not_the_candidates_scaler() -> None:
+    """Two candidates that forecast alike, one trained on a window where a channel barely varied (its
+    σ 1e-3). Before, every contender was scored in the candidate's scaled units: that channel then
+    weighed a million times more in one run than in the other, and the runs' figures could not be
+    compared. Now each channel's MSE is relative to persistence's on the same windows."""
+    from types import SimpleNamespace
+
+    from flows.retrain import score
+
+    series = np.stack([np.sin(np.arange(60.0)), 0.01 * np.cos(np.arange(60.0))], axis=1).astype(np.float32)
+    holdout = windows([series], lookback=4, horizon=2, what="holdout")
+    decisions = [
+        score.fn(SimpleNamespace(raw_net=lambda: WindowMean(2), scaler=Scaler(np.zeros(2), np.array(std))), None,
+                 holdout, 0.0, ["temp", "rh"])
+        for std in ([1.0, 1.0], [1.0, 1e-3])
+    ]  # fmt: skip
+    a, b = (d.scores for d in decisions)
+    assert a == b and a["persistence"] == 1.0 and set(a) == {"candidate", "persistence", "mean"}
+    assert decisions[0].raw_mae["candidate"]["rh"] < decisions[0].raw_mae["candidate"]["temp"]  # raw units beside
