@@ -323,6 +323,17 @@ def _searched(settings: Settings, train_w, val_w, train_parts, grid: dict | None
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def champion_trigger(version: str) -> str | None:
+    """What started the retrain that made this version (its run's `trigger` tag)."""
+    from mlflow import MlflowClient
+
+    settings = use_tracking(Settings.load())
+    client = MlflowClient(settings.tracking_uri)
+    run_id = client.get_model_version(settings.model_name, version).run_id
+    return client.get_run(run_id).data.tags.get("trigger") if run_id else None
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def champion_trained_until(version: str) -> int | None:
     """The last reading time (epoch ms) of the champion's training and validation data, from its
     `data_ranges` tag (None: a version registered before the tag existed)."""
@@ -627,6 +638,11 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
     from models.search import NothingEligible
 
     champion = current_champion()
+    if trigger == "drift" and trials == 0 and champion is not None and Settings.load().search_every_s:
+        if champion_trigger(champion.version) == "drift":  # a drift retrain made it, and the drift is back
+            trials = Settings.load().search_trials
+            logger.info("drift persists after the drift retrain that made v%s: searching (%d trials)",
+                        champion.version, trials)  # fmt: skip
     window = pull(hours, champion.channels if champion is not None else None)
     if isinstance(window, WindowError):  # nothing to train on: no run, no version, and the reason said
         logger.warning("not retrained: %s", window)

@@ -10,7 +10,11 @@ slots were missed, one retrain runs (flows/slots.py, which the flow imports: imp
 flow ← schedule). Runs also queue one at a time (a concurrency limit of 1: a
 drift or on-demand run waits for the scheduled one rather than being dropped, as CANCEL_NEW would).
 
-The same deployment carries the drift trigger: Prefect's automation turns each `sensorcast.drift`
+A second deployment, `retrain-search`, runs the same flow with `trials` on a slower interval
+(SENSORCAST_SEARCH_EVERY_S, weekly): the configuration is searched again now and then, and the
+daily runs carry the champion's configuration between searches (flows/lineage.py).
+
+The retrain deployment carries the drift trigger: Prefect's automation turns each `sensorcast.drift`
 event about this model (`sensorcast monitor` emits it) into a run with trigger "drift" and the
 event's reason.
 """
@@ -22,6 +26,7 @@ from pathlib import Path
 from pipeline.settings import Settings
 
 DEPLOYMENT = "retrain-scheduled"
+SEARCH_DEPLOYMENT = "retrain-search"
 
 
 def deployment_options(settings: Settings) -> dict:
@@ -56,11 +61,47 @@ def deployment_options(settings: Settings) -> dict:
     }
 
 
+def search_options(settings: Settings) -> dict | None:
+    """The search deployment: the same flow with `trials`, on its own slower interval
+    (SENSORCAST_SEARCH_EVERY_S, weekly by default); None when the search is off. Its candidate meets
+    the same gate, and it waits for the model's one retrain slot like any other run."""
+    if not settings.search_every_s:
+        return None
+    import datetime as dt
+
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Interval
+
+    every = dt.timedelta(seconds=settings.search_every_s)
+    first = dt.datetime.now(dt.UTC).replace(microsecond=0) + every  # one interval from now, not at once
+    return {
+        "name": SEARCH_DEPLOYMENT,
+        "schedules": [Interval(every, anchor_date=first, timezone="UTC")],
+        "parameters": {
+            "trigger": "schedule",
+            "reason": f"the scheduled search ({settings.search_trials} trials)",
+            "hours": settings.retrain_hours,
+            "margin": settings.retrain_margin,
+            "trials": settings.search_trials,
+        },
+        "concurrency_limit": ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        "description": "Search the configuration again, gate the choice like any candidate, promote if it wins.",
+    }
+
+
 def deployment(settings: Settings):
     """The retrain deployment, to serve from this process (`serve_retrain`)."""
     from flows.retrain import retrain
 
     return retrain.to_deployment(**deployment_options(settings))
+
+
+def deployments(settings: Settings) -> list:
+    """Every deployment `flows serve` serves: the retrain, and the search when it is on."""
+    from flows.retrain import retrain
+
+    search = search_options(settings)
+    return [deployment(settings)] + ([retrain.to_deployment(**search)] if search else [])
 
 
 def deploy_to_pool(settings: Settings, pool: str, source: Path) -> str:
@@ -77,14 +118,17 @@ def deploy_to_pool(settings: Settings, pool: str, source: Path) -> str:
         except ObjectAlreadyExists:
             pass
     retrain = flow.from_source(source=str(source), entrypoint="flows/retrain.py:retrain")
+    search = search_options(settings)
+    if search:
+        retrain.deploy(work_pool_name=pool, print_next_steps=False, **search)
     return str(retrain.deploy(work_pool_name=pool, print_next_steps=False, **deployment_options(settings)))
 
 
 def serve_retrain(settings: Settings) -> None:
-    """Serve the deployment until interrupted (Prefect pauses its schedule on shutdown)."""
+    """Serve the deployments until interrupted (Prefect pauses their schedules on shutdown)."""
     from prefect import serve
 
-    serve(deployment(settings))
+    serve(*deployments(settings))
 
 
 def served_deployment_id(settings: Settings) -> str | None:

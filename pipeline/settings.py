@@ -176,6 +176,14 @@ class Settings(BaseSettings):
         description="rolling origins a retrain's search judges each configuration on: the validation split and the "
         "blocks of training data before it (1: the validation split alone); each costs a training per trial",
     )
+    search_every_s: float | None = Field(
+        default=7 * 86_400.0,
+        description="`flows serve` also searches the configuration again this often (a second deployment, "
+        "`retrain-search`), and a drift event that persists after a drift retrain searches too; unset or 0: never",
+    )
+    search_trials: int = Field(
+        default=12, ge=1, description="trials of the scheduled search, and of the search a persisting drift starts"
+    )
     search_max_forward_ms: float | None = Field(
         default=20.0,
         description="a searched configuration whose CPU forward pass at batch 256 takes longer (on the retrain's "

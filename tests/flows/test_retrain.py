@@ -464,3 +464,17 @@ def test_the_flows_mlflow_calls_use_the_settings_uri_not_mlflows_default(
     assert champion is not None and champion.version == "1"
     forget()
     assert champion_trained_until.fn("1") == 1767312000000  # 2026-01-02T00:00:00Z
+
+
+def test_drift_that_persists_after_a_drift_retrain_searches_the_configuration_again(
+    loop_settings: Settings, produce, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The champion came from a drift retrain and drift fires again: carrying its configuration did
+    not fix it, so this run searches (SENSORCAST_SEARCH_TRIALS), and its choice meets the same gate."""
+    monkeypatch.setenv("SENSORCAST_SEARCH_TRIALS", "2")
+    monkeypatch.setenv("SENSORCAST_SEARCH_FOLDS", "1")
+    produce(loop_settings, history(range(160)))
+    first = retrain(trigger="drift", reason="level shift", epochs=1, margin=-1e6)
+    assert first["promoted"] is True and first["trials"] == 0, first  # no champion yet: the preset
+    again = retrain(trigger="drift", reason="level shift, still", epochs=1)
+    assert again["trials"] == 2 and again["version"] == "2" and "champion" in again["scores"], again

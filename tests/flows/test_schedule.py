@@ -52,7 +52,7 @@ def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_th
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Cancelled, Scheduled
 
-    from flows.schedule import deploy_to_pool, deployment
+    from flows.schedule import SEARCH_DEPLOYMENT, deploy_to_pool, deployment
 
     ensure_topics(kafka_settings, [kafka_settings.readings_topic])  # empty: the one run that works ends quickly
     env = {
@@ -128,6 +128,7 @@ def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_th
         pooled_id = deploy_to_pool(prefect_api, "sensorcast-test", REPO_ROOT)
         with get_client(sync_client=True) as client:
             pooled = client.read_deployment(pooled_id)
+            search = client.read_deployment_by_name(f"retrain/{SEARCH_DEPLOYMENT}")  # the slower, searching one
             pool = client.read_work_pool("sensorcast-test")
             automations = client.read_automations_by_name(f"retrain {prefect_api.model_name} on drift")
     assert states == ["COMPLETED"] * len(missed), (states, server.output()[-3000:])
@@ -142,3 +143,7 @@ def test_missed_slots_run_one_retrain_drift_runs_another_and_a_work_pool_gets_th
     assert pool.type == "process" and pooled.work_pool_name == "sensorcast-test"
     assert pooled.entrypoint == "flows/retrain.py:retrain" and pooled.schedules[0].schedule.cron == "0 3 * * *"
     assert automations and automations[0].trigger.expect == {"sensorcast.drift"}
+    assert search.parameters["trials"] == prefect_api.search_trials and search.work_pool_name == "sensorcast-test"
+    interval = search.schedules[0].schedule.interval
+    assert interval.total_seconds() == prefect_api.search_every_s  # weekly by default
+    assert search.schedules[0].schedule.anchor_date > dt.datetime.now(dt.UTC)  # first search a week on, not at once
