@@ -251,6 +251,7 @@ class DriftMonitor:
         self.refused: Counter[str] = Counter()  # readings the service refused too, by reason: never scored
         self.junk: Counter[str] = Counter()  # internal-topic messages skipped, by topic and why: never fatal
         self.handled: Counter[str] = Counter()  # messages handled per topic, junk included (what a test waits on)
+        self.served: Counter[str] = Counter()  # forecasts per model version since the last summary
         self.levels = [f"{level:g}" for level in settings.interval_level_list]  # the levels a retrain calibrates
         self._misfits = 0  # champion forecasts in a row that the coverage tracker does not measure
         s = settings
@@ -337,6 +338,9 @@ class DriftMonitor:
         if not _numbers_per_channel(forecast) or not len(next(iter(forecast.values()))):  # nothing to score
             self.junk[f"{self.settings.forecasts_topic}: no forecast rows"] += 1
             return
+        model = doc.get("model")
+        if isinstance(model, dict) and isinstance(model.get("version"), str | int):
+            self.served[str(model["version"])] += 1
         if intervals is not None and not well_formed_intervals(intervals, forecast, self.levels):
             self.junk[f"{self.settings.forecasts_topic}: malformed intervals"] += 1
             intervals = None  # the point forecast is still scored
@@ -416,9 +420,19 @@ class DriftMonitor:
         return True
 
     def summary(self) -> dict[str, float]:
-        """The rolling errors and, once the champion's intervals are scored, their coverage and width."""
+        """The rolling errors and, once the champion's intervals are scored, their coverage and width;
+        and whether the forecasts since the last summary came from the champion (`served_is_champion`,
+        1 or 0: a service that could not swap to a promoted version keeps serving the old one)."""
         cov = self.tracker.coverage
-        return self.tracker.summary() | (cov.summary() if cov is not None else {})
+        out = self.tracker.summary() | (cov.summary() if cov is not None else {})
+        if self.served and self.version is not None:
+            others = {v: n for v, n in self.served.items() if v != self.version}
+            out["served_is_champion"] = 0.0 if others else 1.0
+            if others:
+                log.warning("forecasts since the last summary came from %s, not the champion v%s",
+                            ", ".join(f"v{v} ({n})" for v, n in sorted(others.items())), self.version)  # fmt: skip
+            self.served.clear()
+        return out
 
     def _reading(self, record: Record, now_s: float) -> None:
         s, channels = self.settings, self.tracker.channels

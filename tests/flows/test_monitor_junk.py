@@ -98,3 +98,13 @@ def test_no_internal_message_raises_out_of_the_monitor_or_locks_its_tracker(topi
         m.handle(topic, Record(value), now_s=0)
     cov = m.tracker.coverage
     assert cov is None or (set(cov.levels) <= {"0.8", "0.95"} and cov.horizon >= 1)
+
+
+def test_the_summary_says_whether_the_forecasts_came_from_the_champion(caplog: pytest.LogCaptureFixture) -> None:
+    """v2 was promoted but a service could not swap to it: its forecasts still say v1."""
+    m = monitor()
+    m.version = "2"
+    m.handle(CONFIG.forecasts_topic, Record(forecast(0, version="1")), now_s=0)
+    assert m.summary()["served_is_champion"] == 0.0 and "came from v1 (1), not the champion v2" in caplog.text
+    m.handle(CONFIG.forecasts_topic, Record(forecast(HOUR, version="2")), now_s=1)
+    assert m.summary()["served_is_champion"] == 1.0
