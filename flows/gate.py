@@ -6,10 +6,10 @@ each row's time on the grid. No site's holdout comes before another site's train
 series broken by a gap is never given a "holdout" of its own in the middle of the range.
 
 A candidate is promoted only when it beats persistence and beats the serving champion by at least
-`margin` (relative MSE). Scores are on a scale the holdout fixes, not any contender: each channel's
-MSE divided by persistence's MSE on the same windows, averaged over the channels (persistence scores
-1 by definition; `relative_scores`). Two runs' figures then read alike, and no channel counts for
-more because one candidate's short training window saw it barely vary. Raw-unit MAE per channel is
+`margin` (relative MSE). Scores are on a scale the holdout fixes, not any contender: each
+channel's MSE in units of that channel's variance over the holdout's targets, averaged over the
+channels (`holdout_scores`). Two runs' figures then read alike, and no channel counts for more
+because one candidate's short training window saw it barely vary. Raw-unit MAE per channel is
 reported beside it.
 
 >>> decide({"candidate": 0.40, "champion": 0.50, "persistence": 0.90, "mean": 0.70}, margin=0.05).promote
@@ -142,25 +142,41 @@ def channel_errors(forecast: Forecast, holdout: Windows, batch_size: int = 512) 
     return (sq / max(count, 1)).numpy(), (ab / max(count, 1)).numpy()
 
 
-def relative_scores(
+def target_variance(holdout: Windows, batch_size: int = 4096) -> np.ndarray:
+    """Each channel's variance over the holdout windows' targets (N,): the scale every contender's
+    error is measured in, the same whichever model is scored."""
+    total = square = None
+    count = 0
+    for start in range(0, len(holdout), batch_size):
+        _, y = holdout.batch(torch.arange(start, min(start + batch_size, len(holdout))))
+        y = y.double()
+        total = y.sum(dim=(0, 1)) if total is None else total + y.sum(dim=(0, 1))
+        square = y.square().sum(dim=(0, 1)) if square is None else square + y.square().sum(dim=(0, 1))
+        count += y.shape[0] * y.shape[1]
+    mean = total / max(count, 1)
+    return (square / max(count, 1) - mean.square()).clamp(min=0).numpy()
+
+
+def holdout_scores(
     contenders: dict[str, Forecast], holdout: Windows, channels: list[str]
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """({contender: mean over channels of its MSE / persistence's MSE}, {contender: {channel: raw MAE}}).
-    `contenders` must hold "persistence", which scores 1. A floor (a millionth of the largest channel's
-    persistence MSE) is added above and below: a channel persistence forecasts perfectly (constant on
-    the holdout) scores 1 for a contender as perfect, and far more for one that is not, never x / 0.
+    """({contender: mean over channels of its MSE / the channel's variance on the holdout},
+    {contender: {channel: raw MAE}}). The scale is the holdout's own: the same for every contender and
+    every candidate, so two runs' figures read alike, and a channel that barely varied in one
+    candidate's training window no longer weighs a thousand times more in its run. A channel flat on
+    the holdout is divided by a floor (a millionth of the largest channel's variance), never by zero.
 
     >>> from models.nets import Persistence, WindowMean
     >>> series = np.stack([np.arange(40.0), np.zeros(40)], axis=1).astype(np.float32)
     >>> w = Windows([series], lookback=4, horizon=1)
-    >>> scores, mae = relative_scores({"persistence": Persistence(1), "mean": WindowMean(1)}, w, ["up", "flat"])
-    >>> scores["persistence"], mae["mean"]["up"]
-    (1.0, 2.5)
+    >>> scores, mae = holdout_scores({"persistence": Persistence(1), "mean": WindowMean(1)}, w, ["up", "flat"])
+    >>> round(scores["persistence"], 4), mae["mean"]["up"]
+    (0.0046, 2.5)
     """
+    var = target_variance(holdout)
+    scale = np.maximum(var, 1e-6 * float(var.max()) + 1e-30)
     errors = {name: channel_errors(net, holdout) for name, net in contenders.items()}
-    base = errors["persistence"][0]
-    floor = 1e-6 * float(base.max()) + 1e-30
-    scores = {name: float(np.mean((mse + floor) / (base + floor))) for name, (mse, _) in errors.items()}
+    scores = {name: float(np.mean(mse / scale)) for name, (mse, _) in errors.items()}
     mae = {name: {c: float(v) for c, v in zip(channels, a, strict=True)} for name, (_, a) in errors.items()}
     return scores, mae
 
@@ -181,9 +197,7 @@ def holdout_mae(forecast: Forecast, holdout: Windows, channels: list[str], batch
 class GateDecision:
     promote: bool
     reason: str
-    scores: dict[
-        str, float
-    ]  # contender → holdout MSE relative to persistence's (candidate, champion, persistence, mean)
+    scores: dict[str, float]  # contender → holdout MSE in units of each channel's holdout variance
     margin: float
     candidate_mae: dict[str, float] = field(default_factory=dict)  # per channel, raw units
     raw_mae: dict[str, dict[str, float]] = field(default_factory=dict)  # contender → channel → MAE, raw units

@@ -372,13 +372,13 @@ def score(
     channels: list[str],
     grid: dict | None = None,
 ) -> GateDecision:
-    """Every contender on the same holdout windows, each channel's MSE relative to persistence's
-    (flows.gate.relative_scores), raw-unit MAE beside it. A champion of
+    """Every contender on the same holdout windows, each channel's MSE in units of its variance on the
+    holdout (flows.gate.holdout_scores), raw-unit MAE beside it. A champion of
     another lookback, horizon, channels or cadence cannot be scored on them: the candidate then starts
     a new lineage, compared with the naive baselines only, and the reason says so."""
     from dataclasses import replace
 
-    from flows.gate import decide, relative_scores
+    from flows.gate import decide, holdout_scores
     from flows.lineage import lineage_break
     from models.nets import NAIVE
 
@@ -392,7 +392,7 @@ def score(
         contenders["champion"] = champion.net.cpu()
     horizon = holdout.horizon
     contenders.update({name: cls(horizon) for name, cls in NAIVE.items()})
-    scores, mae = relative_scores(contenders, holdout, channels)
+    scores, mae = holdout_scores(contenders, holdout, channels)
     decision = decide(scores, margin)
     if broken is not None:
         decision = replace(decision, reason=f"{broken}: compared with the naive baselines only; {decision.reason}")
@@ -492,7 +492,7 @@ def _register(
             log_search_trials(candidate.search)
         for rec in candidate.result.history:
             mlflow.log_metrics({k: rec[k] for k in ("train_loss", "val_loss", "lr")}, step=rec["epoch"])
-        mlflow.log_metrics({f"holdout_mse_{k}": v for k, v in decision.scores.items()})  # relative to persistence
+        mlflow.log_metrics({f"holdout_mse_{k}": v for k, v in decision.scores.items()})  # in holdout-variance units
         mlflow.log_metrics(
             {f"holdout_mae_{k}_{_metric_name(c)}": v for k, per in decision.raw_mae.items() for c, v in per.items()}
         )

@@ -140,7 +140,7 @@ def verdict(report: dict) -> str:
         return f"v{report.get('version') or '-'}: not gated ({report['gate']})"
     cand, pers, champ = scores["candidate"], scores["persistence"], scores.get("champion")
     against = f"the champion's {champ:.3f}" if champ is not None else "no champion yet"
-    figures = f"holdout MSE {cand:.3f} of persistence's ({pers:.3f}), against {against}"
+    figures = f"holdout MSE {cand:.3f} against {against}, persistence {pers:.3f}"
     if report["promoted"]:
         return f"v{report['version']} WINS and is promoted: {figures}"
     return f"v{report['version']} loses and is not promoted: {figures} ({report['gate']})"

@@ -129,7 +129,7 @@ def test_the_gates_figures_are_fixed_by_the_holdout_not_the_candidates_scaler() 
     """Two candidates that forecast alike, one trained on a window where a channel barely varied (its
     σ 1e-3). Before, every contender was scored in the candidate's scaled units: that channel then
     weighed a million times more in one run than in the other, and the runs' figures could not be
-    compared. Now each channel's MSE is relative to persistence's on the same windows."""
+    compared. Now each channel's MSE is in units of its variance on the holdout."""
     from types import SimpleNamespace
 
     from flows.retrain import score
@@ -142,5 +142,6 @@ def test_the_gates_figures_are_fixed_by_the_holdout_not_the_candidates_scaler() 
         for std in ([1.0, 1.0], [1.0, 1e-3])
     ]  # fmt: skip
     a, b = (d.scores for d in decisions)
-    assert a == b and a["persistence"] == 1.0 and set(a) == {"candidate", "persistence", "mean"}
+    assert a == b and set(a) == {"candidate", "persistence", "mean"}
+    assert 0 < a["persistence"] < a["mean"] < 5  # errors of the size of each channel's variation
     assert decisions[0].raw_mae["candidate"]["rh"] < decisions[0].raw_mae["candidate"]["temp"]  # raw units beside
