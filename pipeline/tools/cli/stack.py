@@ -1,0 +1,84 @@
+"""The local stack: `sensorcast stack up | status | down`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.settings import Settings
+from pipeline.tools import stack as stack_mod
+from pipeline.tools.cli.common import (
+    StateDir,
+    console,
+    fail,
+    stack_app,
+)
+
+
+@stack_app.command("up")
+def stack_up(
+    services: Optional[list[str]] = typer.Argument(None, help="kafka, mlflow, prefect (default: all)"),
+    state_dir: Optional[Path] = StateDir,
+    kafka_port: Optional[int] = typer.Option(None, help="Kafka PLAINTEXT port"),
+    mlflow_port: Optional[int] = typer.Option(None),
+    prefect_port: Optional[int] = typer.Option(None),
+    brokers: Optional[int] = typer.Option(
+        None, "--brokers", help="Kafka brokers (3: a replicated cluster; fixed once the state folder has one)"
+    ),
+    secure: bool = typer.Option(
+        False, "--secure", help="Kafka on SASL_SSL (SCRAM-SHA-512, a local CA); writes the clients' env file"
+    ),
+) -> None:
+    """Start the services in the background and wait until each answers."""
+    settings = Settings.load(
+        state_dir=state_dir,
+        kafka_port=kafka_port,
+        mlflow_port=mlflow_port,
+        prefect_port=prefect_port,
+        kafka_brokers=brokers,
+    )
+    if secure:
+        settings = stack_mod.secured(settings)
+    try:
+        urls = stack_mod.up(settings, services or None, log=lambda m: console.print(m))
+    except stack_mod.StackError as e:
+        fail(str(e))
+    if secure:
+        env_file = stack_mod.write_client_env(settings)
+        console.print(f"clients reach the secured broker with the settings in {env_file}: `source {env_file}`")
+    table = Table(title="sensorcast stack")
+    table.add_column("service")
+    table.add_column("address")
+    labels = {"kafka": "Kafka bootstrap", "mlflow": "MLflow UI", "prefect": "Prefect API (UI at its root)"}
+    for name, url in urls.items():
+        table.add_row(labels.get(name, name.replace("kafka-", "Kafka broker ")), url)
+    Console().print(table)
+
+
+@stack_app.command("status")
+def stack_status(state_dir: Optional[Path] = StateDir, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Say which services run; --json prints the addresses scripts rely on."""
+    settings = Settings.load(state_dir=state_dir)
+    if as_json:
+        print(stack_mod.status_json(settings))
+        return
+    table = Table(title="sensorcast stack")
+    for col in ("service", "state", "address", "pid", "log"):
+        table.add_column(col)
+    for name, info in stack_mod.status(settings).items():
+        table.add_row(name, str(info["state"]), str(info["url"]), str(info["pid"] or "-"), str(info["log"]))
+    Console().print(table)
+
+
+@stack_app.command("down")
+def stack_down(
+    services: Optional[list[str]] = typer.Argument(None, help="kafka, mlflow, prefect (default: all)"),
+    state_dir: Optional[Path] = StateDir,
+) -> None:
+    """Stop the services cleanly (SIGTERM, then SIGKILL after 30 s)."""
+    settings = Settings.load(state_dir=state_dir)
+    stack_mod.down(settings, services or None, log=lambda m: console.print(m))
