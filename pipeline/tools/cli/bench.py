@@ -39,7 +39,7 @@ def bench_intervals(
 ) -> None:
     """Static, rolling and adaptive conformal intervals side by side on one replayed stream with a level shift."""
     from models.data import DataError, resolve_dataset, shared_data_dir
-    from pipeline.tools.bench_intervals import run_entity_state, run_intervals
+    from pipeline.tools.bench.intervals import run_entity_state, run_intervals
 
     if per_entity:
         try:
@@ -62,7 +62,7 @@ def bench_intervals(
             )
         Console().print(table)
         if json_path:
-            from pipeline.tools.bench_latency import machine
+            from pipeline.tools.bench.latency import machine
 
             write_json(json_path, {"machine": machine(), **doc})
         return
@@ -104,7 +104,7 @@ def bench_intervals(
     Console().print(scores)
     console.print(f"coverage plot: {doc['plot']}")
     if json_path:
-        from pipeline.tools.bench_latency import machine
+        from pipeline.tools.bench.latency import machine
 
         write_json(json_path, {"machine": machine(), **doc})
 
@@ -153,7 +153,7 @@ def bench_accuracy(
     from models.data import DataError, resolve_dataset, shared_data_dir
     from models.device import pick_device
     from models.search import NothingEligible, SearchBudget, SearchSpace
-    from pipeline.tools.bench_accuracy import MODELS, default_models, default_train_config, run_accuracy
+    from pipeline.tools.bench.accuracy import MODELS, default_models, default_train_config, run_accuracy
 
     shared_data = shared_data or shared_data_dir()
     if protocol not in {"seed", "standard"}:
@@ -216,7 +216,7 @@ def bench_accuracy(
     for n in notes:
         console.print(f"[yellow]note:[/] {n}")
     if json_path:
-        from pipeline.tools.bench_latency import machine
+        from pipeline.tools.bench.latency import machine
 
         doc = {
             "machine": machine(),
@@ -246,7 +246,7 @@ def bench_latency(
     """End-to-end latency, sustained rate, inference per batch size, batched vs naive; per Kafka
     client, beside the same loop with no model (the floor)."""
     from pipeline.kafka import KafkaUnavailable
-    from pipeline.tools import bench_latency as bl
+    from pipeline.tools.bench import latency as bl
 
     settings = Settings.load()
     if not in_memory:
@@ -305,7 +305,7 @@ def bench_api(
 ) -> None:
     """The service's latency without, then with, `sensorcast api` beside it answering queries."""
     from pipeline.kafka import KafkaUnavailable
-    from pipeline.tools import bench_latency as bl
+    from pipeline.tools.bench import latency as bl
 
     settings = Settings.load()
     a_broker(settings)
@@ -333,7 +333,7 @@ def bench_soak(
     """Minutes at a steady rate (RSS and lag every 10 s, p50/p99 every minute), then a churn of
     distinct entities against the TTL; a table and JSON. Not part of `make test`."""
     from pipeline.kafka import KafkaUnavailable
-    from pipeline.tools import bench_soak
+    from pipeline.tools.bench import soak as bench_soak
 
     settings = Settings.load()
     a_broker(settings)
@@ -374,7 +374,7 @@ def bench_retrain(
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
 ) -> None:
     """Window pull throughput (Kafka → frame) and warm start vs from scratch on one window."""
-    from pipeline.tools import bench_retrain as br
+    from pipeline.tools.bench import retrain as br
 
     settings = Settings.load()
     a_broker(settings)

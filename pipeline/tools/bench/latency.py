@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.settings import Settings
+from pipeline.tools.bench.report import cpu_seconds, machine, percentiles
 from pipeline.tools.child import CliProcess, RelayProcess, ServeProcess
 
 CHANNELS = 7
@@ -48,13 +49,6 @@ def bench_checkpoint(folder: Path) -> Path:
     model = ITransformer(ITransformerConfig(lookback=LOOKBACK, horizon=HORIZON, **PRESETS["serving"]))
     save(folder, model, [f"ch{j}" for j in range(CHANNELS)], Scaler.identity(CHANNELS), name="bench-itransformer")
     return folder
-
-
-def percentiles(values_ms: list[float]) -> dict[str, float]:
-    if not values_ms:
-        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
-    a = np.asarray(values_ms)
-    return {f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)}
 
 
 # -- inference only ------------------------------------------------------------------------------
@@ -515,36 +509,6 @@ def against_kafka(
             "two_instances": drains["two_instances"],
         }
     return result
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (/proc/PID/stat: utime and stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine() -> dict:
-    """What the figures were measured on: they do not travel between machines."""
-    import platform
-
-    import torch
-
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def run(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.tools.bench_latency import (
+from pipeline.tools.bench.latency import (
     CHANNELS,
     LOOKBACK,
     ArrivalStamper,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.tools.bench_latency import cpu_seconds, in_memory, percentiles
+from pipeline.tools.bench.latency import cpu_seconds, in_memory, percentiles
 
 
 def test_in_memory_bench_reports_every_figure() -> None:
