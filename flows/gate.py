@@ -104,6 +104,15 @@ def windows(
         ) from None
 
 
+def windows_after(
+    series: list[Timed], since_ms: int, lookback: int, horizon: int, grid: dict | None, what: str = "holdout"
+) -> Windows:
+    """The windows of `series` whose targets all lie after `since_ms`, each with its phase on the grid:
+    what a champion (or weights inherited from it) never trained on. DataError when none is left."""
+    kept = after(series, since_ms, lookback)
+    return windows([v for _, v in kept], lookback, horizon, what, [int(ts[0]) for ts, _ in kept], grid)
+
+
 Forecast = Callable[..., torch.Tensor]  # raw (B, L, N) → raw (B, H, N); with a cycle, (x, phase) → ...
 
 

@@ -209,13 +209,11 @@ def fit(
 def _unseen_by(window: TrainingWindow, until_ms: int, holdout, lookback: int, horizon: int):
     """The holdout windows after `until_ms` (what a warm start's inherited weights never trained on),
     and what the run says of them; the whole holdout, said so, when too few are left."""
-    from flows.gate import after, windows
+    from flows.gate import windows_after
     from models.data import DataError
 
-    kept = after(window.timed_series(), until_ms, lookback)
     try:
-        unseen = windows([v for _, v in kept], lookback, horizon, "calibration", [int(ts[0]) for ts, _ in kept],
-                         window.grid)  # fmt: skip
+        unseen = windows_after(window.timed_series(), until_ms, lookback, horizon, window.grid, "calibration")
     except DataError:
         return holdout, (
             f"all {len(holdout)} holdout windows: too few after the champion's training data "
@@ -663,13 +661,11 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
         trained_until = until
         holdout_start = ranges["holdout"][0] if "holdout" in ranges else None
         if trained_until is not None and holdout_start is not None and trained_until >= holdout_start:
-            from flows.gate import GateDecision, after, windows
+            from flows.gate import GateDecision, windows_after
 
-            lookback, horizon = holdout.lookback, holdout.horizon
             try:  # every contender on the same windows, none holding the champion's training targets
-                kept = after(window.timed_series(), trained_until, lookback)
-                first = [int(ts[0]) for ts, _ in kept]
-                holdout = windows([v for _, v in kept], lookback, horizon, "holdout", first, window.grid)
+                series, grid = window.timed_series(), window.grid
+                holdout = windows_after(series, trained_until, holdout.lookback, holdout.horizon, grid)
                 info["holdout_after"] = _iso(trained_until)  # in the run's params: what the gate scored
                 info["holdout_windows_scored"] = len(holdout)
                 logger.info(

@@ -128,7 +128,7 @@ def test_named_payloads_are_refused_with_their_reason(raw: bytes, reason: str) -
 
 
 def test_an_unforeseen_exception_becomes_undecodable_with_its_type(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.messages as messages
+    import pipeline.messages.readings as messages
 
     def explode(*_args):
         raise KeyError("something nobody planned for")
