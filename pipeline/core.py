@@ -216,6 +216,7 @@ class ForecastCore:
             duplicates=cfg.duplicates,
             max_missing_fill=cfg.max_missing_fill,
             tolerance=cfg.grid_tolerance,
+            anchor_ms=self.grid.anchor_ms if self.grid is not None else None,
         )
         self.decoder = BatchDecoder(
             self.channels, cfg.max_payload_bytes, policy=cfg.time, allow_missing=cfg.max_missing_fill > 0

@@ -6,8 +6,9 @@ p and p + L (a "double-written ring"), so the latest L slots are always the cont
 
 Time policy (docs/messages.md, "Time"):
 - a reading goes in its slot of the grid (pipeline/timegrid.py): each entity's own, at the model's
-  cadence (or the configured interval) and the phase its first readings show, so a device that reports
-  at :35 with ±10 min of jitter never straddles the half-interval boundary of a grid anchored at :00;
+  cadence (or the configured interval); at the model's phase when its first readings fall within a
+  quarter interval of it, else at the phase they show, so a device that reports at :35 with ±10 min of
+  jitter never straddles the half-interval boundary of a grid anchored at :00;
   with no cadence given, the cadence is learned per entity too;
 - a second reading for a slot already filled is a `duplicate` (refused), or replaces the slot's
   values with `duplicates="replace"`; a reading for a slot before the latest is `late`;
@@ -85,6 +86,7 @@ class EntityWindows:
         max_missing_fill: int = 3,
         capacity: int = 64,
         tolerance: float = 0.5,
+        anchor_ms: int | None = None,
     ):
         if duplicates not in ("refuse", "replace"):
             raise ValueError(f"duplicates must be refuse or replace, got {duplicates!r}")
@@ -93,6 +95,7 @@ class EntityWindows:
         self.grid = grid  # shared by every entity (the model's); None: each learns its own
         self.fixed_interval_ms = interval_ms  # every entity's cadence, at a phase of its own (None: learned)
         self.tolerance = tolerance  # of the grids the entities learn
+        self.preferred_anchor = anchor_ms  # the model's phase: an entity within a quarter interval of it keeps it
         self.replace = duplicates == "replace"
         self.data = np.zeros((capacity, 2 * lookback, n_channels), dtype=np.float32)
         self.fills = np.zeros((capacity, 2 * lookback), dtype=np.int32)  # values filled, not measured, per slot
@@ -363,7 +366,7 @@ class EntityWindows:
         if not seen or ts_ms != seen[-1]:
             seen.append(ts_ms)
         if self.fixed_interval_ms:  # in slots at once, its phase refined over its first few readings
-            grid = Grid(self.fixed_interval_ms, infer_anchor([seen], self.fixed_interval_ms), self.tolerance)
+            grid = Grid(self.fixed_interval_ms, self._phase(seen), self.tolerance)
             if len(seen) >= LEARN_READINGS:
                 del self.learning[slot]
         else:
@@ -375,6 +378,17 @@ class EntityWindows:
         self._own_grid(slot, grid)
         self.last_slot[slot] = grid.slot(ts_ms)
         return grid
+
+    def _phase(self, seen: list[int]) -> int:
+        """An entity's phase on the given interval: the model's own when its readings fall within a
+        quarter interval of it (jittered clocks keep the grid the model was trained on), else the
+        circular mean of its first readings (a device reporting at :35 on a model trained at :00)."""
+        interval = self.fixed_interval_ms
+        own = infer_anchor([seen], interval)
+        if self.preferred_anchor is None:
+            return own
+        off = (own - self.preferred_anchor) % interval
+        return self.preferred_anchor % interval if min(off, interval - off) <= interval // 4 else own
 
     def _relearn(self, slot: int, ts_ms: int) -> bool:
         """A grid an entity's first readings taught can be wrong: a cadence that later speeds up or
