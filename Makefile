@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export UV_LINK_MODE ?= hardlink
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install kafka-jars lint format test test-unit test-integration demo bench bench-accuracy bench-latency soak stack-up stack-down clean
+.PHONY: install kafka-jars kafka-jars-lock lint format test test-unit test-integration demo bench bench-accuracy bench-latency soak stack-up stack-down clean
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv "uv==$(UV_VERSION)"
@@ -19,9 +19,12 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev --python $(PYTHON)
 	touch $@
 
-$(KAFKA_JARS)/.fetched: infra/kafka/pom.xml
-	mvn -q -f infra/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=jars -DincludeScope=runtime
+$(KAFKA_JARS)/.fetched: infra/kafka/jars.lock $(VENV)/.installed  ## from Maven Central by the lock's digests: no Maven
+	$(PY) -m pipeline.tools.jars
 	touch $@
+
+kafka-jars-lock:  ## write infra/kafka/jars.lock again from infra/kafka/pom.xml (needs Maven)
+	$(PY) -m pipeline.tools.jars --lock
 
 install: $(VENV)/.installed $(KAFKA_JARS)/.fetched  ## venv, Python packages (locked) and the Kafka jars
 

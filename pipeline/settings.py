@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     kafka_heap: str = Field(default="1G", description="the local broker's JVM heap (-Xmx)")
     kafka_jars_dir: Path = Field(
         default=DEFAULT_JARS_DIR,
-        description="the Kafka jars from Maven Central (`make install`; installed with pip: fetched on first use)",
+        description="the Kafka jars from Maven Central, by infra/kafka/jars.lock (`make install`; installed with pip: "
+        "fetched on first use)",
     )
     mlflow_port: int = Field(default=5000, description="the local MLflow server's port")
     mlflow_auth: bool = Field(

@@ -147,11 +147,22 @@ def _read_pid(service: Service) -> int | None:
 
 
 def ensure_kafka_jars(settings: Settings) -> Path:
-    """The broker's jars from Maven Central, once (the Makefile does this too; an installed package
-    carries the same pom and fetches them into the user's state folder on first use)."""
+    """The broker's jars from Maven Central, once, each checked against the lock's SHA-256
+    (`pipeline.tools.jars`: Python alone, no Maven; the Makefile does this too, and an installed
+    package carries the lock and fetches them into the user's state folder on first use)."""
+    from pipeline.tools.jars import JarMismatch, fetch
+
     jars = settings.kafka_jars_dir
     if jars.is_dir() and any(jars.glob("kafka_2.13-*.jar")):
         return jars
+    try:
+        fetch(dest=jars)
+    except (JarMismatch, OSError) as e:
+        raise StackError(
+            f"could not fetch the Kafka jars into {jars}: {e}. Or put Apache Kafka's libs/*.jar there "
+            "(SENSORCAST_KAFKA_JARS_DIR), or point KAFKA_BOOTSTRAP_SERVERS at a broker you run"
+        ) from e
+    return jars
     pom = REPO_ROOT / "infra" / "kafka" / "pom.xml"
     if not pom.is_file():
         pom = Path(__file__).with_name("kafka-pom.xml")

@@ -77,7 +77,7 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path, tiny_c
         "False",
         str(state / "sensorcast"),
     ]
-    run([sensorcast, "stack", "up", "kafka"], env, work, timeout=300)  # Maven fetches the jars: its local copy
+    run([sensorcast, "stack", "up", "kafka"], env, work, timeout=300)  # the jars, by the wheel's lock: Python alone
     try:
         assert any((state / "sensorcast" / "kafka-jars").glob("kafka_2.13-*.jar")), "the jars were not fetched"
         assert (state / "sensorcast" / "kafka" / "server.properties").exists()
