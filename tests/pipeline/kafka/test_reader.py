@@ -37,11 +37,11 @@ def test_a_message_the_handler_raises_on_is_skipped_and_the_follower_reads_on_fr
     producer = make_producer(kafka_settings, linger_ms=0)
     try:
         assert follower.ready.wait(60)
-        for value in (b'{"v": 1}', b"[1, 2]"):
-            producer.send(topic, value=value).get(30)
+        for value in (b'{"v": 1}', b"[1, 2]"):  # keyed as announcements are: one partition, one order
+            producer.send(topic, key=b"model", value=value).get(30)
         assert raised.wait(60)
         for value in (b'{"v": 3}', b'{"v": 4}'):
-            producer.send(topic, value=value).get(30)
+            producer.send(topic, key=b"model", value=value).get(30)
         release.set()
         deadline = time.monotonic() + 120  # a ceiling against a hang: the wait ends on the count
         while len(seen) < 3 and time.monotonic() < deadline:
