@@ -155,14 +155,22 @@ def test_a_model_promoted_mid_stream_is_picked_up_with_no_reading_lost(
         forecasts.wait_for(4 * (20 - (L - 1)))
         assert {d["model"]["version"] for d in forecasts.docs} == {"1"}
         assert log_checkpoint(tiny_checkpoint("v2", seed=2), name, alias="champion") == "2"
-        produce(settings, readings(4, range(20, 60)), rate=100)  # keeps flowing during the swap
-        docs = forecasts.wait_for(4 * (60 - (L - 1)))
+        # readings keep flowing during the swap, until v2 is seen serving (a download and a trace: however
+        # long this machine takes), then five steps more; the ceiling only stops a hung test
+        end, deadline = 20, time.monotonic() + 300
+        while end < 60 or not any(d["model"]["version"] == "2" for d in forecasts.docs):
+            assert time.monotonic() < deadline, "v2 was never served"
+            produce(settings, readings(4, range(end, end + 5)), rate=100)
+            end += 5
+        produce(settings, readings(4, range(end, end + 5)), rate=100)
+        end += 5
+        docs = forecasts.wait_for(4 * (end - (L - 1)), timeout_s=300, unique=True)
         time.sleep(1.0)
     finally:
         stop.set()
         thread.join(timeout=30)
     keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
-    assert len(keys) == len(set(keys)) == 4 * (60 - (L - 1)), "every reading forecast exactly once across the swap"
+    assert len(keys) == len(set(keys)) == 4 * (end - (L - 1)), "every reading forecast exactly once across the swap"
     versions = [d["model"]["version"] for d in sorted(docs, key=lambda d: d["ts"])]
     assert versions[0] == "1" and versions[-1] == "2"
     assert versions == sorted(versions), "once swapped, the new model serves every later reading"
