@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.kafka.security import kafka_python_security
-from pipeline.settings import REPO_ROOT, Settings
+from pipeline.settings import Settings
 
 
 class StackError(RuntimeError):
@@ -161,27 +161,6 @@ def ensure_kafka_jars(settings: Settings) -> Path:
         raise StackError(
             f"could not fetch the Kafka jars into {jars}: {e}. Or put Apache Kafka's libs/*.jar there "
             "(SENSORCAST_KAFKA_JARS_DIR), or point KAFKA_BOOTSTRAP_SERVERS at a broker you run"
-        ) from e
-    return jars
-    pom = REPO_ROOT / "infra" / "kafka" / "pom.xml"
-    if not pom.is_file():
-        pom = Path(__file__).with_name("kafka-pom.xml")
-    cmd = [
-        "mvn",
-        "-q",
-        "-f",
-        str(pom),
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={jars}",
-        "-DincludeScope=runtime",
-    ]
-    try:
-        subprocess.run(cmd, check=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise StackError(
-            f"could not fetch the Kafka jars with Maven ({' '.join(cmd)}): {e}. The local broker needs JDK 17 "
-            f"and Maven once; or put Apache Kafka's libs/*.jar in {jars} (SENSORCAST_KAFKA_JARS_DIR), "
-            "or point KAFKA_BOOTSTRAP_SERVERS at a broker you run"
         ) from e
     return jars
 
