@@ -190,18 +190,6 @@ def holdout_scores(
     return scores, mae
 
 
-@torch.no_grad()
-def holdout_mae(forecast: Forecast, holdout: Windows, channels: list[str], batch_size: int = 512) -> dict[str, float]:
-    """Per-channel MAE over the holdout, raw units: the drift monitor's yardstick for this model."""
-    total, count = None, 0
-    for start in range(0, len(holdout), batch_size):
-        pred, y = forecast_windows(forecast, holdout, torch.arange(start, min(start + batch_size, len(holdout))))
-        err = (pred.float() - y).abs().sum(dim=(0, 1))
-        total = err if total is None else total + err
-        count += y.shape[0] * y.shape[1]
-    return {c: float(v) / max(count, 1) for c, v in zip(channels, total.tolist(), strict=True)}
-
-
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool

@@ -658,25 +658,24 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
             return report
         holdout, ranges = info.pop("holdout"), info.pop("ranges")
         decision = None
-        trained_until = until
         holdout_start = ranges["holdout"][0] if "holdout" in ranges else None
-        if trained_until is not None and holdout_start is not None and trained_until >= holdout_start:
+        if until is not None and holdout_start is not None and until >= holdout_start:
             from flows.gate import GateDecision, windows_after
 
             try:  # every contender on the same windows, none holding the champion's training targets
                 series, grid = window.timed_series(), window.grid
-                holdout = windows_after(series, trained_until, holdout.lookback, holdout.horizon, grid)
-                info["holdout_after"] = _iso(trained_until)  # in the run's params: what the gate scored
+                holdout = windows_after(series, until, holdout.lookback, holdout.horizon, grid)
+                info["holdout_after"] = _iso(until)  # in the run's params: what the gate scored
                 info["holdout_windows_scored"] = len(holdout)
                 logger.info(
                     "the champion v%s trained on data up to %s: every contender is scored on the %d holdout "
-                    "windows after it", champion.version, _iso(trained_until), len(holdout)
+                    "windows after it", champion.version, _iso(until), len(holdout)
                 )  # fmt: skip
             except DataError:
                 decision = GateDecision(
                     False,
                     f"too few holdout readings after the champion v{champion.version}'s training data, which ends "
-                    f"{_iso(trained_until)}: not promoted (retrain on a window that reaches further)",
+                    f"{_iso(until)}: not promoted (retrain on a window that reaches further)",
                     {},
                     margin,
                 )
