@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export UV_LINK_MODE ?= hardlink
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install kafka-jars kafka-jars-lock lint format test test-unit test-integration demo bench bench-accuracy bench-latency soak stack-up stack-down clean
+.PHONY: install kafka-jars kafka-jars-lock lint format test test-lifecycle test-unit test-integration demo bench bench-accuracy bench-latency soak lifecycle stack-up stack-down clean
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv "uv==$(UV_VERSION)"
@@ -39,7 +39,10 @@ format: $(VENV)/.installed  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 test: install  ## unit and integration tests against a real broker (started here unless KAFKA_BOOTSTRAP_SERVERS is set)
-	$(PY) -m pytest tests --durations=15
+	$(PY) -m pytest tests -m "not lifecycle" --durations=15
+
+test-lifecycle: install  ## the compressed month (tests/e2e/test_lifecycle.py, about 9 min on 2 cores): CI's second stage
+	$(PY) -m pytest tests -m lifecycle --durations=5
 
 test-unit: install
 	$(PY) -m pytest tests -m "not integration"
@@ -64,6 +67,10 @@ bench: install  ## JSON results under bench-results/
 soak: install  ## minutes at a steady rate per Kafka client, then 200,000 distinct entities; not part of make test
 	mkdir -p bench-results
 	$(VENV)/bin/sensorcast bench soak --json bench-results/soak.json
+
+lifecycle: install  ## a month of operation on a private stack (about 30-50 min on 2 cores); make test runs four days of it
+	mkdir -p bench-results
+	$(VENV)/bin/sensorcast bench lifecycle --json bench-results/lifecycle.json
 
 stack-up: install
 	$(VENV)/bin/sensorcast stack up

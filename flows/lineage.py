@@ -70,6 +70,33 @@ def lineage_break(
     return None
 
 
+def trials_for_new_lineage(
+    champion: VersionMeta | None,
+    lookback: int,
+    horizon: int,
+    channels: list[str],
+    grid: dict | None,
+    search_trials: int,
+) -> tuple[int, str]:
+    """A retrain that would start a new lineage searches its configuration (`search_trials`; 0: the
+    search is off) instead of training the preset: the preset has not been shown to beat the naive
+    baselines at the new dimensions, and a new lineage that loses to them is never promoted, so the
+    service would keep the old dimensions for good. Returns (trials, why); (0, "") when the lineage holds.
+
+    >>> class Meta:
+    ...     architecture, channels, extra, version = "itransformer", ["temp"], {}, "4"
+    ...     config = {"lookback": 48, "horizon": 12}
+    >>> trials_for_new_lineage(Meta, 48, 24, ["temp"], None, search_trials=12)
+    (12, 'the champion v4 forecasts 12 steps, this retrain 24: a new lineage, its configuration searched (12 trials)')
+    >>> trials_for_new_lineage(Meta, 48, 12, ["temp"], None, search_trials=12)
+    (0, '')
+    """
+    broken = lineage_break(champion, lookback, horizon, channels, grid) if champion is not None else None
+    if broken is None or search_trials <= 0:
+        return 0, ""
+    return search_trials, f"{broken}: a new lineage, its configuration searched ({search_trials} trials)"
+
+
 def recipe_of(champion: VersionMeta) -> dict:
     """The training recipe a version was made with: recorded on it, or its search's choice (versions
     from before the recipe was recorded), else the preset's."""

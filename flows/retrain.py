@@ -647,6 +647,14 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
         return RetrainReport(trigger, reason or trigger, False, f"not retrained: {window}", {})
     prov = window.provenance
     logger.info("window: %d readings, refused %s, %d series", prov.readings, prov.refused, prov.segments)
+    settings, why = Settings.load(), ""
+    if trials == 0 and champion is not None and settings.search_every_s:  # the search is on
+        from flows.lineage import trials_for_new_lineage
+
+        dims = (settings.lookback, settings.horizon, window.channels, window.grid)
+        trials, why = trials_for_new_lineage(champion.meta, *dims, search_trials=settings.search_trials)
+        if trials:
+            logger.info(why)
     with tempfile.TemporaryDirectory(prefix="sensorcast-retrain-") as tmp:
         try:
             until = champion_trained_until(champion.version) if champion is not None else None
@@ -656,6 +664,8 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
             report = RetrainReport(trigger, reason or trigger, False, f"not retrained: {e}", {})
             report.readings, report.refused = window.provenance.readings, window.provenance.refused
             return report
+        if why:  # the run's tags say why it searched
+            candidate.lineage["config_reason"] = why
         holdout, ranges = info.pop("holdout"), info.pop("ranges")
         decision = None
         holdout_start = ranges["holdout"][0] if "holdout" in ranges else None

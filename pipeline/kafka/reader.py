@@ -58,7 +58,8 @@ def start_offsets(consumer: KafkaConsumer, tps: list, ends: dict, since_ms: int 
 
 
 class TopicCollector(threading.Thread):
-    """Collects a topic's messages (decoded JSON) in the background, stamping their arrival time."""
+    """Collects a topic's messages (decoded JSON) in the background, stamping their arrival time.
+    A message that is not JSON is counted in `junk` and skipped: topics are not trusted."""
 
     def __init__(self, settings: Settings, topic: str, from_beginning: bool = False):
         super().__init__(name=f"collect-{topic}", daemon=True)
@@ -67,6 +68,7 @@ class TopicCollector(threading.Thread):
         self._decode = orjson.loads
         self.consumer = topic_reader(settings, topic, from_beginning=from_beginning)
         self.arrivals: list[tuple[float, dict]] = []
+        self.junk = 0
         self._halt = threading.Event()
         self.start()
 
@@ -78,7 +80,11 @@ class TopicCollector(threading.Thread):
         while not self._halt.is_set():
             for records in self.consumer.poll(timeout_ms=100).values():
                 now = time.time()
-                self.arrivals.extend((now, self._decode(r.value)) for r in records)
+                for r in records:
+                    try:
+                        self.arrivals.append((now, self._decode(r.value)))
+                    except (ValueError, TypeError):  # orjson's JSONDecodeError is a ValueError; None is a TypeError
+                        self.junk += 1
         self.consumer.close()
 
     def close(self) -> None:

@@ -73,6 +73,20 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def private_settings(state_dir: Path) -> Settings:
+    """Settings for a stack of one's own: every server on a free port, its state under `state_dir`
+    (the tests, the lifecycle bench): it never touches the user's stack."""
+    kafka, controller, mlflow, prefect = free_ports(4)
+    return Settings.load(
+        state_dir=state_dir,
+        kafka_port=kafka,
+        kafka_controller_port=controller,
+        mlflow_port=mlflow,
+        prefect_port=prefect,
+        kafka_bootstrap_servers="",
+    )
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:

@@ -20,8 +20,8 @@ from pipeline.messages import encode_reading
 from pipeline.settings import Settings
 from pipeline.tools import stack
 from pipeline.tools.child import ServeProcess
+from pipeline.tools.stack import private_settings
 from tests.fixtures.kafka import Collector
-from tests.fixtures.stack import private_settings
 
 pytestmark = pytest.mark.integration
 

@@ -410,6 +410,7 @@ def test_a_searched_champion_is_carried_into_the_scheduled_retrain_and_a_horizon
     assert run.tags["config_source"] == "champion v1" and run.tags["warm_start_reason"].startswith("warm-started")
 
     monkeypatch.setenv("SENSORCAST_HORIZON", str(H * 2))
+    monkeypatch.setenv("SENSORCAST_SEARCH_EVERY_S", "0")  # the search off: the preset (on, it searches: lifecycle)
     changed = retrain(trigger="schedule", epochs=1)
     assert changed["version"] == "3" and changed["warm_started"] is False, changed
     assert f"forecasts {H} steps, this retrain {H * 2}" in changed["configuration"], changed

@@ -382,3 +382,27 @@ def bench_retrain(
     write_json(json_path, doc)
     if json_path is None:
         print(json.dumps(doc, indent=2))
+
+
+@bench_app.command("lifecycle")
+def bench_lifecycle(
+    days: int = typer.Option(30, help="days of operation, in accelerated time"),
+    clients: str = typer.Option("kafka-python,confluent", help="a service per Kafka client, side by side"),
+    state_dir: Optional[Path] = typer.Option(
+        None, help="a private stack's state folder (default: a new temporary one, on free ports)"
+    ),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
+) -> None:
+    """A month of operation through the real stack: a search on day 1, a scheduled retrain each day,
+    messy readings, SIGKILLed services, a level shift, MLflow down across a promotion, a horizon change
+    and junk on every internal topic; the report says what each retrain did and what the services served."""
+    import tempfile
+
+    from pipeline.tools.bench import lifecycle as lc
+    from pipeline.tools.stack import private_settings
+
+    settings = private_settings(state_dir or Path(tempfile.mkdtemp(prefix="sensorcast-lifecycle-")))
+    plan = lc.Plan(days=days, clients=tuple(c.strip() for c in clients.split(",") if c.strip()))
+    doc = lc.run_lifecycle(settings, plan, log=lambda m: console.print(m))
+    lc.print_report(doc, log=lambda m: console.print(m))
+    write_json(json_path, doc)
