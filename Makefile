@@ -68,7 +68,7 @@ soak: install  ## minutes at a steady rate per Kafka client, then 200,000 distin
 	mkdir -p bench-results
 	$(VENV)/bin/sensorcast bench soak --json bench-results/soak.json
 
-lifecycle: install  ## a month of operation on a private stack (about 30-50 min on 2 cores); make test runs four days of it
+lifecycle: install  ## a month of operation on a private stack (a day takes one to two minutes on 2 cores); make test-lifecycle runs four days of it
 	mkdir -p bench-results
 	$(VENV)/bin/sensorcast bench lifecycle --json bench-results/lifecycle.json
 

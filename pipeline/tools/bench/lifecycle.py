@@ -62,6 +62,21 @@ class Plan:
     clients: tuple[str, ...] = ("kafka-python", "confluent")
     serve_ceiling_s: float = 300.0  # a promotion not served by then is a failure (a hang guard, not a budget)
 
+    def over(self, days: int) -> Plan:
+        """The same month in `days` days, each incident on the day of the same fraction of it.
+
+        >>> p = Plan().over(10)
+        >>> (p.days, p.kill_day, p.shift_day, p.outage_day, p.horizon_day)
+        (10, 2, 3, 4, 7)
+        """
+        from dataclasses import replace
+
+        def scaled(day: int) -> int:
+            return min(days, max(2, round(day * days / self.days)))
+
+        incidents = ("kill_day", "shift_day", "outage_day", "horizon_day")
+        return replace(self, days=days, **{k: scaled(getattr(self, k)) for k in incidents})
+
 
 @dataclass
 class Retrain:
