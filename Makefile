@@ -42,7 +42,7 @@ test: install  ## unit and integration tests against a real broker (started here
 	$(PY) -m pytest tests -m "not lifecycle" --durations=15
 
 test-lifecycle: install  ## the compressed month (tests/e2e/test_lifecycle.py, about 9 min on 2 cores): CI's second stage
-	$(PY) -m pytest tests -m lifecycle --durations=5
+	$(PY) -m pytest tests -m lifecycle -rP --durations=5  # -rP: the month's report, printed
 
 test-unit: install
 	$(PY) -m pytest tests -m "not integration"
