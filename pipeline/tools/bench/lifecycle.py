@@ -93,6 +93,7 @@ class Retrain:
     warm_started: bool | None = None
     warm_start_reason: str = ""
     horizon: int | None = None
+    intervals_calibrated_on: str = ""  # which holdout windows its conformal widths stand on
     served_after_s: dict[str, float] = field(default_factory=dict)  # client → seconds from announcement
 
 
@@ -331,6 +332,7 @@ def _outcome(settings: Settings, retrain: Retrain) -> None:
     retrain.gate = tags.get("gate", "")
     retrain.config_source = tags.get("config_source", "")
     retrain.config_reason = tags.get("config_reason", "")
+    retrain.intervals_calibrated_on = tags.get("intervals_calibrated_on", "")
     retrain.warm_start_reason = tags.get("warm_start_reason", "")
     retrain.warm_started = params.get("warm_start") == "True"
     retrain.horizon = int(params["horizon"]) if "horizon" in params else None
