@@ -131,18 +131,16 @@ class Month:
         return doc
 
 
-def weather_days(sites: int, shift_from_ms: int | None, shift: float):
-    """The weather, one hour of every entity at a time, grouped by day (UTC of the readings' time)."""
+def weather_days(sites: int, shift_from_day: int | None, shift: float):
+    """The weather, one hour of every entity at a time, grouped by day (UTC of the readings' time);
+    from the `shift_from_day`-th day on (0: the first), `shift` degrees added to temp and dewp."""
     from pipeline.tools.producers import replay_rows
 
-    def shifted(rows):
-        for entity, ts, values in rows:
-            if shift_from_ms is not None and ts >= shift_from_ms:
-                values = {**values, "temp": values["temp"] + shift, "dewp": values["dewp"] + shift}
-            yield entity, ts, values
-
-    rows = shifted(replay_rows(copies=sites, offset_rows=24 * 7))
-    return itertools.groupby(rows, key=lambda row: row[1] // (24 * HOUR_MS))
+    days = itertools.groupby(replay_rows(copies=sites, offset_rows=24 * 7), key=lambda row: row[1] // (24 * HOUR_MS))
+    for n, (day, rows) in enumerate(days):
+        if shift_from_day is not None and n >= shift_from_day:
+            rows = ((e, ts, {**v, "temp": v["temp"] + shift, "dewp": v["dewp"] + shift}) for e, ts, v in rows)
+        yield day, rows
 
 
 def internal_junk(settings: Settings, horizon: int, forecasts_topics: list[str]) -> list[tuple[str, bytes, bytes]]:
@@ -384,10 +382,8 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
             collectors[client] = (TopicCollector(s, s.forecasts_topic, True), TopicCollector(s, s.dlq_topic, True))
         producer = make_producer(settings)
         entities = 3 * plan.sites
-        # the shift starts at the day-`shift_day` boundary of the readings' own calendar
-        first_day = next(iter(weather_days(plan.sites, None, 0.0)))[0]
-        shift_from = (first_day + plan.history_days + plan.shift_day - 1) * 24 * HOUR_MS
-        days = weather_days(plan.sites, shift_from, plan.shift)
+        # the shift starts with the month's day `shift_day` (the history's days come first)
+        days = weather_days(plan.sites, plan.history_days + plan.shift_day - 1, plan.shift)
         truth: dict[tuple[str, int], dict] = {}
         sent_clean: set[tuple[str, int]] = set()
 
