@@ -37,6 +37,11 @@ from pipeline.tools.child import CliProcess, ServeProcess
 
 HOUR_MS = 3_600_000
 LEVEL = "0.9"  # the interval level whose coverage the month is judged on
+RESTART_CEILING_S = 600.0  # MLflow back after its outage: a guard against a hang, not a budget
+
+
+class LifecycleError(RuntimeError):
+    """The month could not go on: what broke, with the log lines that say why."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +276,7 @@ class Stack:
         wait_until(lambda: served_deployment_id(self.settings) is not None or self.flows.proc.poll() is not None,
                    300, "flows serve ready")  # fmt: skip
         if self.flows.proc.poll() is not None:
-            raise RuntimeError(f"flows serve exited: {self.flows.output()[-2000:]}")
+            raise LifecycleError(f"flows serve exited: {self.flows.output()[-2000:]}")
 
     def start_service(self, client: str, n: int = 0) -> None:
         s = self.client_settings(client)
@@ -419,7 +424,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
         month.retrains.append(search)
         log(f"       {_said(search)}")
         if not search.promoted:
-            raise RuntimeError(f"the day-1 search made no champion: {search.gate}")
+            raise LifecycleError(f"the day-1 search made no champion: {search.gate}")
         for client in plan.clients:
             procs.start_service(client)
         procs.start_monitor()
@@ -530,6 +535,8 @@ def _day_retrain(settings: Settings, day: int, kind: str, params: dict, outage=N
     if outage is not None:
         outage.cancel()  # when no version was registered (once down, it comes back after its seconds)
         outage.join()  # MLflow back before its runs are read
+        if outage.error:
+            raise LifecycleError(outage.error)
     _outcome(settings, retrain)
     return retrain
 
@@ -543,6 +550,7 @@ class _Outage(threading.Thread):
         super().__init__(name="mlflow-outage", daemon=True)
         self.settings, self.seconds, self.log = settings, seconds, log
         self.report: dict = {}
+        self.error = ""
         self.cancelled = threading.Event()
         from mlflow import MlflowClient
 
@@ -569,8 +577,27 @@ class _Outage(threading.Thread):
         down_at = time.monotonic()
         self.log(f"       MLflow down for {self.seconds:.0f} s: a version was just registered")
         time.sleep(self.seconds)
-        stack.up(self.settings, ["mlflow"], log=lambda _m: None)
+        self.error = _restart_mlflow(self.settings)
         self.report = {"down_s": round(time.monotonic() - down_at, 1)}
+
+
+def _restart_mlflow(settings: Settings, tries: int = 3) -> str:
+    """MLflow started again; "" once it answers, else why not, with its log's last lines.
+
+    The restart lands amid the day's busiest minutes (a retrain training, services restarting
+    after the kill): on two loaded cores the server has taken over 90 s to answer, so its
+    start-up gets a ceiling against hangs, not the user-facing default."""
+    patient = settings.model_copy(update={"startup_timeout_s": max(settings.startup_timeout_s, RESTART_CEILING_S)})
+    why = ""
+    for _ in range(tries):
+        try:
+            stack.up(patient, ["mlflow"], log=lambda _m: None)
+            return ""
+        except stack.StackError as e:
+            why = str(e)
+    log_file = stack.services(settings, ["mlflow"])[0].log_file
+    tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else "(no log)"
+    return f"MLflow did not come back after its outage ({tries} tries): {why}\nlast log lines:\n{tail}"
 
 
 def _kill_services(procs: Stack, month: Month, day: int, log: Callable[[str], None]) -> None:
