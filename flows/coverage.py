@@ -5,13 +5,15 @@ interval was; and it adapts the intervals from those outcomes.
 
 Adaptive conformal inference (Gibbs and Candès, 2021), on the interval's scale: the service
 publishes its version's split-conformal half-width times a multiplier exp(θ), one θ per level, step
-and channel. Every `adapt()` (a tick: the monitor's publication period), θ += γ·(miss rate − α) over
-the outcomes the tick brought, α = 1 − level. A tick of misses widens the interval, a tick of hits
-narrows it; whatever the errors do, the average miss rate over T ticks is within
-(|θ_T| + |θ_0|)/(γ·T) of α (while θ stays inside the multipliers' range, 0.1–10). A tick, not an
-outcome, is the step: a thousand entities missing at once move θ by γ, not by a thousand γ, before the service
-has even heard of it. The misses are judged against the interval the service really published, so
-what it applied is what is corrected.
+and channel. Every `adapt()` (a tick), θ += γ·(miss rate − α) over the outcomes the tick brought,
+α = 1 − level. A tick of misses widens the interval, a tick of hits narrows it; whatever the errors
+do, the average miss rate over T ticks is within (|θ_T| + |θ_0|)/(γ·T) of α (while θ stays inside the
+multipliers' range, 0.1–10). A tick, not an outcome, is the step: a thousand entities missing at once
+move θ by γ, not by a thousand γ. A tick is one grid step of stream time (`advance`), not a period of
+the wall clock: a replay, a backlog or an accelerated stream adapts as often per hour of readings as
+a live one (the ticks of a publication period would starve it: one step for a day streamed in a
+second). The misses are judged against the interval the service really published, so what it applied
+is what is corrected.
 
 >>> cov = CoverageTracker(["temp"], ["0.9"], horizon=1, gamma=0.5)
 >>> cov.observe(0, "temp", 30.0, (19.0, 21.0))  # 30 is outside 19..21: a miss
@@ -84,6 +86,26 @@ class CoverageTracker:
         self._tick_miss, self._tick_seen = np.zeros(cells), np.zeros(cells[1:])
         self.theta = np.zeros(cells)  # log-multipliers; a restarted monitor sets its published ones
         self.ticks = 0
+        self._tick_from_ms: int | None = None  # the stream time the open tick started at
+
+    def advance(self, ts_ms: int, step_ms: int) -> bool:
+        """Stream time is at `ts_ms` (a reading's, on a grid of `step_ms`): once that is a step or more
+        past the open tick's start, the tick closes (one `adapt`, over the outcomes before this
+        reading's) and the next starts here. True when it adapted. Earlier times (another entity's
+        phase, a late reading) close nothing.
+
+        >>> cov = CoverageTracker(["temp"], ["0.9"], horizon=1)
+        >>> [cov.advance(t * 60_000, 3_600_000) for t in (0, 5, 35, 58)]  # three phases in one hour
+        [False, False, False, False]
+        >>> cov.observe(0, "temp", 30.0, (19.0, 21.0)); cov.advance(65 * 60_000, 3_600_000), cov.ticks
+        (True, 1)
+        """
+        if self._tick_from_ms is None:
+            self._tick_from_ms = ts_ms
+        if ts_ms < self._tick_from_ms + step_ms:
+            return False
+        self._tick_from_ms = ts_ms
+        return self.adapt()
 
     def fits(self, levels, horizon: int) -> bool:
         """Whether a forecast with these levels and horizon is one this tracker measures."""

@@ -146,6 +146,8 @@ class DriftTracker:
                 return False
         slot = e.grid.slot(ts_ms)
         self._last_values[entity] = dict(values)
+        if self.coverage is not None:  # the intervals adapt once per grid step of stream time
+            self.coverage.advance(ts_ms, e.grid.interval_ms)
         scored = False
         for channel, pred, last, k, bounds in e.pending.pop(slot, []):
             if channel in values:

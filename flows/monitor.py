@@ -8,9 +8,10 @@ holdout MAE, tagged on its version by the retrain flow, and it follows the model
 changes the yardstick at once.
 
 It also scores the champion's published intervals (`flows.coverage`): coverage and width per level,
-channel and step, as Prometheus gauges and in its MLflow run; and every `calibration_every_s` it
-adapts them (ACI) and publishes the multipliers to the compacted calibration topic, keyed by version,
-where the service picks them up. A restarted monitor resumes from its version's last publication.
+channel and step, as Prometheus gauges and in its MLflow run. It adapts them (ACI) once per grid step
+of stream time, and every `calibration_every_s` publishes the multipliers, when they moved, to the
+compacted calibration topic, keyed by version, where the service picks them up. A restarted monitor
+resumes from its version's last publication.
 """
 
 from __future__ import annotations
@@ -254,6 +255,7 @@ class DriftMonitor:
         self.served: Counter[str] = Counter()  # forecasts per model version since the last summary
         self.levels = [f"{level:g}" for level in settings.interval_level_list]  # the levels a retrain calibrates
         self._misfits = 0  # champion forecasts in a row that the coverage tracker does not measure
+        self._published_tick: tuple = (None, 0)  # (tracker, its ticks) at the last publication
         s = settings
         self.followers = [
             TopicFollower(s, topic, lambda r, t=topic: self.inbox.put((t, r)), whole_records=True)
@@ -399,11 +401,13 @@ class DriftMonitor:
                 self._resume(self.tracker.coverage)
 
     def calibrate(self, now_ms: int | None = None) -> bool:
-        """One adaptation from the outcomes since the last; the multipliers go to the calibration
-        topic and the gauges. False when there was nothing to adapt from."""
+        """The multipliers as adapted since the last publication (`CoverageTracker.advance`: once per
+        grid step of stream time) go to the calibration topic and the gauges. False when they did not
+        move: nothing is sent."""
         cov = self.tracker.coverage
-        if cov is None or not cov.adapt():
+        if cov is None or (cov, cov.ticks) == self._published_tick or not cov.ticks:
             return False
+        self._published_tick = (cov, cov.ticks)
         if self.coverage_gauges is not None:
             self.coverage_gauges.export(cov)
         if self.publish is not None and self.version is not None:  # multipliers are for one version
@@ -490,7 +494,8 @@ class DriftMonitor:
     ) -> None:
         """Follow the topics from now until `stop`; `clock` gives the cool-down's seconds. Every
         `summary_every_s` (and once at the end) the summary goes to `on_summary`; every
-        `settings.calibration_every_s` the intervals adapt (`calibrate`)."""
+        `settings.calibration_every_s` (and once at the end) the adapted multipliers are published
+        (`calibrate`)."""
         followers = self.followers
         for f in followers:
             f.start()
@@ -517,6 +522,7 @@ class DriftMonitor:
                 except queue.Empty:
                     continue
                 self.handle(topic, value, clock())
+            self.calibrate()  # the multipliers adapted since the last publication: a restart resumes from them
             if on_summary is not None:
                 on_summary(self.summary())
         finally:

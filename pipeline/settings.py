@@ -160,13 +160,17 @@ class Settings(BaseSettings):
         "empty: none",
     )
     calibration_every_s: float = Field(
-        default=10.0, gt=0, description="the monitor adapts the intervals from the outcomes this often, and publishes"
+        default=10.0,
+        gt=0,
+        description="the monitor publishes the intervals' multipliers this often when they moved (they adapt once "
+        "per grid step of stream time)",
     )
     calibration_gamma: float = Field(
         default=0.05,
         gt=0,
         le=1,
-        description="the monitor's step size: log-width moves by gamma × (miss rate − (1 − level)) each period",
+        description="the monitor's step size: log-width moves by gamma × (miss rate − (1 − level)) each grid step of "
+        "stream time",
     )
     search_max_seconds: float | None = Field(
         default=3600.0, description="a retrain's configuration search (`--trials N`) stops starting trials after this"

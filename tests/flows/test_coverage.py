@@ -96,3 +96,30 @@ def test_the_drift_tracker_scores_each_published_interval_at_its_own_step() -> N
         "coverage_80_temp": 0.0, "coverage_rolling_80_temp": 0.0, "width_80_temp": 4.0,
         "coverage_95_temp": 0.5, "coverage_rolling_95_temp": 0.5, "width_95_temp": 6.0,
     }  # fmt: skip
+
+
+def drifted_day(phases_min: tuple[int, ...], hours: int = 48) -> CoverageTracker:
+    """Hourly readings of entities reporting at their own minute, every forecast ±0.5 around the truth
+    minus 2 (each one a miss), all handed over at one wall-clock instant: a backlog, a replay, the
+    lifecycle's accelerated days."""
+    drift = DriftTracker(["temp"], reference_mae=1.0)
+    drift.coverage = CoverageTracker(["temp"], ["0.9"], horizon=1, gamma=0.05)
+    for h in range(hours):
+        for n, minute in enumerate(phases_min):
+            ts = h * 3600.0 + minute * 60
+            drift.on_reading(f"e{n}", ts, {"temp": 10.0}, now_s=0)
+            band = {"0.9": {"lower": {"temp": [7.5]}, "upper": {"temp": [8.5]}}}
+            drift.on_forecast(f"e{n}", ts, {"temp": [8.0]}, step_s=3600.0, now_s=0, intervals=band)
+    return drift.coverage
+
+
+def test_the_intervals_adapt_once_per_hour_of_readings_however_fast_they_arrive_and_whatever_the_phases() -> None:
+    one, fleet = drifted_day((0,)), drifted_day((5, 35, 58))
+    # 48 hours streamed in no time: a tick per hour of stream time (the first three learn the grid, the
+    # next brings the first outcomes), not one per wall-clock period, nor one per reading of the fleet
+    assert one.ticks == fleet.ticks and 40 <= one.ticks <= 47, (one.ticks, fleet.ticks)
+    assert one.seen.sum() * 3 == fleet.seen.sum() > 100  # every outcome was scored
+    # each tick of misses widened the interval by exp(0.05 · 0.9)
+    expected = float(np.exp(0.05 * 0.9 * one.ticks))
+    assert abs(one.multipliers()["0.9"][0, 0] - expected) < 1e-6 * expected
+    assert abs(fleet.multipliers()["0.9"][0, 0] - expected) < 1e-6 * expected

@@ -371,7 +371,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
         "SENSORCAST_SEARCH_TRIALS": str(plan.search_trials),
         "SENSORCAST_SEARCH_FOLDS": "1",
         "SENSORCAST_MODEL_POLL_S": "2",
-        "SENSORCAST_CALIBRATION_EVERY_S": "2",
+        "SENSORCAST_CALIBRATION_EVERY_S": "0.5",  # a day streams in seconds: its multipliers go out as often
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
