@@ -256,6 +256,7 @@ class DriftMonitor:
         self.levels = [f"{level:g}" for level in settings.interval_level_list]  # the levels a retrain calibrates
         self._misfits = 0  # champion forecasts in a row that the coverage tracker does not measure
         self._published_tick: tuple = (None, 0)  # (tracker, its ticks) at the last publication
+        self._outgoing: CoverageTracker | None = None  # the previous champion's intervals, as adapted
         s = settings
         self.followers = [
             TopicFollower(s, topic, lambda r, t=topic: self.inbox.put((t, r)), whole_records=True)
@@ -315,6 +316,7 @@ class DriftMonitor:
             return False
         log.info("champion v%s → v%s: its holdout MAE is the yardstick from now on", self.version, version)
         self.version = version
+        self._outgoing = self.tracker.coverage or self._outgoing  # its multipliers are the new one's start
         self.tracker = DriftTracker(list(mae), mae, *self._tracker_args)
         if self.metrics is not None:
             self.metrics.clear()
@@ -372,7 +374,8 @@ class DriftMonitor:
 
     def _start_coverage(self, levels: list[str], horizon: int) -> None:
         """Score the champion's intervals from its first forecast with them on, from its last
-        published multipliers if there are any (a restarted monitor), else from its static widths."""
+        published multipliers if there are any (a restarted monitor), else from the outgoing champion's
+        (`_resume`), else from its static widths."""
         cov = CoverageTracker(
             self.tracker.channels, levels, horizon, self.coverage_window, self.settings.calibration_gamma
         )
@@ -380,8 +383,26 @@ class DriftMonitor:
         self._resume(cov)
 
     def _resume(self, cov: CoverageTracker) -> None:
+        """Start `cov` where the last adaptation left off: its version's published multipliers (a
+        restarted monitor); without them, those of the outgoing champion when its intervals had the
+        same levels, horizon and channels. What a version's holdout under- or over-covers (the live
+        weeks are harder than the holdout's, say) is as true of the next retrain's holdout, and a
+        daily promotion that started from the static widths each time would undo the adaptation
+        daily. They are published at once: the service applies them from its next batch."""
+        if cov.ticks:
+            return
         cal = self.published.get(str(self.version))
-        if cal is None or cov.ticks:
+        if cal is None:
+            old = self._outgoing
+            same = old is not None and (old.levels, old.horizon, old.channels) == (
+                cov.levels,
+                cov.horizon,
+                cov.channels,
+            )
+            if same and old.ticks:
+                cov.theta[:] = old.theta
+                log.info("v%s's intervals start from the outgoing champion's multipliers", self.version)
+                self._publish(cov)
             return
         scales = cal.scales(cov.channels, cov.horizon)  # (N, H) per level
         for i, level in enumerate(cov.levels):
@@ -407,6 +428,10 @@ class DriftMonitor:
         cov = self.tracker.coverage
         if cov is None or (cov, cov.ticks) == self._published_tick or not cov.ticks:
             return False
+        self._publish(cov, now_ms)
+        return True
+
+    def _publish(self, cov: CoverageTracker, now_ms: int | None = None) -> None:
         self._published_tick = (cov, cov.ticks)
         if self.coverage_gauges is not None:
             self.coverage_gauges.export(cov)
@@ -421,7 +446,6 @@ class DriftMonitor:
                 self.publish(calibration_key(name, version), encode_calibration(name, version, multipliers, updated))
             except Exception as e:  # the service keeps what it has; the next period tries again
                 log.error("could not publish v%s's calibration (%s)", version, e)
-        return True
 
     def summary(self) -> dict[str, float]:
         """The rolling errors and, once the champion's intervals are scored, their coverage and width;
