@@ -116,6 +116,24 @@ def windows_after(
 Forecast = Callable[..., torch.Tensor]  # raw (B, L, N) → raw (B, H, N); with a cycle, (x, phase) → ...
 
 
+def holdout_after_champion(
+    series: list[Timed], grid: dict | None, holdout: Windows, until_ms: int, margin: float, champion: str
+) -> tuple[Windows, GateDecision | None]:
+    """The holdout windows whose targets all come after `until_ms`, the champion's last training
+    reading: every contender is scored on those, so none is judged on targets it trained on. When too
+    few are left, the decision is made already: not promoted, and why."""
+    from pipeline.messages import format_ts
+
+    try:
+        return windows_after(series, until_ms, holdout.lookback, holdout.horizon, grid), None
+    except DataError:
+        why = (
+            f"too few holdout readings after the champion v{champion}'s training data, which ends "
+            f"{format_ts(until_ms)}: not promoted (retrain on a window that reaches further)"
+        )
+        return holdout, GateDecision(False, why, {}, margin)
+
+
 def forecast_windows(forecast: Forecast, holdout: Windows, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(forecast, actual) of the holdout windows at `index`; a network with a cycle gets their phases."""
     x, y = holdout.batch(index)

@@ -7,7 +7,7 @@ the retrain deployment's trigger turns it into a run. The yardstick is the champ
 holdout MAE, tagged on its version by the retrain flow, and it follows the models topic: a promotion
 changes the yardstick at once.
 
-It also scores the champion's published intervals (`flows.coverage`): coverage and width per level,
+It also scores the champion's published intervals (`flows.calibration`): coverage and width per level,
 channel and step, as Prometheus gauges and in its MLflow run. It adapts them (ACI) once per grid step
 of stream time, and every `calibration_every_s` publishes the multipliers, when they moved, to the
 compacted calibration topic, keyed by version, where the service picks them up. A restarted monitor
@@ -25,21 +25,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import numpy as np
 import orjson
 
-from flows.coverage import CoverageTracker, well_formed_intervals
+from flows.calibration import CoverageGauges, IntervalCalibrator
+from flows.coverage import well_formed_intervals
 from flows.drift import DRIFT_EVENT, DriftTracker, drift_resource
 from pipeline.kafka import TopicFollower
 from pipeline.messages import (
     BadCalibration,
     BadReading,
-    Calibration,
     TimePolicy,
-    calibration_key,
     check_key,
-    encode_calibration,
-    format_ts,
     parse_calibration,
     parse_reading,
     parse_ts,
@@ -84,43 +80,6 @@ def _numbers_per_channel(forecast: object) -> bool:
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in row)
         for row in rows
     )  # fmt: skip
-
-
-class CoverageGauges:
-    """The monitor's interval gauges: coverage and mean width per level, channel and horizon step,
-    over the rolling window and since start, and the multiplier the service is told to apply."""
-
-    def __init__(self, registry=None):
-        from prometheus_client import REGISTRY, Gauge
-
-        labels, registry = ["level", "channel", "step", "window"], registry or REGISTRY
-        self.coverage = Gauge(
-            "sensorcast_interval_coverage", "share of readings inside the published interval", labels, registry=registry
-        )
-        self.width = Gauge(
-            "sensorcast_interval_width", "mean width of the published interval (raw units)", labels, registry=registry
-        )
-        self.multiplier = Gauge(
-            "sensorcast_interval_multiplier",
-            "the adapted multiplier of the version's split-conformal half-width",
-            labels[:3],
-            registry=registry,
-        )
-
-    def export(self, cov: CoverageTracker) -> None:
-        for window, rolling in (("rolling", True), ("total", False)):
-            for gauge, values in ((self.coverage, cov.coverage(rolling)), (self.width, cov.width(rolling))):
-                for level, grid in values.items():
-                    for (k, n), v in np.ndenumerate(grid):
-                        if np.isfinite(v):
-                            gauge.labels(level, cov.channels[n], str(k + 1), window).set(float(v))
-        for level, grid in cov.multipliers().items():
-            for (k, n), v in np.ndenumerate(grid):
-                self.multiplier.labels(level, cov.channels[n], str(k + 1)).set(float(v))
-
-    def clear(self) -> None:
-        for gauge in (self.coverage, self.width, self.multiplier):
-            gauge.clear()
 
 
 def emit_drift_event(settings: Settings, detail: dict) -> None:
@@ -241,8 +200,6 @@ class DriftMonitor:
         coverage_window: int = 1000,
     ):
         self.settings, self.on_drift, self.metrics = settings, on_drift, metrics
-        self.publish, self.coverage_gauges, self.coverage_window = publish, coverage_gauges, coverage_window
-        self.published: dict[str, Calibration] = {}  # version → its latest calibration on the topic
         self.version, self.reference, self.on_champion, self.ttl_s = version, reference, on_champion, ttl_s
         self._tracker_args = (window, threshold, patience, cooldown_s)
         self.tracker = DriftTracker(list(reference_mae), reference_mae, *self._tracker_args)
@@ -254,9 +211,9 @@ class DriftMonitor:
         self.handled: Counter[str] = Counter()  # messages handled per topic, junk included (what a test waits on)
         self.served: Counter[str] = Counter()  # forecasts per model version since the last summary
         self.levels = [f"{level:g}" for level in settings.interval_level_list]  # the levels a retrain calibrates
-        self._misfits = 0  # champion forecasts in a row that the coverage tracker does not measure
-        self._published_tick: tuple = (None, 0)  # (tracker, its ticks) at the last publication
-        self._outgoing: CoverageTracker | None = None  # the previous champion's intervals, as adapted
+        self.intervals = IntervalCalibrator(
+            settings, list(reference_mae), publish, coverage_gauges, coverage_window, version
+        )
         s = settings
         self.followers = [
             TopicFollower(s, topic, lambda r, t=topic: self.inbox.put((t, r)), whole_records=True)
@@ -267,7 +224,6 @@ class DriftMonitor:
         ]  # fmt: skip
 
     MAX_INTERNAL_BYTES = 4_000_000  # an internal message larger than this is junk (the service's are ~1 MB at most)
-    REBUILD_AFTER = 20  # champion forecasts in a row of another shape than the tracker's: it was locked wrongly
 
     def handle(self, topic: str, record: Record, now_s: float) -> None:
         """One message of a followed topic. Junk on an internal topic is counted and skipped: nothing
@@ -316,12 +272,10 @@ class DriftMonitor:
             return False
         log.info("champion v%s → v%s: its holdout MAE is the yardstick from now on", self.version, version)
         self.version = version
-        self._outgoing = self.tracker.coverage or self._outgoing  # its multipliers are the new one's start
         self.tracker = DriftTracker(list(mae), mae, *self._tracker_args)
+        self.intervals.new_champion(version, list(mae))  # from where the outgoing champion's got to
         if self.metrics is not None:
             self.metrics.clear()
-        if self.coverage_gauges is not None:
-            self.coverage_gauges.clear()
         if self.on_champion is not None:
             self.on_champion(version)
         return True
@@ -354,61 +308,8 @@ class DriftMonitor:
             if self.version is not None and version != self.version:
                 intervals = None  # another version's: its misses say nothing of the champion's multipliers
             else:
-                self._track_coverage(list(intervals), len(next(iter(forecast.values()))))
+                self.tracker.coverage = self.intervals.track(list(intervals), len(next(iter(forecast.values()))))
         self.tracker.on_forecast(entity, ts, forecast, step_s, now_s, intervals)
-
-    def _track_coverage(self, levels: list[str], horizon: int) -> None:
-        """Start scoring the champion's intervals; a tracker that has measured none of the last
-        REBUILD_AFTER champion forecasts was started on a shape they do not have, and starts again."""
-        cov = self.tracker.coverage
-        if cov is None:
-            self._start_coverage(levels, horizon)
-        elif cov.fits(levels, horizon):
-            self._misfits = 0
-        else:
-            self._misfits += 1
-            if self._misfits >= self.REBUILD_AFTER:
-                log.warning("the champion's intervals are %s over %d steps: coverage restarts on them", levels, horizon)
-                self._misfits = 0
-                self._start_coverage(levels, horizon)
-
-    def _start_coverage(self, levels: list[str], horizon: int) -> None:
-        """Score the champion's intervals from its first forecast with them on, from its last
-        published multipliers if there are any (a restarted monitor), else from the outgoing champion's
-        (`_resume`), else from its static widths."""
-        cov = CoverageTracker(
-            self.tracker.channels, levels, horizon, self.coverage_window, self.settings.calibration_gamma
-        )
-        self.tracker.coverage = cov
-        self._resume(cov)
-
-    def _resume(self, cov: CoverageTracker) -> None:
-        """Start `cov` where the last adaptation left off: its version's published multipliers (a
-        restarted monitor); without them, those of the outgoing champion when its intervals had the
-        same levels, horizon and channels. What a version's holdout under- or over-covers (the live
-        weeks are harder than the holdout's, say) is as true of the next retrain's holdout, and a
-        daily promotion that started from the static widths each time would undo the adaptation
-        daily. They are published at once: the service applies them from its next batch."""
-        if cov.ticks:
-            return
-        cal = self.published.get(str(self.version))
-        if cal is None:
-            old = self._outgoing
-            same = old is not None and (old.levels, old.horizon, old.channels) == (
-                cov.levels,
-                cov.horizon,
-                cov.channels,
-            )
-            if same and old.ticks:
-                cov.theta[:] = old.theta
-                log.info("v%s's intervals start from the outgoing champion's multipliers", self.version)
-                self._publish(cov)
-            return
-        scales = cal.scales(cov.channels, cov.horizon)  # (N, H) per level
-        for i, level in enumerate(cov.levels):
-            if level in scales:
-                cov.theta[i] = np.log(scales[level].T)
-        log.info("v%s's intervals resume from the multipliers published %s", self.version, cal.updated_at)
 
     def _calibration(self, value: bytes | None) -> None:
         try:
@@ -416,36 +317,11 @@ class DriftMonitor:
         except BadCalibration:
             self.junk[f"{self.settings.calibration_topic}: not a calibration"] += 1
             return
-        if cal.name == self.settings.model_name:
-            self.published[cal.version] = cal
-            if cal.version == self.version and self.tracker.coverage is not None:
-                self._resume(self.tracker.coverage)
+        self.intervals.published(cal)
 
     def calibrate(self, now_ms: int | None = None) -> bool:
-        """The multipliers as adapted since the last publication (`CoverageTracker.advance`: once per
-        grid step of stream time) go to the calibration topic and the gauges. False when they did not
-        move: nothing is sent."""
-        cov = self.tracker.coverage
-        if cov is None or (cov, cov.ticks) == self._published_tick or not cov.ticks:
-            return False
-        self._publish(cov, now_ms)
-        return True
-
-    def _publish(self, cov: CoverageTracker, now_ms: int | None = None) -> None:
-        self._published_tick = (cov, cov.ticks)
-        if self.coverage_gauges is not None:
-            self.coverage_gauges.export(cov)
-        if self.publish is not None and self.version is not None:  # multipliers are for one version
-            name, version = self.settings.model_name, str(self.version)
-            multipliers = {
-                level: {c: m[:, n].round(6).tolist() for n, c in enumerate(cov.channels)}
-                for level, m in cov.multipliers().items()
-            }
-            updated = format_ts(now_ms if now_ms is not None else int(time.time() * 1000))
-            try:
-                self.publish(calibration_key(name, version), encode_calibration(name, version, multipliers, updated))
-            except Exception as e:  # the service keeps what it has; the next period tries again
-                log.error("could not publish v%s's calibration (%s)", version, e)
+        """Publish the champion's multipliers if they moved since the last time (`IntervalCalibrator`)."""
+        return self.intervals.calibrate(now_ms)
 
     def summary(self) -> dict[str, float]:
         """The rolling errors and, once the champion's intervals are scored, their coverage and width;

@@ -181,7 +181,7 @@ def fresh_names(settings: Settings, log: Callable[[str], None] = print) -> Setti
 def _experiment_url(settings: Settings) -> str:
     from mlflow import MlflowClient
 
-    from flows.retrain import EXPERIMENT
+    from flows.registry import EXPERIMENT
     from models.mlflow.registry import ui_url
 
     experiment = MlflowClient(settings.tracking_uri).get_experiment_by_name(EXPERIMENT)

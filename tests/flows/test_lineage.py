@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from flows.candidate import _warm_start
 from flows.lineage import lineage_break, next_configuration, recipe_of
-from flows.retrain import _warm_start
 from models.nets import PRESETS, build
 
 HOUR = 3_600_000

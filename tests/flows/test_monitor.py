@@ -143,7 +143,7 @@ def test_too_narrow_intervals_are_widened_through_the_compacted_topic_and_the_se
     that version's intervals (and a restarted monitor resumes from them)."""
     from prometheus_client import CollectorRegistry
 
-    from flows.monitor import CoverageGauges
+    from flows.calibration import CoverageGauges
     from pipeline.core import ModelSlot
     from pipeline.kafka import TopicFollower, make_admin, topic_reader
     from pipeline.messages import calibration_key, encode_forecast, format_ts
@@ -214,7 +214,7 @@ def test_too_narrow_intervals_are_widened_through_the_compacted_topic_and_the_se
     assert published and {r.key for r in published} == {calibration_key("fake", "1")}
     for r in published:
         restarted.handle(s.calibration_topic, Record(r.value, r.key), now_s=0)
-    restarted._start_coverage(["0.9"], H)
+    restarted.tracker.coverage = restarted.intervals.start(["0.9"], H)
     np.testing.assert_allclose(restarted.tracker.coverage.multipliers()["0.9"], cov.multipliers()["0.9"], rtol=1e-5)
     producer.close()
 

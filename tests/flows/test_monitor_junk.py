@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flows.calibration import IntervalCalibrator
 from flows.monitor import DriftMonitor
 from pipeline.records import Record
 from pipeline.settings import Settings
@@ -61,7 +62,7 @@ def test_a_tracker_locked_by_a_forged_shape_starts_again_on_the_champions_own() 
     m = monitor()
     m.handle(CONFIG.forecasts_topic, Record(forecast(0, bands("0.8", steps=2), forecast={"temp": [1.0, 2.0]})), 0)
     assert m.tracker.coverage.horizon == 2
-    for t in range(1, DriftMonitor.REBUILD_AFTER + 1):
+    for t in range(1, IntervalCalibrator.REBUILD_AFTER + 1):
         m.handle(CONFIG.forecasts_topic, Record(forecast(t * HOUR, bands("0.8") | bands("0.95"))), now_s=t)
     assert m.tracker.coverage.levels == ["0.8", "0.95"] and m.tracker.coverage.horizon == H
 

@@ -297,6 +297,7 @@ def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_reg
     loop_settings: Settings, produce, local_settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tracking server of the test's own dies between training and registration."""
+    import flows.registry as registry_module
     import flows.retrain as flow_module
     from pipeline.tools import stack
 
@@ -314,14 +315,14 @@ def test_mlflow_down_at_registration_retries_then_fails_clearly_with_nothing_reg
         return sample(*args)
 
     attempts = []
-    register_once = flow_module._register
+    register_once = registry_module._register
 
     def counted(*args):
         attempts.append(1)
         return register_once(*args)
 
     monkeypatch.setattr(flow_module, "holdout_sample", server_dies_then_sample)
-    monkeypatch.setattr(flow_module, "_register", counted)
+    monkeypatch.setattr(registry_module, "_register", counted)
     monkeypatch.setattr(flow_module, "register", flow_module.register.with_options(retry_delay_seconds=0.5))
     with pytest.raises(Exception, match=r"did not take the run .*nothing was registered, @champion did not move"):
         retrain(trigger="manual", epochs=1)
@@ -340,7 +341,7 @@ def test_the_alias_moves_only_if_it_still_points_where_the_gate_looked(
     """Compare-and-set: a run that gated against v1 does not move @champion once another run moved it."""
     from mlflow import MlflowClient
 
-    from flows.retrain import promote
+    from flows.registry import promote
     from models.mlflow.registry import alias_version, log_checkpoint
 
     monkeypatch.setenv("SENSORCAST_MODEL_NAME", "cas")
@@ -425,7 +426,7 @@ def test_a_promotion_retried_after_its_answer_was_lost_is_success_not_a_refusal(
     on v2. Before, it tagged v2 "refused: moved to v2" and the run skipped the announcement."""
     from mlflow import MlflowClient
 
-    from flows.retrain import promote
+    from flows.registry import promote
     from models.mlflow.registry import alias_version, log_checkpoint
 
     monkeypatch.setenv("SENSORCAST_MODEL_NAME", "lost-answer")
@@ -445,7 +446,7 @@ def test_the_flows_mlflow_calls_use_the_settings_uri_not_mlflows_default(
     import mlflow
     from mlflow import MlflowClient
 
-    from flows.retrain import champion_trained_until, current_champion
+    from flows.registry import champion_trained_until, current_champion
     from models.mlflow.registry import log_checkpoint
 
     monkeypatch.setenv("SENSORCAST_MODEL_NAME", "by-settings")

@@ -320,7 +320,7 @@ def _outcome(settings: Settings, retrain: Retrain) -> None:
     """Fill in what the run did, from the MLflow run it tagged with its flow run id."""
     from mlflow import MlflowClient
 
-    from flows.retrain import EXPERIMENT, FLOW_RUN_TAG
+    from flows.registry import EXPERIMENT, FLOW_RUN_TAG
 
     client = MlflowClient(settings.tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)

@@ -50,8 +50,8 @@ def run(
 
     import polars as pl
 
+    from flows.candidate import fit
     from flows.gate import scaled_mse, time_split, windows
-    from flows.retrain import fit
     from flows.window import TrainingWindow, pull_window
     from models.forecaster import Forecaster
     from models.nets import NAIVE

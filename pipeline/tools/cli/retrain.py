@@ -177,7 +177,7 @@ def _print_retrain_outcome(settings: Settings, flow_run_id: str) -> None:
     """What a deployment run did, from the MLflow run it tagged with its flow run id."""
     import mlflow
 
-    from flows.retrain import EXPERIMENT, FLOW_RUN_TAG
+    from flows.registry import EXPERIMENT, FLOW_RUN_TAG
     from models.mlflow.registry import ui_url
 
     client = mlflow.MlflowClient(settings.tracking_uri)
