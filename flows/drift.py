@@ -4,7 +4,10 @@ and channel beside persistence's (an online skill score), and say when a retrain
 A forecast made after the reading in slot s of the time grid holds H steps; the k-th step is scored
 by the reading that lands in slot s + k, however its clock jitters (the grid: pipeline/timegrid.py,
 the forecast's own `ts` and `step_ms`; without them, one inferred from the entity's readings).
-Persistence is scored on the same steps: it would have said "the reading at s" for all of them.
+Persistence is scored on the same steps: it would have said "the reading at s" for all of them. The two
+topics are read apart, so either may come first: a step whose reading arrived before the forecast (the
+service working through a backlog, a replay, an accelerated stream) is scored when the forecast comes,
+against the last `recent_slots` readings of its entity kept for the purpose.
 
 Drift fires when the model's rolling MAE, in units of the champion's holdout MAE, stays above
 `threshold` for `patience` consecutive scored readings of one entity, and at most once per `cooldown_s`
@@ -48,6 +51,9 @@ class _Entity:
     times_ms: list[int] = field(default_factory=list)  # the first readings' times, until the grid is known
     # due slot → (channel, prediction, last reading, horizon step, published bounds or None)
     pending: dict[int, list[tuple[str, float, float, int, tuple | None]]] = field(default_factory=dict)
+    # slot → the reading there, for the last `recent_slots` slots: a forecast that arrives after its steps'
+    # readings (the service working through a backlog, a replay) is scored at once, against its own slot's
+    recent: dict[int, dict[str, float]] = field(default_factory=dict)
     errors: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of the model
     naive: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of persistence
     above: int = 0  # consecutive scored readings over the threshold
@@ -64,8 +70,9 @@ class DriftTracker:
         threshold: float = 2.0,
         patience: int = 20,
         cooldown_s: float = 3600.0,
+        recent_slots: int = 48,
     ):
-        self.channels = list(channels)
+        self.channels, self.recent_slots = list(channels), recent_slots
         # the champion's holdout MAE, one for all channels or per channel (raw units)
         ref = reference_mae if isinstance(reference_mae, dict) else dict.fromkeys(channels, reference_mae)
         self.reference_mae = {c: max(float(ref.get(c, 1.0)), 1e-12) for c in channels}
@@ -107,14 +114,19 @@ class DriftTracker:
                 e.grid = Grid(step_ms, ts_ms % step_ms)
         if e.grid is None:
             return
-        last = self._last_values.get(entity, {})
         base = e.grid.slot(ts_ms)
+        last = e.recent.get(base) or self._last_values.get(entity, {})  # persistence: the forecast slot's reading
         horizon = len(next(iter(forecast.values()), []))
         bounds = self._bounds(intervals, forecast, horizon)
         for k in range(horizon):
-            e.pending.setdefault(base + k + 1, []).extend(
+            steps = [
                 (c, forecast[c][k], last.get(c, float("nan")), k, bounds[c][k] if bounds else None) for c in forecast
-            )
+            ]
+            seen = e.recent.get(base + k + 1)
+            if seen is None:  # its reading is still to come
+                e.pending.setdefault(base + k + 1, []).extend(steps)
+            else:  # its reading came first: scored now
+                self._score(e, steps, seen, e.grid.ts_of(base + k + 1))
 
     def _bounds(self, intervals: dict | None, forecast: dict, horizon: int) -> dict[str, list[tuple]] | None:
         """{channel: [each step's (lower, upper, lower, upper, ...) over the levels]}, or None when
@@ -146,16 +158,10 @@ class DriftTracker:
                 return False
         slot = e.grid.slot(ts_ms)
         self._last_values[entity] = dict(values)
-        if self.coverage is not None:  # the intervals adapt once per grid step of stream time
-            self.coverage.advance(ts_ms, e.grid.interval_ms)
-        scored = False
-        for channel, pred, last, k, bounds in e.pending.pop(slot, []):
-            if channel in values:
-                e.errors[channel].append(abs(values[channel] - pred))
-                e.naive[channel].append(abs(values[channel] - last))
-                scored = True
-                if bounds is not None and self.coverage is not None:
-                    self.coverage.observe(k, channel, values[channel], bounds)
+        e.recent[slot] = dict(values)
+        while len(e.recent) > self.recent_slots:
+            del e.recent[min(e.recent)]
+        scored = self._score(e, e.pending.pop(slot, []), values, ts_ms)
         for due in [d for d in e.pending if d < slot]:  # steps whose reading never came (a gap): drop them
             del e.pending[due]
         if not scored:
@@ -168,6 +174,21 @@ class DriftTracker:
             e.above = 0
             return True
         return False
+
+    def _score(self, e: _Entity, steps: list, values: dict[str, float], at_ms: int) -> bool:
+        """The forecast `steps` due in one slot, against its reading `values` (stamped `at_ms`); True
+        if any was scored. The intervals adapt once per grid step of stream time, by the outcomes' time."""
+        if self.coverage is not None and steps:
+            self.coverage.advance(at_ms, e.grid.interval_ms)
+        scored = False
+        for channel, pred, last, k, bounds in steps:
+            if channel in values:
+                e.errors[channel].append(abs(values[channel] - pred))
+                e.naive[channel].append(abs(values[channel] - last))
+                scored = True
+                if bounds is not None and self.coverage is not None:
+                    self.coverage.observe(k, channel, values[channel], bounds)
+        return scored
 
     def forget_idle(self, now_s: float, ttl_s: float) -> list[str]:
         """Forget the entities with no reading or forecast for `ttl_s` seconds; returns their names."""

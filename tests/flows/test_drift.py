@@ -87,3 +87,22 @@ def test_jittered_readings_are_scored_and_a_level_shift_still_fires() -> None:
         tracker.on_forecast("site", t * 3600, {"temp": [truth(t + k) + 0.1 for k in range(1, H + 1)]}, step_s=3600)
     assert len(tracker.entities["site"].errors["temp"]) == 24  # scored: the rolling window is full
     assert fired and 100 < fired[0] <= 112, fired
+
+
+def test_a_forecast_that_arrives_after_its_readings_is_scored_at_once_against_its_own_slot() -> None:
+    """A backlog: a day's readings first (the level climbs by 1 an hour), then the service's forecasts
+    of them, each exact. Every step is scored when its forecast arrives; persistence says the forecast
+    slot's reading (1 and 2 off), not the day's last; the intervals adapt once per hour of outcomes."""
+    from flows.coverage import CoverageTracker
+
+    d = DriftTracker(["temp"], reference_mae=1.0)
+    d.coverage = CoverageTracker(["temp"], ["0.9"], horizon=2)
+    for h in range(24):
+        d.on_reading("a", h * 3600.0, {"temp": float(h)}, now_s=0)
+    band = {"0.9": {"lower": {"temp": [-1e9, -1e9]}, "upper": {"temp": [1e9, 1e9]}}}
+    for h in range(3, 21):
+        d.on_forecast("a", h * 3600.0, {"temp": [h + 1.0, h + 2.0]}, step_s=3600.0, now_s=0, intervals=band)
+    assert len(d.entities["a"].errors["temp"]) == 18 * 2 and d.mae("a", "temp") == 0.0
+    assert d.mae("a", "temp", naive=True) == 1.5
+    assert d.coverage.seen.sum() == 36 and d.coverage.coverage()["0.9"].min() == 1.0
+    assert 15 <= d.coverage.ticks <= 18, d.coverage.ticks
