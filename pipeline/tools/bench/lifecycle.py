@@ -266,6 +266,12 @@ class Stack:
         topics = {"forecasts_topic": f"{s.forecasts_topic}.{tag}", "dlq_topic": f"{s.dlq_topic}.{tag}"}
         return s.model_copy(update=topics)
 
+    def client_env(self, client: str) -> dict[str, str]:
+        """The month's environment with this client's own output topics: only those on top, so the
+        plan's settings (its interval level, lookback, calibration period) hold for every process."""
+        s = self.client_settings(client)
+        return {**self.env, "SENSORCAST_FORECASTS_TOPIC": s.forecasts_topic, "SENSORCAST_DLQ_TOPIC": s.dlq_topic}
+
     def start_flows(self, horizon: int) -> None:
         from flows.schedule import served_deployment_id
 
@@ -279,18 +285,16 @@ class Stack:
             raise LifecycleError(f"flows serve exited: {self.flows.output()[-2000:]}")
 
     def start_service(self, client: str, n: int = 0) -> None:
-        s = self.client_settings(client)
         port = self.ports.setdefault(client, stack.free_ports(1)[0])
-        env = {**self.env, **s.as_env(), "SENSORCAST_KAFKA_CLIENT": client, "SENSORCAST_METRICS_PORT": str(port),
+        env = {**self.client_env(client), "SENSORCAST_KAFKA_CLIENT": client, "SENSORCAST_METRICS_PORT": str(port),
                "SENSORCAST_CONSUMER_GROUP": f"lifecycle-{client}"}  # fmt: skip
         uri = f"models:/{self.settings.model_name}@{self.settings.model_alias}"
         self.services[client] = ServeProcess(uri, env, self.folder / f"serve-{client}-{n}.log").start()
         self.services[client].wait_ready(300)
 
     def start_monitor(self) -> None:
-        s = self.client_settings(self.plan.clients[0])
         args = ["monitor", "--metrics-port", "0", "--summary-every", "5", "--cooldown", "1e9", "-v"]
-        self.monitor = CliProcess(args, {**self.env, **s.as_env()}, self.folder / "monitor.log").start()
+        self.monitor = CliProcess(args, self.client_env(self.plan.clients[0]), self.folder / "monitor.log").start()
 
     def processes(self) -> dict[str, CliProcess]:
         named = {f"serve {c}": p for c, p in self.services.items()} | {"flows serve": self.flows}
