@@ -211,6 +211,7 @@ class DriftMonitor:
         self.handled: Counter[str] = Counter()  # messages handled per topic, junk included (what a test waits on)
         self.served: Counter[str] = Counter()  # forecasts per model version since the last summary
         self.levels = [f"{level:g}" for level in settings.interval_level_list]  # the levels a retrain calibrates
+        self.junk_levels_said: list[str] = []  # the foreign levels last warned of
         self.intervals = IntervalCalibrator(
             settings, list(reference_mae), publish, coverage_gauges, coverage_window, version
         )
@@ -301,6 +302,13 @@ class DriftMonitor:
             self.served[str(model["version"])] += 1
         if intervals is not None and not well_formed_intervals(intervals, forecast, self.levels):
             self.junk[f"{self.settings.forecasts_topic}: malformed intervals"] += 1
+            others = sorted(map(str, intervals)) if isinstance(intervals, dict) else []
+            if others and not set(others) & set(self.levels) and self.junk_levels_said != others:
+                self.junk_levels_said = others  # said once per set of levels: a misconfiguration, not junk
+                log.warning(
+                    "forecasts carry the interval levels %s; this monitor scores %s (SENSORCAST_INTERVAL_LEVELS), "
+                    "so their intervals are not scored", others, self.levels,
+                )  # fmt: skip
             intervals = None  # the point forecast is still scored
         if intervals:
             model = doc.get("model")

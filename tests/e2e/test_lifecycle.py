@@ -70,7 +70,12 @@ def test_a_month_of_operation_loses_nothing_carries_the_champion_and_keeps_its_i
         assert sum(dead.values()) == report["refusals_expected"], (client, dead)
         warming = 3 * PLAN.sites * (PLAN.lookback - 1)  # the first readings of a site fill its window
         assert report["missing"][client] <= warming, (client, report["missing"])
-    # both clients' services published the same intervals (one calibration topic): the same coverage. It is
-    # not yet the level's: 80.6% for the 90% intervals in this four-day month (see the note on #36)
+    # the monitor scored and adapted every champion's intervals, on every channel (a monitor whose settings
+    # took the version's level for junk scored none); both clients' services applied its multipliers from
+    # one calibration topic, each from its next batch: the same coverage within 2 points. It is not yet the
+    # level's: about 81% for the 90% intervals in this four-day month (see the note on #36)
+    champions = {f"v{r['version']}" for r in retrains if r["promoted"]}
+    assert set(report["monitor_coverage"]) == champions, report["monitor_coverage"]
+    assert all(len(c) == 7 for c in report["monitor_coverage"].values()), report["monitor_coverage"]
     first, second = (report["coverage_by_week"][c]["last week"] for c in PLAN.clients)
-    assert abs(first - second) <= 0.01, report["coverage_by_week"]
+    assert abs(first - second) <= 0.02, report["coverage_by_week"]

@@ -120,6 +120,7 @@ class Month:
     coverage_by_week: dict[str, dict[str, float]] = field(default_factory=dict)
     coverage_by_day: dict[str, dict[str, float]] = field(default_factory=dict)
     coverage_by_channel: dict[str, dict[str, float]] = field(default_factory=dict)  # over the last week
+    monitor_coverage: dict[str, dict[str, float]] = field(default_factory=dict)  # champion → channel → its run's
     process_exits: dict[str, int | None] = field(default_factory=dict)  # before the driver stopped them
     exit_codes: dict[str, int] = field(default_factory=dict)
     outage: dict = field(default_factory=dict)
@@ -498,6 +499,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
             month.coverage_by_channel[client] = {
                 ch: round(got, 4) for ch, got in per_channel.items() if got is not None
             }
+        month.monitor_coverage = _monitor_coverage(settings)
         month.process_exits = dict(procs.deaths)
     finally:
         month.exit_codes = procs.stop()
@@ -509,6 +511,24 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
         stack.down(settings, log=lambda _m: None)
         month.wall_s = round(time.monotonic() - started, 1)
     return month.report()
+
+
+def _monitor_coverage(settings: Settings) -> dict[str, dict[str, float]]:
+    """What the monitor measured of each champion's LEVEL intervals, the ones it adapted: per champion
+    version, each channel's coverage since its start (the last value its MLflow run logged)."""
+    from mlflow import MlflowClient
+
+    from flows.monitor import MlflowLog
+
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(MlflowLog.EXPERIMENT)
+    prefix = f"coverage_{float(LEVEL) * 100:g}_"
+    out = {}
+    for run in client.search_runs([experiment.experiment_id]) if experiment else []:
+        got = {k.removeprefix(prefix): round(v, 4) for k, v in run.data.metrics.items() if k.startswith(prefix)}
+        if got:
+            out[f"v{run.data.tags.get('champion_version', '?')}"] = dict(sorted(got.items()))
+    return dict(sorted(out.items()))
 
 
 def _weeks(start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
@@ -648,4 +668,6 @@ def print_report(report: dict, log: Callable[[str], None] = print) -> None:
     for client in report["forecasts"]:
         log(f"  {client}: {LEVEL} coverage by day {report['coverage_by_day'][client]}; "
             f"by channel over the last week {report['coverage_by_channel'][client]}")  # fmt: skip
+    for version, per_channel in report["monitor_coverage"].items():
+        log(f"  the monitor, {version}'s {LEVEL} intervals as it adapted them: coverage {per_channel}")
     log(f"processes that died unasked: {report['process_exits'] or 'none'}; exit codes {report['exit_codes']}")
