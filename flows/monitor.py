@@ -303,13 +303,15 @@ class DriftMonitor:
         if intervals is not None and not well_formed_intervals(intervals, forecast, self.levels):
             self.junk[f"{self.settings.forecasts_topic}: malformed intervals"] += 1
             others = sorted(map(str, intervals)) if isinstance(intervals, dict) else []
-            if others and not set(others) & set(self.levels) and self.junk_levels_said != others:
+            if not others or not well_formed_intervals(intervals, forecast, others):
+                return  # not our service's (it never sends such rows): nothing of it is scored
+            if not set(others) & set(self.levels) and self.junk_levels_said != others:
                 self.junk_levels_said = others  # said once per set of levels: a misconfiguration, not junk
                 log.warning(
                     "forecasts carry the interval levels %s; this monitor scores %s (SENSORCAST_INTERVAL_LEVELS), "
                     "so their intervals are not scored", others, self.levels,
                 )  # fmt: skip
-            intervals = None  # the point forecast is still scored
+            intervals = None  # well-formed rows at other levels: the point forecast is still scored
         if intervals:
             model = doc.get("model")
             version = str(model.get("version")) if isinstance(model, dict) else None

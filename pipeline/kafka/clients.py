@@ -69,10 +69,6 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
         enable_idempotence=True,  # with acks=all and unbounded retries: a broker's restart neither loses nor repeats
-        # one request in flight: kafka-python re-enqueues a failed batch at the head of its partition's queue,
-        # so with more in flight a retried batch (NotLeaderForPartition on a topic just created) can land
-        # behind a later one; the service then refuses the earlier readings as late (its docs warn of it)
-        max_in_flight_requests_per_connection=1,
         linger_ms=5,
         batch_size=256 * 1024,
         max_request_size=4 * 1024 * 1024,

@@ -77,8 +77,17 @@ class TopicCollector(threading.Thread):
         return [doc for _, doc in list(self.arrivals)]
 
     def run(self) -> None:
+        nudged = 0.0
         while not self._halt.is_set():
-            for records in self.consumer.poll(timeout_ms=100).values():
+            batches = self.consumer.poll(timeout_ms=100)
+            if not batches and time.monotonic() - nudged >= 1.0:  # the stall `KafkaSource._unstick` works around
+                nudged = time.monotonic()
+                try:
+                    for tp in self.consumer.assignment():
+                        self.consumer.position(tp, timeout_ms=1000)
+                except Exception:  # a broker away: the next poll tries again
+                    pass
+            for records in batches.values():
                 now = time.time()
                 for r in records:
                     try:
