@@ -157,8 +157,7 @@ class DriftTracker:
                 self._last_values[entity] = dict(values)
                 return False
         slot = e.grid.slot(ts_ms)
-        self._last_values[entity] = dict(values)
-        e.recent[slot] = dict(values)
+        self._last_values[entity] = e.recent[slot] = dict(values)  # one copy: persistence's and the slot's
         while len(e.recent) > self.recent_slots:
             del e.recent[min(e.recent)]
         scored = self._score(e, e.pending.pop(slot, []), values, ts_ms)

@@ -164,6 +164,29 @@ def _all_led(admin: KafkaAdminClient, names: list[str]) -> bool:
     )
 
 
+class StallNudge:
+    """kafka-python 3 can stall after a fetched batch while a partition awaits offset validation
+    (dpkp/kafka-python#3106: empty polls, lag growing); position() waits for that validation. Call
+    this after each empty poll: it asks at most once a second (`timeout_ms` bounds each ask; a
+    reader that must not hang on a broker away passes one and `tolerant`)."""
+
+    def __init__(self, consumer: KafkaConsumer, timeout_ms: int | None = None, tolerant: bool = False):
+        self.consumer, self.timeout_ms, self.tolerant = consumer, timeout_ms, tolerant
+        self._last = 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            return
+        self._last = now
+        try:
+            for tp in self.consumer.assignment():
+                self.consumer.position(tp, timeout_ms=self.timeout_ms)
+        except Exception:
+            if not self.tolerant:
+                raise
+
+
 def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
     """The topic's partitions once the client's metadata shows them; a bounded wait."""
     deadline = time.monotonic() + timeout_s

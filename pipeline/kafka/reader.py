@@ -13,7 +13,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from pipeline.kafka.clients import KafkaUnavailable, make_consumer, partitions_of
+from pipeline.kafka.clients import KafkaUnavailable, StallNudge, make_consumer, partitions_of
 from pipeline.records import Record
 from pipeline.settings import Settings
 
@@ -77,16 +77,11 @@ class TopicCollector(threading.Thread):
         return [doc for _, doc in list(self.arrivals)]
 
     def run(self) -> None:
-        nudged = 0.0
+        unstick = StallNudge(self.consumer, timeout_ms=1000, tolerant=True)  # a broker away: the next poll tries again
         while not self._halt.is_set():
             batches = self.consumer.poll(timeout_ms=100)
-            if not batches and time.monotonic() - nudged >= 1.0:  # the stall `KafkaSource._unstick` works around
-                nudged = time.monotonic()
-                try:
-                    for tp in self.consumer.assignment():
-                        self.consumer.position(tp, timeout_ms=1000)
-                except Exception:  # a broker away: the next poll tries again
-                    pass
+            if not batches:
+                unstick()
             for records in batches.values():
                 now = time.time()
                 for r in records:

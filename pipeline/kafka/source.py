@@ -9,7 +9,7 @@ from typing import Any
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
-from pipeline.kafka.clients import KafkaUnavailable, make_consumer, partitions_of
+from pipeline.kafka.clients import KafkaUnavailable, StallNudge, make_consumer, partitions_of
 from pipeline.records import Record
 from pipeline.settings import Settings
 
@@ -52,7 +52,7 @@ class KafkaSource:
         self._position: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._last_ts: dict[TopicPartition, int] = {}  # timestamp of the last record read, per partition
         self._committed: dict[TopicPartition, int] = {}
-        self._last_unstick = 0.0
+        self._unstick = StallNudge(fetcher)  # after an empty poll
         self.topic, self.follow_new_partitions = topic, partitions is None  # an explicit list stays as given
         self.partition_check_s = 10.0  # how often to look for partitions added to the topic
         self._next_partition_check = time.monotonic() + self.partition_check_s
@@ -121,17 +121,6 @@ class KafkaSource:
             self.fetcher.seek(tp, start)
             self._position[tp] = start
         log.info("reading partitions %s added to %s", [tp.partition for tp in new], self.topic)
-
-    def _unstick(self) -> None:
-        """kafka-python 3 can stall after a fetched batch while a partition awaits offset validation
-        (dpkp/kafka-python#3106: empty polls, lag growing); position() waits for that validation.
-        Ask for it at most once a second, only when a poll came back empty."""
-        now = time.monotonic()
-        if now - self._last_unstick < 1.0:
-            return
-        self._last_unstick = now
-        for tp in self.fetcher.assignment():
-            self.fetcher.position(tp)
 
     def checkpoint(self) -> dict[TopicPartition, tuple[int, int | None]]:
         return {tp: (pos, self._last_ts.get(tp)) for tp, pos in self._position.items()}
