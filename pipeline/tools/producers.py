@@ -201,6 +201,38 @@ INCIDENTS = {  # kind → what the service should make of it: a dead-letter reas
 }
 
 
+class ForecastsDue:
+    """How many forecasts a stream of readings is owed, counted as the service's windows fill: a
+    reading is forecast once its entity's window holds `lookback` slots; up to `max_fill_steps`
+    missing slots are forward-filled and count toward it, a longer gap starts the window again (the
+    weather has two six-hour gaps). The producer's own ledger, kept apart from the service's code.
+
+    >>> due = ForecastsDue(lookback=3, max_fill_steps=1, interval_ms=10)
+    >>> for ts in (0, 10, 20, 40, 100, 110, 120):  # the slot at 30 is filled; 40 → 100 starts again
+    ...     due.reading("a", ts)
+    >>> due.total  # at 20, at 40, at 120
+    3
+    """
+
+    def __init__(self, lookback: int, max_fill_steps: int, interval_ms: int):
+        self.lookback, self.max_fill_steps, self.interval_ms = lookback, max_fill_steps, interval_ms
+        self._slot: dict[str, int] = {}
+        self._held: dict[str, int] = {}
+        self.total = 0
+
+    def reading(self, entity: str, ts_ms: int) -> None:
+        slot = round(ts_ms / self.interval_ms)
+        last = self._slot.get(entity)
+        if last is not None and slot < last:
+            return  # out of order: refused, not forecast
+        if last is None or slot - last - 1 > self.max_fill_steps:
+            self._held[entity] = 1
+        elif slot > last:
+            self._held[entity] = min(self.lookback, self._held[entity] + slot - last)
+        self._slot[entity] = slot
+        self.total += self._held[entity] >= self.lookback
+
+
 @dataclass(frozen=True)
 class Incident:
     kind: str
