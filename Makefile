@@ -16,7 +16,7 @@ $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv "uv==$(UV_VERSION)"
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --frozen --extra dev --extra local --python $(PYTHON)
 	touch $@
 
 $(KAFKA_JARS)/.fetched: infra/kafka/jars.lock $(VENV)/.installed  ## from Maven Central by the lock's digests: no Maven

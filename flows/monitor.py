@@ -1,7 +1,7 @@
 """The drift monitor, a process of its own (`sensorcast monitor`): Prefect's client stays out of the
 serving process. It follows the readings and forecasts topics from now, scores every forecast step
 when its reading arrives (`flows.drift.DriftTracker`; only readings the service took), exports the
-rolling errors as Prometheus metrics and logs them to an MLflow run of its own (`MlflowLog`), and
+rolling errors as Prometheus metrics and logs them to an MLflow run of its own (`flows.monitor_outputs`), and
 when drift fires, emits the Prefect event `sensorcast.drift`, at most once per cool-down and entity;
 the retrain deployment's trigger turns it into a run. The yardstick is the champion's per-channel
 holdout MAE, tagged on its version by the retrain flow, and it follows the models topic: a promotion
@@ -16,12 +16,10 @@ resumes from its version's last publication.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import queue
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -29,7 +27,7 @@ import orjson
 
 from flows.calibration import CoverageGauges, IntervalCalibrator
 from flows.coverage import well_formed_intervals
-from flows.drift import DRIFT_EVENT, DriftTracker, drift_resource
+from flows.drift import DriftTracker
 from pipeline.kafka import TopicFollower
 from pipeline.messages import (
     BadCalibration,
@@ -46,30 +44,6 @@ from pipeline.settings import Settings
 log = logging.getLogger("sensorcast.monitor")
 
 
-def champion_reference(settings: Settings) -> tuple[str, dict[str, float]]:
-    """(version, per-channel holdout MAE) of the serving model, from its version's tags."""
-    from mlflow import MlflowClient
-
-    mv = MlflowClient(settings.tracking_uri, settings.tracking_uri).get_model_version_by_alias(
-        settings.model_name, settings.model_alias
-    )
-    if "holdout_mae" not in mv.tags:
-        raise RuntimeError(f"{settings.model_name} v{mv.version} carries no holdout_mae tag: retrain it with the flow")
-    return str(mv.version), json.loads(mv.tags["holdout_mae"])
-
-
-def mae_ratio_gauge(registry=None):
-    """The monitor's Prometheus gauge (the process's default registry unless another is given)."""
-    from prometheus_client import REGISTRY, Gauge
-
-    return Gauge(
-        "sensorcast_rolling_mae_ratio",
-        "rolling MAE / champion holdout MAE",
-        ["entity", "channel", "model"],
-        registry=registry or REGISTRY,
-    )
-
-
 def _numbers_per_channel(forecast: object) -> bool:
     """A forecast's {"channel": [H numbers]}, every row as long: what the trackers can score."""
     if not isinstance(forecast, dict) or not forecast:
@@ -80,95 +54,6 @@ def _numbers_per_channel(forecast: object) -> bool:
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in row)
         for row in rows
     )  # fmt: skip
-
-
-def emit_drift_event(settings: Settings, detail: dict) -> None:
-    """Tell Prefect; a deployment trigger turns the event into a retrain. Never blocks: the events
-    client sends in the background, and a Prefect outage is a log line."""
-    try:
-        from prefect.events import emit_event
-
-        emit_event(
-            event=DRIFT_EVENT,
-            resource={"prefect.resource.id": drift_resource(settings.model_name)},
-            payload=detail,
-        )
-    except Exception as e:
-        log.error("could not emit %s to Prefect (%s); the next firing tries again", DRIFT_EVENT, e)
-
-
-class MlflowLog:
-    """The monitor's own MLflow run (experiment "sensorcast-monitor"): the tracker's summary as metrics
-    every time it is called, and each drift firing as a text artifact. An MLflow outage costs a log
-    line, once, never the monitor."""
-
-    EXPERIMENT = "sensorcast-monitor"
-
-    def __init__(self, settings: Settings, champion_version: str):
-        self.settings, self.version = settings, champion_version
-        self.run_id: str | None = None
-        self.step = 0
-        self._down = False
-
-    def new_champion(self, version: str) -> None:
-        """The next summary opens a run of its own, named for the champion it measures."""
-        self.version, self.run_id, self.step = version, None, 0
-
-    def _client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(self.settings.tracking_uri)
-
-    def _run(self, client) -> str:
-        if self.run_id is None:
-            from models.mlflow.registry import MODEL_TRAINING
-
-            experiment = client.get_experiment_by_name(self.EXPERIMENT)
-            exp_id = (
-                experiment.experiment_id
-                if experiment
-                else client.create_experiment(self.EXPERIMENT, tags=MODEL_TRAINING)
-            )
-            run = client.create_run(
-                exp_id,
-                run_name=f"monitor-{self.settings.model_name}-v{self.version}",
-                tags={"model_name": self.settings.model_name, "champion_version": self.version},
-            )
-            self.run_id = run.info.run_id
-        return self.run_id
-
-    def _guard(self, what: str, call: Callable[[], None]) -> None:
-        try:
-            call()
-            if self._down:
-                log.info("MLflow answers again")
-            self._down = False
-        except Exception as e:
-            if not self._down:
-                log.error("could not %s in MLflow (%s); the monitor goes on and retries", what, e)
-            self._down = True
-
-    def metrics(self, summary: dict[str, float]) -> None:
-        if not summary:
-            return
-
-        def send() -> None:
-            from mlflow.entities import Metric
-
-            client = self._client()
-            now_ms = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now_ms, self.step) for k, v in summary.items()]
-            client.log_batch(self._run(client), metrics=batch)
-            self.step += 1
-
-        self._guard("log the rolling errors", send)
-
-    def drift(self, detail: dict) -> None:
-        def send() -> None:
-            client = self._client()
-            client.log_dict(self._run(client), detail, f"drift/{self.step:06d}.json")
-
-        self._guard("log a drift firing", send)
 
 
 class DriftMonitor:

@@ -11,10 +11,11 @@ import torch
 
 from models.checkpoint import save
 from models.conformal import calibration, window_scale
-from models.data import load_table, load_weather, prepare, weather_csv_path
+from models.data import prepare
 from models.device import pick_device
 from models.metrics import abs_errors, evaluate, window_std
 from models.nets import NAIVE, ITransformer, ITransformerConfig
+from models.sources import load_table, load_weather, weather_csv_path
 from models.train import TrainConfig, TrainResult, train
 
 

@@ -29,7 +29,7 @@ from pipeline.records import Outgoing, Record
 from pipeline.timegrid import Grid
 from pipeline.windows import EntityWindows
 
-SMALL_BATCH = 8  # a batch this small is prepared one reading at a time (ForecastCore._prepare_each)
+SMALL_BATCH = 8  # a batch this small is windowed one reading at a time (ForecastCore._window_each)
 
 
 @dataclass(frozen=True)
@@ -255,84 +255,71 @@ class ForecastCore:
         x = self._staging[self._flip]
         if n > x.shape[0]:
             x = self._staging[self._flip] = np.zeros((n, model.lookback, len(self.channels)), dtype=np.float32)
-        if n <= SMALL_BATCH:
-            staged = self._prepare_each(records, model, x, now, stats)
-        else:
-            staged = self._prepare_batch(records, model, x, now, stats)
-        ttl = self.cfg.entity_ttl_s
-        if ttl is not None and now >= self._next_eviction:  # a scan of every slot: not every batch
-            stats.evicted = len(self.windows.evict_idle(now, ttl))
-            self._next_eviction = now + min(ttl / 10, 60.0)
-        return staged
-
-    def _prepare_batch(self, records: list[Record], model: Model, x: np.ndarray, now: float, stats) -> StagedBatch:
-        """prepare as columns: decode, key check, windows and accounting once over the batch."""
-        n = len(records)
-        decoded = self.decoder.decode([r.value for r in records], [r.timestamp_ms for r in records], model.input_bounds)
-        entities, refused = decoded.entity, decoded.refused
-        live = np.ones(n, dtype=bool)  # not a replay: its outcome is published
-        policy = self.cfg.key_policy
-        for i, rec in enumerate(records):
-            live[i] = not rec.replay  # a replay passes the same checks, and publishes nothing
-            entity = entities[i]
-            if entity is not None and rec.key != entity.encode():
-                try:
-                    rekeyed = check_key(rec.key, entity, policy)
-                except BadReading as bad:
-                    refused[i], entities[i] = bad, None
-                    continue
-                stats.rekeyed += rekeyed if live[i] else 0
-        pushes = self.windows.push_many(entities, decoded.ts_ms, decoded.values, decoded.lacking, now, x, live)
-        refused.update(pushes.refused)
+        window = self._window_each if n <= SMALL_BATCH else self._window_batch
+        live = [not r.replay for r in records]  # a replay passes the same checks, and publishes nothing
+        entities, refused, staged = window(records, model, x, live, now, stats)
         out: list[Outgoing] = []
         for i in sorted(refused):
             if live[i]:
                 self._dead_letter(refused[i], records[i], out, stats)
-        taken = live & np.fromiter((e is not None for e in entities), dtype=bool, count=n)
+        stats.readings = sum(live)
+        rows, slot_ts, inputs_filled, step_ms = staged
+        batch = StagedBatch(
+            records, model, x[: len(rows)], rows, [entities[i] for i in rows.tolist()], slot_ts, inputs_filled,
+            step_ms, out, stats,
+        )  # fmt: skip
+        ttl = self.cfg.entity_ttl_s
+        if ttl is not None and now >= self._next_eviction:  # a scan of every slot: not every batch
+            stats.evicted = len(self.windows.evict_idle(now, ttl))
+            self._next_eviction = now + min(ttl / 10, 60.0)
+        return batch
+
+    def _window_batch(self, records: list[Record], model: Model, x: np.ndarray, live: list[bool], now: float, stats):
+        """Decode, check keys and window the batch as columns, once over the batch. Returns (each
+        record's entity, the refused by record index, the staged rows' columns); counts in `stats`."""
+        decoded = self.decoder.decode([r.value for r in records], [r.timestamp_ms for r in records], model.input_bounds)
+        entities, refused = decoded.entity, decoded.refused
+        for i, rec in enumerate(records):
+            entity = entities[i]
+            if entity is not None and rec.key != entity.encode():
+                try:
+                    rekeyed = check_key(rec.key, entity, self.cfg.key_policy)  # a replay too: the same checks
+                except BadReading as bad:
+                    refused[i], entities[i] = bad, None
+                    continue
+                stats.rekeyed += rekeyed if live[i] else 0
+        publish = np.array(live, dtype=bool)
+        pushes = self.windows.push_many(entities, decoded.ts_ms, decoded.values, decoded.lacking, now, x, publish)
+        refused.update(pushes.refused)
+        taken = publish & np.fromiter((e is not None for e in entities), dtype=bool, count=len(records))
         if refused:
             taken[list(refused)] = False
-        stats.readings = int(live.sum())
         stats.buffered = int((taken & ~pushes.ready).sum())
         stats.filled = int(pushes.filled[taken].sum())
         stats.resets = int(pushes.reset[taken].sum())
         stats.replaced = int(pushes.replaced[taken].sum())
         stats.channels_filled = int(pushes.channels_filled[taken].sum())
         rows = pushes.staged
-        return StagedBatch(
-            records,
-            model,
-            x[: len(rows)],
-            rows,
-            [entities[i] for i in rows.tolist()],
-            pushes.slot_ts[rows],
-            pushes.inputs_filled,
-            pushes.step_ms,
-            out,
-            stats,
-        )
+        return entities, refused, (rows, pushes.slot_ts[rows], pushes.inputs_filled, pushes.step_ms)
 
-    def _prepare_each(self, records: list[Record], model: Model, x: np.ndarray, now: float, stats) -> StagedBatch:
-        """prepare one reading at a time, for a batch of a few (at low rates most batches hold one or
-        two readings): the columns' fixed cost per batch would outweigh what they save. The same
-        steps and outcomes as `_prepare_batch` (tests/pipeline/test_core_fuzz.py runs both)."""
-        cfg, windows = self.cfg, self.windows
-        out: list[Outgoing] = []
-        rows: list[int] = []
-        entities: list[str] = []
-        slot_ts: list[int] = []
-        inputs_filled: list[int] = []
-        step_ms: list[int] = []
+    def _window_each(self, records: list[Record], model: Model, x: np.ndarray, live: list[bool], now: float, stats):
+        """The same, one reading at a time, for a batch of a few (at low rates most batches hold one
+        or two readings): the columns' fixed cost per batch would outweigh what they save. Its
+        outcomes are the batch's (tests/pipeline/test_core_fuzz.py runs both)."""
+        windows = self.windows
+        entities: list[str | None] = [None] * len(records)
+        refused: dict[int, BadReading] = {}
+        staged: list[tuple[int, int, int, int]] = []  # (row, slot ts, inputs filled, grid interval)
         for i, rec in enumerate(records):
             try:
                 reading = self.decoder.parse_one(rec.value, rec.timestamp_ms, model.input_bounds)
-                rekeyed = check_key(rec.key, reading.entity, cfg.key_policy)  # a replay too: the same checks
-                if rec.replay:  # refill the window only: its outcome was published before the restart
-                    windows.push(reading, now)
-                    continue
+                rekeyed = check_key(rec.key, reading.entity, self.cfg.key_policy)
                 pushed = windows.push(reading, now)
             except BadReading as bad:
-                if not rec.replay:
-                    self._dead_letter(bad, rec, out, stats)
+                refused[i] = bad
+                continue
+            entities[i] = entity = reading.entity
+            if not live[i]:  # a replay refills the window only
                 continue
             stats.rekeyed += rekeyed
             stats.filled += pushed.filled
@@ -342,26 +329,12 @@ class ForecastCore:
             if not pushed.ready:
                 stats.buffered += 1
                 continue
-            x[len(rows)] = windows.window(reading.entity)  # now: a later reading of the entity moves it on
-            grid = windows.grid_of(reading.entity)
-            rows.append(i)
-            entities.append(reading.entity)
-            slot_ts.append(pushed.slot_ts)
-            inputs_filled.append(windows.filled_inputs(reading.entity))
-            step_ms.append(grid.interval_ms if grid is not None else 0)
-        stats.readings = sum(not r.replay for r in records)
-        return StagedBatch(
-            records,
-            model,
-            x[: len(rows)],
-            np.array(rows, dtype=np.int64),
-            entities,
-            np.array(slot_ts, dtype=np.int64),
-            np.array(inputs_filled, dtype=np.int64),
-            np.array(step_ms, dtype=np.int64),
-            out,
-            stats,
-        )
+            x[len(staged)] = windows.window(entity)  # now: a later reading of the entity moves it on
+            grid = windows.grid_of(entity)
+            step = grid.interval_ms if grid is not None else 0
+            staged.append((i, pushed.slot_ts, windows.filled_inputs(entity), step))
+        columns = zip(*staged, strict=True) if staged else ((), (), (), ())
+        return entities, refused, tuple(np.array(c, dtype=np.int64) for c in columns)
 
     @staticmethod
     def forecast(batch: StagedBatch) -> tuple[np.ndarray | None, float]:

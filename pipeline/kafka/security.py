@@ -17,53 +17,59 @@ from typing import Any
 
 from pipeline.settings import Settings
 
-
-def _password(settings: Settings) -> str | None:
-    return settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+# one setting, two spellings: kafka-python's keyword arguments and librdkafka's dotted keys
+KAFKA_PYTHON = {
+    "protocol": "security_protocol",
+    "mechanism": "sasl_mechanism",
+    "username": "sasl_plain_username",
+    "password": "sasl_plain_password",
+    "cafile": "ssl_cafile",
+    "certfile": "ssl_certfile",
+    "keyfile": "ssl_keyfile",
+    "check_host": "ssl_check_hostname",
+}
+CONFLUENT = {
+    "protocol": "security.protocol",
+    "mechanism": "sasl.mechanism",
+    "username": "sasl.username",
+    "password": "sasl.password",
+    "cafile": "ssl.ca.location",
+    "certfile": "ssl.certificate.location",
+    "keyfile": "ssl.key.location",
+    "check_host": "ssl.endpoint.identification.algorithm",
+}
 
 
 def kafka_python_security(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for KafkaProducer/KafkaConsumer/KafkaAdminClient (nothing for PLAINTEXT)."""
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return {}
-    out: dict[str, Any] = {"security_protocol": protocol}
-    if protocol.startswith("SASL_"):
-        out |= {
-            "sasl_mechanism": settings.kafka_sasl_mechanism or "PLAIN",
-            "sasl_plain_username": settings.kafka_sasl_username,
-            "sasl_plain_password": _password(settings),
-        }
-    if protocol.endswith("SSL"):
-        out |= {
-            "ssl_cafile": _path(settings.kafka_ssl_cafile),
-            "ssl_certfile": _path(settings.kafka_ssl_certfile),
-            "ssl_keyfile": _path(settings.kafka_ssl_keyfile),
-            "ssl_check_hostname": True,
-        }
-    return {k: v for k, v in out.items() if v is not None}
+    return _spelt(settings, KAFKA_PYTHON, settings.kafka_security_protocol, check_host=True)
 
 
 def confluent_security(settings: Settings) -> dict[str, Any]:
     """librdkafka configuration keys (nothing for PLAINTEXT)."""
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
+    return _spelt(settings, CONFLUENT, settings.kafka_security_protocol.lower(), check_host="https")
+
+
+def _spelt(settings: Settings, names: dict[str, str], protocol: str, check_host: object) -> dict[str, Any]:
+    """The settings' security in one client's spelling; unset values are left out."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
         return {}
-    out: dict[str, Any] = {"security.protocol": protocol.lower()}
-    if protocol.startswith("SASL_"):
-        out |= {
-            "sasl.mechanism": settings.kafka_sasl_mechanism or "PLAIN",
-            "sasl.username": settings.kafka_sasl_username,
-            "sasl.password": _password(settings),
+    values: dict[str, Any] = {"protocol": protocol}
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        values |= {
+            "mechanism": settings.kafka_sasl_mechanism or "PLAIN",
+            "username": settings.kafka_sasl_username,
+            "password": password.get_secret_value() if password else None,
         }
-    if protocol.endswith("SSL"):
-        out |= {
-            "ssl.ca.location": _path(settings.kafka_ssl_cafile),
-            "ssl.certificate.location": _path(settings.kafka_ssl_certfile),
-            "ssl.key.location": _path(settings.kafka_ssl_keyfile),
-            "ssl.endpoint.identification.algorithm": "https",
+    if settings.kafka_security_protocol.endswith("SSL"):
+        values |= {
+            "cafile": _path(settings.kafka_ssl_cafile),
+            "certfile": _path(settings.kafka_ssl_certfile),
+            "keyfile": _path(settings.kafka_ssl_keyfile),
+            "check_host": check_host,
         }
-    return {k: v for k, v in out.items() if v is not None}
+    return {names[k]: v for k, v in values.items() if v is not None}
 
 
 def _path(p) -> str | None:

@@ -21,39 +21,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from pipeline.settings import Settings
 from pipeline.tools import stack
 from pipeline.tools.child import ServeProcess
+from pipeline.tools.demo_view import VIEW_CHANNEL, LiveState, coverage_line, coverage_of, live_table, verdict
 
 BROKEN = [
     b"{not json",
     b'{"entity": "JFK", "ts": "2013-01-01T00:00:00Z", "values": {"temp": NaN}}',
     b'{"entity": "EWR"}',
 ]
-VIEW_CHANNEL = "temp"
 HOUR_MS = 3_600_000  # the weather's cadence
-
-
-@dataclass
-class LiveState:
-    """What the live view shows, fed from the forecasts and dead-letter topics as they arrive."""
-
-    sent_at: dict[tuple[str, str], float] = field(default_factory=dict)
-    last_reading: dict[str, float] = field(default_factory=dict)
-    next_forecast: dict[str, float] = field(default_factory=dict)
-    version: dict[str, str] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
-    versions_served: Counter = field(default_factory=Counter)
-    incidents: Counter = field(default_factory=Counter)  # messy-stream incidents sent, by kind
-    refusals_expected: int = 0  # incidents meant to be refused (each one dead letter)
-    sent: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def p99(self) -> float | None:
-        lat = sorted(self.latencies_ms[-2000:])
-        return round(lat[int(len(lat) * 0.99)], 1) if lat else None
 
 
 def _quiet_libraries() -> None:
@@ -72,58 +51,6 @@ def _quiet_libraries() -> None:
         handler.addFilter(lambda r: not (r.name.startswith("prefect") and r.levelno < logging.WARNING))
 
 
-def _view(state: LiveState, tracker, dead: Counter, note: str):
-    from rich.table import Table
-
-    elapsed = max(time.monotonic() - state.started, 1e-9)
-    table = Table(
-        title=f"sensorcast live: {state.sent / elapsed:,.0f} readings/s, p99 {state.p99()} ms\n"
-        f"incidents sent {sum(state.incidents.values())} {dict(state.incidents) or ''}\n"
-        f"dead letters by reason {sum(dead.values())} {dict(dead) or ''}\n"
-        f"{_coverage_line(tracker.coverage)}",
-        caption=note,
-    )
-    for col in ("entity", f"last {VIEW_CHANNEL}", "next-step forecast", "rolling MAE", "persistence MAE", "model"):
-        table.add_column(col, justify="right" if col != "entity" else "left")
-    for entity in sorted(state.last_reading)[:12]:
-        fc = state.next_forecast.get(entity)
-        mae, naive = tracker.mae(entity, VIEW_CHANNEL), tracker.mae(entity, VIEW_CHANNEL, naive=True)
-        table.add_row(
-            entity,
-            f"{state.last_reading[entity]:.1f}",
-            f"{fc:.1f}" if fc is not None else "warming up",
-            f"{mae:.2f}" if mae else "-",
-            f"{naive:.2f}" if naive else "-",
-            f"v{state.version.get(entity, '-')}",
-        )
-    return table
-
-
-def coverage_of(cov) -> dict[str, dict[str, float]]:
-    """{level: {"since_start", "rolling"}}: the share of the view channel's readings, over all sites
-    and steps, that fell inside the interval published for them (empty until one was scored)."""
-    if cov is None or not cov.seen.any():
-        return {}
-    total, rolling = cov.coverage(), cov.coverage(rolling=True)
-    scored = cov.seen > 0
-    return {
-        level: {"since_start": round(float(total[level][scored].mean()), 3),
-                "rolling": round(float(rolling[level][scored].mean()), 3)}
-        for level in cov.levels
-    }  # fmt: skip
-
-
-def _coverage_line(cov) -> str:
-    """The share of readings inside their interval, per level: lately (its last 500 per step) and since start."""
-    levels = coverage_of(cov)
-    if not levels:
-        return f"{VIEW_CHANNEL} inside its intervals: waiting for the first scored step"
-    pct = " / ".join(f"{float(k):.0%}" for k in levels)
-    lately = " / ".join(f"{v['rolling']:.1%}" for v in levels.values())
-    since = " / ".join(f"{v['since_start']:.1%}" for v in levels.values())
-    return f"{VIEW_CHANNEL} inside its {pct} intervals: {lately} lately, {since} since start"
-
-
 def _retrain(settings: Settings, reason: str, epochs: int) -> dict:
     """The retrain flow, in this process, on the readings topic, its run shown in the stack's Prefect."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -132,19 +59,6 @@ def _retrain(settings: Settings, reason: str, epochs: int) -> dict:
 
     with temporary_settings(updates={PREFECT_API_URL: settings.prefect_url}):
         return retrain(trigger="manual", reason=reason, epochs=epochs)
-
-
-def verdict(report: dict) -> str:
-    """One line a person reads at a glance: won or lost, against what, by the holdout's numbers."""
-    scores = report.get("scores") or {}
-    if not scores:
-        return f"v{report.get('version') or '-'}: not gated ({report['gate']})"
-    cand, pers, champ = scores["candidate"], scores["persistence"], scores.get("champion")
-    against = f"the champion's {champ:.3f}" if champ is not None else "no champion yet"
-    figures = f"holdout MSE {cand:.3f} against {against}, persistence {pers:.3f}"
-    if report["promoted"]:
-        return f"v{report['version']} WINS and is promoted: {figures}"
-    return f"v{report['version']} loses and is not promoted: {figures} ({report['gate']})"
 
 
 TOPICS = ("readings_topic", "forecasts_topic", "dlq_topic", "models_topic", "calibration_topic")
@@ -347,7 +261,7 @@ def run_demo(
         from rich.live import Live
 
         live = (
-            Live(_view(state, tracker, Counter(), note), refresh_per_second=4, transient=False)
+            Live(live_table(state, tracker, Counter(), note), refresh_per_second=4, transient=False)
             if live_view
             else nullcontext()
         )
@@ -394,7 +308,7 @@ def run_demo(
                         f"; now serving v{second['version']}" if switched else ""
                     )
                 if live_view and i % 10 == 0:
-                    live.update(_view(state, tracker, Counter(d["reason"] for d in dead.docs), note))
+                    live.update(live_table(state, tracker, Counter(d["reason"] for d in dead.docs), note))
                 elif not live_view and note != said:
                     log(f"       {note}")  # no terminal to redraw: the notes as lines
                     said = note
@@ -418,7 +332,7 @@ def run_demo(
             time.sleep(1.0)
             absorb()
             if live_view:
-                live.update(_view(state, tracker, Counter(d["reason"] for d in dead.docs), note))
+                live.update(live_table(state, tracker, Counter(d["reason"] for d in dead.docs), note))
         producer.close()
         exit_code = service.stop()
         service = None
@@ -471,7 +385,7 @@ def run_demo(
         naive = sum(summary["persistence_mae"].values()) / len(scored)
         log(f"       rolling MAE of {VIEW_CHANNEL} over the sites: model {model:.2f}, persistence {naive:.2f}")
     if summary["interval_coverage"]:
-        log(f"       {_coverage_line(tracker.coverage)}")
+        log(f"       {coverage_line(tracker.coverage)}")
     log(f"       end-to-end latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; service exited {exit_code}")
     log(f"       MLflow, the retrain runs: {_experiment_url(settings)}")
     log(f"       Prefect, the flow runs: {urls.get('prefect', '').removesuffix('/api')}/runs")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.data import WEATHER_CHANNELS, channel_columns, guess_time_column, load_table, load_weather
+from models.sources import WEATHER_CHANNELS, channel_columns, guess_time_column, load_table, load_weather
 
 Row = tuple[str, int, dict[str, float]]
 Message = tuple[bytes | None, bytes]  # (key, value) as they go on the wire

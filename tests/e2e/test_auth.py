@@ -35,21 +35,29 @@ LOGIN = {
 
 
 @pytest.fixture(scope="module")
-def auth_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def auth_settings(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[Settings]:
+    """MLflow and Prefect of their own, with logins; the session's broker (Kafka's logins: test_secure)."""
     base = private_settings(tmp_path_factory.mktemp("auth-stack"))
-    settings = base.model_copy(update={"mlflow_auth": True, "lookback": 8, "horizon": 4, "model_name": "auth-test"})
+    settings = base.model_copy(
+        update={
+            "mlflow_auth": True, "lookback": 8, "horizon": 4, "model_name": "auth-test",
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            **{t: f"auth-{t}" for t in ("readings_topic", "forecasts_topic", "dlq_topic", "models_topic",
+                                         "calibration_topic", "consumer_group")},
+        }
+    )  # fmt: skip
     servers = {**LOGIN, "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH}
     saved = {k: os.environ.get(k) for k in servers}
     os.environ.update(servers)  # the servers read their logins from the environment they start in
     try:
-        stack.up(settings, log=lambda _m: None)
+        stack.up(settings, ["mlflow", "prefect"], log=lambda _m: None)
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     try:
         yield settings.model_copy(update={"metrics_port": stack.free_ports(1)[0]})
     finally:
-        stack.down(settings, log=lambda _m: None)
+        stack.down(settings, ["mlflow", "prefect"], log=lambda _m: None)
 
 
 def readings(steps: range) -> list[tuple[bytes, bytes]]:
@@ -61,8 +69,15 @@ def readings(steps: range) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+def run(*jobs: tuple[str, dict[str, str]]) -> list[subprocess.CompletedProcess]:
+    """Each (code, env) in a Python process of its own, side by side (they are independent)."""
+    pipe = subprocess.PIPE
+    procs = [subprocess.Popen([sys.executable, "-c", c], env=e, stdout=pipe, stderr=pipe, text=True) for c, e in jobs]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
 
 
 def test_with_the_login_a_retrain_the_service_and_the_monitor_work_and_without_it_each_is_refused(
@@ -74,20 +89,19 @@ def test_with_the_login_a_retrain_the_service_and_the_monitor_work_and_without_i
     base = {k: v for k, v in os.environ.items() if k not in LOGIN}
     env = {**base, **settings.as_env(), "PREFECT_API_URL": settings.prefect_url}
     retrain = "from flows.retrain import retrain; r = retrain(epochs=1); print('VERSION', r['version'])"
-    monitor = "from flows.monitor import champion_reference; from pipeline.settings import Settings; " + (
+    monitor = "from flows.monitor_outputs import champion_reference; from pipeline.settings import Settings; " + (
         "print('YARDSTICK', champion_reference(Settings.load()))"
     )
 
-    refused = run(retrain, env)  # no login: Prefect refuses the flow run before anything trains
+    # no login: Prefect refuses the flow run before anything trains; Prefect's login only: MLflow refuses
+    refused, no_mlflow = run((retrain, env), (retrain, {**env, "PREFECT_API_AUTH_STRING": PREFECT_AUTH}))
     assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-2000:]
-    no_mlflow = run(retrain, {**env, "PREFECT_API_AUTH_STRING": PREFECT_AUTH})  # Prefect's login only
     assert no_mlflow.returncode != 0 and "401" in no_mlflow.stderr, no_mlflow.stderr[-2000:]
 
-    done = run(retrain, {**env, **LOGIN})
+    (done,) = run((retrain, {**env, **LOGIN}))
     assert done.returncode == 0 and "VERSION 1" in done.stdout, done.stderr[-3000:]
-    yardstick = run(monitor, {**env, **LOGIN})
+    yardstick, blind = run((monitor, {**env, **LOGIN}), (monitor, env))  # the monitor, with and without
     assert yardstick.returncode == 0 and "YARDSTICK ('1'," in yardstick.stdout, yardstick.stderr[-2000:]
-    blind = run(monitor, env)
     assert blind.returncode != 0 and "401" in blind.stderr, blind.stderr[-2000:]
 
     forecasts = Collector(settings, settings.forecasts_topic)

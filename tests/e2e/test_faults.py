@@ -18,7 +18,7 @@ import pytest
 from pipeline.kafka import ensure_topics, make_producer
 from pipeline.messages import encode_reading
 from pipeline.settings import Settings
-from pipeline.tools import stack
+from pipeline.tools import broker, stack
 from pipeline.tools.child import ServeProcess
 from pipeline.tools.stack import private_settings
 from tests.fixtures.kafka import Collector
@@ -87,7 +87,7 @@ def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int
 
     yield get
     for settings in started.values():  # SIGKILL: a cluster that lost a node takes 30 s to shut down politely
-        for node in stack.kafka_nodes(settings):
+        for node in broker.kafka_nodes(settings):
             if stack._read_pid(next(s for s in stack.services(settings, ["kafka"]) if s.name == node.name)):
                 kill_broker(settings, node.name)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.tools.bench.lifecycle import Plan, print_report, run_lifecycle
+from pipeline.tools.bench.lifecycle import run_lifecycle
+from pipeline.tools.bench.month import Plan, print_report
 
 pytestmark = [
     pytest.mark.integration,

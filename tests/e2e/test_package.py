@@ -43,9 +43,10 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path, tiny_c
     work.mkdir()
     run([uv(), "build", "--wheel", "--out-dir", str(tmp_path / "dist"), str(REPO_ROOT)], base_env, work)
     wheel = next((tmp_path / "dist").glob("sensorcast-*.whl"))
-    pinned = tmp_path / "requirements.txt"  # the lock's runtime set: no dev extra, no test packages
+    pinned = tmp_path / "requirements.txt"  # the lock's runtime set and the local stack's JDK: no test packages
     run(
-        [uv(), "export", "--frozen", "--no-hashes", "--no-emit-project", "--no-dev", "-o", str(pinned)],
+        [uv(), "export", "--frozen", "--no-hashes", "--no-emit-project", "--no-dev", "--extra", "local"]
+        + ["-o", str(pinned)],
         base_env,
         REPO_ROOT,
     )

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from pipeline.kafka import KafkaUnavailable, ensure_topics, make_consumer
 from pipeline.kafka.confluent import make_confluent_producer
 from pipeline.settings import Settings
-from pipeline.tools import stack
+from pipeline.tools import broker, stack
 from pipeline.tools.child import ServeProcess
 from pipeline.tools.stack import private_settings
 from tests.fixtures.kafka import Collector
@@ -31,7 +31,7 @@ PASSWORD = "s3cret-Password-for-the-test"
 @pytest.fixture(scope="module")
 def secure_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     base = private_settings(tmp_path_factory.mktemp("secure-stack"))
-    settings = stack.secured(base.model_copy(update={"kafka_sasl_password": SecretStr(PASSWORD)}))
+    settings = broker.secured(base.model_copy(update={"kafka_sasl_password": SecretStr(PASSWORD)}))
     stack.up(settings, ["kafka"], log=lambda _m: None)
     try:
         yield settings.model_copy(update={"lookback": 8, "horizon": 4, "metrics_port": stack.free_ports(1)[0]})
@@ -48,13 +48,13 @@ def test_the_broker_speaks_only_sasl_ssl(secure_settings: Settings) -> None:
 
 
 def test_the_scram_password_never_shows_on_a_command_line(secure_settings: Settings) -> None:
-    """Kafka's storage tool takes it only as an argument: it goes through a file of mode 600, deleted
-    once read (the broker above was formatted that way, and authenticates with it)."""
+    """Kafka's storage tool takes it only as an argument: it goes through a java @argument file of mode
+    600, deleted once the tool ran (the broker above was formatted that way, and authenticates with it)."""
     folder = secure_settings.state_dir / "kafka"
-    cmd, args = stack.format_command(secure_settings, folder)
+    cmd, args = broker.format_command(secure_settings, folder)
     assert PASSWORD not in " ".join(cmd) and any(PASSWORD in a for a in args)
-    assert cmd[-2].endswith("ArgsFromFile.java") and not (folder / "format.args").exists()
-    plain_cmd, plain_args = stack.format_command(
+    assert cmd[-1] == f"@{folder / 'format.args'}" and not (folder / "format.args").exists()  # java's @file
+    plain_cmd, plain_args = broker.format_command(
         secure_settings.model_copy(update={"kafka_security_protocol": "PLAINTEXT"}), folder
     )
     assert plain_args is None and "kafka.tools.StorageTool" in plain_cmd  # nothing secret: the tool itself
@@ -164,5 +164,5 @@ def test_producer_tool_service_and_retrain_through_sasl_ssl_and_no_secret_leaks(
     for where, text in exposed.items():
         assert PASSWORD not in text, f"the SASL password leaked into {where}"
     assert "SENSORCAST_KAFKA_SASL_PASSWORD" not in repr(settings) and PASSWORD not in repr(settings)
-    env_file = stack.write_client_env(settings)
+    env_file = broker.write_client_env(settings)
     assert oct(env_file.stat().st_mode & 0o777) == "0o600" and PASSWORD in env_file.read_text()

@@ -32,7 +32,7 @@ def prefect_api(local_settings, monkeypatch: pytest.MonkeyPatch):
 
 
 EMIT_DRIFT = (
-    "from flows.monitor import emit_drift_event; from pipeline.settings import Settings; "
+    "from flows.monitor_outputs import emit_drift_event; from pipeline.settings import Settings; "
     "emit_drift_event(Settings.load(), {'entity': 'a', 'reason': 'level shift on a'})"
 )
 

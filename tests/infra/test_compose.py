@@ -147,7 +147,7 @@ def test_every_dashboard_query_names_a_metric_the_service_or_the_monitor_exports
 
     from flows.calibration import CoverageGauges
     from flows.coverage import CoverageTracker
-    from flows.monitor import mae_ratio_gauge
+    from flows.monitor_outputs import mae_ratio_gauge
     from pipeline.core import BatchStats
     from pipeline.metrics import ServiceMetrics
     from pipeline.records import Record

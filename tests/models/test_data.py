@@ -7,19 +7,8 @@ import polars as pl
 import pytest
 import torch
 
-from models.data import (
-    EXCHANGE_COLUMNS,
-    DataError,
-    Scaler,
-    Windows,
-    ett_hour_split,
-    load_exchange,
-    load_weather,
-    prepare,
-    ratio_split,
-    rolling_origins,
-    split_for,
-)
+from models.data import DataError, Scaler, Windows, ett_hour_split, prepare, ratio_split, rolling_origins, split_for
+from models.sources import EXCHANGE_COLUMNS, load_exchange, load_weather
 
 
 def test_windows_are_strided_views_with_the_right_content() -> None:

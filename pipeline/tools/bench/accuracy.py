@@ -16,11 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from models.conformal import WINDOW_POWER, interval_report
-from models.data import Prepared, Split, guess_time_column, load_table, prepare, rolling_origins, split_for
+from models.data import Prepared, Split, prepare, rolling_origins, split_for
 from models.device import pick_device
 from models.metrics import abs_errors, evaluate, window_std
 from models.nets import NAIVE, ITransformer, ITransformerConfig, Transformer, TransformerConfig
 from models.search import SearchBudget, SearchSpace, search
+from models.sources import guess_time_column, load_table
 from models.train import TrainConfig, train
 
 NETWORKS = ("itransformer", "transformer")

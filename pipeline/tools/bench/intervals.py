@@ -27,9 +27,10 @@ import numpy as np
 
 from flows.coverage import CoverageTracker
 from models.conformal import WINDOW_POWER, WINDOW_SCORE, interval_report, split_conformal, window_scale
-from models.data import DataError, load_table, prepare, split_for
+from models.data import DataError, prepare, split_for
 from models.metrics import abs_errors, window_std
 from models.nets import ITransformer, ITransformerConfig
+from models.sources import load_table
 from models.train import TrainConfig, train
 
 TRAILING = 168  # windows in the trailing coverage (a week of hourly readings)

@@ -12,9 +12,7 @@ and the stamper use confluent-kafka, the fastest client, for every row.
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -23,213 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.settings import Settings
+from pipeline.tools.bench.in_memory import LOOKBACK, bench_checkpoint, in_memory
 from pipeline.tools.bench.report import cpu_seconds, machine, percentiles
+from pipeline.tools.bench.rig import ArrivalStamper, Stream
 from pipeline.tools.child import CliProcess, RelayProcess, ServeProcess
 
-CHANNELS = 7
-LOOKBACK, HORIZON = 96, 24
-BURST_S = 0.001  # the load generator sends what is due at least this often
 KAFKA_CLIENTS = ("kafka-python", "confluent")
 LADDER = (2000, 4000, 6000, 8000, 10000, 12000, 16000, 20000, 25000, 30000)
-
-
-def bench_checkpoint(folder: Path) -> Path:
-    """The benchmark model: the iTransformer size `sensorcast train` writes by default (weights need
-    no training to be timed)."""
-    import torch
-
-    from models.checkpoint import save
-    from models.data import Scaler
-    from models.nets import PRESETS, ITransformer, ITransformerConfig
-
-    torch.manual_seed(0)
-    model = ITransformer(ITransformerConfig(lookback=LOOKBACK, horizon=HORIZON, **PRESETS["serving"]))
-    save(folder, model, [f"ch{j}" for j in range(CHANNELS)], Scaler.identity(CHANNELS), name="bench-itransformer")
-    return folder
-
-
-# -- inference only ------------------------------------------------------------------------------
-
-
-def inference_table(forecaster, batches=(1, 8, 64, 256), reps: int = 200) -> list[dict]:
-    rows = []
-    for b in batches:
-        x = np.random.default_rng(b).normal(size=(b, forecaster.lookback, len(forecaster.channels))).astype(np.float32)
-        for _ in range(10):
-            forecaster.predict(x)
-        times = []
-        n = reps if b <= 64 else max(30, reps // 4)
-        for _ in range(n):
-            t = time.perf_counter()
-            forecaster.predict(x)
-            times.append((time.perf_counter() - t) * 1000)
-        rows.append(
-            {
-                "batch": b,
-                "p50_ms": round(statistics.median(times), 4),
-                "p99_ms": round(float(np.percentile(times, 99)), 4),
-            }
-        )
-    return rows
-
-
-# -- in memory -----------------------------------------------------------------------------------
-
-
-class NoForward:
-    """The serving model with its forward pass taken out (zeros at once): the loop's own ceiling, what
-    decode, windows, encode and accounting allow when the forward pass costs nothing (a fast GPU)."""
-
-    def __init__(self, model):
-        self.channels, self.lookback, self.horizon = model.channels, model.lookback, model.horizon
-        self.name, self.version, self.input_bounds, self.grid = "no-forward", "0", model.input_bounds, model.grid
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.zeros((len(x), self.horizon, len(self.channels)), dtype=np.float32)
-
-
-def in_memory(
-    device: str,
-    entities: int = 100,
-    readings: int = 50_000,
-    max_batch: int = 256,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """The core without Kafka: batched vs one-reading-at-a-time throughput, and inference per batch."""
-    import torch
-
-    from models.forecaster import Forecaster
-    from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
-    from pipeline.loop import run
-    from pipeline.messages import encode_reading, format_ts
-    from pipeline.records import Record
-    from pipeline.testing import MemorySink, MemorySource
-    from pipeline.tools.producers import simulate
-
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        forecaster = Forecaster.from_checkpoint(bench_checkpoint(Path(tmp)), device=device)
-    forecaster.warm_up()
-    rows = simulate(entities, CHANNELS, start_ms=0)
-    warm = [
-        Record(encode_reading(e, format_ts(t), v), e.encode())
-        for e, t, v in (next(rows) for _ in range(entities * (LOOKBACK - 1)))
-    ]
-    stream = [
-        Record(encode_reading(e, format_ts(t), v), e.encode()) for e, t, v in (next(rows) for _ in range(readings))
-    ]
-
-    def throughput(max_batch: int, limit: int, model=forecaster) -> float:
-        """The service's own loop (pipelined forward passes included) until the source is drained."""
-        core = ForecastCore(ModelSlot(model), ServiceConfig(max_batch=max_batch))
-        core.process(warm)
-        src, sink, stop = MemorySource(stream[:limit]), MemorySink(), threading.Event()
-
-        class StopWhenDrained:
-            def on_batch(self, stats, records, published_at):
-                if src.position >= limit:
-                    stop.set()
-
-        t = time.perf_counter()
-        run(src, sink, core, stop, StopWhenDrained())
-        elapsed = time.perf_counter() - t
-        if len(sink.on(core.cfg.forecasts_topic)) != limit:
-            raise RuntimeError(f"in-memory run forecast {len(sink.on(core.cfg.forecasts_topic))} of {limit} readings")
-        return limit / elapsed
-
-    batched = throughput(max_batch, readings)
-    log(f"in-memory batched: {batched:,.0f} readings/s")
-    ceiling = throughput(max_batch, readings, NoForward(forecaster))
-    log(f"in-memory batched, forward pass taken out: {ceiling:,.0f} readings/s (the loop's own ceiling)")
-    naive = throughput(1, min(readings, 5_000))
-    log(f"in-memory naive (batch 1): {naive:,.0f} readings/s")
-    return {
-        "mode": "in-memory",
-        "entities": entities,
-        "max_batch": max_batch,
-        "device": str(forecaster.device),
-        "device_name": torch.cuda.get_device_name(0) if forecaster.device.type == "cuda" else "cpu",
-        "batched_readings_per_s": round(batched),
-        "naive_readings_per_s": round(naive),
-        "speedup": round(batched / naive, 2),
-        "no_forward_readings_per_s": round(ceiling),
-        "inference": inference_table(forecaster),
-    }
-
-
-# -- against the broker ----------------------------------------------------------------------------
-
-
-def _sink_process(bootstrap: str, topic: str, conn, ready) -> None:
-    """Stamp each forecast's arrival; hand the stamps over when asked. confluent-kafka, the fastest
-    client, for every row: the stamper takes as little of the two cores as it can."""
-    import orjson
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-sink-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 5,
-        }
-    )
-    consumer.subscribe([topic])
-    while not consumer.assignment():
-        consumer.poll(0.1)
-    gc.collect()
-    gc.freeze()  # no full collection walks the imports while stamping arrivals (see pipeline.serve)
-    ready.set()
-    seen: list[tuple[str, float]] = []
-    while True:
-        first = consumer.poll(0.02)
-        now = time.time()
-        if first is not None:
-            for m in [first, *consumer.consume(10_000, 0)]:
-                if m.error() is None:
-                    doc = orjson.loads(m.value())
-                    seen.append((f"{doc['entity']}|{doc['ts']}", now))
-        if conn.poll():
-            if conn.recv() == "stop":
-                conn.send(seen)
-                break
-            conn.send(seen)
-            seen = []
-    consumer.close()
 
 
 @dataclass
 class Rig:
     checkpoint: Path
     env: dict
-
-
-class ArrivalStamper:
-    """Stamps the arrival time of every forecast, in a process of its own (off this process's GIL)."""
-
-    def __init__(self, settings: Settings):
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        ready = ctx.Event()
-        self.proc = ctx.Process(
-            target=_sink_process, args=(settings.bootstrap_servers, settings.forecasts_topic, child, ready), daemon=True
-        )
-        self.proc.start()
-        if not ready.wait(60):
-            raise RuntimeError("the benchmark sink did not join within 60 s")
-
-    def take(self) -> list[tuple[str, float]]:
-        self.conn.send("take")
-        return self.conn.recv()
-
-    def close(self) -> None:
-        self.conn.send("stop")
-        self.conn.recv()
-        self.proc.join(10)
 
 
 def _start(rig: Rig, group: str, max_batch: int, client: str, relay: bool) -> CliProcess:
@@ -247,63 +52,6 @@ def _start(rig: Rig, group: str, max_batch: int, client: str, relay: bool) -> Cl
 
 def _stop_service(proc: CliProcess) -> None:
     proc.stop(grace_s=30)
-
-
-class Stream:
-    """Simulated sensors, paced, remembering when each reading was sent (confluent-kafka's producer,
-    the fastest client, for every row)."""
-
-    def __init__(self, settings: Settings, entities: int):
-        from confluent_kafka import Producer
-
-        from pipeline.kafka.confluent import producer_config
-        from pipeline.tools.producers import simulate
-
-        self.topic = settings.readings_topic
-        self.rows = simulate(entities, CHANNELS, start_ms=1_800_000_000_000)
-        self.producer = Producer(producer_config(settings, **{"linger.ms": 5, "client.id": "bench-load"}))
-        self.sent: dict[str, float] = {}  # reading → when it was due (paced) or sent (flat out), wall clock
-        self.last: set[str] = set()  # the readings of the latest `send`
-
-    def _produce(self, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(self.topic, value, key)
-                return
-            except BufferError:
-                self.producer.poll(0.01)
-
-    def send(self, n: int, rate: float = 0) -> float:
-        """Send n readings at `rate` a second (0 = flat out); returns the achieved rate. The readings
-        are encoded before the clock starts, so the load generator spends its share of the two
-        cores on sending, not on making up data."""
-        from pipeline.messages import encode_reading, format_ts
-
-        ready = []
-        for _ in range(n):
-            entity, ts, values = next(self.rows)
-            stamp = format_ts(ts)
-            ready.append((f"{entity}|{stamp}", entity.encode(), encode_reading(entity, stamp, values)))
-        produce, sent, clock = self._produce, self.sent, time.perf_counter
-        self.last = {ident for ident, _, _ in ready}
-        started, started_wall, i = clock(), time.time(), 0
-        while i < n:  # every millisecond, what is due: a sleep per reading would cost more than the send
-            due = n if not rate else min(n, int((clock() - started) * rate) + 1)
-            for k in range(i, due):
-                ident, key, value = ready[k]
-                # latency counts from when the reading was due, not from when the generator got to it
-                sent[ident] = started_wall + k / rate if rate else time.time()
-                produce(key, value)
-            i = due
-            self.producer.poll(0)
-            if i < n:
-                time.sleep(BURST_S)
-        if self.producer.flush(30):
-            raise RuntimeError("the load generator's sends were not confirmed within 30 s")
-        return n / (clock() - started)
-
-    def close(self) -> None:
-        self.producer.flush(30)
 
 
 def _latencies(stream: Stream, stamps: dict[str, float]) -> list[float]:

@@ -23,159 +23,31 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.settings import Settings
 from pipeline.tools import stack
+from pipeline.tools.bench.incidents import MlflowOutage, internal_junk, weather_days
+from pipeline.tools.bench.month import (
+    HOUR_MS,
+    LEVEL,
+    Month,
+    Plan,
+    Retrain,
+    coverage,
+    on_the_hour,
+    said_of,
+    weeks,
+)
 from pipeline.tools.child import CliProcess, ServeProcess
-
-HOUR_MS = 3_600_000
-LEVEL = "0.9"  # the interval level whose coverage the month is judged on
-RESTART_CEILING_S = 600.0  # MLflow back after its outage: a guard against a hang, not a budget
 
 
 class LifecycleError(RuntimeError):
     """The month could not go on: what broke, with the log lines that say why."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The month: how long, how much data, and when each incident happens (days count from 1)."""
-
-    days: int = 30
-    history_days: int = 28  # readings before day 1: what the day-1 search trains on
-    sites: int = 2  # copies of the three airports: 3 × sites entities
-    lookback: int = 48
-    horizon: int = 12
-    new_horizon: int = 24  # from horizon_day on
-    train_days: int = 21  # each retrain trains on the most recent readings of this many days
-    epochs: int = 2
-    search_trials: int = 3
-    kill_day: int = 5
-    shift_day: int = 10
-    shift: float = 20.0  # degrees added to temp and dewp from shift_day on: a level shift
-    outage_day: int = 12
-    outage_s: float = 30.0
-    horizon_day: int = 20
-    messy_every: int = 13  # a day of 3 × sites entities brings every kind of incident
-    clients: tuple[str, ...] = ("kafka-python", "confluent")
-    serve_ceiling_s: float = 300.0  # a promotion not served by then is a failure (a hang guard, not a budget)
-
-    def over(self, days: int) -> Plan:
-        """The same month in `days` days, each incident on the day of the same fraction of it.
-
-        >>> p = Plan().over(10)
-        >>> (p.days, p.kill_day, p.shift_day, p.outage_day, p.horizon_day)
-        (10, 2, 3, 4, 7)
-        """
-        from dataclasses import replace
-
-        def scaled(day: int) -> int:
-            return min(days, max(2, round(day * days / self.days)))
-
-        incidents = ("kill_day", "shift_day", "outage_day", "horizon_day")
-        return replace(self, days=days, **{k: scaled(getattr(self, k)) for k in incidents})
-
-
-@dataclass
-class Retrain:
-    day: int
-    kind: str  # search, schedule
-    flow_run: str
-    state: str
-    seconds: float
-    version: str | None = None
-    promoted: bool = False
-    gate: str = ""
-    config_source: str = ""
-    config_reason: str = ""
-    warm_started: bool | None = None
-    warm_start_reason: str = ""
-    horizon: int | None = None
-    intervals_calibrated_on: str = ""  # which holdout windows its conformal widths stand on
-    served_after_s: dict[str, float] = field(default_factory=dict)  # client → seconds from announcement
-
-
-@dataclass
-class Month:
-    """What the driver saw, day by day; `report()` is the JSON the bench writes."""
-
-    plan: Plan
-    retrains: list[Retrain] = field(default_factory=list)
-    other_runs: list[dict] = field(default_factory=list)  # drift runs and anything else the deployments ran
-    readings: int = 0  # clean readings sent (the table's rows)
-    incidents: Counter = field(default_factory=Counter)
-    refusals_expected: int = 0
-    internal_junk: Counter = field(default_factory=Counter)
-    forecasts: dict[str, int] = field(default_factory=dict)  # client → unique (entity, ts)
-    forecasts_total: dict[str, int] = field(default_factory=dict)
-    missing: dict[str, int] = field(default_factory=dict)  # client → readings with neither forecast nor refusal
-    dead_letters: dict[str, dict[str, int]] = field(default_factory=dict)
-    coverage_by_week: dict[str, dict[str, float]] = field(default_factory=dict)
-    coverage_by_day: dict[str, dict[str, float]] = field(default_factory=dict)
-    coverage_by_channel: dict[str, dict[str, float]] = field(default_factory=dict)  # over the last week
-    monitor_coverage: dict[str, dict[str, float]] = field(default_factory=dict)  # champion → channel → its run's
-    process_exits: dict[str, int | None] = field(default_factory=dict)  # before the driver stopped them
-    exit_codes: dict[str, int] = field(default_factory=dict)
-    outage: dict = field(default_factory=dict)
-    kill: dict = field(default_factory=dict)
-    drift_events: int = 0
-    wall_s: float = 0.0
-
-    def report(self) -> dict:
-        doc = asdict(self)  # asdict rebuilds a Counter from its items, counting the pairs: plain dicts here
-        doc["incidents"], doc["internal_junk"] = dict(self.incidents), dict(self.internal_junk)
-        doc["plan"] = asdict(self.plan)
-        doc["promoted"] = sum(r.promoted for r in self.retrains)
-        doc["refused"] = {f"day {r.day}": r.gate for r in self.retrains if not r.promoted}
-        return doc
-
-
-def weather_days(sites: int, shift_from_day: int | None, shift: float):
-    """The weather, one hour of every entity at a time, grouped by day (UTC of the readings' time);
-    from the `shift_from_day`-th day on (0: the first), `shift` degrees added to temp and dewp."""
-    from pipeline.tools.producers import replay_rows
-
-    days = itertools.groupby(replay_rows(copies=sites, offset_rows=24 * 7), key=lambda row: row[1] // (24 * HOUR_MS))
-    for n, (day, rows) in enumerate(days):
-        if shift_from_day is not None and n >= shift_from_day:
-            rows = ((e, ts, {**v, "temp": v["temp"] + shift, "dewp": v["dewp"] + shift}) for e, ts, v in rows)
-        yield day, rows
-
-
-def internal_junk(settings: Settings, horizon: int, forecasts_topics: list[str]) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) for every internal topic: what a broken or hostile producer could leave there
-    (a JSON list, broken JSON, an unknown or out-of-range level, empty or ragged rows, a doc without
-    its fields)."""
-    from pipeline.messages import encode_calibration
-
-    rows = [0.0] * horizon
-
-    def forecast(intervals: object) -> bytes:
-        doc = {"entity": "junk", "ts": 0, "step_ms": HOUR_MS, "forecast": {"temp": rows}, "intervals": intervals,
-               "model": {"name": settings.model_name, "version": "1"}}  # fmt: skip
-        return json.dumps(doc).encode()
-
-    def bands(level: str, n: int) -> dict:
-        return {level: {"lower": {"temp": [0.0] * n}, "upper": {"temp": [1.0] * n}}}
-
-    ragged = {LEVEL: {"lower": {"temp": [0.0]}, "upper": {"temp": rows}}}
-    forecasts = [b"[1, 2, 3]", b"{not json", forecast(bands("abc", horizon)), forecast(bands("0.5", horizon)),
-                 forecast(bands(LEVEL, 0)), forecast(ragged), forecast([1, 2])]  # fmt: skip
-    models = [b"[1, 2, 3]", b"{not json", json.dumps({"name": settings.model_name}).encode()]
-    odd_level = encode_calibration(settings.model_name, "1", {"abc": {"temp": [1.0] * horizon}}, "2013-01-01T00:00:00Z")
-    calibrations = [b"[1, 2, 3]", b"{not json", odd_level]
-    return (
-        [(topic, b"junk", v) for topic in forecasts_topics for v in forecasts]
-        + [(settings.models_topic, settings.model_name.encode(), v) for v in models]
-        + [(settings.calibration_topic, b"junk", v) for v in calibrations]
-    )
 
 
 def committed_everything(settings: Settings, group: str) -> bool:
@@ -217,37 +89,6 @@ def served_version(port: int) -> str | None:
     except (OSError, ValueError):
         return None
     return (doc.get("model") or {}).get("version")
-
-
-def _slot(ts: str | int) -> int:
-    """A forecast's time (ISO or epoch ms) on the hour: a jittered site's forecast meets its reading's slot."""
-    from pipeline.messages import parse_ts
-
-    return round(parse_ts(ts) / HOUR_MS) * HOUR_MS
-
-
-def coverage(
-    forecasts: list[dict], truth: dict[tuple[str, int], dict], since_ms: int, until_ms: int, channel: str | None = None
-) -> float | None:
-    """The share of outcomes inside the LEVEL interval, over every channel (or the one given) and step
-    of the forecasts made in [since_ms, until_ms) (None: nothing scored)."""
-    inside = total = 0
-    for doc in forecasts:
-        ts = _slot(doc["ts"])
-        band = (doc.get("intervals") or {}).get(LEVEL)
-        if band is None or not since_ms <= ts < until_ms:
-            continue
-        step = doc.get("step_ms") or HOUR_MS
-        for name, lower in band["lower"].items():
-            if channel is not None and name != channel:
-                continue
-            upper = band["upper"][name]
-            for h, (lo, hi) in enumerate(zip(lower, upper, strict=True)):
-                seen = truth.get((doc["entity"], ts + (h + 1) * step))
-                if seen is not None and name in seen:
-                    total += 1
-                    inside += lo <= seen[name] <= hi
-    return inside / total if total else None
 
 
 class Stack:
@@ -427,7 +268,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
         search = _day_retrain(settings, 1, "search", {"trigger": "manual", "reason": "the month's first search",
                                                       "trials": plan.search_trials, "epochs": plan.epochs})  # fmt: skip
         month.retrains.append(search)
-        log(f"       {_said(search)}")
+        log(f"       {said_of(search)}")
         if not search.promoted:
             raise LifecycleError(f"the day-1 search made no champion: {search.gate}")
         for client in plan.clients:
@@ -454,7 +295,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
             procs.check_alive()
             outage = None
             if outage_pending and day >= plan.outage_day:
-                outage = _Outage(settings, plan.outage_s, log)
+                outage = MlflowOutage(settings, plan.outage_s, log)
             params = {"trigger": "schedule", "hours": 10 * 365 * 24, "margin": 0.0, "epochs": plan.epochs}
             retrain = _day_retrain(settings, day, "schedule", params, outage)
             month.retrains.append(retrain)
@@ -468,7 +309,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
                     wait_until(lambda p=port, v=retrain.version: served_version(p) == v, plan.serve_ceiling_s,
                                f"day {day}: {client} serves v{retrain.version}", poll_s=0.2)  # fmt: skip
                     retrain.served_after_s[client] = round(time.monotonic() - announced, 1)
-            log(f"day {day}: {_said(retrain)}")
+            log(f"day {day}: {said_of(retrain)}")
             procs.check_alive()
         for client in plan.clients:
             wait_until(lambda g=f"lifecycle-{client}": committed_everything(settings, g), 600, f"{client} commits")
@@ -476,17 +317,17 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
         month.other_runs = _other_runs(settings, {r.flow_run for r in month.retrains})
         month.drift_events = sum(1 for r in month.other_runs if r.get("trigger") == "drift")
         last_ts = max(ts for _, ts in sent_clean)
-        weeks = _weeks(live_from, last_ts + HOUR_MS)
+        by_week = weeks(live_from, last_ts + HOUR_MS)
         for client in plan.clients:
             forecasts, dead = collectors[client]
             docs = [d for d in forecasts.docs if isinstance(d, dict) and d.get("entity") != "junk"]
-            keys = {(d["entity"], _slot(d["ts"])) for d in docs}
+            keys = {(d["entity"], on_the_hour(d["ts"])) for d in docs}
             month.forecasts[client] = len(keys)
             month.forecasts_total[client] = len(docs)
             unique_dead = {(d["partition"], d["offset"]): d["reason"] for d in dead.docs}
             month.dead_letters[client] = dict(Counter(unique_dead.values()))
             month.missing[client] = len(sent_clean - keys)
-            scored = {name: coverage(docs, truth, a, b) for name, (a, b) in weeks.items()}
+            scored = {name: coverage(docs, truth, a, b) for name, (a, b) in by_week.items()}
             month.coverage_by_week[client] = {name: round(got, 4) for name, got in scored.items() if got is not None}
             day_ms = 24 * HOUR_MS
             by_day = {
@@ -494,7 +335,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
                 for k, a in enumerate(range(live_from, last_ts, day_ms))
             }
             month.coverage_by_day[client] = {name: round(got, 4) for name, got in by_day.items() if got is not None}
-            a, b = weeks["last week"]
+            a, b = by_week["last week"]
             per_channel = {ch: coverage(docs, truth, a, b, ch) for ch in truth[next(iter(truth))]}
             month.coverage_by_channel[client] = {
                 ch: round(got, 4) for ch, got in per_channel.items() if got is not None
@@ -518,7 +359,7 @@ def _monitor_coverage(settings: Settings) -> dict[str, dict[str, float]]:
     version, each channel's coverage since its start (the last value its MLflow run logged)."""
     from mlflow import MlflowClient
 
-    from flows.monitor import MlflowLog
+    from flows.monitor_outputs import MlflowLog
 
     client = MlflowClient(settings.tracking_uri)
     experiment = client.get_experiment_by_name(MlflowLog.EXPERIMENT)
@@ -529,23 +370,6 @@ def _monitor_coverage(settings: Settings) -> dict[str, dict[str, float]]:
         if got:
             out[f"v{run.data.tags.get('champion_version', '?')}"] = dict(sorted(got.items()))
     return dict(sorted(out.items()))
-
-
-def _weeks(start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
-    """The live month's weeks from its first day (the last one may be short), and its last seven days
-    (all of it, when shorter)."""
-    week = 7 * 24 * HOUR_MS
-    out = {f"week {k + 1}": (a, min(a + week, end_ms)) for k, a in enumerate(range(start_ms, end_ms, week))}
-    return out | {"last week": (max(start_ms, end_ms - week), end_ms)}
-
-
-def _said(r: Retrain) -> str:
-    served = ", ".join(f"{c} in {s} s" for c, s in r.served_after_s.items())
-    verdict = "PROMOTED" if r.promoted else "not promoted"
-    return (
-        f"{r.kind} retrain {r.state} in {r.seconds:.0f} s → v{r.version or '-'} {verdict} ({r.gate}); "
-        f"{r.config_source or '-'}, warm start {r.warm_started}" + (f"; served by {served}" if served else "")
-    )
 
 
 def _day_retrain(settings: Settings, day: int, kind: str, params: dict, outage=None) -> Retrain:
@@ -563,65 +387,6 @@ def _day_retrain(settings: Settings, day: int, kind: str, params: dict, outage=N
             raise LifecycleError(outage.error)
     _outcome(settings, retrain)
     return retrain
-
-
-class _Outage(threading.Thread):
-    """MLflow stopped the moment the day's run registers its version (before the gate's
-    promotion or the services' download), for `seconds`, then started again. A version a drift run
-    registers meanwhile is not the one."""
-
-    def __init__(self, settings: Settings, seconds: float, log: Callable[[str], None]):
-        super().__init__(name="mlflow-outage", daemon=True)
-        self.settings, self.seconds, self.log = settings, seconds, log
-        self.report: dict = {}
-        self.error = ""
-        self.cancelled = threading.Event()
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(settings.tracking_uri)
-        self.seen = {v.version for v in self._versions()}
-
-    def _versions(self) -> list:
-        return self.client.search_model_versions(f"name = '{self.settings.model_name}'")
-
-    def _scheduled_one(self) -> bool:
-        new = [v for v in self._versions() if v.version not in self.seen]
-        self.seen |= {v.version for v in new}
-        return any(self.client.get_run(v.run_id).data.tags.get("trigger") == "schedule" for v in new)
-
-    def cancel(self) -> None:
-        """The run ended without registering a version: no outage this time."""
-        self.cancelled.set()
-
-    def run(self) -> None:
-        while not self._scheduled_one():
-            if self.cancelled.wait(0.1):
-                return
-        stack.down(self.settings, ["mlflow"], log=lambda _m: None)
-        down_at = time.monotonic()
-        self.log(f"       MLflow down for {self.seconds:.0f} s: a version was just registered")
-        time.sleep(self.seconds)
-        self.error = _restart_mlflow(self.settings)
-        self.report = {"down_s": round(time.monotonic() - down_at, 1)}
-
-
-def _restart_mlflow(settings: Settings, tries: int = 3) -> str:
-    """MLflow started again; "" once it answers, else why not, with its log's last lines.
-
-    The restart lands amid the day's busiest minutes (a retrain training, services restarting
-    after the kill): on two loaded cores the server has taken over 90 s to answer, so its
-    start-up gets a ceiling against hangs, not the user-facing default."""
-    patient = settings.model_copy(update={"startup_timeout_s": max(settings.startup_timeout_s, RESTART_CEILING_S)})
-    why = ""
-    for _ in range(tries):
-        try:
-            stack.up(patient, ["mlflow"], log=lambda _m: None)
-            return ""
-        except stack.StackError as e:
-            why = str(e)
-    log_file = stack.services(settings, ["mlflow"])[0].log_file
-    tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else "(no log)"
-    return f"MLflow did not come back after its outage ({tries} tries): {why}\nlast log lines:\n{tail}"
 
 
 def _kill_services(procs: Stack, month: Month, day: int, log: Callable[[str], None]) -> None:
@@ -649,25 +414,3 @@ def _other_runs(settings: Settings, known: set[str]) -> list[dict]:
         if str(r.id) not in known and r.deployment_id is not None
         and (r.state is None or r.state.type.value != "SCHEDULED")
     ]  # fmt: skip
-
-
-def print_report(report: dict, log: Callable[[str], None] = print) -> None:
-    """The month in a few lines: retrains, readings, coverage, time to serve."""
-    rs = report["retrains"]
-    log(f"{len(rs)} retrains ({report['promoted']} promoted), {len(report['other_runs'])} other deployment runs "
-        f"({report['drift_events']} on drift), in {report['wall_s']:.0f} s")  # fmt: skip
-    for r in rs:
-        log(f"  day {r['day']:2d} {_said(Retrain(**r))}")
-    junk = sum(report["internal_junk"].values())
-    log(f"readings {report['readings']}, incidents {dict(report['incidents'])} "
-        f"({report['refusals_expected']} meant to be refused), internal junk {junk}")  # fmt: skip
-    for client in report["forecasts"]:
-        log(f"  {client}: {report['forecasts'][client]} forecast readings ({report['forecasts_total'][client]} "
-            f"forecasts), {report['missing'][client]} without one, dead letters {report['dead_letters'][client]}, "
-            f"{LEVEL} coverage by week {report['coverage_by_week'][client]}")  # fmt: skip
-    for client in report["forecasts"]:
-        log(f"  {client}: {LEVEL} coverage by day {report['coverage_by_day'][client]}; "
-            f"by channel over the last week {report['coverage_by_channel'][client]}")  # fmt: skip
-    for version, per_channel in report["monitor_coverage"].items():
-        log(f"  the monitor, {version}'s {LEVEL} intervals as it adapted them: coverage {per_channel}")
-    log(f"processes that died unasked: {report['process_exits'] or 'none'}; exit codes {report['exit_codes']}")

