@@ -18,6 +18,7 @@ MODULES = [
     "pipeline.kafka.source",
     "pipeline.tools.bench.month",
     "pipeline.tools.producers",
+    "pipeline.tools.passwords",
     "pipeline.timegrid",
     "models.conformal",
     "models.nets",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.settings import Settings
+from pipeline.tools.passwords import weak
 
 
 class StackError(RuntimeError):
@@ -74,9 +75,11 @@ def secured(settings: Settings) -> Settings:
 
     from pipeline.tools.tls import local_pki
 
+    password = settings.kafka_sasl_password
+    if password is not None and (why := weak("SENSORCAST_KAFKA_SASL_PASSWORD", password.get_secret_value())):
+        raise StackError(why)
     tls = settings.state_dir / "tls"
     pki = local_pki(tls, settings.host)
-    password = settings.kafka_sasl_password
     if password is None:
         stored = tls / "sasl-password"
         if not stored.exists():

@@ -32,6 +32,7 @@ from pipeline.tools.broker import (
     write_kafka_config,
     write_private,
 )
+from pipeline.tools.passwords import weak
 
 
 @dataclass(frozen=True)
@@ -327,11 +328,15 @@ def _wait_ready(service: Service, pid: int, timeout_s: float) -> None:
 def up(settings: Settings, names: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
     """Start the chosen services (all by default) in parallel and wait until each answers."""
     chosen = services(settings, names)
-    if settings.mlflow_auth and any(s.name == "mlflow" for s in chosen) and not _mlflow_login():
-        raise StackError(
-            "SENSORCAST_MLFLOW_AUTH needs the login the clients send: set MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD (the local server makes that user its admin on first start)"
-        )
+    if settings.mlflow_auth and any(s.name == "mlflow" for s in chosen):
+        login = _mlflow_login()
+        if not login:
+            raise StackError(
+                "SENSORCAST_MLFLOW_AUTH needs the login the clients send: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (the local server makes that user its admin on first start)"
+            )
+        if why := weak("MLFLOW_TRACKING_PASSWORD", login[1]):
+            raise StackError(why)
     pids = {}
     for s in chosen:
         pids[s.name] = _launch(settings, s)

@@ -230,3 +230,16 @@ def test_mlflow_and_prefect_require_logins_and_every_app_sends_them() -> None:
         assert env["MLFLOW_TRACKING_PASSWORD"] == SET and env["PREFECT_API_AUTH_STRING"] == SET, name
     grafana = SERVICES["grafana"]["environment"]
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == SET and grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+def test_nothing_that_holds_a_password_starts_before_the_secrets_pass_their_check() -> None:
+    """`sensorcast secrets check --from-env` refuses placeholders and short passwords (tests/pipeline/
+    tools/test_passwords.py); compose runs it first, with every secret it requires."""
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", TEXT)) - {"MLFLOW_ADMIN_USER"}
+    check = SERVICES["secrets-check"]
+    assert check["command"] == ["sensorcast", "secrets", "check", "--from-env"] and check["restart"] == "no"
+    assert set(check["environment"]) == required
+    for name in ("postgres", "grafana"):  # mlflow and prefect wait on postgres, the apps on them
+        assert SERVICES[name]["depends_on"]["secrets-check"] == {"condition": "service_completed_successfully"}
+    for name in ("mlflow", "prefect-server"):
+        assert "postgres" in SERVICES[name]["depends_on"], name
