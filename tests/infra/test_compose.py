@@ -243,3 +243,15 @@ def test_nothing_that_holds_a_password_starts_before_the_secrets_pass_their_chec
         assert SERVICES[name]["depends_on"]["secrets-check"] == {"condition": "service_completed_successfully"}
     for name in ("mlflow", "prefect-server"):
         assert "postgres" in SERVICES[name]["depends_on"], name
+
+
+def test_mlflow_keeps_its_password_hashes_outside_the_artifacts_it_serves() -> None:
+    import configparser
+
+    ini = configparser.ConfigParser()
+    ini.read(REPO_ROOT / "infra" / "mlflow-auth.ini")
+    users_db = ini["mlflow"]["database_uri"].removeprefix("sqlite:///")
+    served = next(a.split("=", 1)[1] for a in SERVICES["mlflow"]["command"] if a.startswith("--artifacts-destination"))
+    assert not users_db.startswith(served.rstrip("/") + "/"), (users_db, served)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in RAW["mlflow"]["volumes"]}
+    assert mounts[str(Path(users_db).parent)] in COMPOSE["volumes"]  # a named volume of its own: it survives
