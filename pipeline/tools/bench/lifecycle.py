@@ -224,7 +224,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
     }
     procs = Stack(settings, plan, env, folder)
     collectors: dict[str, tuple[TopicCollector, TopicCollector]] = {}
-    producer = None
+    producer = calibrations = None
     try:
         ensure_topics(settings)
         for client in plan.clients:
@@ -232,19 +232,37 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
             ensure_topics(s, [s.forecasts_topic, s.dlq_topic])
             collectors[client] = (TopicCollector(s, s.forecasts_topic, True), TopicCollector(s, s.dlq_topic, True))
         producer = make_producer(settings)
+        ensure_topics(settings, [settings.calibration_topic])
+        calibrations = TopicCollector(settings, settings.calibration_topic, True)  # what paces the hours
         entities = 3 * plan.sites
         # the shift starts with the month's day `shift_day` (the history's days come first)
         days = weather_days(plan.sites, plan.history_days + plan.shift_day - 1, plan.shift)
         truth: dict[tuple[str, int], dict] = {}
         sent_clean: set[tuple[str, int]] = set()
 
+        def pace() -> None:
+            """An hour's readings are in: the next waits until both services committed them and the
+            monitor published a calibration since (its multipliers reach the services' next batch), so
+            the intervals adapt within a day as they would in real time, not once per day's burst."""
+            producer.flush(60)
+            published = len(calibrations.arrivals)
+            for client in plan.clients:
+                wait_until(lambda g=f"lifecycle-{client}": committed_everything(settings, g), 600, f"{client} commits")
+            deadline = time.monotonic() + plan.pace_wait_s  # before the first outcomes nothing is published
+            while len(calibrations.arrivals) == published and time.monotonic() < deadline:
+                time.sleep(0.05)
+
         def stream(rows, incidents: bool, midway: Callable[[], None] | None = None) -> None:
             rows = list(rows)
+            hour = None
             out = messy(iter(rows), every=plan.messy_every) if incidents else (
                 ((e.encode(), encode_reading(e, format_ts(t), v)), None, (e, t, v)) for e, t, v in rows
             )  # fmt: skip
             half, killed = len(rows) // 2, midway is None
             for n, ((key, value), incident, (entity, ts, values)) in enumerate(out):
+                if incidents and plan.paced and hour is not None and ts // HOUR_MS != hour:
+                    pace()
+                hour = ts // HOUR_MS
                 producer.send(settings.readings_topic, key=key, value=value)
                 if not killed and n >= half:
                     producer.flush(60)
@@ -344,9 +362,8 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
         month.process_exits = dict(procs.deaths)
     finally:
         month.exit_codes = procs.stop()
-        for pair in collectors.values():
-            for c in pair:
-                c.close()
+        for c in [*itertools.chain.from_iterable(collectors.values()), *([calibrations] if calibrations else [])]:
+            c.close()
         if producer is not None:
             producer.close()
         stack.down(settings, log=lambda _m: None)

@@ -34,6 +34,8 @@ class Plan:
     messy_every: int = 13  # a day of 3 × sites entities brings every kind of incident
     clients: tuple[str, ...] = ("kafka-python", "confluent")
     serve_ceiling_s: float = 300.0  # a promotion not served by then is a failure (a hang guard, not a budget)
+    paced: bool = False  # each live day hour by hour: an hour once the services committed the last (below)
+    pace_wait_s: float = 5.0  # and the monitor published a calibration since, or this long passed (pacing only)
 
     def over(self, days: int) -> Plan:
         """The same month in `days` days, each incident on the day of the same fraction of it.

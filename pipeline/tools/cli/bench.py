@@ -390,6 +390,7 @@ def bench_retrain(
 @bench_app.command("lifecycle")
 def bench_lifecycle(
     days: int = typer.Option(30, help="days of operation, in accelerated time (the incidents' days scale with it)"),
+    paced: bool = typer.Option(False, "--paced", help="each day hour by hour, the monitor's calibration between"),
     clients: str = typer.Option("kafka-python,confluent", help="a service per Kafka client, side by side"),
     state_dir: Optional[Path] = typer.Option(
         None, help="a private stack's state folder (default: a new temporary one, on free ports)"
@@ -406,7 +407,7 @@ def bench_lifecycle(
     from pipeline.tools.stack import private_settings
 
     settings = private_settings(state_dir or Path(tempfile.mkdtemp(prefix="sensorcast-lifecycle-")))
-    plan = Plan(clients=tuple(c.strip() for c in clients.split(",") if c.strip())).over(days)
+    plan = Plan(clients=tuple(c.strip() for c in clients.split(",") if c.strip()), paced=paced).over(days)
     doc = run_lifecycle(settings, plan, log=lambda m: console.print(m))
     print_report(doc, log=lambda m: console.print(m))
     write_json(json_path, doc)
