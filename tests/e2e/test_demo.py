@@ -43,8 +43,12 @@ def test_demo_closes_the_loop_from_the_topic_and_stops_cleanly(local_settings, m
     assert summary["first_retrain"]["version"] == "1" and tags["trigger"] == "manual"
     # the second retrain (everything since, more epochs) is registered and gated; the screen says which way
     # it went, and the service serves it exactly when it won (here, on one site, the holdout is small)
-    second = summary["second_retrain"]
-    assert second["version"] == "2" and {"candidate", "champion", "persistence"} <= set(second["scores"]), second
+    # (against the champion when the quick first model won; when it lost to persistence, as a one-epoch
+    # model on one core has, it is served as @demo-candidate and the second retrain meets no champion)
+    second, first_won = summary["second_retrain"], summary["first_retrain"]["promoted"]
+    contenders = {"candidate", "persistence"} | ({"champion"} if first_won else set())
+    assert second["version"] == "2" and contenders <= set(second["scores"]), second
+    assert first_won or "no champion yet" in second["gate"], second
     said = [line for line in lines if "second retrain: v2" in line]
     if second["promoted"]:
         assert "v2 WINS and is promoted" in said[-1], said
