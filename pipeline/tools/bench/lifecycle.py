@@ -240,14 +240,19 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
         truth: dict[tuple[str, int], dict] = {}
         sent_clean: set[tuple[str, int]] = set()
 
+        def all_committed(when: str = "") -> None:
+            """Wait until every client's service has committed the readings topic's end."""
+            for client in plan.clients:
+                group = f"lifecycle-{client}"
+                wait_until(lambda g=group: committed_everything(settings, g), 600, f"{when}{client} commits")
+
         def pace() -> None:
             """An hour's readings are in: the next waits until both services committed them and the
             monitor published a calibration since (its multipliers reach the services' next batch), so
             the intervals adapt within a day as they would in real time, not once per day's burst."""
             producer.flush(60)
             published = len(calibrations.arrivals)
-            for client in plan.clients:
-                wait_until(lambda g=f"lifecycle-{client}": committed_everything(settings, g), 600, f"{client} commits")
+            all_committed()
             deadline = time.monotonic() + plan.pace_wait_s  # before the first outcomes nothing is published
             while len(calibrations.arrivals) == published and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -307,9 +312,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
             if day == plan.kill_day:
                 midway = lambda d=day: _kill_services(procs, month, d, log)  # noqa: E731
             stream(rows, incidents=True, midway=midway)
-            for client in plan.clients:
-                group = f"lifecycle-{client}"
-                wait_until(lambda g=group: committed_everything(settings, g), 600, f"day {day}: {client} commits")
+            all_committed(f"day {day}: ")
             procs.check_alive()
             outage = None
             if outage_pending and day >= plan.outage_day:
@@ -329,8 +332,7 @@ def run_lifecycle(settings: Settings, plan: Plan = Plan(), *, log: Callable[[str
                     retrain.served_after_s[client] = round(time.monotonic() - announced, 1)
             log(f"day {day}: {said_of(retrain)}")
             procs.check_alive()
-        for client in plan.clients:
-            wait_until(lambda g=f"lifecycle-{client}": committed_everything(settings, g), 600, f"{client} commits")
+        all_committed()
         time.sleep(2)  # the last forecasts reach the collectors
         month.other_runs = _other_runs(settings, {r.flow_run for r in month.retrains})
         month.drift_events = sum(1 for r in month.other_runs if r.get("trigger") == "drift")
