@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import kafka.errors as Errors
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, UnknownError
+from kafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 from kafka.partitioner import DefaultPartitioner
 from kafka.partitioner.default import murmur2
 
@@ -128,20 +129,22 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, parti
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            try:
-                admin.create_topics(
-                    [
-                        NewTopic(
-                            n,
-                            num_partitions=parts,
-                            replication_factor=settings.topic_replication,
-                            topic_configs={"cleanup.policy": "compact"} if n == s.calibration_topic else {},
-                        )
-                        for n in missing
-                    ]
-                )
-            except TopicAlreadyExistsError:
-                pass
+            result = admin.create_topics(
+                [
+                    NewTopic(
+                        n,
+                        num_partitions=parts,
+                        replication_factor=settings.topic_replication,
+                        topic_configs={"cleanup.policy": "compact"} if n == s.calibration_topic else {},
+                    )
+                    for n in missing
+                ],
+                raise_errors=False,
+            )
+            refused = _refused_topics(result)
+            if refused:  # a component's login on a secured broker sees only its own topics, and creates none
+                log.info("this login may not create or see %s: a secured broker's admin creates them", refused)
+                names = [n for n in names if n not in refused]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if _all_led(admin, names):
@@ -150,6 +153,18 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, parti
         raise KafkaUnavailable(f"topics {names} did not get partition leaders within 30 s")
     finally:
         admin.close()
+
+
+def _refused_topics(result: dict) -> list[str]:
+    """The topics a CreateTopics answer refused for lack of rights; any other error but "exists" raises."""
+    refused = []
+    for topic in result.get("topics", []):
+        error = Errors.for_code(topic["error_code"])
+        if error in (Errors.TopicAuthorizationFailedError, Errors.ClusterAuthorizationFailedError):
+            refused.append(topic["name"])
+        elif error not in (Errors.NoError, Errors.TopicAlreadyExistsError):
+            raise error(f"creating topic {topic['name']}: {topic.get('error_message')}")
+    return refused
 
 
 def _all_led(admin: KafkaAdminClient, names: list[str]) -> bool:

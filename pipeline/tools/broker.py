@@ -21,6 +21,9 @@ class StackError(RuntimeError):
     """A local service could not be started or reached; the message says what to do."""
 
 
+CONTROLLER_USER = "controller"  # the controllers' own login, on their listener alone
+
+
 def ensure_kafka_jars(settings: Settings) -> Path:
     """The broker's jars from Maven Central, once, each checked against the lock's SHA-256
     (`pipeline.tools.jars`: Python alone, no Maven; the Makefile does this too, and an installed
@@ -81,10 +84,7 @@ def secured(settings: Settings) -> Settings:
     tls = settings.state_dir / "tls"
     pki = local_pki(tls, settings.host)
     if password is None:
-        stored = tls / "sasl-password"
-        if not stored.exists():
-            write_private(stored, secrets.token_urlsafe(24))
-        password = SecretStr(stored.read_text().strip())
+        password = SecretStr(kept_secret(tls / "sasl-password"))
     return settings.model_copy(
         update={
             "kafka_security_protocol": "SASL_SSL",
@@ -96,8 +96,9 @@ def secured(settings: Settings) -> Settings:
     )
 
 
-def write_client_env(settings: Settings) -> Path:
-    """The secured settings as `export` lines a shell can source (mode 600: it holds the password)."""
+def write_client_env(settings: Settings, name: str = "client.env") -> Path:
+    """The secured settings as `export` lines a shell can source (mode 600: it holds the password), in
+    the state folder's tls/`name`."""
     keys = (
         "KAFKA_BOOTSTRAP_SERVERS",
         "SENSORCAST_KAFKA_SECURITY_PROTOCOL",
@@ -107,9 +108,17 @@ def write_client_env(settings: Settings) -> Path:
         "SENSORCAST_KAFKA_SSL_CAFILE",
     )
     env = settings.as_env()
-    path = settings.state_dir / "tls" / "client.env"
+    path = settings.state_dir / "tls" / name
     write_private(path, "".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
     return path
+
+
+def kept_secret(path: Path) -> str:
+    """A random password, made once and kept in `path` (mode 600): the same on every `stack up`."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def write_private(path: Path, text: str) -> None:
@@ -120,8 +129,11 @@ def write_private(path: Path, text: str) -> None:
 
 
 def _listener_lines(settings: Settings, node: KafkaNode) -> list[str]:
-    """PLAINTEXT by default; SASL_SSL (SCRAM-SHA-512 over TLS, brokers among themselves too) when the
-    settings ask for it. The controllers talk PLAINTEXT on the host's own address."""
+    """PLAINTEXT by default, on the host's own address. Secured: SASL_SSL on every listener, clients'
+    and brokers' with SCRAM-SHA-512, the controllers' with PLAIN (KRaft keeps SCRAM credentials in the
+    metadata log the controllers serve, so their own listener cannot use SCRAM), and the StandardAuthorizer
+    denying whatever no ACL allows: only the stack's admin and the controllers are super users, each
+    component gets its own principal and rights (`pipeline.kafka.roles`, granted at `stack up`)."""
     host = settings.host
     if settings.kafka_security_protocol == "PLAINTEXT":
         return [
@@ -139,15 +151,23 @@ def _listener_lines(settings: Settings, node: KafkaNode) -> list[str]:
     keystore.write_bytes(pki.server_key.read_bytes() + pki.server_cert.read_bytes())
     keystore.chmod(0o600)
     user, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
+    controller = kept_secret(settings.state_dir / "tls" / "controller-password")
     return [
         f"listeners=SASL_SSL://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
         f"advertised.listeners=SASL_SSL://{host}:{node.port}",
         "inter.broker.listener.name=SASL_SSL",
-        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
         "sasl.enabled.mechanisms=SCRAM-SHA-512",
         "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
         "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
         f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";',
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
+        f'required username="{CONTROLLER_USER}" password="{controller}" user_{CONTROLLER_USER}="{controller}";',
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        f"super.users=User:{user};User:{CONTROLLER_USER}",
         "ssl.keystore.type=PEM",
         f"ssl.keystore.location={keystore}",
         "ssl.truststore.type=PEM",

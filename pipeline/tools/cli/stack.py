@@ -31,7 +31,9 @@ def stack_up(
         None, "--brokers", help="Kafka brokers (3: a replicated cluster; fixed once the state folder has one)"
     ),
     secure: bool = typer.Option(
-        False, "--secure", help="Kafka on SASL_SSL (SCRAM-SHA-512, a local CA); writes the clients' env file"
+        False,
+        "--secure",
+        help="Kafka on SASL_SSL (SCRAM-SHA-512, a local CA), deny by default; an env file per component",
     ),
 ) -> None:
     """Start the services in the background and wait until each answers."""
@@ -48,9 +50,21 @@ def stack_up(
         urls = stack_mod.up(settings, services or None, log=lambda m: console.print(m))
     except stack_mod.StackError as e:
         fail(str(e))
-    if secure:
+    kafka = any(s.name.startswith("kafka") for s in stack_mod.services(settings, services or None))
+    if kafka and not secure:
+        console.print(f"Kafka speaks PLAINTEXT on {settings.host}: no login, no ACLs, for this machine alone; "
+                      "`stack up --secure` gives SASL_SSL and a login with its own rights per component")  # fmt: skip
+    if kafka and secure:
+        from pipeline.tools.principals import grant_roles
+
+        try:
+            roles = grant_roles(settings)
+        except stack_mod.StackError as e:
+            fail(str(e))
         env_file = broker.write_client_env(settings)
-        console.print(f"clients reach the secured broker with the settings in {env_file}: `source {env_file}`")
+        console.print(f"the stack's admin login (every right; for tools, not components) is in {env_file}")
+        for role, path in roles.items():
+            console.print(f"the {role} connects with its own login and only its rights: `source {path}`")
     table = Table(title="sensorcast stack")
     table.add_column("service")
     table.add_column("address")

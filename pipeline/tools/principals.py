@@ -1,0 +1,66 @@
+"""The secured local stack's principals: a SCRAM login per component (`pipeline.kafka.roles`), made by
+the stack's admin at `stack up --secure` with exactly the ACLs of its role, and an env file per role
+that a component's shell sources. Passwords are random, made once, kept in the state folder (mode
+600) and never on a command line. Granting again is harmless: the logins are upserted and the ACLs
+are created as they already are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.kafka import ensure_topics
+from pipeline.kafka.roles import ROLES, Grant, grants, username
+from pipeline.kafka.security import confluent_security
+from pipeline.settings import Settings
+from pipeline.tools.broker import StackError, kept_secret, write_client_env
+
+SCRAM_ITERATIONS = 8192  # Kafka's default for SCRAM-SHA-512 credentials
+
+
+def role_settings(settings: Settings, role: str) -> Settings:
+    """The admin's secured settings with `role`'s login instead: what that component connects with."""
+    from pydantic import SecretStr
+
+    password = kept_secret(settings.state_dir / "tls" / f"{role}-password")
+    login = {"kafka_sasl_username": username(role), "kafka_sasl_password": SecretStr(password)}
+    return settings.model_copy(update=login)
+
+
+def grant_roles(settings: Settings) -> dict[str, Path]:
+    """As the admin (`settings`): create the topics, each role's login and its ACLs; {role: its env file}."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    ensure_topics(settings)  # only the admin may create them
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **confluent_security(settings)})
+    mechanism = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    logins = [
+        UserScramCredentialUpsertion(username(role), mechanism, password.get_secret_value().encode())
+        for role in ROLES
+        if (password := role_settings(settings, role).kafka_sasl_password) is not None
+    ]
+
+    def binding(g: Grant) -> AclBinding:
+        resource = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}[g.resource]
+        operation = {"read": AclOperation.READ, "write": AclOperation.WRITE}[g.operation]
+        principal = f"User:{username(g.role)}"
+        allow = AclPermissionType.ALLOW
+        return AclBinding(resource, g.name, ResourcePatternType.LITERAL, principal, "*", operation, allow)
+
+    try:
+        for future in [*admin.alter_user_scram_credentials(logins).values(), *admin.create_acls(
+            [binding(g) for g in grants(settings)]
+        ).values()]:  # fmt: skip
+            future.result(timeout=60)
+    except Exception as e:
+        raise StackError(f"could not grant the components their Kafka logins and ACLs: {e}") from e
+    return {role: write_client_env(role_settings(settings, role), f"{role}.env") for role in ROLES}
