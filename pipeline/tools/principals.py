@@ -64,3 +64,63 @@ def grant_roles(settings: Settings) -> dict[str, Path]:
     except Exception as e:
         raise StackError(f"could not grant the components their Kafka logins and ACLs: {e}") from e
     return {role: write_client_env(role_settings(settings, role), f"{role}.env") for role in ROLES}
+
+
+# MLflow's users per app, on a server with its basic-auth app (SENSORCAST_MLFLOW_AUTH): (resource, which,
+# permission). The producer has no MLflow login at all; every other login reads what the server's
+# default permission (READ) shows, and changes only what is granted here: moving @champion takes EDIT
+# on the registered model, which only the retrain flow has.
+MLFLOW_RIGHTS = {
+    "service": [("registered_model", "model", "READ")],
+    "monitor": [("registered_model", "model", "READ"), ("experiment", "sensorcast-monitor", "EDIT")],
+    "retrain": [("registered_model", "model", "MANAGE"), ("experiment", "sensorcast-retrain", "EDIT")],
+}
+
+
+def mlflow_login(settings: Settings, role: str) -> dict[str, str]:
+    """The MLflow client environment of `role`'s own user (made by `grant_mlflow_users`)."""
+    password = kept_secret(settings.state_dir / "mlflow" / f"{role}-password")
+    return {"MLFLOW_TRACKING_USERNAME": username(role), "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def grant_mlflow_users(settings: Settings) -> dict[str, Path]:
+    """As MLflow's admin (the environment's login): the registered model and the experiments, a user
+    per app with only its rights (MLFLOW_RIGHTS); {role: its env file, mode 600}. Again is harmless."""
+    import shlex
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import RestException
+    from mlflow.server import get_app_client
+
+    from pipeline.tools.broker import write_private
+
+    auth, client = get_app_client("basic-auth", tracking_uri=settings.tracking_uri), MlflowClient(settings.tracking_uri)
+
+    def exists_already(call, *args) -> None:
+        try:
+            call(*args)
+        except RestException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    exists_already(client.create_registered_model, settings.model_name)
+    ids = {"model": settings.model_name}
+    for _, rights in MLFLOW_RIGHTS.items():
+        for resource, which, _ in rights:
+            if resource == "experiment" and which not in ids:
+                found = client.get_experiment_by_name(which)
+                ids[which] = found.experiment_id if found else client.create_experiment(which)
+    files = {}
+    for role, rights in MLFLOW_RIGHTS.items():
+        login = mlflow_login(settings, role)
+        try:
+            auth.create_user(login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"])
+        except RestException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            auth.update_user_password(login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"])
+        for resource, which, permission in rights:
+            exists_already(auth.grant_user_permission, username(role), resource, ids[which], permission)
+        files[role] = settings.state_dir / "mlflow" / f"{role}.env"
+        write_private(files[role], "".join(f"export {k}={shlex.quote(v)}\n" for k, v in login.items()))
+    return files

@@ -121,3 +121,34 @@ def test_with_the_login_a_retrain_the_service_and_the_monitor_work_and_without_i
     finally:
         locked_out.stop()
     assert code != 0 and "401" in locked_out.output(), locked_out.output()[-3000:]
+
+
+def test_each_app_has_its_own_mlflow_user_and_only_the_retrain_may_move_champion(
+    auth_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tools.principals import grant_mlflow_users, mlflow_login
+
+    settings = auth_settings.model_copy(update={"model_name": "auth-least-privilege"})
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(k, LOGIN[k])  # the admin makes the users
+    files = grant_mlflow_users(settings)
+    assert set(files) == {"service", "monitor", "retrain"}  # the producer has no MLflow login at all
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files.values())
+    client = MlflowClient(settings.tracking_uri)
+
+    def as_role(role: str) -> None:
+        for k, v in mlflow_login(settings, role).items():
+            monkeypatch.setenv(k, v)
+
+    as_role("retrain")  # it registers a version and moves @champion: EDIT on its experiment, MANAGE on the model
+    run = client.create_run(client.get_experiment_by_name("sensorcast-retrain").experiment_id)
+    version = client.create_model_version(settings.model_name, f"{run.info.artifact_uri}/model", run.info.run_id)
+    client.set_registered_model_alias(settings.model_name, "champion", version.version)
+    for role in ("service", "monitor"):  # they read the champion, and may not move it
+        as_role(role)
+        assert client.get_model_version_by_alias(settings.model_name, "champion").version == version.version
+        with pytest.raises(MlflowException, match="403 != 200. Response body: 'Permission denied'"):
+            client.set_registered_model_alias(settings.model_name, "champion", version.version)

@@ -65,6 +65,11 @@ def stack_up(
         console.print(f"the stack's admin login (every right; for tools, not components) is in {env_file}")
         for role, path in roles.items():
             console.print(f"the {role} connects with its own login and only its rights: `source {path}`")
+    if settings.mlflow_auth and "mlflow" in urls:
+        from pipeline.tools.principals import grant_mlflow_users
+
+        for role, path in grant_mlflow_users(settings).items():
+            console.print(f"the {role}'s own MLflow user, with only its rights: `source {path}`")
     table = Table(title="sensorcast stack")
     table.add_column("service")
     table.add_column("address")
