@@ -91,6 +91,7 @@ def score(
     margin: float,
     channels: list[str],
     grid: dict | None = None,
+    seasonal_period: int | None = None,
 ) -> GateDecision:
     """Every contender on the same holdout windows, each channel's MSE in units of its variance on the
     holdout (flows.gate.holdout_scores), raw-unit MAE beside it. A champion of
@@ -100,7 +101,7 @@ def score(
 
     from flows.gate import decide, holdout_scores
     from flows.lineage import lineage_break
-    from models.nets import NAIVE
+    from models.nets import NAIVE, SeasonalNaive
 
     contenders = {"candidate": candidate.raw_net()}
     broken = None
@@ -112,11 +113,26 @@ def score(
         contenders["champion"] = champion.net.cpu()
     horizon = holdout.horizon
     contenders.update({name: cls(horizon) for name, cls in NAIVE.items()})
+    if seasonal_period is not None and seasonal_period <= holdout.lookback:
+        contenders["seasonal"] = SeasonalNaive(horizon, seasonal_period)
     scores, mae = holdout_scores(contenders, holdout, channels)
-    decision = decide(scores, margin)
+    decision = decide(scores, margin)  # seasonal naive is scored and logged beside, not yet required (#39)
     if broken is not None:
         decision = replace(decision, reason=f"{broken}: compared with the naive baselines only; {decision.reason}")
     return replace(decision, candidate_mae=mae["candidate"], raw_mae=mae)
+
+
+def seasonal_period(window, holdout_start: int | None, lookback: int) -> int | None:
+    """The seasonal naive's period, from the training part of the window (before the holdout): its
+    strongest cycle that fits in the lookback (models.search.strongest_cycle)."""
+    from models.search import cadence_of, strongest_cycle
+
+    parts = [v if holdout_start is None else v[ts < holdout_start] for ts, v in window.timed_series()]
+    train = max(parts, key=len, default=None)
+    if train is None or len(train) < 3 * 3:
+        return None
+    grid = window.grid or {}
+    return strongest_cycle(train, cadence_of(grid.get("interval_ms", 0) / 1000), lookback)
 
 
 @flow(name="retrain", log_prints=True)
@@ -208,7 +224,9 @@ def _retrain(trigger, reason, hours, warm_start, margin, epochs, logger, trials=
                     "the champion v%s trained on data up to %s: every contender is scored on the %d holdout "
                     "windows after it", champion.version, format_ts(until), len(holdout)
                 )  # fmt: skip
-        decision = decision or score(candidate, champion, holdout, margin, window.channels, window.grid)
+        period = seasonal_period(window, holdout_start, holdout.lookback)
+        info["seasonal_period"] = period if period is not None else "none"  # in the run's params
+        decision = decision or score(candidate, champion, holdout, margin, window.channels, window.grid, period)
         logger.info("gate: %s", decision.reason)
         sample = holdout_sample(candidate, holdout)
         attempt = uuid.uuid4().hex  # one key for all tries of the registration: a retry finds its version

@@ -187,19 +187,40 @@ def cycle_candidates(train: np.ndarray, cadence: int | None = None, most: int = 
     """Periods worth trying for a cycle, from the training split alone: the strongest peaks of the
     channels' mean autocorrelation (a local maximum above 0.2), then the grid's natural `cadence` (24
     for hourly readings, 7 for daily) if given. `train` is (T, N)."""
+    found = acf_peaks(train, max_lag)[:most]
+    if cadence and cadence not in found:
+        found.append(cadence)
+    return sorted(found)
+
+
+def acf_peaks(train: np.ndarray, max_lag: int = 400) -> list[int]:
+    """The lags where the channels' mean autocorrelation of `train` (T, N) peaks above 0.2, strongest first."""
     x = train - train.mean(axis=0)
     n = len(x)
     lags = min(max_lag, n // 3)
     if lags < 3:
-        return [cadence] if cadence else []
+        return []
     spectrum = np.fft.rfft(x, n=2 * n, axis=0)
     acf = np.fft.irfft(spectrum * np.conj(spectrum), axis=0)[: lags + 1]  # (lags + 1, N)
     acf = (acf / np.maximum(acf[0], 1e-12)).mean(axis=1)
     peaks = [k for k in range(2, lags) if acf[k] > 0.2 and acf[k] >= acf[k - 1] and acf[k] > acf[k + 1]]
-    found = sorted(peaks, key=lambda k: -acf[k])[:most]
-    if cadence and cadence not in found:
-        found.append(cadence)
-    return sorted(found)
+    return sorted(peaks, key=lambda k: -acf[k])
+
+
+def strongest_cycle(train: np.ndarray, cadence: int | None, lookback: int) -> int | None:
+    """The seasonal naive's period: the strongest autocorrelation peak of the training split that fits in
+    the lookback, else the grid's natural cadence if it fits, else None (no seasonal baseline).
+
+    >>> t = np.arange(2000.0)
+    >>> strongest_cycle(np.sin(2 * np.pi * t / 24)[:, None], cadence=24, lookback=48)
+    24
+    >>> strongest_cycle(np.sin(2 * np.pi * t / 168)[:, None], cadence=None, lookback=48) is None  # a week: too long
+    True
+    """
+    fits = [p for p in acf_peaks(train) if p <= lookback]
+    if fits:
+        return fits[0]
+    return cadence if cadence and cadence <= lookback else None
 
 
 class NothingEligible(RuntimeError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.nets.baselines import NAIVE, Persistence, WindowMean
+from models.nets.baselines import NAIVE, Persistence, SeasonalNaive, WindowMean
 from models.nets.itransformer import ITransformer, ITransformerConfig
 from models.nets.transformer import Transformer, TransformerConfig
 
@@ -50,6 +50,7 @@ def architecture_of(model: nn.Module) -> str:
 __all__ = [
     "ARCHITECTURES",
     "NAIVE",
+    "SeasonalNaive",
     "PRESETS",
     "ITransformer",
     "ITransformerConfig",

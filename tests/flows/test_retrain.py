@@ -242,7 +242,9 @@ def test_a_two_trial_search_logs_each_trial_as_a_child_run_and_the_gate_sees_onl
     produce(loop_settings, history(range(200)))
     report = retrain(trigger="manual", reason="searched", epochs=1, trials=2)
     assert report["trials"] == 2 and report["version"] == "1", report
-    assert set(report["scores"]) == {"candidate", "persistence", "mean"}, report["scores"]
+    # seasonal naive at the data's daily cycle (it fits the lookback of 24) is scored beside the others
+    assert set(report["scores"]) == {"candidate", "persistence", "mean", "seasonal"}, report["scores"]
+    assert MlflowClient().get_run(report["run_id"]).data.params["seasonal_period"] == "24"
     client = MlflowClient()
     parent = client.get_run(report["run_id"])
     children = client.search_runs(
