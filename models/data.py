@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # polars only where frames are read: the service imports this module and never needs it
+    import polars as pl
 
 from models.sources import DataError, channel_columns, guess_time_column
 
@@ -87,6 +90,8 @@ def time_features(times: np.ndarray) -> np.ndarray:
     """The Time-Series-Library's `timeF` encoding: calendar position scaled to [-0.5, 0.5].
     Hourly (or finer) data gets hour of day, day of week, day of month, day of year; daily data
     drops the hour. (T,) datetime64 → (T, 4 or 3) float32."""
+    import polars as pl
+
     t = pl.Series(np.asarray(times, dtype="datetime64[ms]"))
     columns = [
         (t.dt.weekday().to_numpy() - 1) / 6.0 - 0.5,

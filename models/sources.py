@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # polars where a frame is read (the functions below): the service imports this module, never them
+    import polars as pl
 
 EXCHANGE_COLUMNS = ["Australia", "British", "Canada", "Switzerland", "China", "Japan", "New Zealand", "Singapore"]
 WEATHER_CHANNELS = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
@@ -62,6 +64,8 @@ def weather_csv_path() -> Path:
 
 def load_exchange(path: Path) -> pl.DataFrame:
     """exchange_rate.txt has no header and no dates: name the currencies, date the rows daily from 1990."""
+    import polars as pl
+
     frame = pl.read_csv(path, has_header=False, new_columns=EXCHANGE_COLUMNS)
     dates = pl.date_range(
         dt.date(1990, 1, 1), dt.date(1990, 1, 1) + dt.timedelta(days=frame.height - 1), "1d", eager=True
@@ -71,6 +75,8 @@ def load_exchange(path: Path) -> pl.DataFrame:
 
 def load_weather(path: Path | None = None) -> pl.DataFrame:
     """One row per airport and hour; gaps in a channel are filled forward, then backward, per airport."""
+    import polars as pl
+
     frame = pl.read_csv(
         path or weather_csv_path(),
         null_values="NA",
@@ -84,6 +90,8 @@ def load_weather(path: Path | None = None) -> pl.DataFrame:
 
 def load_table(path: Path) -> pl.DataFrame:
     """Any CSV of a time column and numeric channels; exchange_rate.txt by its name."""
+    import polars as pl
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"no such data file: {path}")

@@ -130,3 +130,16 @@ def test_the_rule_catches_a_forbidden_import() -> None:
     assert violations("models.nets.itransformer", {"pipeline.settings"}) == ["pipeline.settings"]
     assert violations("pipeline.loop", {"pipeline.core", "pipeline.records"}) == []
     assert violations("flows.retrain", {"pipeline.tools.cli"}) == ["pipeline.tools.cli"]
+
+
+def test_the_service_starts_without_importing_the_training_or_registry_stacks() -> None:
+    """The serving path (and `bench latency`, which runs it) imports neither polars, MLflow, Prefect nor
+    optuna: they load lazily where a frame is read or a registry asked, so a service starts faster and
+    a GPU box needs only the service's own wheels."""
+    import subprocess
+    import sys
+
+    heavy = ("polars", "mlflow", "prefect", "optuna")
+    code = "import sys, pipeline.serve, pipeline.tools.bench.latency; print(sorted(m for m in %r if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code % (heavy,)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
