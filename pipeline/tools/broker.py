@@ -109,8 +109,13 @@ def write_client_env(settings: Settings, name: str = "client.env") -> Path:
     )
     env = settings.as_env()
     path = settings.state_dir / "tls" / name
-    write_private(path, "".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
+    write_env_file(path, {k: env[k] for k in keys})
     return path
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """`export` lines a shell can source, quoted, in a file of mode 600 (they hold passwords)."""
+    write_private(path, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
 
 
 def kept_secret(path: Path) -> str:

@@ -12,7 +12,7 @@ from pipeline.kafka import ensure_topics
 from pipeline.kafka.roles import ROLES, Grant, grants, username
 from pipeline.kafka.security import confluent_security
 from pipeline.settings import Settings
-from pipeline.tools.broker import StackError, kept_secret, write_client_env
+from pipeline.tools.broker import StackError, kept_secret, write_client_env, write_env_file
 
 SCRAM_ITERATIONS = 8192  # Kafka's default for SCRAM-SHA-512 credentials
 
@@ -43,10 +43,10 @@ def grant_roles(settings: Settings) -> dict[str, Path]:
     ensure_topics(settings)  # only the admin may create them
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **confluent_security(settings)})
     mechanism = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    as_role = {role: role_settings(settings, role) for role in ROLES}
     logins = [
-        UserScramCredentialUpsertion(username(role), mechanism, password.get_secret_value().encode())
-        for role in ROLES
-        if (password := role_settings(settings, role).kafka_sasl_password) is not None
+        UserScramCredentialUpsertion(username(role), mechanism, s.kafka_sasl_password.get_secret_value().encode())
+        for role, s in as_role.items()
     ]
 
     def binding(g: Grant) -> AclBinding:
@@ -63,7 +63,7 @@ def grant_roles(settings: Settings) -> dict[str, Path]:
             future.result(timeout=60)
     except Exception as e:
         raise StackError(f"could not grant the components their Kafka logins and ACLs: {e}") from e
-    return {role: write_client_env(role_settings(settings, role), f"{role}.env") for role in ROLES}
+    return {role: write_client_env(s, f"{role}.env") for role, s in as_role.items()}
 
 
 # MLflow's users per app, on a server with its basic-auth app (SENSORCAST_MLFLOW_AUTH): (resource, which,
@@ -86,13 +86,9 @@ def mlflow_login(settings: Settings, role: str) -> dict[str, str]:
 def grant_mlflow_users(settings: Settings) -> dict[str, Path]:
     """As MLflow's admin (the environment's login): the registered model and the experiments, a user
     per app with only its rights (MLFLOW_RIGHTS); {role: its env file, mode 600}. Again is harmless."""
-    import shlex
-
     from mlflow import MlflowClient
     from mlflow.exceptions import RestException
     from mlflow.server import get_app_client
-
-    from pipeline.tools.broker import write_private
 
     auth, client = get_app_client("basic-auth", tracking_uri=settings.tracking_uri), MlflowClient(settings.tracking_uri)
 
@@ -105,7 +101,7 @@ def grant_mlflow_users(settings: Settings) -> dict[str, Path]:
 
     exists_already(client.create_registered_model, settings.model_name)
     ids = {"model": settings.model_name}
-    for _, rights in MLFLOW_RIGHTS.items():
+    for rights in MLFLOW_RIGHTS.values():
         for resource, which, _ in rights:
             if resource == "experiment" and which not in ids:
                 found = client.get_experiment_by_name(which)
@@ -122,5 +118,5 @@ def grant_mlflow_users(settings: Settings) -> dict[str, Path]:
         for resource, which, permission in rights:
             exists_already(auth.grant_user_permission, username(role), resource, ids[which], permission)
         files[role] = settings.state_dir / "mlflow" / f"{role}.env"
-        write_private(files[role], "".join(f"export {k}={shlex.quote(v)}\n" for k, v in login.items()))
+        write_env_file(files[role], login)
     return files

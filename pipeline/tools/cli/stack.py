@@ -50,7 +50,7 @@ def stack_up(
         urls = stack_mod.up(settings, services or None, log=lambda m: console.print(m))
     except stack_mod.StackError as e:
         fail(str(e))
-    kafka = any(s.name.startswith("kafka") for s in stack_mod.services(settings, services or None))
+    kafka = any(name.startswith("kafka") for name in urls)  # the services just started
     if kafka and not secure:
         console.print(f"Kafka speaks PLAINTEXT on {settings.host}: no login, no ACLs, for this machine alone; "
                       "`stack up --secure` gives SASL_SSL and a login with its own rights per component")  # fmt: skip
