@@ -7,9 +7,14 @@ pruner watches the first) and is judged by the mean over all of them, since one 
 is a noisy judge. A configuration whose forward pass at batch 256 is over the serving budget is not
 eligible and never trains. The test split is never seen here: the caller scores the chosen model once.
 
-The chosen model is the best trial's own weights: the model the search judged, without a second
-training (which would cost as much again, and multi-threaded CPU training drifts in the last digits
-between runs).
+The chosen model is a trial's own weights: the model the search judged, without a second training
+(which would cost as much again, and multi-threaded CPU training drifts in the last digits between
+runs). Which trial is the selection rule's (`SELECT_RULES`). "one-se", the default, keeps the default
+configuration (the first known point: the champion's, the preset, the paper's setting) unless the best
+trial beats it by more than one standard error of their paired differences over the rolling origins
+(Breiman's one-standard-error rule, after Breiman et al. 1984): validation differences smaller than
+the noise between origins are noise, and choosing on them turns more trials into more overfitting.
+"best" takes the lowest mean validation loss.
 
 >>> from models.data import Windows
 >>> import numpy as np
@@ -40,6 +45,7 @@ from models.nets import ITransformer, ITransformerConfig
 from models.train import TrainConfig, train
 
 LATENCY_BATCH = 256  # the batch the serving cost is measured at: the service's batches at high rates
+SELECT_RULES = ("one-se", "best")  # how the search picks among its completed trials (the module's docstring)
 
 
 @dataclass(frozen=True)
@@ -148,20 +154,47 @@ class TrialRecord:
         return [{k: v for k, v in r.items() if k != "fold"} for r in self.history if r.get("fold", 0) == fold]
 
 
+def one_se(default: TrialRecord, best: TrialRecord) -> tuple[bool, str]:
+    """Whether `best` beats `default` clearly: its mean validation loss lower by more than one standard
+    error of their paired differences over the origins both were judged on (True), and why. With one
+    origin there is no spread to judge by, and the best is kept.
+
+    >>> d = TrialRecord(0, {}, "complete", 1.00, 1.0, 1.0, 1, fold_val_losses=[1.1, 0.9, 1.0], folds=3)
+    >>> b = TrialRecord(5, {}, "complete", 0.98, 1.0, 1.0, 1, fold_val_losses=[1.0, 0.92, 1.02], folds=3)
+    >>> one_se(d, b)[0]  # better on average, but by less than the origins disagree
+    False
+    """
+    diffs = [a - b for a, b in zip(default.fold_val_losses, best.fold_val_losses, strict=False)]
+    if len(diffs) < 2 or len(default.fold_val_losses) != len(best.fold_val_losses):
+        return True, f"trial {best.number} is best; one origin gives no spread, so the one-SE rule cannot apply"
+    gain, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    if gain > se:
+        return True, f"trial {best.number} beats the default by {gain:.5f}, more than one SE ({se:.5f})"
+    return False, f"the default kept: trial {best.number} beats it by {gain:.5f}, not more than one SE ({se:.5f})"
+
+
 @dataclass
 class SearchResult:
-    best: TrialRecord
-    model: ITransformer  # the best trial's network with its best validation weights, in eval mode
+    best: TrialRecord  # the chosen trial (the rule's choice: the default unless clearly beaten)
+    model: ITransformer  # the chosen trial's network with its best validation weights, in eval mode
     train_config: TrainConfig
     trials: list[TrialRecord]
     budget: SearchBudget
     wall_seconds: float
+    select: str = "best"  # the rule (SELECT_RULES)
+    selection: str = ""  # why this trial: what the rule found
+    lowest: TrialRecord | None = None  # the trial of the lowest validation loss, chosen or not
 
     def to_dict(self) -> dict:
         """What a benchmark row or an MLflow run records about the search."""
         return {
             "chosen": self.best.params,
             "chosen_val_loss": self.best.val_loss,
+            "chosen_trial": self.best.number,
+            "select": self.select,
+            "selection": self.selection,
+            "lowest_trial": None if self.lowest is None else self.lowest.number,
+            "lowest_val_loss": None if self.lowest is None else self.lowest.val_loss,
             "folds": self.best.folds,  # rolling origins each trial was judged on, the validation split included
             "trials": len(self.trials),
             "states": {s: sum(t.state == s for t in self.trials) for s in sorted({t.state for t in self.trials})},
@@ -256,14 +289,20 @@ def search(
     folds: Sequence[tuple[Windows, Windows]] = (),
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    select: str = "one-se",
 ) -> SearchResult:
     """Run the search; raise `NothingEligible` when no trial completed. `start_from` (values for the
     space's parameters, such as today's preset, or a list of such points) are the first trials, always
     eligible, so the choice is never worse on validation than they are. With `folds` (earlier origins,
     `models.data.rolling_origins`), a trial trains once per fold and then on the real split, and is
     judged by the mean of the folds' validation losses: rolling-origin validation. The chosen model is
-    still the one trained on the whole training split."""
+    still the one trained on the whole training split. `select` picks among the completed trials
+    (`SELECT_RULES`); without a known point, trial 0 is a random draw, not a default, and "one-se" has
+    nothing to keep: the best is chosen."""
     import optuna
+
+    if select not in SELECT_RULES:
+        raise ValueError(f"select is one of {', '.join(SELECT_RULES)}, got {select!r}")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from `log` instead
     space, base = space or SearchSpace(), base or TrainConfig()
@@ -271,6 +310,7 @@ def search(
     starts = [start_from] if isinstance(start_from, dict) else list(start_from or [])
     records: list[TrialRecord] = []
     kept: dict = {}  # the best completed trial's network and training config
+    default: dict = {}  # trial 0's, when it is a known point and completed
 
     def objective(trial: optuna.Trial) -> float:
         net_fields, fit_fields = space.suggest(trial)
@@ -320,6 +360,8 @@ def search(
         log(f"trial {trial.number}: val {record.val_loss:.5f} in {record.seconds:.0f} s, {trial.params}")
         if "record" not in kept or record.val_loss < kept["record"].val_loss:
             kept.update(record=record, model=copy.deepcopy(model).cpu().eval(), cfg=cfg)
+        if trial.number == 0 and starts:
+            default.update(record=record, model=copy.deepcopy(model).cpu().eval(), cfg=cfg)
         return record.val_loss
 
     sampler = optuna.samplers.TPESampler(seed=base.seed)
@@ -338,4 +380,13 @@ def search(
             f"none of {len(records)} trials completed ({', '.join(sorted({r.state for r in records}))}): "
             "raise the budget or widen max_forward_ms"
         )
-    return SearchResult(kept["record"], kept["model"], kept["cfg"], records, budget, wall)
+    chosen, why = kept, f"trial {kept['record'].number} has the lowest validation loss"
+    if select == "one-se" and default and default["record"] is not kept["record"]:
+        clearly, why = one_se(default["record"], kept["record"])
+        chosen = kept if clearly else default
+    elif select == "one-se" and not default:
+        why += " (no default completed for the one-SE rule to keep)"
+    log(f"search chose trial {chosen['record'].number}: {why}")
+    return SearchResult(
+        chosen["record"], chosen["model"], chosen["cfg"], records, budget, wall, select, why, kept["record"]
+    )

@@ -101,7 +101,14 @@ def log_search_trials(found: SearchResult) -> None:
                 mlflow.log_metric("best_val_loss", t.val_loss)
             mlflow.log_metric("train_seconds", t.seconds)
     summary = found.to_dict()
-    mlflow.set_tags({"search_chosen_trial": str(found.best.number), "search_states": str(summary["states"])})
+    mlflow.set_tags(
+        {
+            "search_chosen_trial": str(found.best.number),
+            "search_states": str(summary["states"]),
+            "search_select": found.select,
+            "search_selection": found.selection[:500],  # why this trial (the one-SE rule's finding)
+        }
+    )
     mlflow.log_metrics({"search_wall_seconds": found.wall_seconds, "search_chosen_val_loss": found.best.val_loss})
     mlflow.log_params({f"search_budget_{k}": summary[k] for k in ("budget_trials", "budget_seconds", "max_forward_ms")})
     mlflow.log_param("search_folds", summary["folds"])

@@ -261,6 +261,7 @@ def test_a_two_trial_search_logs_each_trial_as_a_child_run_and_the_gate_sees_onl
     for key in ("d_model", "e_layers", "d_ff", "n_heads"):
         assert parent.data.params[key] == chosen.data.params[key], key
     assert parent.data.params["search_trials"] == "2" and parent.data.metrics["search_wall_seconds"] > 0
+    assert parent.data.tags["search_select"] == "one-se" and "trial" in parent.data.tags["search_selection"]
     assert parent.data.metrics["search_chosen_val_loss"] == chosen.data.metrics["best_val_loss"]
     # judged on three rolling origins (the default): the chosen trial's val loss is the mean of the three
     assert parent.data.params["search_folds"] == "3"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.data import Windows
-from models.search import NothingEligible, SearchBudget, SearchSpace, search
+from models.search import NothingEligible, SearchBudget, SearchSpace, TrialRecord, one_se, search
 from models.train import TrainConfig, mean_loss
 
 SMALL = SearchSpace(d_model=(8, 16), e_layers=(1, 2), d_ff=(8, 16), n_heads=(4,), epochs=(2,), patience=(2,))
@@ -85,3 +85,39 @@ def test_cyclenet_linears_recipe_is_a_point_of_a_space_with_a_cycle_only() -> No
         "epochs": 30, "patience": 5, "batch_size": 256, "loss": "mse", "skip": False, "cycle": 24,
     }  # fmt: skip
     assert SearchSpace().cyclenet_linear() is None and SMALL.cyclenet_linear() is None
+
+
+def _trial(number: int, folds: list[float]) -> TrialRecord:
+    return TrialRecord(number, {}, "complete", sum(folds) / len(folds), 1.0, 1.0, 1, fold_val_losses=folds, folds=3)
+
+
+def test_the_one_se_rule_keeps_the_default_unless_a_trial_beats_it_by_more_than_the_origins_disagree() -> None:
+    default = _trial(0, [1.10, 0.90, 1.00])
+    assert one_se(default, _trial(4, [1.00, 0.80, 0.90]))[0]  # 0.1 better on every origin: clearly
+    kept, why = one_se(default, _trial(4, [1.00, 0.92, 1.02]))  # 0.02 on average, +0.1 / -0.02 / -0.02
+    assert not kept and "not more than one SE" in why
+    one_origin = TrialRecord(4, {}, "complete", 0.9, 1.0, 1.0, 1, fold_val_losses=[0.9])
+    assert one_se(TrialRecord(0, {}, "complete", 1.0, 1.0, 1.0, 1, fold_val_losses=[1.0]), one_origin)[0]
+
+
+def test_a_search_with_a_default_chooses_by_the_rule_and_returns_the_chosen_trials_own_weights(multi_sine) -> None:
+    from models.data import rolling_origins
+
+    train_w, val_w = _windows(multi_sine)
+    folds = rolling_origins([multi_sine[:400]], val_rows=60, lookback=24, horizon=6, folds=3)
+    start = SearchSpace.point({"d_model": 8, "e_layers": 1, "d_ff": 8, "dropout": 0.1, "n_heads": 4}, BASE)
+    start.update(epochs=2, patience=2)
+    found = search(
+        train_w, val_w, 24, 6, 4, SearchBudget(trials=4), space=SMALL, base=BASE, start_from=start, folds=folds,
+        progress=False,
+    )  # fmt: skip
+    done = [t for t in found.trials if t.state == "complete"]
+    lowest = min(done, key=lambda t: t.val_loss)
+    default = found.trials[0]
+    clearly = lowest is default or one_se(default, lowest)[0]
+    assert found.select == "one-se" and found.lowest is lowest
+    assert found.best is (lowest if clearly else default), found.selection
+    real = mean_loss(found.model, val_w, found.model.embed.weight.device)
+    assert real == pytest.approx(found.best.fold_val_losses[-1], rel=1e-5)  # the chosen trial's weights
+    with pytest.raises(ValueError, match="one-se, best"):
+        search(train_w, val_w, 24, 6, 4, SearchBudget(trials=1), space=SMALL, select="newest", progress=False)

@@ -19,13 +19,13 @@ from models.conformal import WINDOW_POWER, interval_report
 from models.data import Prepared, Split, prepare, rolling_origins, split_for
 from models.device import pick_device
 from models.metrics import abs_errors, evaluate, window_std
-from models.nets import NAIVE, ITransformer, ITransformerConfig, Transformer, TransformerConfig
-from models.search import SearchBudget, SearchSpace, search
+from models.nets import NAIVE, ITransformer, ITransformerConfig, SeasonalNaive, Transformer, TransformerConfig
+from models.search import SearchBudget, SearchSpace, cadence_of, search, strongest_cycle
 from models.sources import guess_time_column, load_table
 from models.train import TrainConfig, train
 
 NETWORKS = ("itransformer", "transformer")
-MODELS = (*NETWORKS, *NAIVE)  # what `--models` may name
+MODELS = (*NETWORKS, *NAIVE, "seasonal")  # what `--models` may name; seasonal: the data's strongest cycle
 
 
 def default_models(device_type: str) -> tuple[str, ...]:
@@ -110,11 +110,14 @@ def run_accuracy(
     search_budget: SearchBudget | None = None,
     search_space: SearchSpace | None = None,
     folds: int = 1,
+    select: str = "one-se",
 ) -> list[BenchRow]:
     """Each network trains for its protocol's full schedule (epochs, patience), so a busy machine takes
     longer but scores the same; `max_seconds` is an explicit budget, reported in every row it applies to.
     With `search_budget`, the iTransformer's configuration is searched for on validation instead, over
-    `folds` rolling origins (1: the validation split alone)."""
+    `folds` rolling origins (1: the validation split alone), the trial chosen by the `select` rule
+    (`models.search.SELECT_RULES`). Seasonal naive repeats the training split's strongest cycle that fits
+    the lookback (`models.search.strongest_cycle`); with none, it has no row, and the log says so."""
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
@@ -144,6 +147,15 @@ def run_accuracy(
             if name in models:
                 m = evaluate(cls(h), data.test)
                 rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
+        if "seasonal" in models:
+            raw_train = frame.select(data.channels).to_numpy()[: split.train[1]]
+            period = strongest_cycle(raw_train, cadence_of(_step_s(frame)), lookback)
+            if period is None:
+                log(f"  seasonal naive: no cycle of the training split fits a lookback of {lookback}: no row")
+            else:
+                m = evaluate(SeasonalNaive(h, period), data.test)
+                rows.append(BenchRow("seasonal", h, m.mse, m.mae, 0.0, 0, config={"period": period}))
+                log(f"  seasonal naive (period {period}): MSE {m.mse:.4f} MAE {m.mae:.4f}")
         if search_budget is not None and "itransformer" in models:
             train_rows = data.scaler.transform(frame.select(data.channels).to_numpy()[: split.train[1]])
             val_rows = split.val[1] - split.val[0] - lookback
@@ -151,7 +163,7 @@ def run_accuracy(
             rows.append(
                 _searched(
                     data, lookback, h, search_budget, search_space, train_cfg, max_seconds, protocol, device, path, log,
-                    (train_rows, _step_s(frame)), origins,
+                    (train_rows, _step_s(frame)), origins, select,
                 )
             )  # fmt: skip
         for name in models:
@@ -187,7 +199,20 @@ def run_accuracy(
 
 
 def _searched(
-    data, lookback, h, budget, space, train_cfg, max_seconds, protocol, device, path, log, cycle_from=None, origins=()
+    data,
+    lookback,
+    h,
+    budget,
+    space,
+    train_cfg,
+    max_seconds,
+    protocol,
+    device,
+    path,
+    log,
+    cycle_from=None,
+    origins=(),
+    select="one-se",
 ) -> BenchRow:
     """The iTransformer chosen on validation (over the rolling `origins` too), scored on the test split
     once. `max_seconds` caps each trial. The search starts from the paper's setting and, with a cycle
@@ -207,14 +232,15 @@ def _searched(
         starts.append(recipe)
     found = search(
         data.train, data.val, lookback, h, len(data.channels), budget, space=space, base=base, start_from=starts,
-        folds=origins, log=log,
+        folds=origins, log=log, select=select,
     )  # fmt: skip
     m = evaluate(found.model.to(device), data.test, device)
     bands = interval_coverage(found.model, data, device)
     size = {k: v for k, v in found.model.cfg.to_dict().items() if k not in ("lookback", "horizon")}
     log(
         f"  itransformer (searched): MSE {m.mse:.4f} MAE {m.mae:.4f}; chosen {found.best.params} "
-        f"(val {found.best.val_loss:.5f}) after {len(found.trials)} trials in {found.wall_seconds:.0f} s"
+        f"(val {found.best.val_loss:.5f}) after {len(found.trials)} trials in {found.wall_seconds:.0f} s; "
+        f"{found.select}: {found.selection}"
     )
     return BenchRow(
         "itransformer", h, m.mse, m.mae, found.best.seconds, found.best.epochs, "search", max_seconds, size,

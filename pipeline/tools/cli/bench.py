@@ -130,7 +130,7 @@ def bench_accuracy(
     ),
     models: Optional[str] = typer.Option(
         None,
-        help="comma-separated: itransformer, transformer, persistence, mean "
+        help="comma-separated: itransformer, transformer, persistence, mean, seasonal "
         "(default: all on a GPU; all but the Transformer, about 90 min of CPU on ETTh1, on a CPU)",
     ),
     trials: int = typer.Option(
@@ -146,6 +146,11 @@ def bench_accuracy(
     max_forward_ms: Optional[float] = typer.Option(
         None, help="a searched configuration whose forward pass at batch 256 takes longer is not eligible"
     ),
+    select: str = typer.Option(
+        "one-se",
+        help="how the search picks: one-se keeps the paper's setting unless a trial beats it by more than one "
+        "standard error over the rolling origins; best takes the lowest validation loss",
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
 ) -> None:
     """Train and test the networks beside the naive baselines; print a table, write JSON."""
@@ -153,13 +158,15 @@ def bench_accuracy(
 
     from models.data import DataError
     from models.device import pick_device
-    from models.search import NothingEligible, SearchBudget, SearchSpace
+    from models.search import SELECT_RULES, NothingEligible, SearchBudget, SearchSpace
     from models.sources import resolve_dataset, shared_data_dir
     from pipeline.tools.bench.accuracy import MODELS, default_models, default_train_config, run_accuracy
 
     shared_data = shared_data or shared_data_dir()
     if protocol not in {"seed", "standard"}:
         fail(f"unknown protocol {protocol!r}; choose seed or standard")
+    if select not in SELECT_RULES:
+        fail(f"unknown selection rule {select!r}; choose {' or '.join(SELECT_RULES)}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if models and (unknown := sorted({m.strip() for m in models.split(",")} - set(MODELS))):
         fail(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
@@ -189,6 +196,7 @@ def bench_accuracy(
             search_budget=budget,
             search_space=space,
             folds=folds,
+            select=select,
         )
     except (DataError, NothingEligible) as e:
         fail(str(e))
@@ -200,7 +208,11 @@ def bench_accuracy(
         if r.stopped_by == "time_cap":
             stopped = f"time cap {r.time_cap_s:.0f} s"
         if r.search is not None:
-            stopped = f"chosen of {r.search['trials']} trials in {r.search['wall_seconds']:.0f} s"
+            found = r.search
+            trial = f"trial {found['chosen_trial']} of {found['trials']}"
+            stopped = f"{found['select']}: {trial} in {found['wall_seconds']:.0f} s"
+        if r.model == "seasonal":
+            stopped = f"period {r.config['period']}"
         cells = (f"{r.mse:.6g}", f"{r.mae:.6g}", f"{r.train_seconds:.1f}", str(r.epochs), stopped)
         table.add_row(r.model, str(r.horizon), *cells)
     Console().print(table)

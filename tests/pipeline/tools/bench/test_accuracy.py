@@ -77,17 +77,24 @@ def test_a_two_trial_search_chooses_on_validation_and_scores_the_choice_once(tmp
         *("--dataset", "etth1", "--horizons", "24", "--rows", "400", "--split", "7/1/2", "--epochs", "1"),
         *("--trials", "2", "--shared-data", str(shared_data)),
     )
-    assert doc["models"] == ["itransformer", "persistence", "mean"]  # no GPU, no Transformer unless named
+    from models.search import TrialRecord, one_se
+
+    assert doc["models"] == ["itransformer", "persistence", "mean", "seasonal"]  # no GPU: no Transformer unless named
     (row,) = [r for r in doc["results"] if r["model"] == "itransformer"]
     search = row["search"]
     trials = search["trial_log"]
     assert search["trials"] == len(trials) == 2 and search["wall_seconds"] > 0
     assert trials[0]["params"]["d_model"] == 256 and trials[0]["params"]["lr"] == 1e-4  # the paper's setting first
     done = [t for t in trials if t["state"] == "complete"]
-    best = min(done, key=lambda t: t["val_loss"])
-    assert search["chosen"] == best["params"] and search["chosen_val_loss"] == best["val_loss"]
+    lowest = min(done, key=lambda t: t["val_loss"])
+    assert search["lowest_trial"] == lowest["number"] and search["select"] == "one-se"  # the rule by default
+    clearly = lowest is trials[0] or one_se(TrialRecord(**trials[0]), TrialRecord(**lowest))[0]
+    chosen = lowest if clearly else trials[0]  # the paper's setting unless beaten by more than one SE
+    assert search["chosen_trial"] == chosen["number"] and search["chosen_val_loss"] == chosen["val_loss"]
     assert search["folds"] == 3 and all(len(t["fold_val_losses"]) == 3 for t in done)  # rolling origins by default
-    assert row["config"]["d_model"] == best["params"]["d_model"] and np.isfinite(row["mse"])
+    assert row["config"]["d_model"] == chosen["params"]["d_model"] and np.isfinite(row["mse"])
+    (seasonal,) = [r for r in doc["results"] if r["model"] == "seasonal"]  # hourly ETTh1: yesterday's hour
+    assert seasonal["config"] == {"period": 24} and np.isfinite(seasonal["mse"]) and seasonal["mse"] > 0
 
 
 def test_bench_accuracy_seed_protocol_says_persistence_is_hard_to_beat(tmp_path, shared_data) -> None:
