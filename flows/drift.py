@@ -1,10 +1,13 @@
 """Drift, pure: join each forecast with the readings that later arrive, keep a rolling error per entity
-and channel beside persistence's (an online skill score), and say when a retrain is due.
+and channel beside persistence's and seasonal naive's (an online skill score), and say when a retrain
+is due.
 
 A forecast made after the reading in slot s of the time grid holds H steps; the k-th step is scored
 by the reading that lands in slot s + k, however its clock jitters (the grid: pipeline/timegrid.py,
 the forecast's own `ts` and `step_ms`; without them, one inferred from the entity's readings).
-Persistence is scored on the same steps: it would have said "the reading at s" for all of them. The two
+Persistence is scored on the same steps: it would have said "the reading at s" for all of them. With a
+`seasonal_period` P (the champion's, as its gate scored it), seasonal naive is too: step k would have
+been the reading in slot s + 1 + (k mod P) − P, the last cycle repeated. The two
 topics are read apart, so either may come first: a step whose reading arrived before the forecast (the
 service working through a backlog, a replay, an accelerated stream) is scored when the forecast comes,
 against the last `recent_slots` readings of its entity kept for the purpose.
@@ -49,13 +52,14 @@ def drift_resource(model_name: str) -> str:
 class _Entity:
     grid: Grid | None = None
     times_ms: list[int] = field(default_factory=list)  # the first readings' times, until the grid is known
-    # due slot → (channel, prediction, last reading, horizon step, published bounds or None)
+    # due slot → (channel, prediction, last reading, horizon step, published bounds or None, seasonal naive's)
     pending: dict[int, list[tuple[str, float, float, int, tuple | None]]] = field(default_factory=dict)
     # slot → the reading there, for the last `recent_slots` slots: a forecast that arrives after its steps'
     # readings (the service working through a backlog, a replay) is scored at once, against its own slot's
     recent: dict[int, dict[str, float]] = field(default_factory=dict)
     errors: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of the model
     naive: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of persistence
+    seasonal: dict[str, deque] = field(default_factory=dict)  # channel → recent |error| of seasonal naive
     above: int = 0  # consecutive scored readings over the threshold
     fired_at: float | None = None  # when drift last fired for this entity (the cool-down is per entity)
     seen_s: float | None = None  # when its last reading or forecast arrived (the TTL's clock)
@@ -71,8 +75,10 @@ class DriftTracker:
         patience: int = 20,
         cooldown_s: float = 3600.0,
         recent_slots: int = 48,
+        seasonal_period: int | None = None,
     ):
-        self.channels, self.recent_slots = list(channels), recent_slots
+        self.channels, self.seasonal_period = list(channels), seasonal_period
+        self.recent_slots = max(recent_slots, seasonal_period or 0)  # seasonal naive's cycle stays at hand
         # the champion's holdout MAE, one for all channels or per channel (raw units)
         ref = reference_mae if isinstance(reference_mae, dict) else dict.fromkeys(channels, reference_mae)
         self.reference_mae = {c: max(float(ref.get(c, 1.0)), 1e-12) for c in channels}
@@ -88,7 +94,7 @@ class DriftTracker:
         if e is None:
             e = self.entities[entity] = _Entity()
             for c in self.channels:
-                e.errors[c], e.naive[c] = deque(maxlen=self.window), deque(maxlen=self.window)
+                e.errors[c], e.naive[c], e.seasonal[c] = (deque(maxlen=self.window) for _ in range(3))
         if now_s is not None:
             e.seen_s = now_s
         return e
@@ -118,9 +124,12 @@ class DriftTracker:
         last = e.recent.get(base) or self._last_values.get(entity, {})  # persistence: the forecast slot's reading
         horizon = len(next(iter(forecast.values()), []))
         bounds = self._bounds(intervals, forecast, horizon)
+        period = self.seasonal_period
         for k in range(horizon):
+            cycle = e.recent.get(base + 1 + k % period - period, {}) if period else {}
             steps = [
-                (c, forecast[c][k], last.get(c, float("nan")), k, bounds[c][k] if bounds else None) for c in forecast
+                (c, forecast[c][k], last.get(c, float("nan")), k, bounds[c][k] if bounds else None, cycle.get(c))
+                for c in forecast
             ]
             seen = e.recent.get(base + k + 1)
             if seen is None:  # its reading is still to come
@@ -180,10 +189,12 @@ class DriftTracker:
         if self.coverage is not None and steps:
             self.coverage.advance(at_ms, e.grid.interval_ms)
         scored = False
-        for channel, pred, last, k, bounds in steps:
+        for channel, pred, last, k, bounds, cycle in steps:
             if channel in values:
                 e.errors[channel].append(abs(values[channel] - pred))
                 e.naive[channel].append(abs(values[channel] - last))
+                if cycle is not None:  # the slot a cycle back was read: seasonal naive is scored on this step
+                    e.seasonal[channel].append(abs(values[channel] - cycle))
                 scored = True
                 if bounds is not None and self.coverage is not None:
                     self.coverage.observe(k, channel, values[channel], bounds)
@@ -197,10 +208,13 @@ class DriftTracker:
             self._last_values.pop(name, None)
         return gone
 
-    def mae(self, entity: str, channel: str, naive: bool = False) -> float:
-        """Rolling MAE of the model (or of persistence) in units of the champion's holdout MAE."""
+    def mae(self, entity: str, channel: str, naive: bool = False, of: str = "model") -> float:
+        """Rolling MAE of the model, of persistence (`naive`, or `of="persistence"`) or of seasonal naive
+        (`of="seasonal"`), in units of the champion's holdout MAE (0.0: nothing scored)."""
         e = self.entities.get(entity)
-        errs = (e.naive if naive else e.errors).get(channel) if e else None
+        of = "persistence" if naive else of
+        kept = {"model": e.errors, "persistence": e.naive, "seasonal": e.seasonal}[of] if e else {}
+        errs = kept.get(channel)
         return sum(errs) / len(errs) / self.reference_mae[channel] if errs else 0.0
 
     def skill(self, entity: str, channel: str) -> float | None:
@@ -212,8 +226,9 @@ class DriftTracker:
         return any(self.mae(entity, c) > self.threshold for c in self.channels)
 
     def summary(self) -> dict[str, float]:
-        """Per channel, over the entities scored so far: the rolling MAE of the model and of persistence
-        (in champion-holdout units) and the model's skill; metric names as MLflow logs them."""
+        """Per channel, over the entities scored so far: the rolling MAE of the model, of persistence and
+        (with a period) of seasonal naive, in champion-holdout units, and the model's skill over
+        persistence; metric names as MLflow logs them."""
         out: dict[str, float] = {}
         for c in self.channels:
             scored = [name for name, e in self.entities.items() if e.errors[c]]
@@ -223,6 +238,9 @@ class DriftTracker:
             out[f"persistence_mae_ratio_{c}"] = sum(self.mae(n, c, naive=True) for n in scored) / len(scored)
             if out[f"persistence_mae_ratio_{c}"] > 0:
                 out[f"skill_{c}"] = 1 - out[f"mae_ratio_{c}"] / out[f"persistence_mae_ratio_{c}"]
+            seasonal = [n for n in scored if self.entities[n].seasonal[c]]
+            if seasonal:
+                out[f"seasonal_mae_ratio_{c}"] = sum(self.mae(n, c, of="seasonal") for n in seasonal) / len(seasonal)
         if out:
             out["entities_scored"] = float(sum(1 for e in self.entities.values() if any(e.errors.values())))
         return out

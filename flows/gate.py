@@ -216,6 +216,7 @@ class GateDecision:
     margin: float
     candidate_mae: dict[str, float] = field(default_factory=dict)  # per channel, raw units
     raw_mae: dict[str, dict[str, float]] = field(default_factory=dict)  # contender → channel → MAE, raw units
+    seasonal_period: int | None = None  # seasonal naive's period, when it was a contender
 
 
 def decide(scores: dict[str, float], margin: float) -> GateDecision:

@@ -77,17 +77,20 @@ class DriftMonitor:
         metrics=None,
         *,
         version: str | None = None,
-        reference: Callable[[], tuple[str, dict[str, float]]] | None = None,
+        reference: Callable[[], tuple[str, dict[str, float], int | None]] | None = None,
         on_champion: Callable[[str], None] | None = None,
         ttl_s: float | None = None,
         publish: Callable[[bytes, bytes], None] | None = None,
         coverage_gauges: CoverageGauges | None = None,
         coverage_window: int = 1000,
+        seasonal_period: int | None = None,
     ):
         self.settings, self.on_drift, self.metrics = settings, on_drift, metrics
         self.version, self.reference, self.on_champion, self.ttl_s = version, reference, on_champion, ttl_s
         self._tracker_args = (window, threshold, patience, cooldown_s)
-        self.tracker = DriftTracker(list(reference_mae), reference_mae, *self._tracker_args)
+        self.tracker = DriftTracker(
+            list(reference_mae), reference_mae, *self._tracker_args, seasonal_period=seasonal_period
+        )
         self.policy = TimePolicy.of(settings)
         self.inbox: queue.Queue[tuple[str, Record]] = queue.Queue()
         self.fired: list[dict] = []
@@ -150,7 +153,7 @@ class DriftMonitor:
         if self.reference is None:
             return False
         try:
-            version, mae = self.reference()
+            version, mae, period = self.reference()
         except Exception as e:  # MLflow down, or a version without its tag: keep the yardstick we have
             log.error("could not read the champion's holdout MAE (%s); keeping v%s's", e, self.version)
             return False
@@ -158,7 +161,7 @@ class DriftMonitor:
             return False
         log.info("champion v%s → v%s: its holdout MAE is the yardstick from now on", self.version, version)
         self.version = version
-        self.tracker = DriftTracker(list(mae), mae, *self._tracker_args)
+        self.tracker = DriftTracker(list(mae), mae, *self._tracker_args, seasonal_period=period)
         self.intervals.new_champion(version, list(mae))  # from where the outgoing champion's got to
         if self.metrics is not None:
             self.metrics.clear()
@@ -264,6 +267,8 @@ class DriftMonitor:
             for c in self.tracker.channels:
                 self.metrics.labels(entity, c, "model").set(self.tracker.mae(entity, c))
                 self.metrics.labels(entity, c, "persistence").set(self.tracker.mae(entity, c, naive=True))
+                if self.tracker.seasonal_period:
+                    self.metrics.labels(entity, c, "seasonal").set(self.tracker.mae(entity, c, of="seasonal"))
 
     def forget_idle(self, now_s: float) -> list[str]:
         """Forget the entities silent for the TTL, and their gauge labels."""
@@ -273,7 +278,7 @@ class DriftMonitor:
         if self.metrics is not None:
             for entity in gone:
                 for c in self.tracker.channels:
-                    for model in ("model", "persistence"):
+                    for model in ("model", "persistence", "seasonal"):
                         try:
                             self.metrics.remove(entity, c, model)
                         except KeyError:  # never scored: no label to remove

@@ -15,8 +15,9 @@ from pipeline.settings import Settings
 log = logging.getLogger("sensorcast.monitor")
 
 
-def champion_reference(settings: Settings) -> tuple[str, dict[str, float]]:
-    """(version, per-channel holdout MAE) of the serving model, from its version's tags."""
+def champion_reference(settings: Settings) -> tuple[str, dict[str, float], int | None]:
+    """(version, per-channel holdout MAE, seasonal naive's period or None) of the serving model, from its
+    version's tags."""
     from mlflow import MlflowClient
 
     mv = MlflowClient(settings.tracking_uri, settings.tracking_uri).get_model_version_by_alias(
@@ -24,7 +25,8 @@ def champion_reference(settings: Settings) -> tuple[str, dict[str, float]]:
     )
     if "holdout_mae" not in mv.tags:
         raise RuntimeError(f"{settings.model_name} v{mv.version} carries no holdout_mae tag: retrain it with the flow")
-    return str(mv.version), json.loads(mv.tags["holdout_mae"])
+    period = mv.tags.get("seasonal_period")
+    return str(mv.version), json.loads(mv.tags["holdout_mae"]), int(period) if period else None
 
 
 def mae_ratio_gauge(registry=None):

@@ -217,6 +217,8 @@ def _tag_version(settings, version: str, run_id: str, decision, window, ranges) 
     client.set_model_version_tag(settings.model_name, version, "gate", decision.reason)
     client.set_model_version_tag(settings.model_name, version, "holdout_mse", json.dumps(decision.scores))
     client.set_model_version_tag(settings.model_name, version, "holdout_mae", json.dumps(decision.candidate_mae))
+    if decision.seasonal_period:  # the monitor scores seasonal naive at the period the gate did
+        client.set_model_version_tag(settings.model_name, version, "seasonal_period", str(decision.seasonal_period))
     if ranges:  # what it was trained, validated and held out on: a later gate scores it only after these
         client.set_model_version_tag(settings.model_name, version, "data_ranges", json.dumps(ranges))
     if window.grid:  # the cadence and phase it was trained at: the service slots readings on them

@@ -119,7 +119,8 @@ def score(
     decision = decide(scores, margin)  # seasonal naive is scored and logged beside, not yet required (#39)
     if broken is not None:
         decision = replace(decision, reason=f"{broken}: compared with the naive baselines only; {decision.reason}")
-    return replace(decision, candidate_mae=mae["candidate"], raw_mae=mae)
+    period = seasonal_period if "seasonal" in contenders else None
+    return replace(decision, candidate_mae=mae["candidate"], raw_mae=mae, seasonal_period=period)
 
 
 def seasonal_period(window, holdout_start: int | None, lookback: int) -> int | None:

@@ -33,6 +33,7 @@ BROKEN = [
     b'{"entity": "EWR"}',
 ]
 HOUR_MS = 3_600_000  # the weather's cadence
+SEASONAL_PERIOD = 24  # seasonal naive on hourly weather: the same hour yesterday (the grid's cadence)
 
 
 def _quiet_libraries() -> None:
@@ -221,7 +222,7 @@ def run_demo(
             + (", a second retrain midway" if retrain_midway else "")
         )
         state = LiveState()
-        tracker = DriftTracker([VIEW_CHANNEL], reference_mae=1.0, window=48)
+        tracker = DriftTracker([VIEW_CHANNEL], reference_mae=1.0, window=48, seasonal_period=SEASONAL_PERIOD)
         second: dict = {}
         due = ForecastsDue(settings.lookback, settings.max_fill_steps, HOUR_MS)  # what the service owes
 
@@ -364,6 +365,7 @@ def run_demo(
         "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
         "rolling_mae": {e: round(tracker.mae(e, VIEW_CHANNEL), 3) for e in scored},
         "persistence_mae": {e: round(tracker.mae(e, VIEW_CHANNEL, naive=True), 3) for e in scored},
+        "seasonal_mae": {e: round(tracker.mae(e, VIEW_CHANNEL, of="seasonal"), 3) for e in scored},
         "interval_coverage": coverage_of(tracker.coverage),
         "service_exit_code": exit_code,
         "mlflow": urls.get("mlflow"),
@@ -383,7 +385,11 @@ def run_demo(
     if scored:
         model = sum(summary["rolling_mae"].values()) / len(scored)
         naive = sum(summary["persistence_mae"].values()) / len(scored)
-        log(f"       rolling MAE of {VIEW_CHANNEL} over the sites: model {model:.2f}, persistence {naive:.2f}")
+        seasonal = sum(summary["seasonal_mae"].values()) / len(scored)
+        log(
+            f"       rolling MAE of {VIEW_CHANNEL} over the sites: model {model:.2f}, persistence {naive:.2f}, "
+            f"seasonal naive (same hour yesterday) {seasonal:.2f}"
+        )
     if summary["interval_coverage"]:
         log(f"       {coverage_line(tracker.coverage)}")
     log(f"       end-to-end latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; service exited {exit_code}")

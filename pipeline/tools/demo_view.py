@@ -42,17 +42,20 @@ def live_table(state: LiveState, tracker, dead: Counter, note: str):
         f"{coverage_line(tracker.coverage)}",
         caption=note,
     )
-    for col in ("entity", f"last {VIEW_CHANNEL}", "next-step forecast", "rolling MAE", "persistence MAE", "model"):
+    columns = ("entity", f"last {VIEW_CHANNEL}", "next-step forecast", "rolling MAE", "persistence MAE", "seasonal MAE")
+    for col in (*columns, "model"):
         table.add_column(col, justify="right" if col != "entity" else "left")
     for entity in sorted(state.last_reading)[:12]:
         fc = state.next_forecast.get(entity)
         mae, naive = tracker.mae(entity, VIEW_CHANNEL), tracker.mae(entity, VIEW_CHANNEL, naive=True)
+        seasonal = tracker.mae(entity, VIEW_CHANNEL, of="seasonal")
         table.add_row(
             entity,
             f"{state.last_reading[entity]:.1f}",
             f"{fc:.1f}" if fc is not None else "warming up",
             f"{mae:.2f}" if mae else "-",
             f"{naive:.2f}" if naive else "-",
+            f"{seasonal:.2f}" if seasonal else "-",
             f"v{state.version.get(entity, '-')}",
         )
     return table

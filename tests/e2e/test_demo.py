@@ -69,6 +69,7 @@ def test_demo_closes_the_loop_from_the_topic_and_stops_cleanly(local_settings, m
     assert sum(summary["dead_letters"].values()) == len(BROKEN) + summary["incident_refusals_expected"]
     assert {"forecast.png", "loss.png", "provenance.json"} <= artifacts
     assert summary["rolling_mae"] and summary["persistence_mae"]  # the view's skill figures were scored
+    assert any(v > 0 for v in summary["seasonal_mae"].values())  # seasonal naive beside them
     coverage = summary["interval_coverage"]  # and the published intervals, beside them
     assert coverage and all(0 <= v["since_start"] <= 1 and 0 <= v["rolling"] <= 1 for v in coverage.values()), coverage
     assert not stack.port_open("127.0.0.1", settings.kafka_port)

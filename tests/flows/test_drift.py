@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from flows.drift import DriftTracker
 
 H = 4
@@ -106,3 +108,23 @@ def test_a_forecast_that_arrives_after_its_readings_is_scored_at_once_against_it
     assert d.mae("a", "temp", naive=True) == 1.5
     assert d.coverage.seen.sum() == 36 and d.coverage.coverage()["0.9"].min() == 1.0
     assert 15 <= d.coverage.ticks <= 18, d.coverage.ticks
+
+
+def test_seasonal_naive_repeats_the_last_cycle_and_is_scored_only_where_the_cycle_was_read() -> None:
+    """A daily cycle with a level that climbs 0.5 a day: seasonal naive is off by exactly that, while
+    persistence misses the cycle; the first day, with no cycle read yet, scores no seasonal naive."""
+    tracker = DriftTracker(["temp"], reference_mae=1.0, window=24, seasonal_period=24)
+
+    def level(t: int) -> float:
+        return truth(t) + 0.5 * t / 24
+
+    for t in range(24 * 5):
+        tracker.on_reading("site", t * 3600.0, {"temp": level(t)}, now_s=t)
+        tracker.on_forecast("site", t * 3600.0, {"temp": [level(t + k) for k in range(1, H + 1)]}, step_s=3600.0)
+        if t == 22:  # the first day's forecasts reach back before the stream: nothing to repeat
+            assert not tracker.entities["site"].seasonal["temp"]
+    assert tracker.mae("site", "temp", of="seasonal") == pytest.approx(0.5)
+    assert tracker.mae("site", "temp", naive=True) > 2 * tracker.mae("site", "temp", of="seasonal")
+    summary = tracker.summary()
+    assert summary["seasonal_mae_ratio_temp"] == pytest.approx(0.5) and summary["mae_ratio_temp"] == 0.0
+    assert "seasonal_mae_ratio_temp" not in DriftTracker(["temp"], 1.0).summary()  # no period: no seasonal naive

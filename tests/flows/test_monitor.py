@@ -81,7 +81,7 @@ def test_a_promotion_changes_the_yardstick_at_once_and_refused_readings_are_neve
     champions: list[str] = []
     monitor = DriftMonitor(
         kafka_settings, {"temp": 0.5}, fired.append, threshold=2.0, patience=6, window=24,
-        version="1", reference=lambda: ("2", {"temp": 5.0}), on_champion=champions.append,
+        version="1", reference=lambda: ("2", {"temp": 5.0}, None), on_champion=champions.append,
     )  # fmt: skip
     stop = threading.Event()
     runner = threading.Thread(target=monitor.run, args=(stop, time.monotonic, None, 3600), daemon=True)

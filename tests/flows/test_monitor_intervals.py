@@ -26,7 +26,7 @@ def forecast(t: int, version: str, steps: int = 3) -> Record:
 def test_a_promotion_starts_from_the_outgoing_champions_multipliers_and_another_shape_from_its_own() -> None:
     champion, sent = ["1"], []
     monitor = DriftMonitor(CONFIG, {"temp": 1.0}, lambda _d: None, version="1",
-                           reference=lambda: (champion[0], {"temp": 1.0}),
+                           reference=lambda: (champion[0], {"temp": 1.0}, None),
                            publish=lambda key, value: sent.append(parse_calibration(value)))  # fmt: skip
     for t in range(30):  # the readings stay at 20: every step of every forecast misses
         monitor.handle(CONFIG.readings_topic, Record(encode_reading("site", t * HOUR, {"temp": 20.0}), b"site"), t)

@@ -26,7 +26,9 @@ def test_the_yardstick_is_the_champions_holdout_mae_tag(mlflow_tracking, tiny_ch
     with pytest.raises(RuntimeError, match="no holdout_mae tag"):
         champion_reference(settings)
     MlflowClient().set_model_version_tag("yardstick", version, "holdout_mae", '{"temp": 0.4, "pressure": 0.1}')
-    assert champion_reference(settings) == (version, {"temp": 0.4, "pressure": 0.1})
+    assert champion_reference(settings) == (version, {"temp": 0.4, "pressure": 0.1}, None)
+    MlflowClient().set_model_version_tag("yardstick", version, "seasonal_period", "24")  # seasonal naive's, as gated
+    assert champion_reference(settings)[2] == 24
 
 
 def test_the_rolling_errors_go_to_an_mlflow_run_of_the_monitors_own(mlflow_tracking) -> None:

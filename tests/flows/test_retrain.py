@@ -245,6 +245,8 @@ def test_a_two_trial_search_logs_each_trial_as_a_child_run_and_the_gate_sees_onl
     # seasonal naive at the data's daily cycle (it fits the lookback of 24) is scored beside the others
     assert set(report["scores"]) == {"candidate", "persistence", "mean", "seasonal"}, report["scores"]
     assert MlflowClient().get_run(report["run_id"]).data.params["seasonal_period"] == "24"
+    name = loop_settings.model_name  # the version carries it too: the monitor scores seasonal naive at it
+    assert MlflowClient().get_model_version(name, "1").tags["seasonal_period"] == "24"
     client = MlflowClient()
     parent = client.get_run(report["run_id"])
     children = client.search_runs(

@@ -44,7 +44,7 @@ def monitor_cmd(
     settings = Settings.load()
     os.environ.setdefault("PREFECT_API_URL", settings.prefect_url)
     try:
-        version, reference = champion_reference(settings)
+        version, reference, period = champion_reference(settings)
     except Exception as e:
         fail(f"no champion to measure against: {e}")
     gauge = mae_ratio_gauge()
@@ -65,7 +65,7 @@ def monitor_cmd(
     monitor = DriftMonitor(
         settings, reference, on_drift, threshold, patience, cooldown, window, gauge,
         version=version, reference=lambda: champion_reference(settings), on_champion=mlflow_log.new_champion,
-        ttl_s=settings.entity_ttl_s, publish=publish, coverage_gauges=CoverageGauges(),
+        ttl_s=settings.entity_ttl_s, publish=publish, coverage_gauges=CoverageGauges(), seasonal_period=period,
     )  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
