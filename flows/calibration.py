@@ -4,9 +4,10 @@ starts each champion where the last adaptation left off, and publishes the multi
 compacted calibration topic, keyed by version, where the service picks them up.
 
 Where a champion's adaptation starts: its own last publication (a restarted monitor); else the
-outgoing champion's multipliers, when its intervals had the same levels, horizon and channels (what
-one version's holdout under- or over-covers is as true of the next retrain's, and a daily promotion
-that started from the static widths would undo the adaptation daily); else its static widths.
+outgoing champion's multipliers, when its intervals had the same levels and channels (what one
+version's holdout under- or over-covers is as true of the next retrain's, and a daily promotion that
+started from the static widths would undo the adaptation daily); after a horizon change, step by
+step, the steps past the old horizon taking its last step's; else its static widths.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class IntervalCalibrator:
 
     def new_champion(self, version: str, channels: list[str]) -> None:
         """Measure `version` from its next forecast with intervals on, from where this one got to."""
-        self._outgoing = self.coverage or self._outgoing
+        if self.coverage is not None and self.coverage.theta.any():  # one that carries an adaptation
+            self._outgoing = self.coverage
         self.version, self.channels, self.coverage = version, channels, None
         if self.gauges is not None:
             self.gauges.clear()
@@ -142,18 +144,12 @@ class IntervalCalibrator:
             log.info("v%s's intervals resume from the multipliers published %s", self.version, cal.updated_at)
             return
         old = self._outgoing
-        if (
-            old is not None
-            and old.ticks
-            and (old.levels, old.horizon, old.channels)
-            == (
-                cov.levels,
-                cov.horizon,
-                cov.channels,
-            )
-        ):
-            cov.theta[:] = old.theta
-            log.info("v%s's intervals start from the outgoing champion's multipliers", self.version)
+        if old is not None and old.theta.any() and (old.levels, old.channels) == (cov.levels, cov.channels):
+            common = min(old.horizon, cov.horizon)  # another horizon: step by step, the later steps as its last
+            cov.theta[:, :common] = old.theta[:, :common]
+            cov.theta[:, common:] = old.theta[:, common - 1 : common]
+            said = "" if old.horizon == cov.horizon else f" (its {old.horizon} steps carried to {cov.horizon})"
+            log.info("v%s's intervals start from the outgoing champion's multipliers%s", self.version, said)
             self._publish(cov)  # at once: the service applies them from its next batch
 
     def calibrate(self, now_ms: int | None = None) -> bool:

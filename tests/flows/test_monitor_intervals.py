@@ -1,5 +1,5 @@
 """The monitor's intervals across promotions, pure (no broker): a new champion of the same shape starts
-from the outgoing one's multipliers, published at once; one of another shape from its static widths."""
+from the outgoing one's multipliers, published at once; one of another horizon from them step by step."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def forecast(t: int, version: str, steps: int = 3) -> Record:
     return Record(orjson.dumps(doc), b"site")
 
 
-def test_a_promotion_starts_from_the_outgoing_champions_multipliers_and_another_shape_from_its_own() -> None:
+def test_a_promotion_starts_from_the_outgoing_champions_multipliers_and_another_horizon_step_by_step() -> None:
     champion, sent = ["1"], []
     monitor = DriftMonitor(CONFIG, {"temp": 1.0}, lambda _d: None, version="1",
                            reference=lambda: (champion[0], {"temp": 1.0}, None),
@@ -40,7 +40,9 @@ def test_a_promotion_starts_from_the_outgoing_champions_multipliers_and_another_
     np.testing.assert_allclose(monitor.tracker.coverage.multipliers()["0.8"], widened)
     assert sent[-1].version == "2"  # published at once: the service applies them from its next batch
     np.testing.assert_allclose(sent[-1].scales(["temp"], 3)["0.8"].T, widened, rtol=1e-5)
-    champion[0] = "3"  # another horizon: nothing carries, its static widths stand
+    champion[0] = "3"  # another horizon: step by step, its two later steps as the last (the same misses made them)
     assert monitor.follow_champion()
     monitor.handle(CONFIG.forecasts_topic, forecast(31, "3", steps=5), 31)
-    assert monitor.tracker.coverage.multipliers()["0.8"].tolist() == [[1.0]] * 5 and sent[-1].version == "2"
+    carried = monitor.tracker.coverage.multipliers()["0.8"]
+    np.testing.assert_allclose(carried, np.vstack([widened, widened[-1:], widened[-1:]]))
+    assert sent[-1].version == "3"  # published at once, as for the same shape
