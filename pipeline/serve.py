@@ -12,7 +12,7 @@ import time
 import torch
 
 from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
-from pipeline.kafka import TopicFollower, ensure_topics, service_sink, service_source
+from pipeline.kafka import TopicFollower, ensure_topics, service_ends
 from pipeline.loop import run
 from pipeline.messages import BadCalibration, parse_calibration
 from pipeline.metrics import ServiceMetrics
@@ -100,8 +100,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     )
 
     ensure_topics(settings)
-    source = service_source(settings, rehydrate_span_ms(settings, forecaster))
-    sink = service_sink(settings)
+    source, sink = service_ends(settings, rehydrate_span_ms(settings, forecaster))
     slot = ModelSlot(forecaster)
     core = ForecastCore(slot, ServiceConfig.from_settings(settings))
 

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
         pattern="^(kafka-python|confluent)$",
         description="the service's Kafka client: kafka-python, or confluent (librdkafka, consumer-group scale-out)",
     )
+    processing_guarantee: str = Field(
+        default="at-least-once",
+        pattern="^(at-least-once|exactly-once)$",
+        description="at-least-once (a crash re-forecasts the readings since the last commit), or exactly-once: "
+        "a batch's forecasts, dead letters and consumer offsets in one Kafka transaction (confluent client only)",
+    )
     consumer_group: str = Field(
         default="sensorcast-forecaster", description="the service's consumer group (its committed offsets)"
     )

@@ -12,7 +12,7 @@ from pipeline.kafka.clients import (
     make_producer,
     partitions_of,
 )
-from pipeline.kafka.endpoints import service_sink, service_source
+from pipeline.kafka.endpoints import service_ends, service_sink, service_source
 from pipeline.kafka.reader import TopicCollector, TopicFollower, TopicSlice, read_since, topic_reader
 from pipeline.kafka.sink import KafkaSink
 from pipeline.kafka.source import KafkaSource, kafka_source
@@ -33,6 +33,7 @@ __all__ = [
     "make_producer",
     "partitions_of",
     "read_since",
+    "service_ends",
     "service_sink",
     "service_source",
     "topic_reader",

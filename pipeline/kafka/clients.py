@@ -101,6 +101,7 @@ def make_consumer(settings: Settings, group: str | None = SETTINGS_GROUP, **over
         fetch_max_wait_ms=5,
         client_id="sensorcast-consumer",
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+        isolation_level="read_committed",  # an exactly-once service's aborted output is never read
         **kafka_python_security(settings),
     )
     config.update(overrides)

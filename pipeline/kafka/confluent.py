@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -203,6 +204,95 @@ class ConfluentSink:
             log.warning("closing the producer with %d unconfirmed sends", left)
 
 
+class TransactionalSink(ConfluentSink):
+    """Exactly-once (`SENSORCAST_PROCESSING_GUARANTEE=exactly-once`): the messages published since the
+    last commit and the consumer offsets they answer go in one Kafka transaction. The source's
+    `commit` calls `commit_with` (the loop is unchanged: a commit point is settled at once, since the
+    transaction's commit is what confirms). Zombies are fenced by the consumer group's generation
+    (KIP-447: the offsets go with the group's metadata), so each process takes a transactional id of
+    its own. A transaction the broker refuses is aborted and the service stops with an error: its
+    restart reads from the last committed offsets, and a read_committed consumer never sees the
+    aborted output. A process killed mid-transaction leaves it open until `transaction.timeout.ms`,
+    when the broker aborts it; read_committed consumers wait that long at most."""
+
+    def __init__(self, producer: Producer, timeout_s: float = 30.0, **kwargs: Any):
+        super().__init__(producer, **kwargs)
+        self.timeout_s = timeout_s
+        self.open = False  # a transaction is open: messages were published since the last commit
+        self.committed = 0  # transactions committed
+
+    def publish(self, messages: list[Outgoing]) -> None:
+        if not self.open:
+            self.producer.begin_transaction()
+            self.open = True
+        super().publish(messages)
+
+    def settled(self, mark: int) -> bool:
+        self.producer.poll(0)
+        self._raise_failed()
+        return True  # the transaction's commit confirms: the loop commits each point at once
+
+    def commit_with(self, offsets: list[TopicPartition], group_metadata) -> None:
+        """Commit what was published since the last commit with `offsets`, in one transaction."""
+        if not offsets and not self.open:
+            return
+        try:
+            if not self.open:
+                self.producer.begin_transaction()
+                self.open = True
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, group_metadata, self.timeout_s)
+            self._commit()
+        except KafkaException as e:
+            error = e.args[0]
+            if error.txn_requires_abort():
+                self.producer.abort_transaction(self.timeout_s)
+                self.open = False
+                raise OutputRefused(
+                    f"the transaction was aborted ({error.str()}): its forecasts are never read; restart the "
+                    "service, it reads from the last committed offsets"
+                ) from e
+            raise
+        self._raise_failed()
+
+    def _commit(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self.producer.commit_transaction(self.timeout_s)
+                self.open, self.committed = False, self.committed + 1
+                return
+            except KafkaException as e:
+                if not e.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+
+    def close(self) -> None:
+        if self.open:  # the loop ended without its final commit (an error): nothing of it is read
+            try:
+                self.producer.abort_transaction(self.timeout_s)
+            except KafkaException as e:
+                log.warning("could not abort the open transaction (%s): the broker aborts it at its timeout", e)
+        super().close()
+
+
+TRANSACTION_TIMEOUT_MS = 10_000  # a killed process's open transaction is aborted by the broker after this
+
+
+def transactional_sink(settings: Settings) -> TransactionalSink:
+    """The exactly-once sink: a transactional producer of this process's own id, initialised (fencing
+    an earlier producer of the same id)."""
+    producer = make_confluent_producer(
+        settings,
+        **{
+            "linger.ms": 1,
+            "transactional.id": f"sensorcast-{settings.consumer_group}-{uuid.uuid4().hex[:12]}",
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        },
+    )
+    producer.init_transactions(settings.startup_timeout_s)
+    return TransactionalSink(producer, dlq_topic=settings.dlq_topic, max_message_bytes=settings.max_message_bytes)
+
+
 class ConfluentSource:
     """pipeline.records.Source over a confluent Consumer in the settings' consumer group, with the
     cooperative-sticky assignor: instances share the topic's partitions and rebalance as they come
@@ -232,6 +322,7 @@ class ConfluentSource:
         self._buffer: list = []  # messages polled while waiting for the first assignment
         self.assigned: set[int] = set()
         self.rebalances = 0
+        self.transactional: TransactionalSink | None = None  # exactly-once: commits go through its transactions
         consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     # -- rebalancing (librdkafka calls these from inside poll/consume, on this thread) -------------
@@ -338,6 +429,10 @@ class ConfluentSource:
             for p, (pos, ts) in upto.items()
             if p in self._position and self._committed.get(p) != pos
         ]
+        if self.transactional is not None:  # the output and these offsets in one transaction
+            self.transactional.commit_with(moved, self.consumer.consumer_group_metadata())
+            self._committed.update({tp.partition: tp.offset for tp in moved})
+            return
         if not moved:
             return
         deadline = time.monotonic() + self.timeout_s

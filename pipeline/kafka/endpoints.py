@@ -26,6 +26,33 @@ def service_source(settings: Settings, rehydrate_ms: int | None = None) -> Sourc
     return kafka_source(settings, rehydrate_ms)
 
 
+def service_ends(settings: Settings, rehydrate_ms: int | None = None) -> tuple[Source, Sink]:
+    """The source and the sink; under exactly-once, the source's commits go through the sink's
+    transactions (`pipeline.kafka.confluent.TransactionalSink`)."""
+    if settings.processing_guarantee == "exactly-once":
+        if settings.kafka_client != "confluent":
+            raise ValueError(
+                "SENSORCAST_PROCESSING_GUARANTEE=exactly-once needs SENSORCAST_KAFKA_CLIENT=confluent: the "
+                "kafka-python service is at-least-once only"
+            )
+        from pipeline.kafka.confluent import transactional_sink
+
+        sink = transactional_sink(settings)
+        try:
+            source = service_source(settings, rehydrate_ms)
+        except Exception:
+            sink.close()
+            raise
+        source.transactional = sink
+        return source, sink
+    source = service_source(settings, rehydrate_ms)
+    try:
+        return source, service_sink(settings)
+    except Exception:
+        source.close()
+        raise
+
+
 def service_sink(settings: Settings) -> Sink:
     if settings.kafka_client == "confluent":
         from pipeline.kafka.confluent import ConfluentSink, make_confluent_producer

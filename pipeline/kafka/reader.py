@@ -61,12 +61,12 @@ class TopicCollector(threading.Thread):
     """Collects a topic's messages (decoded JSON) in the background, stamping their arrival time.
     A message that is not JSON is counted in `junk` and skipped: topics are not trusted."""
 
-    def __init__(self, settings: Settings, topic: str, from_beginning: bool = False):
+    def __init__(self, settings: Settings, topic: str, from_beginning: bool = False, **overrides: Any):
         super().__init__(name=f"collect-{topic}", daemon=True)
         import orjson
 
         self._decode = orjson.loads
-        self.consumer = topic_reader(settings, topic, from_beginning=from_beginning)
+        self.consumer = topic_reader(settings, topic, from_beginning=from_beginning, **overrides)
         self.arrivals: list[tuple[float, dict]] = []
         self.junk = 0
         self._halt = threading.Event()

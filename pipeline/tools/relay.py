@@ -14,7 +14,7 @@ import threading
 import orjson
 
 from pipeline.core import ServiceConfig
-from pipeline.kafka import ensure_topics, service_sink, service_source
+from pipeline.kafka import ensure_topics, service_ends
 from pipeline.loop import run
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
@@ -53,7 +53,7 @@ def relay(settings: Settings, stop: threading.Event | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     ensure_topics(settings)
-    source, sink = service_source(settings), service_sink(settings)
+    source, sink = service_ends(settings)
     log.info(
         "consuming %s with %s, relaying to %s", settings.readings_topic, settings.kafka_client, settings.forecasts_topic
     )

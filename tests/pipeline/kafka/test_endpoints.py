@@ -115,3 +115,11 @@ def test_the_kafka_python_source_reads_partitions_added_to_the_topic(kafka_setti
     finally:
         admin.close()
         source.close()
+
+
+def test_exactly_once_on_kafka_python_is_refused_at_start_with_what_to_set() -> None:
+    from pipeline.kafka import service_ends
+
+    settings = Settings(processing_guarantee="exactly-once", kafka_client="kafka-python")
+    with pytest.raises(ValueError, match="SENSORCAST_KAFKA_CLIENT=confluent"):
+        service_ends(settings)
