@@ -41,7 +41,7 @@ format: $(VENV)/.installed  ## apply ruff's fixes and formatting
 test: install  ## unit and integration tests against a real broker (started here unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(PY) -m pytest tests -m "not lifecycle" --durations=15
 
-test-lifecycle: install  ## the compressed month (tests/e2e/test_lifecycle.py, about 9 min on 2 cores): CI's second stage
+test-lifecycle: install  ## the compressed month (tests/e2e/test_lifecycle.py, 7 to 18 min on 2 cores): CI's second stage
 	$(PY) -m pytest tests -m lifecycle -rP --durations=5  # -rP: the month's report, printed
 
 test-unit: install
