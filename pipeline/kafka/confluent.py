@@ -281,15 +281,13 @@ TRANSACTION_TIMEOUT_MS = 10_000  # a killed process's open transaction is aborte
 def transactional_sink(settings: Settings) -> TransactionalSink:
     """The exactly-once sink: a transactional producer of this process's own id, initialised (fencing
     an earlier producer of the same id)."""
+    transactional_id = f"sensorcast-{settings.consumer_group}-{uuid.uuid4().hex[:12]}"
     producer = make_confluent_producer(
         settings,
-        **{
-            "linger.ms": 1,
-            "transactional.id": f"sensorcast-{settings.consumer_group}-{uuid.uuid4().hex[:12]}",
-            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-        },
+        **{"linger.ms": 1, "transactional.id": transactional_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS},
     )
     producer.init_transactions(settings.startup_timeout_s)
+    log.info("exactly-once: output and offsets commit in transactions of %s", transactional_id)
     return TransactionalSink(producer, dlq_topic=settings.dlq_topic, max_message_bytes=settings.max_message_bytes)
 
 

@@ -251,10 +251,14 @@ def test_two_instances_split_the_partitions_and_forecast_everything_once(
 
 
 @pytest.mark.parametrize("kafka_client", ["confluent"])
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_one(
-    service_settings: Settings, produce, collect, tmp_path: Path
+    service_settings: Settings, produce, collect, tmp_path: Path, guarantee: str
 ) -> None:
-    env = service_settings.as_env()  # the confluent client: the test is parametrized on it alone
+    """Under exactly-once, the hand-over commits the open transaction with the revoked partitions'
+    offsets before they go: the same counts, read read_committed."""
+    # the confluent client: the test is parametrized on it alone
+    env = {**service_settings.as_env(), "SENSORCAST_PROCESSING_GUARANTEE": guarantee}
     forecasts = collect(service_settings, service_settings.forecasts_topic)
     steps, entities = 160, 9
     a = ServeProcess(service_settings.model_uri, env, tmp_path / "a.log").start().wait_ready()
@@ -279,6 +283,7 @@ def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_o
     assert len(forecasts.docs) == len(keys), "a hand-over commits first: nothing is forecast twice"
     assert "gave up partitions" in a.output(), a.output()[-2000:]
     assert b.output().count("assigned partitions") >= 2, b.output()[-2000:]  # its share, then a's
+    assert ("exactly-once: output and offsets commit in transactions" in a.output()) == (guarantee == "exactly-once")
 
 
 def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_last_commit(
