@@ -164,9 +164,9 @@ def one_se(default: TrialRecord, best: TrialRecord) -> tuple[bool, str]:
     >>> one_se(d, b)[0]  # better on average, but by less than the origins disagree
     False
     """
-    diffs = [a - b for a, b in zip(default.fold_val_losses, best.fold_val_losses, strict=False)]
-    if len(diffs) < 2 or len(default.fold_val_losses) != len(best.fold_val_losses):
+    if len(best.fold_val_losses) < 2 or len(default.fold_val_losses) != len(best.fold_val_losses):
         return True, f"trial {best.number} is best; one origin gives no spread, so the one-SE rule cannot apply"
+    diffs = [a - b for a, b in zip(default.fold_val_losses, best.fold_val_losses, strict=True)]
     gain, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
     if gain > se:
         return True, f"trial {best.number} beats the default by {gain:.5f}, more than one SE ({se:.5f})"
@@ -381,8 +381,8 @@ def search(
         log(f"trial {trial.number}: val {record.val_loss:.5f} in {record.seconds:.0f} s, {trial.params}")
         if "record" not in kept or record.val_loss < kept["record"].val_loss:
             kept.update(record=record, model=copy.deepcopy(model).cpu().eval(), cfg=cfg)
-        if trial.number == 0 and starts:
-            default.update(record=record, model=copy.deepcopy(model).cpu().eval(), cfg=cfg)
+        if trial.number == 0 and starts:  # the first to complete: `kept` holds its copy already
+            default.update(kept)
         return record.val_loss
 
     sampler = optuna.samplers.TPESampler(seed=base.seed)

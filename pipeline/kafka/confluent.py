@@ -219,12 +219,14 @@ class TransactionalSink(ConfluentSink):
         super().__init__(producer, **kwargs)
         self.timeout_s = timeout_s
         self.open = False  # a transaction is open: messages were published since the last commit
-        self.committed = 0  # transactions committed
 
-    def publish(self, messages: list[Outgoing]) -> None:
+    def _begin(self) -> None:
         if not self.open:
             self.producer.begin_transaction()
             self.open = True
+
+    def publish(self, messages: list[Outgoing]) -> None:
+        self._begin()
         super().publish(messages)
 
     def settled(self, mark: int) -> bool:
@@ -237,9 +239,7 @@ class TransactionalSink(ConfluentSink):
         if not offsets and not self.open:
             return
         try:
-            if not self.open:
-                self.producer.begin_transaction()
-                self.open = True
+            self._begin()
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, group_metadata, self.timeout_s)
             self._commit()
@@ -260,7 +260,7 @@ class TransactionalSink(ConfluentSink):
         while True:
             try:
                 self.producer.commit_transaction(self.timeout_s)
-                self.open, self.committed = False, self.committed + 1
+                self.open = False
                 return
             except KafkaException as e:
                 if not e.args[0].retriable() or time.monotonic() > deadline:

@@ -131,6 +131,7 @@ def run_accuracy(
     else:
         raise ValueError(f"unknown protocol {protocol!r}; choose seed or standard")
     device = pick_device(train_cfg.device if train_cfg else "auto")
+    step_s = _step_s(frame)
     rows: list[BenchRow] = []
     for h in horizons:
         split = (
@@ -147,9 +148,9 @@ def run_accuracy(
             if name in models:
                 m = evaluate(cls(h), data.test)
                 rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
+        raw_train = frame.select(data.channels).to_numpy()[: split.train[1]]
         if "seasonal" in models:
-            raw_train = frame.select(data.channels).to_numpy()[: split.train[1]]
-            period = strongest_cycle(raw_train, cadence_of(_step_s(frame)), lookback)
+            period = strongest_cycle(raw_train, cadence_of(step_s), lookback)
             if period is None:
                 log(f"  seasonal naive: no cycle of the training split fits a lookback of {lookback}: no row")
             else:
@@ -157,13 +158,13 @@ def run_accuracy(
                 rows.append(BenchRow("seasonal", h, m.mse, m.mae, 0.0, 0, config={"period": period}))
                 log(f"  seasonal naive (period {period}): MSE {m.mse:.4f} MAE {m.mae:.4f}")
         if search_budget is not None and "itransformer" in models:
-            train_rows = data.scaler.transform(frame.select(data.channels).to_numpy()[: split.train[1]])
+            train_rows = data.scaler.transform(raw_train)
             val_rows = split.val[1] - split.val[0] - lookback
             origins = rolling_origins([train_rows], val_rows, lookback, h, folds)
             rows.append(
                 _searched(
                     data, lookback, h, search_budget, search_space, train_cfg, max_seconds, protocol, device, path, log,
-                    (train_rows, _step_s(frame)), origins, select,
+                    (train_rows, step_s), origins, select,
                 )
             )  # fmt: skip
         for name in models:
