@@ -76,23 +76,25 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
     rebalancing = hasattr(source, "before_revoke")  # a consumer-group source (pipeline.records.RebalancingSource)
     if rebalancing:
         source.before_revoke = commit_all
-    with ThreadPoolExecutor(1, thread_name_prefix="sensorcast-forward") as forward:
-        while not stop.is_set():
-            records = source.poll(core.cfg.max_batch, 0 if in_flight else core.cfg.max_wait_ms)
-            arrived = None
-            if records:
-                batch = core.prepare(records)
-                arrived = (batch, forward.submit(core.forecast, batch), source.checkpoint())
-                handled += len(records)
-            if in_flight is not None:
-                land(in_flight)
-            in_flight = arrived
-            if published is not None and (time.monotonic() >= next_point or (when_quiet and not records)):
-                points.append((sink.mark(), published))
-                published, next_point = None, time.monotonic() + every_s
-            if points:
-                commit_settled()
-        commit_all()
-    if rebalancing:
-        source.before_revoke = None
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="sensorcast-forward") as forward:
+            while not stop.is_set():
+                records = source.poll(core.cfg.max_batch, 0 if in_flight else core.cfg.max_wait_ms)
+                arrived = None
+                if records:
+                    batch = core.prepare(records)
+                    arrived = (batch, forward.submit(core.forecast, batch), source.checkpoint())
+                    handled += len(records)
+                if in_flight is not None:
+                    land(in_flight)
+                in_flight = arrived
+                if published is not None and (time.monotonic() >= next_point or (when_quiet and not records)):
+                    points.append((sink.mark(), published))
+                    published, next_point = None, time.monotonic() + every_s
+                if points:
+                    commit_settled()
+            commit_all()
+    finally:  # after an error too: closing the source must not commit through a loop that is gone
+        if rebalancing:
+            source.before_revoke = None
     return handled

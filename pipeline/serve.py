@@ -13,6 +13,7 @@ import torch
 
 from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
 from pipeline.kafka import TopicFollower, ensure_topics, service_ends
+from pipeline.kafka.sink import TransactionAborted
 from pipeline.loop import run
 from pipeline.messages import BadCalibration, parse_calibration
 from pipeline.metrics import ServiceMetrics
@@ -37,6 +38,7 @@ class _Observer:
             self.metrics.set_lag(lag)
 
 
+MAX_TRANSACTIONS_LOST = 3  # exactly-once: starts over in a row, none committing, before the service gives up
 CALIBRATION_WAIT_S = 10.0  # at start, at most this long for the calibrations already on the topic
 
 
@@ -145,9 +147,25 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
         settings.kafka_client,
         settings.forecasts_topic,
     )
-    started = time.monotonic()
+    started, handled, lost_in_a_row = time.monotonic(), 0, 0
+    observer = _Observer(metrics, source)
     try:
-        handled = run(source, sink, core, stop, _Observer(metrics, source))
+        while True:
+            try:
+                handled += run(source, sink, core, stop, observer)
+                break
+            except TransactionAborted as e:
+                # exactly-once: nothing of the aborted transaction is read, so start over from the
+                # last committed offsets with fresh windows (the replay refills them), as a restart would
+                lost_in_a_row = 0 if sink.committed else lost_in_a_row + 1
+                if lost_in_a_row > MAX_TRANSACTIONS_LOST:
+                    raise
+                log.warning("%s; reading again from the last committed offsets", e)
+                sink.close()
+                source.close()
+                source, sink = service_ends(settings, rehydrate_span_ms(settings, forecaster))
+                core = ForecastCore(slot, ServiceConfig.from_settings(settings))
+                observer.source = source
         log.info("stopping after %d readings in %.0f s", handled, time.monotonic() - started)
     finally:
         if watcher:

@@ -127,7 +127,7 @@ class Settings(BaseSettings):
         default="at-least-once",
         pattern="^(at-least-once|exactly-once)$",
         description="at-least-once (a crash re-forecasts the readings since the last commit), or exactly-once: "
-        "a batch's forecasts, dead letters and consumer offsets in one Kafka transaction (confluent client only)",
+        "a batch's forecasts, dead letters and consumer offsets in one Kafka transaction (either client)",
     )
     consumer_group: str = Field(
         default="sensorcast-forecaster", description="the service's consumer group (its committed offsets)"

@@ -5,7 +5,7 @@ scale-out). Both keep the same contract; see source.py, sink.py and confluent.py
 from __future__ import annotations
 
 from pipeline.kafka.clients import make_producer
-from pipeline.kafka.sink import KafkaSink
+from pipeline.kafka.sink import KafkaSink, transactional_kafka_sink
 from pipeline.kafka.source import kafka_source
 from pipeline.records import Sink, Source
 from pipeline.settings import Settings
@@ -28,17 +28,15 @@ def service_source(settings: Settings, rehydrate_ms: int | None = None) -> Sourc
 
 def service_ends(settings: Settings, rehydrate_ms: int | None = None) -> tuple[Source, Sink]:
     """The source and the sink; under exactly-once, the source's commits go through the sink's
-    transactions (`pipeline.kafka.confluent.TransactionalSink`)."""
+    transactions (`pipeline.kafka.sink.TransactionalKafkaSink`, `pipeline.kafka.confluent.TransactionalSink`)."""
     if settings.processing_guarantee == "exactly-once":
-        if settings.kafka_client != "confluent":
-            raise ValueError(
-                "SENSORCAST_PROCESSING_GUARANTEE=exactly-once needs SENSORCAST_KAFKA_CLIENT=confluent: the "
-                "kafka-python service is at-least-once only"
-            )
-        from pipeline.kafka.confluent import transactional_sink
+        if settings.kafka_client == "confluent":
+            from pipeline.kafka.confluent import transactional_sink
 
-        sink = transactional_sink(settings)
-        try:
+            sink = transactional_sink(settings)
+        else:
+            sink = transactional_kafka_sink(settings)
+        try:  # the sink first: its init fences an earlier process and settles its offsets before they are read
             source = service_source(settings, rehydrate_ms)
         except Exception:
             sink.close()

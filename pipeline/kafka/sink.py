@@ -26,8 +26,9 @@ from kafka.errors import (
     RecordListTooLargeError,
 )
 
-from pipeline.kafka.clients import close_producer, flush_producer
+from pipeline.kafka.clients import close_producer, flush_producer, make_producer
 from pipeline.records import Outgoing
+from pipeline.settings import Settings
 
 log = logging.getLogger("sensorcast.kafka")
 # errors that belong to one message, not to the topic or the cluster
@@ -49,6 +50,12 @@ def within_limit(message: Outgoing, limit: int, dlq_topic: str) -> Outgoing | No
 class OutputRefused(RuntimeError):
     """The cluster refuses the service's output as a whole (a topic missing or not authorized, no
     acknowledgement in time): the service stops, and what was not confirmed is not committed."""
+
+
+class TransactionAborted(OutputRefused):
+    """Exactly-once: the open transaction was aborted (by this process, or by the broker past its
+    timeout, which also fences the producer), so none of its output is read. The service starts
+    its ends over (pipeline.serve) and forecasts again from the last committed offsets."""
 
 
 def refusal_letter(message: Outgoing, error: str) -> bytes:
@@ -129,3 +136,107 @@ class KafkaSink:
 
     def close(self) -> None:
         close_producer(self.producer, self.flush_timeout_s)
+
+
+class TransactionalKafkaSink(KafkaSink):
+    """Exactly-once on kafka-python (`SENSORCAST_PROCESSING_GUARANTEE=exactly-once`): what was
+    published since the last commit and the consumer offsets it answers go in one transaction, as
+    on confluent (pipeline.kafka.confluent.TransactionalSink). The kafka-python source assigns its
+    partitions itself instead of joining a group, so there is no group generation to fence zombies
+    with (KIP-447); the transactional id is fixed by the group and the partitions read instead
+    (`transactional_id`): a restart's `init_transactions` fences the process before it and aborts
+    its open transaction at once, rather than after the broker's timeout.
+
+    The sends are flushed (within `flush_timeout_s`) before the commit; kafka-python's
+    `commit_transaction` itself has no timeout, so only a broker lost between the two waits longer."""
+
+    commit_when_quiet = True
+
+    def __init__(self, producer: KafkaProducer, **kwargs):
+        super().__init__(producer, **kwargs)
+        self.open = False  # a transaction is open: messages were published since the last commit
+        self.committed = 0  # transactions committed
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OutputRefused as e:  # in a transaction, any refused send dooms it
+            self._abort()
+            raise TransactionAborted(f"the transaction was aborted: {e}") from e
+
+    def _begin(self) -> None:
+        if not self.open:
+            self.producer.begin_transaction()
+            self.open = True
+
+    def publish(self, messages) -> None:
+        try:
+            self._begin()
+            super().publish(messages)
+        except KafkaError as e:  # the producer is in error: its transaction is lost
+            self._abort()
+            raise TransactionAborted(f"the transaction was lost ({type(e).__name__}: {e})") from e
+
+    def settled(self, mark: int) -> bool:
+        return True  # the transaction's commit confirms: the loop commits each point at once
+
+    def commit_with(self, offsets: dict, group_id: str) -> None:
+        """Commit what was published since the last commit with `offsets` ({TopicPartition:
+        OffsetAndMetadata}) in one transaction; an aborted one raises TransactionAborted."""
+        if not offsets and not self.open:
+            return
+        try:
+            self._begin()
+            self.flush()
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, group_id)
+            self.producer.commit_transaction()
+            self.open = False
+            self.committed += 1
+        except (KafkaError, OutputRefused) as e:
+            self._abort()
+            raise TransactionAborted(
+                f"the transaction was aborted ({type(e).__name__}: {e}): its forecasts are never read"
+            ) from e
+
+    def _abort(self) -> None:
+        if not self.open:
+            return
+        self.open = False
+        try:
+            self.producer.abort_transaction()
+        except KafkaError as e:
+            log.warning("could not abort the open transaction (%s): the broker aborts it at its timeout", e)
+
+    def close(self) -> None:
+        self._abort()  # the loop ended without its final commit (an error): nothing of it is read
+        super().close()
+
+
+TRANSACTION_TIMEOUT_MS = 10_000  # a killed process's open transaction is aborted by the broker after this
+
+
+def transactional_id(settings: Settings) -> str:
+    """The id of the kafka-python service's transactions: one per group and set of partitions read,
+    so that a restart of the same instance fences the one before it.
+
+    >>> from pipeline.settings import Settings
+    >>> transactional_id(Settings(consumer_group="g", partitions="0,2"))
+    'sensorcast-g-sensors.readings-p0,2'
+    """
+    partitions = "all" if settings.partition_list is None else ",".join(map(str, settings.partition_list))
+    return f"sensorcast-{settings.consumer_group}-{settings.readings_topic}-p{partitions}"
+
+
+def transactional_kafka_sink(settings: Settings) -> TransactionalKafkaSink:
+    """The kafka-python exactly-once sink, initialised: an earlier producer of the same id is fenced
+    and its open transaction aborted."""
+    tid = transactional_id(settings)
+    producer = make_producer(settings, linger_ms=1, transactional_id=tid, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
+    try:
+        producer.init_transactions()
+    except Exception:
+        close_producer(producer, 5.0)
+        raise
+    log.info("exactly-once: output and offsets commit in transactions of %s", tid)
+    return TransactionalKafkaSink(producer, dlq_topic=settings.dlq_topic, max_message_bytes=settings.max_message_bytes)

@@ -10,6 +10,7 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
 from pipeline.kafka.clients import KafkaUnavailable, StallNudge, make_consumer, partitions_of
+from pipeline.kafka.sink import TransactionalKafkaSink
 from pipeline.records import Record
 from pipeline.settings import Settings
 
@@ -52,6 +53,7 @@ class KafkaSource:
         self._position: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._last_ts: dict[TopicPartition, int] = {}  # timestamp of the last record read, per partition
         self._committed: dict[TopicPartition, int] = {}
+        self.transactional: TransactionalKafkaSink | None = None  # exactly-once: commits go through its transactions
         self._unstick = StallNudge(fetcher)  # after an empty poll
         self.topic, self.follow_new_partitions = topic, partitions is None  # an explicit list stays as given
         self.partition_check_s = 10.0  # how often to look for partitions added to the topic
@@ -131,9 +133,13 @@ class KafkaSource:
         the timestamp of the last record covered (a restart reads back by time from there)."""
         upto = self.checkpoint() if checkpoint is None else checkpoint
         moved = {tp: at for tp, at in upto.items() if self._committed.get(tp) != at[0]}
-        if not moved:
+        if not moved and self.transactional is None:
             return
         offsets = {tp: OffsetAndMetadata(pos, commit_metadata(ts), -1) for tp, (pos, ts) in moved.items()}
+        if self.transactional is not None:  # the output and these offsets in one transaction
+            self.transactional.commit_with(offsets, self.committer.config["group_id"])
+            self._committed.update({tp: pos for tp, (pos, _) in moved.items()})
+            return
         deadline = time.monotonic() + 30.0
         while True:
             try:

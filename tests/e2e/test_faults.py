@@ -1,6 +1,7 @@
 """Faults under a running service, on clusters of this module's own: a broker killed (SIGKILL) mid-stream
-for 10 s, then restarted; and one broker of three killed for good. Producer and service recover by
-themselves, every reading gets its forecast, and the outage shows in the service's metrics."""
+for 10 s, then restarted (under each processing guarantee); and one broker of three killed for good.
+Producer and service recover by themselves, every reading gets its forecast, and the outage shows in
+the service's metrics."""
 
 from __future__ import annotations
 
@@ -114,44 +115,76 @@ def own_cluster(clusters, tiny_checkpoint, kafka_client: str) -> Callable[[int],
     return start
 
 
-def serve_through(settings: Settings, tmp_path: Path, steps: range, rate: float, fault) -> tuple[Collector, dict]:
+def beside(settings: Settings, **update) -> Settings:
+    """A second service on the same readings, with outputs, a group and a metrics port of its own:
+    one fault then tests both (a cluster's fault is the slow part)."""
+    tag = uuid.uuid4().hex[:8]
+    twin = settings.model_copy(
+        update={
+            **{f"{t}_topic": f"{t}-{tag}" for t in ("forecasts", "dlq")},
+            "consumer_group": f"group-{tag}",
+            "metrics_port": stack.free_ports(1)[0],
+            **update,
+        }
+    )
+    ensure_topics(twin, [twin.forecasts_topic, twin.dlq_topic])
+    return twin
+
+
+def serve_through(
+    settings: Settings, tmp_path: Path, steps: range, rate: float, fault, others: tuple[Settings, ...] = ()
+) -> list[tuple[Collector, dict]]:
     """Serve a paced stream, call `fault(service, forecasts)` once forecasts flow and half the stream
     is out (the producer waits there for it), then wait for every forecast and stop. Asserts the
-    fault struck mid-stream, the service lived through it and stopped cleanly, and no reading lost
-    its forecast; returns the forecasts and the service's metrics."""
-    forecasts = Collector(settings, settings.forecasts_topic)
+    fault struck mid-stream, the services lived through it and stopped cleanly, and no reading lost
+    its forecast; returns each service's forecasts and metrics. `others`: services of their own
+    settings (`beside`) on the same readings, through the same fault."""
+    every = (settings, *others)
+    collected = [Collector(s, s.forecasts_topic) for s in every]
+    forecasts = collected[0]
     sent: list[int] = []
-    service = ServeProcess(settings.model_uri, settings.as_env(), tmp_path / "serve.log").start().wait_ready()
+    services = [ServeProcess(s.model_uri, s.as_env(), tmp_path / f"serve-{i}.log").start() for i, s in enumerate(every)]
+    for service in services:
+        service.wait_ready()
     striking = threading.Event()
     hold = (len(steps) // 2, striking)
     producer = threading.Thread(target=stream, args=(settings, steps, rate, sent, hold), daemon=True)
+    metrics = []
     try:
         producer.start()
-        forecasts.wait_for(30, timeout_s=300)
+        for c in collected:
+            c.wait_for(30, timeout_s=300)
         while len(sent) < hold[0]:  # the first half is out: the producer waits for the fault
             assert producer.is_alive(), "the producer stopped before the fault"
             time.sleep(0.05)
         struck_at = len(sent)
         striking.set()  # the second half goes out while the fault strikes
-        fault(service, forecasts)
+        fault(services[0], forecasts)
         producer.join(timeout=600)
         assert not producer.is_alive(), "the producer did not get every acknowledgement"
         expected = ENTITIES * (len(steps) - (L - 1))
-        forecasts.wait_for(expected, timeout_s=300, unique=True)
-        assert service.proc.poll() is None, "the service stopped:\n" + service.output()[-3000:]
-        metrics = scrape(settings.metrics_port)
+        for c, service, s in zip(collected, services, every, strict=True):
+            c.wait_for(expected, timeout_s=300, unique=True)
+            assert service.proc.poll() is None, "the service stopped:\n" + service.output()[-3000:]
+            metrics.append(scrape(s.metrics_port))
     finally:
-        code = service.stop()
-        forecasts.close()
-    assert code == 0, service.output()[-3000:]
+        codes = [service.stop() for service in services]
+        for c in collected:
+            c.close()
+    for code, service in zip(codes, services, strict=True):
+        assert code == 0, service.output()[-3000:]
     assert 0 < struck_at < len(steps), "the fault should strike mid-stream"
-    missing = expected - len(forecasts.unique())
-    assert missing == 0, f"{missing} readings lost their forecast"
-    return forecasts, metrics
+    for c in collected:
+        missing = expected - len(c.unique())
+        assert missing == 0, f"{missing} readings lost their forecast"
+    return list(zip(collected, metrics, strict=True))
 
 
 def test_a_broker_killed_for_10_s_mid_stream_loses_nothing(own_cluster, tmp_path: Path) -> None:
+    """Two services through the same outage: at-least-once (readings may be forecast twice) and
+    exactly-once (its read_committed reader sees each forecast once: 0 repeated)."""
     settings = own_cluster(1)
+    exactly_once = beside(settings, processing_guarantee="exactly-once")
     steps = range(0, 100)  # 600 readings at 45/s: 13 s; the broker dies about 2 s in, for 10 s
 
     def outage(service: ServeProcess, forecasts: Collector) -> None:
@@ -164,17 +197,18 @@ def test_a_broker_killed_for_10_s_mid_stream_loses_nothing(own_cluster, tmp_path
             time.sleep(0.05)
         print(f"forecasts again {time.monotonic() - back:.1f} s after the broker answered")
 
-    _, metrics = serve_through(settings, tmp_path, steps, 45.0, outage)
+    (_, metrics), (once, _) = serve_through(settings, tmp_path, steps, 45.0, outage, others=(exactly_once,))
     # the outage shows: readings sent while the broker was down waited for it, seconds, not milliseconds
     count = metrics["sensorcast_e2e_latency_seconds_count"]
     within_5s = metrics['sensorcast_e2e_latency_seconds_bucket{le="5.0"}']
     # (the histogram counts forecasts: not the readings that warmed a window, not replays or dead letters)
     assert count >= ENTITIES * (len(steps) - (L - 1)) and count - within_5s >= ENTITIES, metrics
     print(f"{count - within_5s:.0f} of {count:.0f} readings waited over 5 s for the broker; none lost")
+    assert len(once.docs) == len(once.unique()), f"exactly-once: {len(once.docs) - len(once.unique())} repeated"
 
 
 def test_three_brokers_one_killed_for_good_every_reading_forecast(own_cluster, tmp_path: Path) -> None:
     settings = own_cluster(3)  # replication 3, min.insync.replicas 2: one broker may go
     # 540 readings at 60/s; node 1 (a controller, a leader, the first bootstrap) dies at ~3 s
-    forecasts, _ = serve_through(settings, tmp_path, range(0, 90), 60.0, lambda *_: kill_broker(settings))
+    [(forecasts, _)] = serve_through(settings, tmp_path, range(0, 90), 60.0, lambda *_: kill_broker(settings))
     print(f"{len(forecasts.docs) - len(forecasts.unique())} readings forecast twice; none lost")

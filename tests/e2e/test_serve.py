@@ -232,12 +232,15 @@ def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
 
 
 @pytest.mark.parametrize("kafka_client", ["kafka-python"])  # explicit partition lists; confluent: the group test
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_two_instances_split_the_partitions_and_forecast_everything_once(
-    service_settings: Settings, produce, collect
+    service_settings: Settings, produce, collect, guarantee: str
 ) -> None:
+    """Under exactly-once each instance's transactional id names its partitions: neither fences the other."""
+    s = service_settings.model_copy(update={"processing_guarantee": guarantee})
     forecasts = collect(service_settings, service_settings.forecasts_topic)
-    a = start_service(service_settings.model_copy(update={"partitions": "0"}))
-    b = start_service(service_settings.model_copy(update={"partitions": "1,2"}))
+    a = start_service(s.model_copy(update={"partitions": "0"}))
+    b = start_service(s.model_copy(update={"partitions": "1,2"}))
     try:
         produce(service_settings, readings(9, range(30)))
         forecasts.wait_for(9 * (30 - (L - 1)))
@@ -251,12 +254,18 @@ def test_two_instances_split_the_partitions_and_forecast_everything_once(
 
 
 @pytest.mark.parametrize("kafka_client", ["confluent"])
-@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+@pytest.mark.parametrize(
+    ("guarantee", "how"), [("at-least-once", "stop"), ("exactly-once", "stop"), ("exactly-once", "kill")]
+)
 def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_one(
-    service_settings: Settings, produce, collect, tmp_path: Path, guarantee: str
+    service_settings: Settings, produce, collect, tmp_path: Path, guarantee: str, how: str
 ) -> None:
     """Under exactly-once, the hand-over commits the open transaction with the revoked partitions'
-    offsets before they go: the same counts, read read_committed."""
+    offsets before they go: the same counts, read read_committed. An instance lost without a
+    hand-over (SIGKILL) leaves its transaction open: the broker aborts it at its timeout, the group
+    gives its partitions to the other once its session expires, and that one reads from the last
+    committed offsets (KIP-447: it waits for offsets still pending in a transaction). Still 0 lost
+    and 0 repeated for a read_committed reader."""
     # the confluent client: the test is parametrized on it alone
     env = {**service_settings.as_env(), "SENSORCAST_PROCESSING_GUARANTEE": guarantee}
     forecasts = collect(service_settings, service_settings.forecasts_topic)
@@ -268,7 +277,11 @@ def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_o
         producer.start()  # 1,440 readings over 3.6 s
         forecasts.wait_for(200, timeout_s=60)
         assert "assigned partitions" in a.output() and "assigned partitions" in b.output()
-        assert a.stop() == 0, a.output()[-3000:]  # mid-stream: b takes a's partitions over
+        if how == "stop":
+            assert a.stop() == 0, a.output()[-3000:]  # mid-stream: b takes a's partitions over
+        else:
+            a.proc.kill()  # no hand-over, no commit, no leaving the group
+            a.proc.wait(10)
         before = len(forecasts.docs)
         producer.join(timeout=60)
         expected = entities * (steps - (L - 1))
@@ -281,7 +294,8 @@ def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_o
     assert 0 < before < expected, "a should stop mid-stream"
     assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast across the hand-over"
     assert len(forecasts.docs) == len(keys), "a hand-over commits first: nothing is forecast twice"
-    assert "gave up partitions" in a.output(), a.output()[-2000:]
+    assert ("stopping after" in a.output()) == (how == "stop"), a.output()[-2000:]  # killed: no last words
+    assert "gave up partitions" in a.output(), a.output()[-2000:]  # to b, when it joined, and on a's stop
     assert b.output().count("assigned partitions") >= 2, b.output()[-2000:]  # its share, then a's
     assert ("exactly-once: output and offsets commit in transactions" in a.output()) == (guarantee == "exactly-once")
 
@@ -324,18 +338,20 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_las
 
 
 def test_exactly_once_a_sigkill_mid_stream_leaves_each_forecast_once_for_a_read_committed_reader(
-    kafka_settings: Settings, tiny_checkpoint, produce, collect, tmp_path: Path
+    kafka_settings: Settings, kafka_client: str, tiny_checkpoint, produce, collect, tmp_path: Path
 ) -> None:
-    """SENSORCAST_PROCESSING_GUARANTEE=exactly-once on confluent: the forecasts and the offsets of each
-    commit point go in one transaction. A SIGKILL mid-stream leaves its open transaction to the
-    broker's timeout, which aborts it; the restart forecasts from the last committed offsets. A
-    read_committed reader (the project's own) then sees every reading's forecast exactly once: none
-    lost, none repeated; a read_uncommitted reader of the same topic sees at least as many."""
+    """SENSORCAST_PROCESSING_GUARANTEE=exactly-once: the forecasts and the offsets of each commit
+    point go in one transaction. A SIGKILL mid-stream leaves its open transaction behind: on
+    kafka-python the restart's own transactional id fences it and aborts it at once, on confluent
+    (a new id per process, fenced by the group's generation) the broker aborts it at its timeout.
+    The restart forecasts from the last committed offsets. A read_committed reader (the project's
+    own) then sees every reading's forecast exactly once: none lost, none repeated; a
+    read_uncommitted reader of the same topic sees at least as many."""
     from collections import Counter
 
     settings = kafka_settings.model_copy(
         update={"model_uri": str(tiny_checkpoint()), "metrics_port": 0, "topic_partitions": 3,
-                "kafka_client": "confluent", "processing_guarantee": "exactly-once"}
+                "kafka_client": kafka_client, "processing_guarantee": "exactly-once"}
     )  # fmt: skip
     ensure_topics(settings)
     env = {**settings.as_env(), "SENSORCAST_COMMIT_INTERVAL_MS": "250"}

@@ -29,6 +29,7 @@ def _sink_process(bootstrap: str, topic: str, conn, ready) -> None:
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 5,
+            "isolation.level": "read_committed",  # as every reader the project makes: committed output only
         }
     )
     consumer.subscribe([topic])

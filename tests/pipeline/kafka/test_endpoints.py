@@ -117,9 +117,83 @@ def test_the_kafka_python_source_reads_partitions_added_to_the_topic(kafka_setti
         source.close()
 
 
-def test_exactly_once_on_kafka_python_is_refused_at_start_with_what_to_set() -> None:
-    from pipeline.kafka import service_ends
+def _values(settings: Settings, topic: str, isolation_level: str) -> list[bytes]:
+    """Every value on `topic` that a reader of `isolation_level` sees, read to the end."""
+    from pipeline.kafka import make_consumer, partitions_of
 
-    settings = Settings(processing_guarantee="exactly-once", kafka_client="kafka-python")
-    with pytest.raises(ValueError, match="SENSORCAST_KAFKA_CLIENT=confluent"):
-        service_ends(settings)
+    reader = make_consumer(settings, group=None, isolation_level=isolation_level)
+    try:
+        tps = partitions_of(reader, topic, 30)
+        reader.assign(tps)
+        reader.seek_to_beginning(*tps)
+        ends, got, deadline = reader.end_offsets(tps), [], time.monotonic() + 30
+        while any(reader.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, "the topic was never read to its end"
+            got += [r.value for batch in reader.poll(200).values() for r in batch]
+        return got
+    finally:
+        reader.close()
+
+
+def test_exactly_once_output_is_read_once_its_offsets_commit_in_the_same_transaction(
+    kafka_settings: Settings, kafka_client: str
+) -> None:
+    """Four readings' outputs commit with the offsets of three (a commit point trails what was
+    published); the output published after is aborted when the sink closes without a commit (a
+    failed batch): a read_committed reader sees the four, the group's offset is 3."""
+    from pipeline.kafka import make_admin, service_ends
+
+    s = kafka_settings.model_copy(
+        update={"kafka_client": kafka_client, "offset_reset": "earliest", "processing_guarantee": "exactly-once"}
+    )
+    ensure_topics(s, [s.readings_topic], partitions=1)
+    ensure_topics(s, [s.forecasts_topic])
+    feeder = service_sink(s.model_copy(update={"processing_guarantee": "at-least-once"}))
+    feeder.publish([Outgoing(s.readings_topic, b"k", str(i).encode()) for i in range(4)])
+    feeder.flush()
+    feeder.close()
+    source, sink = service_ends(s)
+    try:
+        got: list = []
+        while len(got) < 4:
+            got += source.poll(4 - len(got), 200)
+        sink.publish([Outgoing(s.forecasts_topic, b"k", b"out " + r.value) for r in got])
+        source.commit({k: (offset - 1, ts) for k, (offset, ts) in source.checkpoint().items()})
+        sink.publish([Outgoing(s.forecasts_topic, b"k", b"aborted")])
+        sink.flush()  # on the broker, in the open transaction
+    finally:
+        sink.close()  # the open transaction (the "aborted" output) is aborted
+        source.close()
+    assert _values(s, s.forecasts_topic, "read_committed") == [b"out 0", b"out 1", b"out 2", b"out 3"]
+    assert b"aborted" in _values(s, s.forecasts_topic, "read_uncommitted")
+    admin = make_admin(s)
+    try:
+        offsets = admin.list_group_offsets(s.consumer_group)[s.consumer_group]
+    finally:
+        admin.close()
+    assert [m.offset for m in offsets.values()] == [3]
+
+
+def test_a_restarted_kafka_python_instance_fences_the_one_before_it(kafka_settings: Settings) -> None:
+    """The kafka-python service's transactional id is fixed by its group and partitions: a second
+    process of the same instance aborts the first one's open transaction at once, and the first
+    can commit nothing after that (a zombie)."""
+    from pipeline.kafka.sink import OutputRefused, transactional_kafka_sink
+
+    s = kafka_settings.model_copy(update={"processing_guarantee": "exactly-once", "partitions": "0"})
+    ensure_topics(s, [s.forecasts_topic])
+    zombie = transactional_kafka_sink(s)
+    try:
+        zombie.publish([Outgoing(s.forecasts_topic, b"k", b"from the zombie")])
+        zombie.flush()
+        successor = transactional_kafka_sink(s)
+        try:
+            successor.publish([Outgoing(s.forecasts_topic, b"k", b"from the successor")])
+            successor.commit_with({}, s.consumer_group)
+        finally:
+            successor.close()
+        with pytest.raises(OutputRefused, match="aborted"):
+            zombie.commit_with({}, s.consumer_group)
+    finally:
+        zombie.close()
+    assert _values(s, s.forecasts_topic, "read_committed") == [b"from the successor"]
