@@ -10,6 +10,8 @@ or forecast is then refused by the broker, not trusted by its reader.
 | retrain | read | – | – | write | – | – |
 | api | – | read | – | – | – | – |
 
+Under exactly-once the service also writes transactions, with ids that start `sensorcast-<its
+group>-` (one prefixed grant: both clients name their transactional ids so), and no other role may.
 The monitor reads the calibration topic to resume its own multipliers after a restart; it, the
 retrain flow and the api read without a group (they assign partitions), so only the service has one.
 Topics are the admin's to create (`stack up`). Pure: `pipeline.tools.principals` creates the logins
@@ -34,9 +36,10 @@ ROLES = ("producer", "service", "monitor", "retrain", "api")
 @dataclass(frozen=True)
 class Grant:
     role: str
-    resource: str  # topic, group
+    resource: str  # topic, group, transactional_id
     name: str
     operation: str  # read, write (each implies describe)
+    prefixed: bool = False  # `name` is a prefix: every resource whose name starts so
 
 
 def username(role: str) -> str:
@@ -58,6 +61,7 @@ def grants(settings: Settings, role: str | None = None) -> list[Grant]:
             ("topic", s.models_topic, "read"),
             ("topic", s.calibration_topic, "read"),
             ("group", s.consumer_group, "read"),
+            ("transactional_id", f"sensorcast-{s.consumer_group}-", "write", True),
         ],
         "monitor": [
             ("topic", s.readings_topic, "read"),

@@ -50,11 +50,16 @@ def grant_roles(settings: Settings) -> dict[str, Path]:
     ]
 
     def binding(g: Grant) -> AclBinding:
-        resource = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}[g.resource]
+        resource = {
+            "topic": ResourceType.TOPIC,
+            "group": ResourceType.GROUP,
+            "transactional_id": ResourceType.TRANSACTIONAL_ID,
+        }[g.resource]
         operation = {"read": AclOperation.READ, "write": AclOperation.WRITE}[g.operation]
         principal = f"User:{username(g.role)}"
         allow = AclPermissionType.ALLOW
-        return AclBinding(resource, g.name, ResourcePatternType.LITERAL, principal, "*", operation, allow)
+        pattern = ResourcePatternType.PREFIXED if g.prefixed else ResourcePatternType.LITERAL
+        return AclBinding(resource, g.name, pattern, principal, "*", operation, allow)
 
     try:
         for future in [*admin.alter_user_scram_credentials(logins).values(), *admin.create_acls(

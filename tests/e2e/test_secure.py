@@ -234,6 +234,30 @@ def test_each_role_is_refused_what_it_must_not_do_and_nothing_is_written(secure_
         consumer.close()
 
 
+def test_only_the_service_opens_transactions_and_only_under_its_own_ids(secure_settings: Settings) -> None:
+    """Exactly-once on the secured broker: the service's transactional id is granted (a prefixed
+    ACL), commits go through; the producer role, or the service under another group's ids, is refused."""
+    from kafka.errors import KafkaError
+
+    from pipeline.kafka.sink import transactional_kafka_sink
+    from pipeline.records import Outgoing
+
+    service = role_settings(secure_settings, "service").model_copy(update={"processing_guarantee": "exactly-once"})
+    sink = transactional_kafka_sink(service)
+    try:
+        sink.publish([Outgoing(service.forecasts_topic, b"site0", b"{}")])
+        sink.commit_with({}, service.consumer_group)
+        assert sink.committed == 1
+    finally:
+        sink.close()
+    for forged in (
+        role_settings(secure_settings, "producer").model_copy(update={"processing_guarantee": "exactly-once"}),
+        service.model_copy(update={"consumer_group": "someone-else"}),
+    ):
+        with pytest.raises(KafkaError, match="TransactionalIdAuthorizationFailed"):
+            transactional_kafka_sink(forged)
+
+
 def end_offsets(settings: Settings, topics: list[str]) -> dict:
     from kafka import TopicPartition
 

@@ -6,7 +6,7 @@ from pipeline.settings import Settings
 
 def test_each_topic_has_exactly_one_writer_and_it_is_the_component_that_owns_it() -> None:
     s = Settings()
-    writers = {(g.name, g.role) for g in grants(s) if g.operation == "write"}
+    writers = {(g.name, g.role) for g in grants(s) if g.operation == "write" and g.resource == "topic"}
     assert writers == {
         (s.readings_topic, "producer"),
         (s.forecasts_topic, "service"),
@@ -27,3 +27,12 @@ def test_an_unknown_role_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no such role 'admin'"):
         grants(Settings(), "admin")
     assert username("producer") == "sensorcast-producer"
+
+
+def test_only_the_service_may_write_transactions_and_only_under_its_group_s_prefix() -> None:
+    from pipeline.kafka.sink import transactional_id
+
+    s = Settings(consumer_group="site-7-forecaster")
+    [grant] = [g for g in grants(s) if g.resource == "transactional_id"]
+    assert (grant.role, grant.operation, grant.prefixed) == ("service", "write", True)
+    assert transactional_id(s).startswith(grant.name)  # kafka-python's; confluent's is sensorcast-<group>-<random>
