@@ -24,6 +24,7 @@ from pipeline.kafka.sink import (
     OutputRefused,
     TransactionAborted,
     refusal_letter,
+    transactional_id_prefix,
     within_limit,
 )
 from pipeline.kafka.source import advance_marker, commit_metadata, committed_ts
@@ -316,7 +317,7 @@ class TransactionalSink(ConfluentSink):
 def transactional_sink(settings: Settings) -> TransactionalSink:
     """The exactly-once sink: a transactional producer of this process's own id, initialised (fencing
     an earlier producer of the same id)."""
-    transactional_id = f"sensorcast-{settings.consumer_group}-{uuid.uuid4().hex[:12]}"
+    transactional_id = f"{transactional_id_prefix(settings)}{uuid.uuid4().hex[:12]}"
     producer = make_confluent_producer(
         settings,
         **{"linger.ms": 1, "transactional.id": transactional_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS},

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.kafka.sink import transactional_id_prefix
 from pipeline.settings import Settings
 
 ROLES = ("producer", "service", "monitor", "retrain", "api")
@@ -61,7 +62,7 @@ def grants(settings: Settings, role: str | None = None) -> list[Grant]:
             ("topic", s.models_topic, "read"),
             ("topic", s.calibration_topic, "read"),
             ("group", s.consumer_group, "read"),
-            ("transactional_id", f"sensorcast-{s.consumer_group}-", "write", True),
+            ("transactional_id", transactional_id_prefix(s), "write", True),
         ],
         "monitor": [
             ("topic", s.readings_topic, "read"),

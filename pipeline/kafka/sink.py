@@ -193,6 +193,8 @@ class TransactionalKafkaSink(KafkaSink):
             self.producer.commit_transaction()
             self.open = False
             self.committed += 1
+        except TransactionAborted:  # the flush found a refused send and aborted already
+            raise
         except (KafkaError, OutputRefused) as e:
             self._abort()
             raise TransactionAborted(
@@ -216,6 +218,12 @@ class TransactionalKafkaSink(KafkaSink):
 TRANSACTION_TIMEOUT_MS = 10_000  # a killed process's open transaction is aborted by the broker after this
 
 
+def transactional_id_prefix(settings: Settings) -> str:
+    """How every transactional id of the service's group begins, on either client: the secured
+    broker grants the service exactly these (`pipeline.kafka.roles`)."""
+    return f"sensorcast-{settings.consumer_group}-"
+
+
 def transactional_id(settings: Settings) -> str:
     """The id of the kafka-python service's transactions: one per group and set of partitions read,
     so that a restart of the same instance fences the one before it.
@@ -225,7 +233,7 @@ def transactional_id(settings: Settings) -> str:
     'sensorcast-g-sensors.readings-p0,2'
     """
     partitions = "all" if settings.partition_list is None else ",".join(map(str, settings.partition_list))
-    return f"sensorcast-{settings.consumer_group}-{settings.readings_topic}-p{partitions}"
+    return f"{transactional_id_prefix(settings)}{settings.readings_topic}-p{partitions}"
 
 
 def transactional_kafka_sink(settings: Settings) -> TransactionalKafkaSink:

@@ -99,10 +99,10 @@ def against_kafka(
     guarantee: str = "at-least-once",
 ) -> dict:
     """(a) latency at `rate`, (b) the highest rung of the ladder held (p99 under 100 ms, plus the
-    commit interval under exactly-once), and for the service (d) a
-    backlog drained batched and naive; `relay` measures the same with no model (the floor). Under
-    `guarantee="exactly-once"` a forecast arrives when its transaction commits (the stamper reads
-    read_committed), and (d) drains batched only."""
+    commit interval under exactly-once), and for the service (d) a backlog drained batched and
+    naive; `relay` measures the same with no model (the floor). Under `guarantee="exactly-once"` a
+    forecast arrives when its transaction commits (the stamper reads read_committed), and (d)
+    drains batched only."""
     from pipeline.kafka import ensure_topics
 
     tag = uuid.uuid4().hex[:6]
