@@ -19,8 +19,12 @@ from pathlib import Path
 
 PLACEHOLDER = "change-me"  # every secret in .env.example starts so (or, as "user:password", its password)
 MIN_LENGTH = 12
-SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY", "PREFECT_AUTH_STRING",
-           "GRAFANA_ADMIN_PASSWORD")  # fmt: skip
+SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
+           # each app's own login (the MLflow users of pipeline.tools.principals; pipeline.kafka.roles)
+           "MLFLOW_SERVICE_PASSWORD", "MLFLOW_MONITOR_PASSWORD", "MLFLOW_RETRAIN_PASSWORD", "MLFLOW_SECRET_KEY",
+           "KAFKA_ADMIN_PASSWORD", "KAFKA_CONTROLLER_PASSWORD", "KAFKA_PRODUCER_PASSWORD", "KAFKA_SERVICE_PASSWORD",
+           "KAFKA_MONITOR_PASSWORD", "KAFKA_RETRAIN_PASSWORD", "KAFKA_API_PASSWORD",
+           "PREFECT_AUTH_STRING", "GRAFANA_ADMIN_PASSWORD")  # fmt: skip
 USER_AND_PASSWORD = ("PREFECT_AUTH_STRING",)  # "user:password": the password is what is checked
 
 

@@ -17,17 +17,20 @@ from pipeline.tools.broker import StackError, kept_secret, write_client_env, wri
 SCRAM_ITERATIONS = 8192  # Kafka's default for SCRAM-SHA-512 credentials
 
 
-def role_settings(settings: Settings, role: str) -> Settings:
-    """The admin's secured settings with `role`'s login instead: what that component connects with."""
+def role_settings(settings: Settings, role: str, password: str | None = None) -> Settings:
+    """The admin's secured settings with `role`'s login instead: what that component connects with.
+    Its password is `password`, else the one the stack keeps for it."""
     from pydantic import SecretStr
 
-    password = kept_secret(settings.state_dir / "tls" / f"{role}-password")
+    password = password or kept_secret(settings.state_dir / "tls" / f"{role}-password")
     login = {"kafka_sasl_username": username(role), "kafka_sasl_password": SecretStr(password)}
     return settings.model_copy(update=login)
 
 
-def grant_roles(settings: Settings) -> dict[str, Path]:
-    """As the admin (`settings`): create the topics, each role's login and its ACLs; {role: its env file}."""
+def grant_roles(settings: Settings, passwords: dict[str, str] | None = None) -> dict[str, Path]:
+    """As the admin (`settings`): create the topics, each role's login and its ACLs; {role: its env
+    file}. With `passwords` ({role: password}, docker compose's from its .env) the logins get those,
+    and no env file is written: each container is given its own login by compose."""
     from confluent_kafka.admin import (
         AclBinding,
         AclOperation,
@@ -43,7 +46,7 @@ def grant_roles(settings: Settings) -> dict[str, Path]:
     ensure_topics(settings)  # only the admin may create them
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **confluent_security(settings)})
     mechanism = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
-    as_role = {role: role_settings(settings, role) for role in ROLES}
+    as_role = {role: role_settings(settings, role, (passwords or {}).get(role)) for role in ROLES}
     logins = [
         UserScramCredentialUpsertion(username(role), mechanism, s.kafka_sasl_password.get_secret_value().encode())
         for role, s in as_role.items()
@@ -68,6 +71,8 @@ def grant_roles(settings: Settings) -> dict[str, Path]:
             future.result(timeout=60)
     except Exception as e:
         raise StackError(f"could not grant the components their Kafka logins and ACLs: {e}") from e
+    if passwords is not None:
+        return {}
     return {role: write_client_env(s, f"{role}.env") for role, s in as_role.items()}
 
 
@@ -82,15 +87,17 @@ MLFLOW_RIGHTS = {
 }
 
 
-def mlflow_login(settings: Settings, role: str) -> dict[str, str]:
-    """The MLflow client environment of `role`'s own user (made by `grant_mlflow_users`)."""
-    password = kept_secret(settings.state_dir / "mlflow" / f"{role}-password")
+def mlflow_login(settings: Settings, role: str, password: str | None = None) -> dict[str, str]:
+    """The MLflow client environment of `role`'s own user (made by `grant_mlflow_users`): `password`,
+    else the one the stack keeps for it."""
+    password = password or kept_secret(settings.state_dir / "mlflow" / f"{role}-password")
     return {"MLFLOW_TRACKING_USERNAME": username(role), "MLFLOW_TRACKING_PASSWORD": password}
 
 
-def grant_mlflow_users(settings: Settings) -> dict[str, Path]:
+def grant_mlflow_users(settings: Settings, passwords: dict[str, str] | None = None) -> dict[str, Path]:
     """As MLflow's admin (the environment's login): the registered model and the experiments, a user
-    per app with only its rights (MLFLOW_RIGHTS); {role: its env file, mode 600}. Again is harmless."""
+    per app with only its rights (MLFLOW_RIGHTS); {role: its env file, mode 600}. Again is harmless.
+    With `passwords` ({role: password}, compose's) the users get those, and no env file is written."""
     from mlflow import MlflowClient
     from mlflow.exceptions import RestException
     from mlflow.server import get_app_client
@@ -113,7 +120,7 @@ def grant_mlflow_users(settings: Settings) -> dict[str, Path]:
                 ids[which] = found.experiment_id if found else client.create_experiment(which)
     files = {}
     for role, rights in MLFLOW_RIGHTS.items():
-        login = mlflow_login(settings, role)
+        login = mlflow_login(settings, role, (passwords or {}).get(role))
         try:
             auth.create_user(login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"])
         except RestException as e:
@@ -122,6 +129,7 @@ def grant_mlflow_users(settings: Settings) -> dict[str, Path]:
             auth.update_user_password(login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"])
         for resource, which, permission in rights:
             exists_already(auth.grant_user_permission, username(role), resource, ids[which], permission)
-        files[role] = settings.state_dir / "mlflow" / f"{role}.env"
-        write_env_file(files[role], login)
+        if passwords is None:
+            files[role] = settings.state_dir / "mlflow" / f"{role}.env"
+            write_env_file(files[role], login)
     return files

@@ -50,8 +50,9 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def local_pki(folder: Path, host: str, days: int = 365) -> LocalPki:
-    """The CA and a certificate for `host` (an IP or a name, plus localhost) under `folder`; idempotent."""
+def local_pki(folder: Path, host: str, days: int = 365, also: tuple[str, ...] = ()) -> LocalPki:
+    """The CA and a certificate for `host` (an IP or a name, plus localhost and the names in `also`)
+    under `folder`; idempotent."""
     pki = LocalPki(folder)
     if pki.ready:
         return pki
@@ -75,6 +76,7 @@ def local_pki(folder: Path, host: str, days: int = 365) -> LocalPki:
         names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(host))]
     except ValueError:
         names = [x509.DNSName(host)]
+    names += [x509.DNSName(n) for n in also]
     names += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (

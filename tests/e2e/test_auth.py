@@ -152,3 +152,16 @@ def test_each_app_has_its_own_mlflow_user_and_only_the_retrain_may_move_champion
         assert client.get_model_version_by_alias(settings.model_name, "champion").version == version.version
         with pytest.raises(MlflowException, match="403 != 200. Response body: 'Permission denied'"):
             client.set_registered_model_alias(settings.model_name, "champion", version.version)
+
+    # docker compose's grant step (`sensorcast deploy grant mlflow`): the same users, each password from .env
+    from pipeline.tools.deploy import grant_from_env, password_variable
+
+    dotenv = {password_variable("mlflow", r): f"{r}-password-from-dotenv" for r in files}
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(k, LOGIN[k])
+    assert grant_from_env("mlflow", settings, dotenv) == ["service", "monitor", "retrain"]
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "sensorcast-service")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", dotenv["MLFLOW_SERVICE_PASSWORD"])
+    assert client.get_model_version_by_alias(settings.model_name, "champion").version == version.version
+    with pytest.raises(MlflowException, match="403 != 200"):
+        client.set_registered_model_alias(settings.model_name, "champion", version.version)

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.kafka.roles import ROLES, username
 from pipeline.settings import REPO_ROOT, Settings
+from pipeline.tools.deploy import ADMIN_USER, COMPOSE_BROKERS, password_variable, write_broker_config
+from pipeline.tools.principals import MLFLOW_RIGHTS
 
 TEXT = (REPO_ROOT / "docker-compose.yml").read_text()
 RAW = yaml.safe_load(TEXT)["services"]  # before compose substitutes anything
@@ -56,8 +59,8 @@ def test_our_services_env_names_real_settings(service: str) -> None:
 def test_addresses_point_at_compose_services(service: str) -> None:
     env = {k: str(v) for k, v in SERVICES[service]["environment"].items()}
     settings = Settings(**{k: v for k, v in env.items() if k in STANDARD_ENV})
-    kafka_host, kafka_port = settings.bootstrap_servers.split(":")
-    assert kafka_host in SERVICES and kafka_port in SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    advertised = [a for b in COMPOSE_BROKERS if b.name == "kafka" for _, a in b.listeners.values()]
+    assert settings.bootstrap_servers in advertised and settings.bootstrap_servers.split(":")[0] in SERVICES
     for url, target in [(settings.tracking_uri, "mlflow"), (settings.prefect_url, "prefect-server")]:
         assert f"//{target}:" in url
 
@@ -65,7 +68,8 @@ def test_addresses_point_at_compose_services(service: str) -> None:
 def test_published_ports_match_the_settings_defaults() -> None:
     defaults = Settings(_env_file=None)
     assert _host_port("kafka", 29092) == defaults.kafka_port
-    assert "HOST://localhost:9092" in SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    kafka = next(b for b in COMPOSE_BROKERS if b.name == "kafka")
+    assert kafka.listeners["HOST"] == (":29092", f"localhost:{defaults.kafka_port}")
     assert _host_port("mlflow", 5000) == defaults.mlflow_port
     assert _host_port("prefect-server", 4200) == defaults.prefect_port
     assert _host_port("forecaster", defaults.metrics_port) == defaults.metrics_port
@@ -130,13 +134,83 @@ def test_every_long_running_service_has_a_healthcheck_and_plain_up_needs_no_gpu(
             assert "gpu" in svc.get("profiles", []), f"{name} reserves a GPU outside the gpu profile"
 
 
-def test_the_cluster_profile_is_three_voters_with_replication_three() -> None:
-    nodes = [SERVICES[f"kafka-{i}"] for i in (1, 2, 3)]
-    assert all(n["profiles"] == ["cluster"] for n in nodes)
-    assert {str(n["environment"]["KAFKA_NODE_ID"]) for n in nodes} == {"1", "2", "3"}
-    env = nodes[0]["environment"]
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].count("@kafka-") == 3
-    assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2 and int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3
+def test_the_cluster_profile_is_three_voters_with_replication_three(tmp_path: Path) -> None:
+    nodes = {f"kafka-{i}": SERVICES[f"kafka-{i}"] for i in (1, 2, 3)}
+    assert all(n["profiles"] == ["cluster"] for n in nodes.values())
+    assert {n["environment"]["SENSORCAST_KAFKA_NODE"] for n in nodes.values()} == set(nodes)
+    write_broker_config(tmp_path, tmp_path / "ca", "a" * 16, "c" * 16, owner=None)
+    for name in nodes:
+        props = dict(
+            line.split("=", 1) for line in (tmp_path / f"{name}.properties").read_text().splitlines() if "=" in line
+        )
+        assert props["controller.quorum.voters"].count("@kafka-") == 3 and props["node.id"] == name[-1]
+        assert int(props["min.insync.replicas"]) == 2 and int(props["default.replication.factor"]) == 3
+        assert len({v.split(":")[0] for v in nodes[name]["volumes"] if v.endswith("/var/lib/kafka/data")}) == 1
+    assert (
+        len({v for n in nodes.values() for v in n["volumes"] if v.endswith("/var/lib/kafka/data")}) == 3
+    )  # its own data
+
+
+# each app's Kafka and MLflow login: its own principal (pipeline/kafka/roles.py, MLFLOW_RIGHTS), none the admin
+APP_LOGINS = {
+    "forecaster": ("service", "service"),
+    "forecaster-gpu": ("service", "service"),
+    "producer": ("producer", None),
+    "monitor": ("monitor", "monitor"),
+    "prefect-worker": ("retrain", "retrain"),
+}
+
+
+@pytest.mark.parametrize("service", list(APP_LOGINS))
+def test_every_app_logs_in_as_its_own_principal_on_kafka_and_mlflow(service: str) -> None:
+    kafka_role, mlflow_role = APP_LOGINS[service]
+    env = SERVICES[service]["environment"]
+    assert (
+        env["SENSORCAST_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        and env["SENSORCAST_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    )
+    assert (
+        env["SENSORCAST_KAFKA_SASL_USERNAME"] == username(kafka_role) and env["SENSORCAST_KAFKA_SASL_PASSWORD"] == SET
+    )
+    assert env["SENSORCAST_KAFKA_SSL_CAFILE"] == "/etc/sensorcast/ca/ca.pem"
+    assert "kafka-ca:/etc/sensorcast/ca:ro" in SERVICES[service]["volumes"]
+    if mlflow_role is None:
+        assert "MLFLOW_TRACKING_USERNAME" not in env and "MLFLOW_TRACKING_PASSWORD" not in env
+    else:
+        assert env["MLFLOW_TRACKING_USERNAME"] == username(mlflow_role) and env["MLFLOW_TRACKING_PASSWORD"] == SET
+    assert SERVICES[service]["depends_on"]["kafka-grant"] == {"condition": "service_completed_successfully"}
+
+
+def test_each_login_reads_its_own_password_variable_and_the_grant_steps_set_every_one() -> None:
+    for service, (kafka_role, mlflow_role) in APP_LOGINS.items():
+        merged = {k: str(v) for k, v in RAW[service]["environment"].items()}  # before substitution
+        assert password_variable("kafka", kafka_role) in merged["SENSORCAST_KAFKA_SASL_PASSWORD"], service
+        if mlflow_role:
+            assert password_variable("mlflow", mlflow_role) in merged["MLFLOW_TRACKING_PASSWORD"], service
+    grant = SERVICES["kafka-grant"]
+    assert grant["command"] == ["sensorcast", "deploy", "grant", "kafka"]
+    assert {password_variable("kafka", r) for r in ROLES} <= set(grant["environment"])
+    assert grant["environment"]["SENSORCAST_KAFKA_SASL_USERNAME"] == ADMIN_USER
+    assert "${KAFKA_ADMIN_PASSWORD:?" in RAW["kafka-grant"]["environment"]["SENSORCAST_KAFKA_SASL_PASSWORD"]
+    mlflow = SERVICES["mlflow-grant"]
+    assert {password_variable("mlflow", r) for r in MLFLOW_RIGHTS} <= set(mlflow["environment"])
+
+
+def test_every_broker_runs_the_secured_config_that_kafka_config_writes() -> None:
+    config = SERVICES["kafka-config"]
+    assert config["command"][:3] == ["sensorcast", "deploy", "kafka-config"] and config["restart"] == "no"
+    assert config["depends_on"]["secrets-check"] == {"condition": "service_completed_successfully"}
+    out = config["command"][config["command"].index("--out") + 1]
+    for name in ("kafka", "kafka-1", "kafka-2", "kafka-3"):
+        broker = SERVICES[name]
+        assert broker["command"] == ["bash", "/opt/sensorcast/start-secure.sh"]
+        assert f"kafka-config:{out}" in broker["volumes"]
+        assert "./infra/kafka/start-secure.sh:/opt/sensorcast/start-secure.sh:ro" in broker["volumes"]
+        assert broker["depends_on"]["kafka-config"] == {"condition": "service_completed_successfully"}
+        assert f"--command-config {out}/admin.properties" in broker["healthcheck"]["test"][1]
+        assert not any(k.startswith("KAFKA_") for k in broker["environment"])  # no image-made PLAINTEXT config
+    apps = [n for n, svc in SERVICES.items() if f"kafka-config:{out}" in svc.get("volumes", [])]
+    assert sorted(apps) == ["kafka", "kafka-1", "kafka-2", "kafka-3", "kafka-config"]  # no app sees the admin's files
 
 
 def test_every_dashboard_query_names_a_metric_the_service_or_the_monitor_exports() -> None:
@@ -226,8 +300,7 @@ def test_mlflow_and_prefect_require_logins_and_every_app_sends_them() -> None:
     )
     assert SERVICES["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == SET
     for name in ("forecaster", "producer", "prefect-worker", "prefect-deploy", "monitor"):
-        env = SERVICES[name]["environment"]
-        assert env["MLFLOW_TRACKING_PASSWORD"] == SET and env["PREFECT_API_AUTH_STRING"] == SET, name
+        assert SERVICES[name]["environment"]["PREFECT_API_AUTH_STRING"] == SET, name
     grafana = SERVICES["grafana"]["environment"]
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == SET and grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
 
@@ -239,7 +312,7 @@ def test_nothing_that_holds_a_password_starts_before_the_secrets_pass_their_chec
     check = SERVICES["secrets-check"]
     assert check["command"] == ["sensorcast", "secrets", "check", "--from-env"] and check["restart"] == "no"
     assert set(check["environment"]) == required
-    for name in ("postgres", "grafana"):  # mlflow and prefect wait on postgres, the apps on them
+    for name in ("postgres", "grafana", "kafka-config"):  # mlflow and prefect wait on postgres, the apps on them
         assert SERVICES[name]["depends_on"]["secrets-check"] == {"condition": "service_completed_successfully"}
     for name in ("mlflow", "prefect-server"):
         assert "postgres" in SERVICES[name]["depends_on"], name
