@@ -182,6 +182,78 @@ def test_the_producer_tool_the_service_and_a_retrain_each_work_as_itself_and_no_
     assert oct(env_file.stat().st_mode & 0o777) == "0o600" and PASSWORD in env_file.read_text()
 
 
+def test_the_monitor_widens_the_services_intervals_and_the_api_serves_forecasts_each_as_itself(
+    secure_settings: Settings,
+) -> None:
+    """The loop's last steps under least privilege: the monitor (its login) reads readings and forecasts
+    and publishes multipliers on the calibration topic; the service's follower (the service's login)
+    applies them to its intervals; the api (its login) serves the forecasts. Forecasts 0.1 off with
+    intervals of ±0.05 miss every reading, so the widths must grow."""
+    import json
+    import threading
+    import time
+
+    import numpy as np
+
+    from flows.monitor import DriftMonitor
+    from pipeline.api import ForecastApi
+    from pipeline.core import ModelSlot
+    from pipeline.kafka import TopicFollower, make_producer
+    from pipeline.messages import encode_forecast, encode_reading, format_ts
+    from pipeline.serve import CalibrationFollower
+    from tests.fixtures.fakes import LastValueModel
+
+    s = secure_settings.model_copy(update={"calibration_every_s": 0.2, "model_name": "fake", "interval_levels": "0.9"})
+    login = {role: role_settings(s, role) for role in ("producer", "service", "monitor", "api")}
+    as_monitor = make_producer(login["monitor"], linger_ms=0)
+    monitor = DriftMonitor(
+        login["monitor"], {"temp": 0.5}, print, version="1",
+        publish=lambda key, value: as_monitor.send(s.calibration_topic, key=key, value=value).get(30),
+    )  # fmt: skip
+    serving = LastValueModel(["temp"], horizon=4, version="1")
+    serving.name, serving.interval_widths = "fake", {"0.9": np.full((1, 4), 0.05)}
+    slot = ModelSlot(serving)
+    follower = TopicFollower(login["service"], s.calibration_topic, CalibrationFollower(slot), since_ms=0)
+    api = ForecastApi(login["api"], port=0, history_s=10 * 365 * 86_400)
+    stop = threading.Event()
+    runner = threading.Thread(target=monitor.run, args=(stop, time.monotonic, None, 3600), daemon=True)
+    gateway, service = make_producer(login["producer"], linger_ms=0), make_producer(login["service"], linger_ms=0)
+    runner.start()
+    follower.start()
+    api.start()
+    try:
+        assert monitor.wait_ready(60) and follower.ready.wait(60)
+        hour = 3_600_000
+        for t in range(60):
+            temp = 20 + 5 * math.sin(2 * math.pi * t / 24)
+            gateway.send(
+                s.readings_topic, key=b"guarded", value=encode_reading("guarded", t * hour, {"temp": temp})
+            ).get(30)
+            point = np.array([[20 + 5 * math.sin(2 * math.pi * (t + k) / 24) + 0.1 for k in range(1, 5)]])
+            doc = encode_forecast("guarded", t * hour, ["temp"], point, "fake", "1", format_ts(0), hour, 0,
+                                  {"0.9": (point - 0.05, point + 0.05)})  # fmt: skip
+            service.send(s.forecasts_topic, key=b"guarded", value=doc).get(30)
+        deadline = time.monotonic() + 120  # a ceiling against a hang, not a budget
+        while slot.interval_widths(serving)["0.9"][0, 0] <= 0.05 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert api.ready.wait(60)
+        url, served = f"http://127.0.0.1:{api.port}/forecasts/guarded", {}
+        while served.get("ts") != format_ts(59 * hour) and time.monotonic() < deadline:  # the api reads on
+            time.sleep(0.1)
+            try:
+                served = json.loads(urllib.request.urlopen(url, timeout=10).read())
+            except urllib.error.HTTPError as e:  # 404 until the api has read the entity's first forecast
+                assert e.code == 404, e
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+        for closing in (follower.close, api.close, gateway.close, service.close, as_monitor.close):
+            closing()
+    assert monitor.handled[s.readings_topic] >= 60 and monitor.handled[s.forecasts_topic] >= 60
+    assert np.all(slot.interval_widths(serving)["0.9"] > 0.05)  # the monitor's multipliers reached the service
+    assert served["entity"] == "guarded" and served["ts"] == format_ts(59 * hour)
+
+
 # what each role must not do; each is refused by the broker, and nothing reaches the topic
 FORBIDDEN_WRITES = [
     ("producer", "calibration_topic"),
