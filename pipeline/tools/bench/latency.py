@@ -11,13 +11,14 @@ and the stamper use confluent-kafka, the fastest client, for every row.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,7 @@ def against_kafka(
     tmp = tempfile.TemporaryDirectory(prefix="sensorcast-bench-")
     env = {
         **os.environ,
+        **{k: v for k, v in s.as_env().items() if k.startswith("SENSORCAST_KAFKA_S")},  # the security settings
         "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
         "SENSORCAST_READINGS_TOPIC": s.readings_topic,
         "SENSORCAST_FORECASTS_TOPIC": s.forecasts_topic,
@@ -281,11 +283,14 @@ def run(
     clients: tuple[str, ...] = KAFKA_CLIENTS,
     log: Callable[[str], None] = print,
     guarantees: tuple[str, ...] = ("at-least-once",),
+    securities: tuple[str, ...] = ("PLAINTEXT",),
     **kw,
 ) -> dict:
     """Everything side by side in one run: in memory, then per client the no-model floor and the
     service, under each processing guarantee asked for (the first is the row's own; the others go
-    under their name with their latency and drain ratios to it; not the ladders', whose bars differ)."""
+    under their name with their latency and drain ratios to it; not the ladders', whose bars differ).
+    With "SASL_SSL" in `securities`, the service again (first guarantee) on a secured broker of its
+    own started beside the plain one, under "sasl_ssl" with its ratios to the plain row."""
     import torch
 
     doc: dict = {"machine": machine()}
@@ -297,26 +302,67 @@ def run(
     if in_memory_only:
         return doc
     doc["clients"] = {}
-    for client in clients:
-        floor = against_kafka(settings, client, relay=True, log=log, **kw)
-        first, *others = guarantees
-        service = against_kafka(settings, client, relay=False, log=log, guarantee=first, **kw)
-        row = doc["clients"][client] = {
-            **service,
-            "guarantee": first,
-            "floor": {k: floor[k] for k in ("e2e", "sustained_readings_per_s", "ladder")},
-            "p99_vs_floor": ratio(service["e2e"]["p99_ms"], floor["e2e"]["p99_ms"]),
-            "sustained_vs_floor": ratio(service["sustained_readings_per_s"], floor["sustained_readings_per_s"]),
-        }
-        for guarantee in others:
-            other = against_kafka(settings, client, relay=False, log=log, guarantee=guarantee, **kw)
-            row[guarantee] = {
-                **other,
-                f"p50_vs_{first}": ratio(other["e2e"]["p50_ms"], service["e2e"]["p50_ms"]),
-                f"p99_vs_{first}": ratio(other["e2e"]["p99_ms"], service["e2e"]["p99_ms"]),
-                f"drain_vs_{first}": ratio(other["drain_readings_per_s"], service["drain_readings_per_s"]),
+    with contextlib.ExitStack() as stack:
+        secured = stack.enter_context(secured_broker(settings, log)) if "SASL_SSL" in securities else None
+        for client in clients:
+            floor = against_kafka(settings, client, relay=True, log=log, **kw)
+            first, *others = guarantees
+            service = against_kafka(settings, client, relay=False, log=log, guarantee=first, **kw)
+            row = doc["clients"][client] = {
+                **service,
+                "guarantee": first,
+                "floor": {k: floor[k] for k in ("e2e", "sustained_readings_per_s", "ladder")},
+                "p99_vs_floor": ratio(service["e2e"]["p99_ms"], floor["e2e"]["p99_ms"]),
+                "sustained_vs_floor": ratio(service["sustained_readings_per_s"], floor["sustained_readings_per_s"]),
             }
+            for guarantee in others:
+                other = against_kafka(settings, client, relay=False, log=log, guarantee=guarantee, **kw)
+                row[guarantee] = {
+                    **other,
+                    f"p50_vs_{first}": ratio(other["e2e"]["p50_ms"], service["e2e"]["p50_ms"]),
+                    f"p99_vs_{first}": ratio(other["e2e"]["p99_ms"], service["e2e"]["p99_ms"]),
+                    f"drain_vs_{first}": ratio(other["drain_readings_per_s"], service["drain_readings_per_s"]),
+                }
+            if secured is not None:
+                tls = against_kafka(secured, client, relay=False, log=log, guarantee=first, **kw)
+                row["sasl_ssl"] = {
+                    **tls,
+                    "login": "the secured broker's admin (SCRAM-SHA-512 over TLS; the authorizer on)",
+                    "p50_vs_plaintext": ratio(tls["e2e"]["p50_ms"], service["e2e"]["p50_ms"]),
+                    "p99_vs_plaintext": ratio(tls["e2e"]["p99_ms"], service["e2e"]["p99_ms"]),
+                    "sustained_vs_plaintext": ratio(
+                        tls["sustained_readings_per_s"], service["sustained_readings_per_s"]
+                    ),
+                    "drain_vs_plaintext": ratio(tls["drain_readings_per_s"], service["drain_readings_per_s"]),
+                }
     return doc
+
+
+@contextlib.contextmanager
+def secured_broker(settings: Settings, log: Callable[[str], None] = print) -> Iterator[Settings]:
+    """A broker of its own on SASL_SSL (`stack up --secure`'s: SCRAM-SHA-512 over TLS, a local CA, the
+    authorizer denying by default), for as long as the block runs; the settings that reach it, as its
+    admin. The bench's topics and groups are made per run, so the admin, not a role, drives them."""
+    from pipeline.tools import broker, stack
+
+    folder = tempfile.TemporaryDirectory(prefix="sensorcast-bench-secure-")
+    private = stack.private_settings(Path(folder.name))
+    secured = broker.secured(private.model_copy(update={"kafka_heap": settings.kafka_heap}))
+    log(f"a SASL_SSL broker of its own on {secured.bootstrap_servers}")
+    stack.up(secured, ["kafka"], log=log)
+    try:
+        keep = ("readings_topic", "forecasts_topic", "dlq_topic", "models_topic", "calibration_topic")
+        security = {k: getattr(secured, k) for k in secured.model_fields if k.startswith("kafka_s")}
+        yield settings.model_copy(
+            update={
+                **security,
+                **{k: getattr(settings, k) for k in keep},
+                "kafka_bootstrap_servers": secured.bootstrap_servers,
+            }
+        )
+    finally:
+        stack.down(secured, ["kafka"], log=log)
+        folder.cleanup()
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

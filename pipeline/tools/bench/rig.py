@@ -16,7 +16,7 @@ from pipeline.tools.bench.in_memory import CHANNELS
 BURST_S = 0.001  # the load generator sends what is due at least this often
 
 
-def _sink_process(bootstrap: str, topic: str, conn, ready) -> None:
+def _sink_process(bootstrap: str, topic: str, conn, ready, security: dict) -> None:
     """Stamp each forecast's arrival; hand the stamps over when asked. confluent-kafka, the fastest
     client, for every row: the stamper takes as little of the two cores as it can."""
     import orjson
@@ -30,6 +30,7 @@ def _sink_process(bootstrap: str, topic: str, conn, ready) -> None:
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 5,
             "isolation.level": "read_committed",  # as every reader the project makes: committed output only
+            **security,
         }
     )
     consumer.subscribe([topic])
@@ -60,11 +61,15 @@ class ArrivalStamper:
     """Stamps the arrival time of every forecast, in a process of its own (off this process's GIL)."""
 
     def __init__(self, settings: Settings):
+        from pipeline.kafka.security import confluent_security
+
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         ready = ctx.Event()
         self.proc = ctx.Process(
-            target=_sink_process, args=(settings.bootstrap_servers, settings.forecasts_topic, child, ready), daemon=True
+            target=_sink_process,
+            args=(settings.bootstrap_servers, settings.forecasts_topic, child, ready, confluent_security(settings)),
+            daemon=True,
         )
         self.proc.start()
         if not ready.wait(60):

@@ -259,6 +259,9 @@ def bench_latency(
     guarantees: str = typer.Option(
         "at-least-once", help="processing guarantees to measure per client, side by side: at-least-once,exactly-once"
     ),
+    security: str = typer.Option(
+        "PLAINTEXT", help="PLAINTEXT,SASL_SSL: also the service on a SASL_SSL broker of its own, side by side"
+    ),
 ) -> None:
     """End-to-end latency, sustained rate, inference per batch size, batched vs naive; per Kafka
     client (and processing guarantee), beside the same loop with no model (the floor)."""
@@ -274,6 +277,7 @@ def bench_latency(
             in_memory_only=in_memory,
             clients=tuple(c.strip() for c in clients.split(",") if c.strip()),
             guarantees=tuple(g.strip() for g in guarantees.split(",") if g.strip()),
+            securities=tuple(x.strip().upper() for x in security.split(",") if x.strip()),
             log=lambda m: console.print(m),
             **(
                 {}
@@ -308,9 +312,11 @@ def bench_latency(
                           str(r["sustained_readings_per_s"]), str(r["drain_readings_per_s"]),
                           str(r["naive_readings_per_s"]))  # fmt: skip
             for g, o in r.items():
-                if g in ("at-least-once", "exactly-once") and isinstance(o, dict):
-                    table.add_row(client, f"service, {g}", *(str(o["e2e"][k]) for k in ("p50_ms", "p99_ms")),
-                                  str(o["sustained_readings_per_s"]), str(o["drain_readings_per_s"]), "")  # fmt: skip
+                if g in ("at-least-once", "exactly-once", "sasl_ssl") and isinstance(o, dict):
+                    name = f"service, {r['guarantee']}, SASL_SSL" if g == "sasl_ssl" else f"service, {g}"
+                    table.add_row(client, name, *(str(o["e2e"][k]) for k in ("p50_ms", "p99_ms")),
+                                  str(o["sustained_readings_per_s"]), str(o["drain_readings_per_s"]),
+                                  str(o.get("naive_readings_per_s", "")))  # fmt: skip
         Console().print(table)
     write_json(json_path, doc)
     if json_path is None:
