@@ -9,6 +9,8 @@ confirmed, rebuild the windows of every partition taken on, dead letters and lag
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -216,6 +218,9 @@ class ConfluentSink:
             log.warning("closing the producer with %d unconfirmed sends", left)
 
 
+WEDGED_GRACE_S = 10.0  # past a transactional call's own timeout, before it is taken for hung
+
+
 class TransactionalSink(ConfluentSink):
     """Exactly-once (`SENSORCAST_PROCESSING_GUARANTEE=exactly-once`): the messages published since the
     last commit and the consumer offsets they answer go in one Kafka transaction. The source's
@@ -239,6 +244,7 @@ class TransactionalSink(ConfluentSink):
         self.timeout_s = timeout_s
         self.open = False  # a transaction is open: messages were published since the last commit
         self.committed = 0  # transactions committed
+        self.wedged = False  # a call never returned: the producer is given up, never touched again
 
     def _begin(self) -> None:
         if not self.open:
@@ -275,11 +281,13 @@ class TransactionalSink(ConfluentSink):
         try:
             self._begin()
             if offsets:
-                self._retrying(lambda t: self.producer.send_offsets_to_transaction(offsets, group_metadata, t))
+                self._bounded(lambda t: self.producer.send_offsets_to_transaction(offsets, group_metadata, t))
             self._retrying(self.producer.commit_transaction)
             self.open = False
             self.committed += 1
             self._raise_failed()
+        except TransactionAborted:  # given up already (`_bounded`): nothing more to abort
+            raise
         except (KafkaException, OutputRefused) as e:
             self._lost(e)
 
@@ -291,6 +299,34 @@ class TransactionalSink(ConfluentSink):
             except KafkaException as e:
                 if not e.args[0].retriable() or time.monotonic() > deadline:
                     raise
+
+    def _bounded(self, call) -> None:
+        """`_retrying(call)` on a thread of its own, waited for `timeout_s` and a grace at most.
+        librdkafka's send_offsets_to_transaction can block past its own timeout while the group
+        coordinator is lost (librdkafka#5456, open in 2.16; seen here on one core, with the broker
+        killed for 10 s: the loop hung for good). A call that does not return gives the producer up:
+        its open transaction is never committed (the broker aborts it at its timeout), and the
+        service starts over with new ends from the last committed offsets."""
+        outcome: queue.Queue = queue.Queue(maxsize=1)
+
+        def attempt() -> None:
+            try:
+                self._retrying(call)
+                outcome.put(None)
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread as it is
+                outcome.put(e)
+
+        threading.Thread(target=attempt, name="sensorcast-txn-offsets", daemon=True).start()
+        try:
+            error = outcome.get(timeout=self.timeout_s + WEDGED_GRACE_S)
+        except queue.Empty:
+            self.wedged, self.open = True, False
+            raise TransactionAborted(
+                f"sending the offsets to the transaction did not return within {self.timeout_s + WEDGED_GRACE_S:g} s "
+                "(librdkafka#5456): this producer is given up, and its transaction is never committed"
+            ) from None
+        if error is not None:
+            raise error
 
     def _lost(self, e: Exception) -> None:
         error = e.args[0] if isinstance(e, KafkaException) else None
@@ -309,6 +345,9 @@ class TransactionalSink(ConfluentSink):
             log.warning("could not abort the open transaction (%s): the broker aborts it at its timeout", e)
 
     def close(self) -> None:
+        if self.wedged:  # a transactional call still holds the producer: leave it be (see `_bounded`)
+            log.warning("leaving a producer whose transactional call never returned; the broker aborts its transaction")
+            return
         if self.open:  # the loop ended without its final commit (an error): nothing of it is read
             self._abort()
         super().close()
