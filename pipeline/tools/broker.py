@@ -152,9 +152,7 @@ def _listener_lines(settings: Settings, node: KafkaNode) -> list[str]:
     from pipeline.tools.tls import local_pki
 
     pki = local_pki(settings.state_dir / "tls", host)
-    keystore = settings.state_dir / "tls" / "keystore.pem"  # Kafka's PEM keystore: the key, then the chain
-    keystore.write_bytes(pki.server_key.read_bytes() + pki.server_cert.read_bytes())
-    keystore.chmod(0o600)
+    keystore = write_keystore(pki, settings.state_dir / "tls" / "keystore.pem")
     return sasl_ssl_lines(
         {"SASL_SSL": (f"{host}:{node.port}", f"{host}:{node.port}")},
         controller=f"{host}:{node.controller_port}",
@@ -163,6 +161,28 @@ def _listener_lines(settings: Settings, node: KafkaNode) -> list[str]:
         keystore=keystore,
         truststore=pki.ca_cert,
     )
+
+
+def write_keystore(pki, path: Path) -> Path:
+    """Kafka's PEM keystore for `pki` (a `tls.LocalPki`): the key, then the chain; mode 600."""
+    write_private(path, (pki.server_key.read_bytes() + pki.server_cert.read_bytes()).decode())
+    return path
+
+
+def scram_jaas(user: str, password: str) -> str:
+    """The JAAS line a SCRAM client logs in with (a broker to its peers, Kafka's own tools)."""
+    return f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";'
+
+
+def add_scram_args(mechanism: str, user: str, password: str) -> list[str]:
+    """The storage tool's arguments that make a SCRAM user at format time (they hold the password:
+    pass them through `write_args_file`, never on a command line)."""
+    return ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def sasl_ssl_lines(
@@ -187,7 +207,6 @@ def sasl_ssl_lines(
     """
     user, password = admin
     names = list(listeners)
-    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
     return [
         "listeners="
         + ",".join([*(f"{n}://{bind}" for n, (bind, _) in listeners.items()), f"CONTROLLER://{controller}"]),
@@ -196,11 +215,7 @@ def sasl_ssl_lines(
         "listener.security.protocol.map=" + ",".join(f"{n}:SASL_SSL" for n in [*names, "CONTROLLER"]),
         "sasl.enabled.mechanisms=SCRAM-SHA-512",
         "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
-        *(
-            f'listener.name.{n.lower()}.scram-sha-512.sasl.jaas.config={scram} required username="{user}" '
-            f'password="{password}";'
-            for n in names
-        ),
+        *(f"listener.name.{n.lower()}.scram-sha-512.sasl.jaas.config={scram_jaas(user, password)}" for n in names),
         "sasl.mechanism.controller.protocol=PLAIN",
         "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
         "listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
@@ -281,7 +296,7 @@ def _cluster_id(settings: Settings) -> str:
     path = settings.state_dir / "kafka-cluster-id"
     if not path.exists():
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        path.write_text(new_cluster_id())
         (settings.state_dir / "kafka-brokers").write_text(str(settings.kafka_brokers))
     return path.read_text().strip()
 
@@ -312,7 +327,7 @@ def format_command(settings: Settings, folder: Path) -> tuple[list[str], list[st
     if not settings.kafka_security_protocol.startswith("SASL_"):
         return [java(settings), *launch, "kafka.tools.StorageTool", *args], None  # nothing secret
     user, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
-    args += ["--add-scram", f"{settings.kafka_sasl_mechanism}=[name={user},password={password}]"]
+    args += add_scram_args(settings.kafka_sasl_mechanism, user, password)
     return [java(settings), *launch, f"@{folder / 'format.args'}"], ["kafka.tools.StorageTool", *args]
 
 

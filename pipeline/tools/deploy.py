@@ -18,16 +18,23 @@
 
 from __future__ import annotations
 
-import base64
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.kafka.roles import ROLES
 from pipeline.settings import Settings
-from pipeline.tools.broker import sasl_ssl_lines, server_properties, write_args_file, write_private
+from pipeline.tools.broker import (
+    add_scram_args,
+    new_cluster_id,
+    sasl_ssl_lines,
+    scram_jaas,
+    server_properties,
+    write_args_file,
+    write_keystore,
+    write_private,
+)
 
 ADMIN_USER = "sensorcast-admin"  # the brokers' super user in compose; the apps never log in as it
 KAFKA_UID = 1000  # apache/kafka runs as appuser, the image's first user
@@ -73,31 +80,21 @@ def write_broker_config(
 
     out.mkdir(parents=True, exist_ok=True)
     pki = local_pki(out / "tls", brokers[0].name, also=tuple(b.name for b in brokers[1:]))
-    keystore, truststore = out / "keystore.pem", out / "ca.pem"
-    write_private(keystore, (pki.server_key.read_bytes() + pki.server_cert.read_bytes()).decode())
-    truststore.write_bytes(pki.ca_cert.read_bytes())
+    keystore, truststore = write_keystore(pki, out / "keystore.pem"), pki.ca_cert
     ca_out.mkdir(parents=True, exist_ok=True)
-    (ca_out / "ca.pem").write_bytes(pki.ca_cert.read_bytes())
+    (ca_out / "ca.pem").write_bytes(truststore.read_bytes())
     cluster_id_file = out / "cluster-id"
     if not cluster_id_file.exists():
-        cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        cluster_id_file.write_text(new_cluster_id())
     cluster_id = cluster_id_file.read_text().strip()
     admin = (ADMIN_USER, admin_password)
-    written = [keystore, truststore, ca_out / "ca.pem", cluster_id_file]
+    scram = add_scram_args("SCRAM-SHA-512", *admin)
+    written = [keystore, ca_out / "ca.pem", cluster_id_file]
     for b in brokers:
         props = out / f"{b.name}.properties"
         lines = sasl_ssl_lines(b.listeners, b.controller, admin, controller_password, keystore, truststore)
         write_private(props, server_properties(b.node_id, b.voters, lines, data_dir, partitions, b.cluster_size))
-        spec = f"SCRAM-SHA-512=[name={ADMIN_USER},password={admin_password}]"
-        args = [
-            "kafka.tools.StorageTool",
-            "format",
-            f"--cluster-id={cluster_id}",
-            "-c",
-            str(props),
-            "--add-scram",
-            spec,
-        ]
+        args = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), *scram]
         write_args_file(out / f"{b.name}.format.args", args)
         written += [props, out / f"{b.name}.format.args"]
     write_private(out / "admin.properties", admin_client_properties(admin_password, truststore))
@@ -110,13 +107,11 @@ def write_broker_config(
 
 def admin_client_properties(admin_password: str, truststore: Path) -> str:
     """Kafka's own tools (the broker's healthcheck: kafka-topics.sh --command-config) as the admin."""
-    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
-    jaas = f'{scram} required username="{ADMIN_USER}" password="{admin_password}";'
     return "\n".join(
         [
             "security.protocol=SASL_SSL",
             "sasl.mechanism=SCRAM-SHA-512",
-            f"sasl.jaas.config={jaas}",
+            f"sasl.jaas.config={scram_jaas(ADMIN_USER, admin_password)}",
             "ssl.truststore.type=PEM",
             f"ssl.truststore.location={truststore}",
             "",
