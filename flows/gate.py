@@ -5,7 +5,8 @@ The split is one pair of cut times for every series: train < t1 <= validation < 
 each row's time on the grid. No site's holdout comes before another site's training rows, and a
 series broken by a gap is never given a "holdout" of its own in the middle of the range.
 
-A candidate is promoted only when it beats persistence and beats the serving champion by at least
+A candidate is promoted only when it beats the best naive forecast (persistence, the window mean, and
+seasonal naive where the data has a cycle: `best_naive`) and beats the serving champion by at least
 `margin` (relative MSE). Scores are on a scale the holdout fixes, not any contender: each
 channel's MSE in units of that channel's variance over the holdout's targets, averaged over the
 channels (`holdout_scores`). Two runs' figures then read alike, and no channel counts for more
@@ -219,15 +220,31 @@ class GateDecision:
     seasonal_period: int | None = None  # seasonal naive's period, when it was a contender
 
 
+NAIVE_NAMES = {"persistence": "persistence", "mean": "the window mean", "seasonal": "seasonal naive"}
+
+
+def best_naive(scores: dict[str, float]) -> tuple[str, float]:
+    """The naive contender with the lowest score: persistence, the window mean or, when the data has a
+    cycle that fits the lookback, seasonal naive.
+
+    >>> best_naive({"candidate": 0.3, "persistence": 0.9, "mean": 0.7, "seasonal": 0.4})
+    ('seasonal', 0.4)
+    """
+    return min(((k, scores[k]) for k in NAIVE_NAMES if k in scores), key=lambda kv: kv[1])
+
+
 def decide(scores: dict[str, float], margin: float) -> GateDecision:
-    cand, pers = scores["candidate"], scores["persistence"]
+    cand = scores["candidate"]
     champ = scores.get("champion")
+    naive, bar = best_naive(scores)
     if not np.isfinite(cand):
         return GateDecision(False, f"candidate MSE is {cand}", scores, margin)
-    if cand >= pers:
-        return GateDecision(False, f"candidate MSE {cand:.4g} does not beat persistence {pers:.4g}", scores, margin)
+    if cand >= bar:
+        reason = f"candidate MSE {cand:.4g} does not beat {NAIVE_NAMES[naive]} {bar:.4g}, the best naive"
+        return GateDecision(False, reason, scores, margin)
     if champ is not None and cand > champ * (1 - margin):
         reason = f"candidate MSE {cand:.4g} is not {margin:.0%} better than the champion {champ:.4g}"
         return GateDecision(False, reason, scores, margin)
     versus = f"the champion {champ:.4g} by more than {margin:.0%}" if champ is not None else "no champion yet"
-    return GateDecision(True, f"candidate MSE {cand:.4g} beats persistence {pers:.4g} and {versus}", scores, margin)
+    beats = f"beats {NAIVE_NAMES[naive]} {bar:.4g}, the best naive, and {versus}"
+    return GateDecision(True, f"candidate MSE {cand:.4g} {beats}", scores, margin)

@@ -116,7 +116,7 @@ def score(
     if seasonal_period is not None and seasonal_period <= holdout.lookback:
         contenders["seasonal"] = SeasonalNaive(horizon, seasonal_period)
     scores, mae = holdout_scores(contenders, holdout, channels)
-    decision = decide(scores, margin)  # seasonal naive is scored and logged beside, not yet required (#39)
+    decision = decide(scores, margin)  # the best naive, seasonal included, is the bar
     if broken is not None:
         decision = replace(decision, reason=f"{broken}: compared with the naive baselines only; {decision.reason}")
     period = seasonal_period if "seasonal" in contenders else None

@@ -17,13 +17,17 @@ class Metrics:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, windows, device: torch.device | str = "cpu", batch_size: int = 256) -> Metrics:
+def evaluate(
+    model: nn.Module, windows, device: torch.device | str = "cpu", batch_size: int = 256, indices=None
+) -> Metrics:
+    """Over every window, or only those at `indices` (a subset every compared model is scored on)."""
     device = torch.device(device)
     model.eval()
     se = ae = None
     count = 0
-    for start in range(0, len(windows), batch_size):
-        inputs, y = windows.inputs_for(model, torch.arange(start, min(start + batch_size, len(windows))))
+    chosen = torch.arange(len(windows)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    for start in range(0, len(chosen), batch_size):
+        inputs, y = windows.inputs_for(model, chosen[start : start + batch_size])
         pred = model(*[t if t is None else t.to(device) for t in inputs]).float().cpu()
         err = pred - y  # (B, H, N)
         se_b, ae_b = (err**2).sum(dim=(0, 2)), err.abs().sum(dim=(0, 2))  # per horizon step

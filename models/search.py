@@ -154,6 +154,27 @@ class TrialRecord:
         return [{k: v for k, v in r.items() if k != "fold"} for r in self.history if r.get("fold", 0) == fold]
 
 
+NET_PARAMS = ("d_model", "e_layers", "d_ff", "dropout", "n_heads", "cycle", "skip")  # the rest: TrainConfig's
+
+
+def configs_of(
+    params: dict, lookback: int, horizon: int, n_variates: int, base: TrainConfig
+) -> tuple[ITransformerConfig, TrainConfig]:
+    """A trial's parameters back to the network's and the training's configuration, to train it again
+    (with another seed, say: how much of a trial's lead is its initialization).
+
+    >>> net, fit = configs_of({"d_model": 64, "e_layers": 0, "d_ff": 64, "dropout": 0.0, "n_heads": 4,
+    ...                        "cycle": 24, "lr": 0.01, "epochs": 30}, 96, 24, 7, TrainConfig(seed=3))
+    >>> (net.cycle, net.n_variates, fit.lr, fit.epochs, fit.seed)
+    (24, 7, 0.01, 30, 3)
+    """
+    net = {k: v for k, v in params.items() if k in NET_PARAMS}
+    if net.get("cycle"):
+        net["n_variates"] = n_variates
+    fit = {k: v for k, v in params.items() if k not in NET_PARAMS}
+    return ITransformerConfig(lookback, horizon, **net), replace(base, **fit)
+
+
 def one_se(default: TrialRecord, best: TrialRecord) -> tuple[bool, str]:
     """Whether `best` beats `default` clearly: its mean validation loss lower by more than one standard
     error of their paired differences over the origins both were judged on (True), and why. With one

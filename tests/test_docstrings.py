@@ -17,6 +17,7 @@ MODULES = [
     "pipeline.kafka.security",
     "pipeline.kafka.source",
     "pipeline.tools.bench.month",
+    "pipeline.tools.bench.peers",
     "pipeline.tools.producers",
     "pipeline.tools.passwords",
     "pipeline.timegrid",

@@ -34,7 +34,10 @@ def test_too_short_is_a_clear_error() -> None:
     "scores, margin, promote, why",
     [
         ({"candidate": 0.4, "persistence": 0.9, "mean": 0.7}, 0.0, True, "no champion yet"),
-        ({"candidate": 0.95, "persistence": 0.9, "mean": 0.7}, 0.0, False, "does not beat persistence"),
+        ({"candidate": 0.95, "persistence": 0.9, "mean": 1.7}, 0.0, False, "does not beat persistence 0.9"),
+        ({"candidate": 0.75, "persistence": 0.9, "mean": 0.7}, 0.0, False, "does not beat the window mean 0.7"),
+        ({"candidate": 0.4, "persistence": 0.9, "mean": 0.7, "seasonal": 0.3}, 0.0, False, "seasonal naive 0.3"),
+        ({"candidate": 0.25, "persistence": 0.9, "mean": 0.7, "seasonal": 0.3}, 0.0, True, "seasonal naive 0.3"),
         ({"candidate": 0.4, "champion": 0.41, "persistence": 0.9, "mean": 0.7}, 0.05, False, "not 5% better"),
         ({"candidate": 0.4, "champion": 0.5, "persistence": 0.9, "mean": 0.7}, 0.05, True, "by more than 5%"),
         ({"candidate": float("nan"), "persistence": 0.9, "mean": 0.7}, 0.0, False, "nan"),

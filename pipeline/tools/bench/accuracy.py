@@ -11,9 +11,12 @@ its validation loss, the budget and the search's wall time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
 
 from models.conformal import WINDOW_POWER, interval_report
 from models.data import Prepared, Split, prepare, rolling_origins, split_for
@@ -73,6 +76,8 @@ class BenchRow:
     config: dict | None = None  # the network's size
     search: dict | None = None  # how the configuration was chosen (models.search.SearchResult.to_dict)
     intervals: dict | None = None  # level → test coverage and mean half-width, calibrated on validation
+    windows: int | None = None  # test windows scored: None, all of them; a peer's row, the shared subset
+    subset: dict | None = None  # with peers: this model on the peers' subset (windows, mse, mae, predict_seconds)
 
     def to_json(self) -> dict:
         return {
@@ -87,6 +92,8 @@ class BenchRow:
             "config": self.config,
             "search": self.search,
             "intervals": self.intervals,
+            "windows": self.windows,
+            "subset": self.subset,
         }
 
 
@@ -111,13 +118,21 @@ def run_accuracy(
     search_space: SearchSpace | None = None,
     folds: int = 1,
     select: str = "one-se",
+    seeds: int = 0,
+    peers: tuple[str, ...] = (),
+    peer_windows: int = 500,
+    peers_python: Path | None = None,
 ) -> list[BenchRow]:
     """Each network trains for its protocol's full schedule (epochs, patience), so a busy machine takes
     longer but scores the same; `max_seconds` is an explicit budget, reported in every row it applies to.
     With `search_budget`, the iTransformer's configuration is searched for on validation instead, over
     `folds` rolling origins (1: the validation split alone), the trial chosen by the `select` rule
-    (`models.search.SELECT_RULES`). Seasonal naive repeats the training split's strongest cycle that fits
-    the lookback (`models.search.strongest_cycle`); with none, it has no row, and the log says so."""
+    (`models.search.SELECT_RULES`); with `seeds`, the lowest trial and the default are trained again
+    from that many seeds and scored on test (the row's `search.seed_repeats`). Seasonal naive repeats
+    the training split's strongest cycle that fits the lookback (`models.search.strongest_cycle`); with
+    none, it has no row, and the log says so.
+    `peers` (`pipeline.tools.bench.peers.PEERS`) run in their own environment on `peer_windows` evenly
+    spaced test windows, and every model is scored on those windows too (each row's `subset`)."""
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
@@ -134,6 +149,7 @@ def run_accuracy(
     step_s = _step_s(frame)
     rows: list[BenchRow] = []
     for h in horizons:
+        scored: dict[str, tuple[BenchRow, torch.nn.Module]] = {}  # for the peers' subset
         split = (
             seed_split(frame.height, lookback)
             if protocol == "seed"
@@ -148,25 +164,27 @@ def run_accuracy(
             if name in models:
                 m = evaluate(cls(h), data.test)
                 rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
+                scored[name] = (rows[-1], cls(h))
         raw_train = frame.select(data.channels).to_numpy()[: split.train[1]]
+        period = strongest_cycle(raw_train, cadence_of(step_s), lookback)
         if "seasonal" in models:
-            period = strongest_cycle(raw_train, cadence_of(step_s), lookback)
             if period is None:
                 log(f"  seasonal naive: no cycle of the training split fits a lookback of {lookback}: no row")
             else:
                 m = evaluate(SeasonalNaive(h, period), data.test)
                 rows.append(BenchRow("seasonal", h, m.mse, m.mae, 0.0, 0, config={"period": period}))
+                scored["seasonal"] = (rows[-1], SeasonalNaive(h, period))
                 log(f"  seasonal naive (period {period}): MSE {m.mse:.4f} MAE {m.mae:.4f}")
         if search_budget is not None and "itransformer" in models:
             train_rows = data.scaler.transform(raw_train)
             val_rows = split.val[1] - split.val[0] - lookback
             origins = rolling_origins([train_rows], val_rows, lookback, h, folds)
-            rows.append(
-                _searched(
-                    data, lookback, h, search_budget, search_space, train_cfg, max_seconds, protocol, device, path, log,
-                    (train_rows, step_s), origins, select,
-                )
+            row, chosen = _searched(
+                data, lookback, h, search_budget, search_space, train_cfg, max_seconds, protocol, device, path, log,
+                (train_rows, step_s), origins, select, seeds,
             )  # fmt: skip
+            rows.append(row)
+            scored["itransformer"] = (row, chosen)
         for name in models:
             if name not in NETWORKS or (name == "itransformer" and search_budget is not None):
                 continue
@@ -192,11 +210,48 @@ def run_accuracy(
                     intervals=bands,
                 )  # fmt: skip
             )
+            scored[name] = (rows[-1], model)
             log(
                 f"  {name}: MSE {m.mse:.4f} MAE {m.mae:.4f} in {result.seconds:.0f} s, {result.epochs} epochs "
                 f"(stopped by {result.stopped_by})"
             )
+        if peers:
+            rows.extend(_with_peers(peers, scored, data, raw_train, h, period, peer_windows, peers_python, device, log))
     return rows
+
+
+def _with_peers(peers, scored, data: Prepared, raw_train, h, period, count, python, device, log) -> list[BenchRow]:
+    """The peers' rows on `count` evenly spaced test windows, and each of our rows' score on the same ones."""
+    from pipeline.tools.bench.peers import run_peers, scores, subset_indices
+
+    index = subset_indices(len(data.test), count)
+    x, y = data.test.batch(torch.as_tensor(index))
+    log(f"peers {', '.join(peers)} for horizon {h}: {len(index)} of {len(data.test)} test windows, evenly spaced")
+    for row, model in scored.values():
+        started = time.perf_counter()
+        m = evaluate(model, data.test, device, indices=index)
+        seconds = time.perf_counter() - started
+        row.subset = {"windows": len(index), "mse": m.mse, "mae": m.mae, "predict_seconds": seconds}
+    found = run_peers(peers, data.scaler.transform(raw_train), x.numpy(), h, period, python=python, log=log)
+    out = []
+    for name, peer in found.items():
+        mse, mae = scores(peer.forecasts, y.numpy())
+        out.append(
+            BenchRow(
+                f"peer:{name}",
+                h,
+                mse,
+                mae,
+                peer.train_seconds,
+                0,
+                config=peer.config,
+                windows=len(index),
+                subset={"windows": len(index), "mse": mse, "mae": mae, "predict_seconds": peer.predict_seconds},
+            )  # fmt: skip
+        )
+        took = f"train {peer.train_seconds:.0f} s, predict {peer.predict_seconds:.0f} s"
+        log(f"  {name}: MSE {mse:.4f} MAE {mae:.4f} ({took})")
+    return out
 
 
 def _searched(
@@ -214,7 +269,8 @@ def _searched(
     cycle_from=None,
     origins=(),
     select="one-se",
-) -> BenchRow:
+    seeds=0,
+) -> tuple[BenchRow, ITransformer]:
     """The iTransformer chosen on validation (over the rolling `origins` too), scored on the test split
     once. `max_seconds` caps each trial. The search starts from the paper's setting and, with a cycle
     on offer, CycleNet/Linear's recipe."""
@@ -243,10 +299,47 @@ def _searched(
         f"(val {found.best.val_loss:.5f}) after {len(found.trials)} trials in {found.wall_seconds:.0f} s; "
         f"{found.select}: {found.selection}"
     )
-    return BenchRow(
+    row = BenchRow(
         "itransformer", h, m.mse, m.mae, found.best.seconds, found.best.epochs, "search", max_seconds, size,
         {**found.to_dict(), "trial_log": [t.to_dict() for t in found.trials]}, bands,
     )  # fmt: skip
+    if seeds:
+        row.search["seed_repeats"] = seed_repeats(found, data, lookback, h, base, seeds, device, log)
+    return row, found.model
+
+
+def seed_repeats(found, data: Prepared, lookback, h, base: TrainConfig, seeds: int, device, log) -> dict:
+    """Both rules' candidates, the lowest trial and the default (trial 0), each trained again from
+    `seeds` fresh initializations on the whole training split and scored on test: whether a trial's
+    lead on validation survives its seed, and what each rule's choice is worth on average."""
+    import statistics
+
+    from models.search import configs_of, one_se
+
+    default = found.trials[0] if found.trials and found.trials[0].state == "complete" else None
+    candidates = {"lowest": found.lowest, "default": default}
+    out: dict = {"seeds": [base.seed + k for k in range(1, seeds + 1)]}
+    for label, record in candidates.items():
+        if record is None:
+            continue
+        if label == "default" and record is found.lowest:
+            out["default"] = out["lowest"]  # the default was the lowest: the same configuration
+            continue
+        scores = []
+        for seed in out["seeds"]:
+            net_cfg, fit = configs_of(record.params, lookback, h, len(data.channels), replace(base, seed=seed))
+            torch.manual_seed(seed)
+            model = ITransformer(net_cfg)
+            train(model, data.train, data.val, replace(fit, progress=False))
+            scores.append(evaluate(model.to(device), data.test, device).mse)
+            log(f"  trial {record.number} ({label}), seed {seed}: test MSE {scores[-1]:.4f}")
+        sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        out[label] = {"trial": record.number, "mse": scores, "mean": statistics.fmean(scores), "sd": sd}
+    if default is not None and found.lowest is not None:
+        clearly, why = one_se(default, found.lowest) if default is not found.lowest else (False, "the same trial")
+        out["one_se_keeps"] = "lowest" if clearly else "default"
+        out["one_se_why"] = why
+    return out
 
 
 def interval_coverage(model, data: Prepared, device, levels=(0.8, 0.9, 0.95)) -> dict:

@@ -39,6 +39,8 @@ def machine() -> dict:
     return {
         "cpu_model": model,
         "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),  # fewer under taskset: the figures' real share
+        "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,

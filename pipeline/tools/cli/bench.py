@@ -151,9 +151,20 @@ def bench_accuracy(
         help="how the search picks: one-se keeps the paper's setting unless a trial beats it by more than one "
         "standard error over the rolling origins; best takes the lowest validation loss",
     ),
+    seeds: int = typer.Option(
+        0, min=0, help="with --trials: train the lowest trial and the default again from SEEDS seeds each, on test"
+    ),
+    peers: Optional[str] = typer.Option(
+        None,
+        help="also what a user would install instead, from .venv-peers (make peers-env): statsforecast (AutoETS), "
+        "mlforecast (LightGBM on lags), neuralforecast (its iTransformer at its defaults), comma-separated",
+    ),
+    peer_windows: int = typer.Option(
+        500, min=1, help="test windows, evenly spaced, that the peers and every model are scored on alike"
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
 ) -> None:
-    """Train and test the networks beside the naive baselines; print a table, write JSON."""
+    """Train and test the networks beside the naive baselines (and, asked, the peers); print a table, write JSON."""
     import torch
 
     from models.data import DataError
@@ -161,6 +172,7 @@ def bench_accuracy(
     from models.search import SELECT_RULES, NothingEligible, SearchBudget, SearchSpace
     from models.sources import resolve_dataset, shared_data_dir
     from pipeline.tools.bench.accuracy import MODELS, default_models, default_train_config, run_accuracy
+    from pipeline.tools.bench.peers import PEERS, PeersUnavailable, peers_python
 
     shared_data = shared_data or shared_data_dir()
     if protocol not in {"seed", "standard"}:
@@ -170,7 +182,12 @@ def bench_accuracy(
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if models and (unknown := sorted({m.strip() for m in models.split(",")} - set(MODELS))):
         fail(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    chosen_peers = tuple(p.strip() for p in peers.split(",") if p.strip()) if peers else ()
+    if unknown := sorted(set(chosen_peers) - set(PEERS)):
+        fail(f"unknown peers {unknown}; choose from {', '.join(PEERS)}")
     try:
+        if chosen_peers:
+            peers_python()  # before hours of training, not after
         path = resolve_dataset(dataset, shared_data)
         hs = [int(h) for h in horizons.split(",")] if horizons else None
         cfg = None
@@ -197,11 +214,16 @@ def bench_accuracy(
             search_space=space,
             folds=folds,
             select=select,
+            seeds=seeds,
+            peers=chosen_peers,
+            peer_windows=peer_windows,
         )
-    except (DataError, NothingEligible) as e:
+    except (DataError, NothingEligible, PeersUnavailable) as e:
         fail(str(e))
     table = Table(title=f"accuracy, protocol {protocol}, {path.name} (test split)")
-    for col in ("model", "horizon", "MSE", "MAE", "train s", "epochs", "stopped by"):
+    subset = next((r.subset["windows"] for r in rows_out if r.subset), None)
+    on_subset = (f"MSE, {subset} windows", f"MAE, {subset} windows", "predict s") if subset else ()
+    for col in ("model", "horizon", "MSE", "MAE", "train s", "epochs", "stopped by", *on_subset):
         table.add_column(col)
     for r in rows_out:
         stopped = r.stopped_by or ""
@@ -213,7 +235,15 @@ def bench_accuracy(
             stopped = f"{found['select']}: {trial} in {found['wall_seconds']:.0f} s"
         if r.model == "seasonal":
             stopped = f"period {r.config['period']}"
-        cells = (f"{r.mse:.6g}", f"{r.mae:.6g}", f"{r.train_seconds:.1f}", str(r.epochs), stopped)
+        if r.model.startswith("peer:"):
+            stopped = r.config.get("model", "")
+        full = ("", "") if r.windows else (f"{r.mse:.6g}", f"{r.mae:.6g}")
+        cells = (*full, f"{r.train_seconds:.1f}", str(r.epochs), stopped)
+        if subset:
+            s = r.subset or {}
+            cells += tuple(f"{s[k]:.6g}" if k in s else "" for k in ("mse", "mae")) + (
+                f"{s['predict_seconds']:.1f}" if s else "",
+            )
         table.add_row(r.model, str(r.horizon), *cells)
     Console().print(table)
     notes = []
@@ -239,6 +269,8 @@ def bench_accuracy(
             "dataset": str(path),
             "time_cap_s": max_seconds,
             "models": list(chosen),
+            "peers": list(chosen_peers),
+            "peer_windows": peer_windows if chosen_peers else None,
             "results": [r.to_json() for r in rows_out],
             "notes": notes,
         }

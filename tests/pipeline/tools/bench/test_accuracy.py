@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def _bench(tmp_path, *args: str) -> dict:
@@ -58,6 +59,8 @@ def test_bench_accuracy_standard_runs_end_to_end_on_a_slice(tmp_path, shared_dat
             "config",
             "search",
             "intervals",
+            "windows",
+            "subset",
         }
     transformer = next(r for r in doc["results"] if r["model"] == "transformer")
     assert transformer["config"]["d_model"] == 512 and transformer["config"]["d_ff"] == 2048
@@ -75,7 +78,7 @@ def test_a_two_trial_search_chooses_on_validation_and_scores_the_choice_once(tmp
     doc = _bench(
         tmp_path,
         *("--dataset", "etth1", "--horizons", "24", "--rows", "400", "--split", "7/1/2", "--epochs", "1"),
-        *("--trials", "2", "--shared-data", str(shared_data)),
+        *("--trials", "2", "--seeds", "2", "--shared-data", str(shared_data)),
     )
     from models.search import TrialRecord, one_se
 
@@ -93,6 +96,11 @@ def test_a_two_trial_search_chooses_on_validation_and_scores_the_choice_once(tmp
     assert search["chosen_trial"] == chosen["number"] and search["chosen_val_loss"] == chosen["val_loss"]
     assert search["folds"] == 3 and all(len(t["fold_val_losses"]) == 3 for t in done)  # rolling origins by default
     assert row["config"]["d_model"] == chosen["params"]["d_model"] and np.isfinite(row["mse"])
+    repeats = search["seed_repeats"]  # both rules' candidates, each from two fresh seeds, on test
+    assert repeats["seeds"] == [2025, 2026] and repeats["one_se_keeps"] == ("lowest" if clearly else "default")
+    for label, trial in (("lowest", lowest), ("default", trials[0])):
+        assert repeats[label]["trial"] == trial["number"] and len(repeats[label]["mse"]) == 2
+        assert repeats[label]["mean"] == pytest.approx(np.mean(repeats[label]["mse"]))
     (seasonal,) = [r for r in doc["results"] if r["model"] == "seasonal"]  # hourly ETTh1: yesterday's hour
     assert seasonal["config"] == {"period": 24} and np.isfinite(seasonal["mse"]) and seasonal["mse"] > 0
 
