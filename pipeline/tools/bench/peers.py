@@ -70,7 +70,7 @@ def scores(forecasts: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
 def peers_python(given: Path | None = None) -> Path:
     """The peers' interpreter: `given`, else $SENSORCAST_PEERS_PYTHON, else .venv-peers of this checkout."""
     path = given or Path(os.environ.get("SENSORCAST_PEERS_PYTHON", DEFAULT_PYTHON))
-    if not path.exists():
+    if not path.is_file():
         raise PeersUnavailable(f"no peers' Python at {path}: run `make peers-env` (statsforecast, mlforecast and "
                                "neuralforecast need pandas < 3, so they get an environment of their own)")  # fmt: skip
     return path

@@ -13,19 +13,16 @@ import pytest
 from pipeline.tools.bench.peers import PeersUnavailable, peers_python, scores
 
 
-def _accuracy(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipeline.tools.cli", "bench", "accuracy", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
 def test_every_peer_is_scored_on_the_same_windows_as_our_models(tmp_path, shared_data) -> None:
     out = tmp_path / "acc.json"
-    done = _accuracy(
-        *("--dataset", "etth1", "--horizons", "24", "--rows", "400", "--split", "7/1/2"),
-        *("--models", "persistence,seasonal", "--peers", "statsforecast,mlforecast,neuralforecast"),
-        *("--peer-windows", "4", "--shared-data", str(shared_data), "--json", str(out)),
-        env={"SENSORCAST_PEERS_MAX_STEPS": "5"},  # neuralforecast's 1,000 steps are the bench's, not a test's
-    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.tools.cli", "bench", "accuracy",
+         *("--dataset", "etth1", "--horizons", "24", "--rows", "400", "--split", "7/1/2"),
+         *("--models", "persistence,seasonal", "--peers", "statsforecast,mlforecast,neuralforecast"),
+         *("--peer-windows", "4", "--shared-data", str(shared_data), "--json", str(out))],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SENSORCAST_PEERS_MAX_STEPS": "5"},  # neuralforecast's 1,000 steps: the bench's
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["model"]: r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {
@@ -43,16 +40,28 @@ def test_every_peer_is_scored_on_the_same_windows_as_our_models(tmp_path, shared
     assert rows["peer:neuralforecast"]["config"]["max_steps"] == 5
 
 
+def _refused(*args: str, env: dict | None = None) -> str:
+    """What `bench accuracy ARGS` says on its way out with exit code 1 (in process: no second torch import)."""
+    from typer.testing import CliRunner
+
+    from pipeline.tools.cli import app
+
+    done = CliRunner().invoke(app, ["bench", "accuracy", *args], env=env)
+    assert done.exit_code == 1, done.output
+    return " ".join(done.output.split())  # rich wraps lines
+
+
 def test_a_missing_peers_environment_is_named_before_any_training(tmp_path) -> None:
-    done = _accuracy("--peers", "statsforecast", env={"SENSORCAST_PEERS_PYTHON": str(tmp_path / "none")}, timeout=60)
-    assert done.returncode == 1 and "make peers-env" in " ".join(done.stderr.split())  # rich wraps lines
-    with pytest.raises(PeersUnavailable, match="make peers-env"):
-        peers_python(tmp_path / "none")
+    for missing in (tmp_path / "none", tmp_path):  # nothing there, and a folder that is not an interpreter
+        said = _refused("--peers", "statsforecast", env={"SENSORCAST_PEERS_PYTHON": str(missing)})
+        assert "no peers' Python at" in said and "make peers-env" in said
+        with pytest.raises(PeersUnavailable, match="make peers-env"):
+            peers_python(missing)
 
 
 def test_an_unknown_peer_is_a_clear_error() -> None:
-    done = _accuracy("--peers", "prophet", timeout=60)
-    assert done.returncode == 1 and "prophet" in done.stderr and "statsforecast" in done.stderr
+    said = _refused("--peers", "prophet")
+    assert "prophet" in said and "statsforecast" in said
 
 
 def test_a_peer_that_forecasts_nan_is_an_error_not_a_score() -> None:
