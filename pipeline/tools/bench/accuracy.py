@@ -166,6 +166,7 @@ def run_accuracy(
                 rows.append(BenchRow(name, h, m.mse, m.mae, 0.0, 0))
                 scored[name] = (rows[-1], cls(h))
         raw_train = frame.select(data.channels).to_numpy()[: split.train[1]]
+        train_rows = data.scaler.transform(raw_train)  # the standardized training rows: the search's and the peers'
         period = strongest_cycle(raw_train, cadence_of(step_s), lookback)
         if "seasonal" in models:
             if period is None:
@@ -176,7 +177,6 @@ def run_accuracy(
                 scored["seasonal"] = (rows[-1], SeasonalNaive(h, period))
                 log(f"  seasonal naive (period {period}): MSE {m.mse:.4f} MAE {m.mae:.4f}")
         if search_budget is not None and "itransformer" in models:
-            train_rows = data.scaler.transform(raw_train)
             val_rows = split.val[1] - split.val[0] - lookback
             origins = rolling_origins([train_rows], val_rows, lookback, h, folds)
             row, chosen = _searched(
@@ -216,11 +216,12 @@ def run_accuracy(
                 f"(stopped by {result.stopped_by})"
             )
         if peers:
-            rows.extend(_with_peers(peers, scored, data, raw_train, h, period, peer_windows, peers_python, device, log))
+            found = _with_peers(peers, scored, data, train_rows, h, period, peer_windows, peers_python, device, log)
+            rows.extend(found)
     return rows
 
 
-def _with_peers(peers, scored, data: Prepared, raw_train, h, period, count, python, device, log) -> list[BenchRow]:
+def _with_peers(peers, scored, data: Prepared, train_rows, h, period, count, python, device, log) -> list[BenchRow]:
     """The peers' rows on `count` evenly spaced test windows, and each of our rows' score on the same ones."""
     from pipeline.tools.bench.peers import run_peers, scores, subset_indices
 
@@ -232,7 +233,7 @@ def _with_peers(peers, scored, data: Prepared, raw_train, h, period, count, pyth
         m = evaluate(model, data.test, device, indices=index)
         seconds = time.perf_counter() - started
         row.subset = {"windows": len(index), "mse": m.mse, "mae": m.mae, "predict_seconds": seconds}
-    found = run_peers(peers, data.scaler.transform(raw_train), x.numpy(), h, period, python=python, log=log)
+    found = run_peers(peers, train_rows, x.numpy(), h, period, python=python, log=log)
     out = []
     for name, peer in found.items():
         mse, mae = scores(peer.forecasts, y.numpy())

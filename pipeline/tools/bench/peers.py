@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-PEERS = ("statsforecast", "mlforecast", "neuralforecast")
+from pipeline.tools.bench.peers_runner import PEERS  # one list; the runner imports only numpy at its top
+
 RUNNER = Path(__file__).with_name("peers_runner.py")
 DEFAULT_PYTHON = Path(".venv-peers/bin/python")  # `make peers-env`
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-PEERS = ("statsforecast", "mlforecast", "neuralforecast")
+PEERS = ("statsforecast", "mlforecast", "neuralforecast")  # also what `bench accuracy --peers` accepts
 
 
 def _long(windows: np.ndarray):
