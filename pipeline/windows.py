@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.messages import BadReading, Reading, format_ts
+from pipeline.state import EntityState
 from pipeline.timegrid import Grid, infer_anchor, learned_interval, phase_near
 
 LEARN_READINGS = 3  # readings at distinct times an entity shows before its own grid is inferred
@@ -464,6 +465,56 @@ class EntityWindows:
         else:
             self.own_grid[slot] = grid
             self.step[slot], self.anchor[slot] = grid.interval_ms, grid.anchor_ms
+
+    def export(self, entity: str, position: int = 0) -> EntityState:
+        """The entity's state, its window oldest first, for the changelog (pipeline/state.py);
+        `position` is the input position it covers."""
+        slot, L = self.slots[entity], self.L
+        p = int(self.pos[slot])
+        refused = self.refused_run.get(slot)
+        return EntityState(
+            lookback=L,
+            channels=self.n,
+            values=self.data[slot, p : p + L].copy(),
+            count=int(self.count[slot]),
+            last_slot=int(self.last_slot[slot]),
+            last_ts=int(self.last_ts[slot]),
+            position=position,
+            fills=self.fills[slot, p : p + L].copy(),
+            missing_run=self.missing_run[slot].copy(),
+            filled_now=int(self.filled_now[slot]),
+            step=int(self.step[slot]) if self.grid is None else 0,
+            anchor=int(self.anchor[slot]) if self.grid is None else 0,
+            learning=list(self.learning[slot]) if slot in self.learning else None,
+            refused=sorted(refused) if refused is not None else None,
+            taken_since=self.taken_since.get(slot, 0),
+        )
+
+    def load(self, entity: str, state: EntityState, seen_s: float = 0.0) -> None:
+        """Put an exported state back as the entity's (its window written from position 0 of the
+        ring): pushing the same readings afterwards does what it would have done on the original."""
+        if (state.lookback, state.channels) != (self.L, self.n):
+            raise ValueError(f"a window of L={state.lookback}, C={state.channels} does not fit L={self.L}, C={self.n}")
+        slot, L = self._slot(entity), self.L
+        self.data[slot, :L] = self.data[slot, L:] = state.values
+        self.fills[slot, :L] = self.fills[slot, L:] = state.fills
+        self.pos[slot], self.count[slot] = 0, state.count
+        self.last_slot[slot], self.last_ts[slot], self.seen[slot] = state.last_slot, state.last_ts, seen_s
+        self.missing_run[slot] = state.missing_run
+        if state.missing_run.any():
+            self.running_short.add(slot)
+        else:
+            self.running_short.discard(slot)
+        self.filled_now[slot] = state.filled_now
+        learned = Grid(state.step, state.anchor, self.tolerance) if state.step and self.grid is None else None
+        self._own_grid(slot, learned)
+        self.learning.pop(slot, None)
+        if state.learning is not None:
+            self.learning[slot] = list(state.learning)
+        self.refused_run.pop(slot, None)
+        self.taken_since.pop(slot, None)
+        if state.refused is not None:
+            self.refused_run[slot], self.taken_since[slot] = set(state.refused), state.taken_since
 
     def window(self, entity: str) -> np.ndarray:
         """The latest L slots, oldest first, as a view: copy it before the next push."""

@@ -18,7 +18,7 @@ import pytest
 
 from flows.retrain import retrain
 from pipeline.kafka import ensure_topics
-from pipeline.messages import encode_reading
+from pipeline.messages import encode_reading, format_ts, parse_ts
 from pipeline.serve import serve
 from pipeline.settings import Settings
 
@@ -53,6 +53,14 @@ def _drift(site: int, hours: int = 4096) -> list[tuple[float, float]]:
         level = [0.9 * level[0] + rng.gauss(0, 0.8), 0.9 * level[1] + rng.gauss(0, 2.0)]
         out.append((level[0], level[1]))
     return out
+
+
+def unforecast(missing: set, unexpected: set, dead_letters) -> str:
+    """Why the forecasts are not the readings': the hours missing per entity, what was extra, and
+    the dead letters' reasons (a failure under load says where the readings went)."""
+    hours = {e: sorted(int(parse_ts(ts) // HOUR) for k, ts in missing if k == e) for e in ENTITIES}
+    reasons = [d.get("reason") for d in dead_letters.wait_for(10**6, timeout_s=5)]
+    return f"not forecast (hours): {hours}; unexpected: {sorted(unexpected)[:10]}; dead letters: {reasons}"
 
 
 @pytest.fixture
@@ -204,9 +212,10 @@ def test_the_loop_closes_register_gate_promote_and_the_service_follows(
     print(f"switched {switched - announced:.3f} s after the announcement")
     # the announcement made it switch: the registry poll (900 s) had not come round (speed is `bench latency`'s)
     assert 0 <= switched - announced < live.model_poll_s, f"switched {switched - announced:.1f} s after it"
-    keys = [(d["entity"], d["ts"]) for d in forecasts.docs]
+    keys = {(d["entity"], d["ts"]) for d in forecasts.docs}
     # a new consumer group reads the topic from its start: every reading after warm-up, history and live
-    assert len(set(keys)) == len(ENTITIES) * (last - (L - 1)), "every reading forecast across the switch"
+    expected = {(e, format_ts(s * HOUR)) for e in ENTITIES for s in range(L - 1, last)}
+    assert keys == expected, unforecast(expected - keys, keys - expected, collect(live, live.dlq_topic))
     versions = [d["model"]["version"] for d in sorted(forecasts.docs, key=lambda d: d["ts"])]
     assert versions[0] == "1" and versions[-1] == "3" and json.dumps(versions).count('"2"') == 0
     # every forecast through the broker carries each version's own split-conformal intervals around it
