@@ -70,6 +70,7 @@ bench: install  ## JSON results under bench-results/
 	$(VENV)/bin/sensorcast bench intervals --per-entity --json bench-results/intervals-per-entity.json
 	$(VENV)/bin/sensorcast bench latency --guarantees at-least-once,exactly-once --security PLAINTEXT,SASL_SSL --json bench-results/latency.json
 	$(VENV)/bin/sensorcast bench retrain --json bench-results/retrain.json
+	$(VENV)/bin/sensorcast bench restart --json bench-results/restart.json
 
 bench-peers: install peers-env  ## the README's peers table: ours, the naive and what a user would install instead, H = 96
 	mkdir -p bench-results

@@ -226,6 +226,12 @@ class ForecastCore:
         self._staging = [np.zeros((cfg.max_batch, m.lookback, len(self.channels)), dtype=np.float32) for _ in range(2)]
         self._flip = 0
         self._next_eviction = 0.0
+        # for the window changelog (pipeline/changelog.py sets `track`): the entities whose windows a
+        # batch changed since the last capture, each one's input partition, and those forgotten
+        self.track = False
+        self.touched: set[str] = set()
+        self.home: dict[str, int] = {}
+        self.forgotten: list[tuple[str, int]] = []
 
     def servable(self, m: Model) -> None:
         """ValueError if this service's windows cannot feed `m`: a model with a cycle needs readings
@@ -258,6 +264,12 @@ class ForecastCore:
         window = self._window_each if n <= SMALL_BATCH else self._window_batch
         live = [not r.replay for r in records]  # a replay passes the same checks, and publishes nothing
         entities, refused, staged = window(records, model, x, live, now, stats)
+        if self.track:  # a refused reading may change an entity's state too (a learned grid's trial)
+            touched, home = self.touched, self.home
+            for rec, entity in zip(records, entities, strict=True):
+                if entity is not None:
+                    touched.add(entity)
+                    home[entity] = rec.partition
         out: list[Outgoing] = []
         for i in sorted(refused):
             if live[i]:
@@ -270,7 +282,12 @@ class ForecastCore:
         )  # fmt: skip
         ttl = self.cfg.entity_ttl_s
         if ttl is not None and now >= self._next_eviction:  # a scan of every slot: not every batch
-            stats.evicted = len(self.windows.evict_idle(now, ttl))
+            gone = self.windows.evict_idle(now, ttl)
+            stats.evicted = len(gone)
+            if self.track:
+                for entity in gone:
+                    self.touched.discard(entity)
+                    self.forgotten.append((entity, self.home.pop(entity)))
             self._next_eviction = now + min(ttl / 10, 60.0)
         return batch
 
@@ -314,11 +331,11 @@ class ForecastCore:
             try:
                 reading = self.decoder.parse_one(rec.value, rec.timestamp_ms, model.input_bounds)
                 rekeyed = check_key(rec.key, reading.entity, self.cfg.key_policy)
+                entities[i] = entity = reading.entity  # a refusal by the windows keeps it, as in _window_batch
                 pushed = windows.push(reading, now)
             except BadReading as bad:
                 refused[i] = bad
                 continue
-            entities[i] = entity = reading.entity
             if not live[i]:  # a replay refills the window only
                 continue
             stats.rekeyed += rekeyed

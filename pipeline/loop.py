@@ -9,6 +9,10 @@ kafka-python sink waits instead (its I/O thread needs the GIL the loop would hol
 commit point whenever the stream goes quiet too (`commit_when_quiet`): those waits batch its work.
 A stop and a rebalance's hand-over wait for confirmation (`flush`) and commit everything. A crash
 re-forecasts at most the readings since the last commit.
+
+With a window changelog (pipeline/changelog.py), each commit point also captures the windows that
+changed, and a capture is published once a commit covers it: after that commit (at-least-once), or
+in its transaction (exactly-once). State may lag the output, never lead it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
+from pipeline.changelog import Changelog
 from pipeline.core import BatchStats, ForecastCore, StagedBatch
 from pipeline.records import Record, Sink, Source
 
@@ -29,7 +34,14 @@ class Observer(Protocol):
         ...
 
 
-def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, observer: Observer | None = None) -> int:
+def run(
+    source: Source,
+    sink: Sink,
+    core: ForecastCore,
+    stop: threading.Event,
+    observer: Observer | None = None,
+    changelog: Changelog | None = None,
+) -> int:
     """Serve until `stop` is set; what was polled is always finished, published, confirmed and committed.
 
     Pipelined one batch deep: batch k's forward pass runs on a worker thread (TorchScript and CUDA
@@ -56,9 +68,24 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
         if observer is not None:
             observer.on_batch(stats, batch.records, time.time())
 
+    in_transactions = getattr(source, "transactional", None) is not None
+
+    def commit(checkpoint: object | None = None) -> None:
+        """Commit up to `checkpoint` (default: all polled), with the changelog's captures it covers."""
+        if changelog is None:
+            source.commit(checkpoint)
+            return
+        due = changelog.due(source.positions(source.checkpoint() if checkpoint is None else checkpoint))
+        if in_transactions:  # in the transaction the commit ends
+            sink.publish(due)
+            source.commit(checkpoint)
+        else:  # after it: a crash in between leaves the state behind the commit, never ahead
+            source.commit(checkpoint)
+            sink.publish(due)
+
     def commit_settled() -> None:
         while points and sink.settled(points[0][0]):
-            source.commit(points.popleft()[1])
+            commit(points.popleft()[1])
 
     def commit_all() -> None:
         """Land the batch in flight, wait for every message to be confirmed, commit all polled so far
@@ -68,8 +95,12 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
             land(in_flight)
             in_flight = None
         if published is not None or points:
+            if changelog is not None:
+                changelog.capture(source.positions(source.checkpoint()))
             sink.flush()
-            source.commit()
+            commit()
+            if changelog is not None and not in_transactions:
+                sink.flush()  # the last captures, so a restart reads no input back
         points.clear()
         published = None
 
@@ -91,6 +122,8 @@ def run(source: Source, sink: Sink, core: ForecastCore, stop: threading.Event, o
                 if published is not None and (time.monotonic() >= next_point or (when_quiet and not records)):
                     points.append((sink.mark(), published))
                     published, next_point = None, time.monotonic() + every_s
+                    if changelog is not None:  # everything prepared so far, the batch in flight too
+                        changelog.capture(source.positions(source.checkpoint()))
                 if points:
                     commit_settled()
             commit_all()

@@ -31,7 +31,8 @@ class Outgoing(NamedTuple):
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (the window changelog's, for an entity forgotten)
+    partition: int | None = None  # None: the client's partitioner, by key (the changelog names its own)
 
 
 class Source(Protocol):
@@ -43,6 +44,10 @@ class Source(Protocol):
 
     def commit(self, checkpoint: object | None = None) -> None:
         """Mark everything polled up to `checkpoint` (default: so far) as handled."""
+        ...
+
+    def positions(self, checkpoint: object) -> dict[int, int]:
+        """Partition → next offset, of a checkpoint: what the window changelog says its states cover."""
         ...
 
 

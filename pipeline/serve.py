@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from pipeline.changelog import Changelog
 from pipeline.core import ForecastCore, ModelSlot, ServiceConfig
 from pipeline.kafka import TopicFollower, ensure_topics, service_ends
 from pipeline.kafka.sink import TransactionAborted
@@ -19,6 +20,7 @@ from pipeline.messages import BadCalibration, parse_calibration
 from pipeline.metrics import ServiceMetrics
 from pipeline.model_source import ModelWatcher, load_model
 from pipeline.settings import Settings
+from pipeline.state import state_bytes
 
 log = logging.getLogger("sensorcast.serve")
 
@@ -73,6 +75,41 @@ def rehydrate_span_ms(settings: Settings, forecaster) -> int | None:
     return int(2 * (forecaster.lookback + settings.max_fill_steps + 1) * interval)
 
 
+def changelog_kept(settings: Settings, forecaster) -> bool:
+    """Whether this service keeps its windows on the changelog: the setting, on the kafka-python client
+    (the confluent source replays on every assignment for now), with a window that fits one message."""
+    if settings.window_state != "changelog":
+        return False
+    if settings.kafka_client != "kafka-python":
+        log.info("window changelog: kafka-python only for now; %s replays the input on start", settings.kafka_client)
+        return False
+    size = state_bytes(forecaster.lookback, len(forecaster.channels))
+    if size > settings.max_message_bytes:
+        log.warning(
+            "window changelog off: a window of %d bytes is over SENSORCAST_MAX_MESSAGE_BYTES=%d; restarts replay",
+            size, settings.max_message_bytes,
+        )  # fmt: skip
+        return False
+    return True
+
+
+def service_core(slot: ModelSlot, settings: Settings, source, keeps_changelog: bool):
+    """The core, with the windows the source restored from the changelog loaded, and the changelog
+    that captures them from now on (None when not kept)."""
+    core = ForecastCore(slot, ServiceConfig.from_settings(settings))
+    if not keeps_changelog or not getattr(source, "keeps_changelog", False):
+        return core, None
+    restored = getattr(source, "restored", {})
+    now = time.monotonic()
+    for entity, (state, partition) in restored.items():
+        core.windows.load(entity, state, now)
+        core.home[entity] = partition
+    if restored:
+        log.info("restored %d windows from %s", len(restored), settings.windows_topic)
+        source.restored = {}
+    return core, Changelog(core, settings.windows_topic)
+
+
 def serve(settings: Settings, stop: threading.Event | None = None, metrics: ServiceMetrics | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or `stop`); the batch in flight is published and committed first."""
     torch.set_num_threads(settings.torch_threads)
@@ -102,9 +139,11 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     )
 
     ensure_topics(settings)
-    source, sink = service_ends(settings, rehydrate_span_ms(settings, forecaster))
+    keeps_changelog = changelog_kept(settings, forecaster)
+    shape = (forecaster.lookback, len(forecaster.channels)) if keeps_changelog else None
+    source, sink = service_ends(settings, rehydrate_span_ms(settings, forecaster), shape)
     slot = ModelSlot(forecaster)
-    core = ForecastCore(slot, ServiceConfig.from_settings(settings))
+    core, changelog = service_core(slot, settings, source, keeps_changelog)
 
     metrics = metrics or ServiceMetrics()
     metrics.set_model(forecaster.name, forecaster.version)
@@ -152,7 +191,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
     try:
         while True:
             try:
-                handled += run(source, sink, core, stop, observer)
+                handled += run(source, sink, core, stop, observer, changelog)
                 break
             except TransactionAborted as e:
                 # exactly-once: nothing of the aborted transaction is read, so start over from the
@@ -163,8 +202,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, metrics: Serv
                 log.warning("%s; reading again from the last committed offsets", e)
                 sink.close()
                 source.close()
-                source, sink = service_ends(settings, rehydrate_span_ms(settings, forecaster))
-                core = ForecastCore(slot, ServiceConfig.from_settings(settings))
+                source, sink = service_ends(settings, rehydrate_span_ms(settings, forecaster), shape)
+                core, changelog = service_core(slot, settings, source, keeps_changelog)
                 observer.source = source
         log.info("stopping after %d readings in %.0f s", handled, time.monotonic() - started)
     finally:

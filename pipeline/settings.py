@@ -132,6 +132,16 @@ class Settings(BaseSettings):
     consumer_group: str = Field(
         default="sensorcast-forecaster", description="the service's consumer group (its committed offsets)"
     )
+    window_state: str = Field(
+        default="changelog",
+        pattern="^(changelog|replay)$",
+        description="how a restart refills the windows: changelog (each entity's window from a compacted topic, "
+        "one record per entity; the replay when it is missing or behind; kafka-python only for now) or replay "
+        "(the input read back over twice the model's window)",
+    )
+    changelog_topic: str | None = Field(
+        default=None, description="the windows' compacted changelog topic (default: <consumer group>.windows)"
+    )
     partitions: str | None = Field(
         default=None,
         pattern=r"^\d+(,\d+)*$",
@@ -265,6 +275,11 @@ class Settings(BaseSettings):
     kafka_log_level: str = Field(default="WARNING", description="kafka-python's log level (DEBUG to trace a client)")
 
     # -- derived -------------------------------------------------------------------------------
+    @property
+    def windows_topic(self) -> str:
+        """The service's window changelog: one per consumer group, as the windows are the group's state."""
+        return self.changelog_topic or f"{self.consumer_group}.windows"
+
     @property
     def bootstrap_servers(self) -> str:
         local = ",".join(f"{self.host}:{self.kafka_port + 10 * i}" for i in range(self.kafka_brokers))

@@ -79,6 +79,11 @@ def encode_state(s: EntityState) -> bytes:
     )
 
 
+def state_bytes(lookback: int, channels: int, times: int = 16) -> int:
+    """A window record's size (with up to `times` learning or trial timestamps): it must fit one message."""
+    return _HEAD.size + lookback * channels * 4 + lookback * 4 + channels * 4 + times * 8
+
+
 def _length(times: list[int] | None) -> int:
     return -1 if times is None else len(times)
 

@@ -33,6 +33,10 @@ class MemorySource:
     def checkpoint(self) -> int:
         return self.position
 
+    @staticmethod
+    def positions(checkpoint: int) -> dict[int, int]:
+        return {0: checkpoint}
+
     def commit(self, checkpoint: int | None = None) -> None:
         self.committed = self.position if checkpoint is None else checkpoint
 

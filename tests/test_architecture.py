@@ -40,14 +40,17 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "pipeline.records": (),
     "pipeline.messages": (),
     "pipeline.timegrid": (),
-    "pipeline.windows": ("pipeline.messages", "pipeline.timegrid"),
+    "pipeline.state": (),
+    "pipeline.windows": ("pipeline.messages", "pipeline.state", "pipeline.timegrid"),
+    "pipeline.changelog": ("pipeline.core", "pipeline.records", "pipeline.state"),  # core: its type alone
     "pipeline.metrics": (),
     "pipeline.testing": ("pipeline.records",),
     "pipeline.core": ("pipeline.messages", "pipeline.records", "pipeline.timegrid", "pipeline.windows"),
-    "pipeline.loop": ("pipeline.core", "pipeline.records"),
-    "pipeline.kafka": ("pipeline.records", "pipeline.settings"),
+    "pipeline.loop": ("pipeline.changelog", "pipeline.core", "pipeline.records"),
+    "pipeline.kafka": ("pipeline.changelog", "pipeline.records", "pipeline.settings", "pipeline.state"),
     "pipeline.model_source": ("pipeline.core", "models.forecaster", "models.mlflow.registry"),
     "pipeline.serve": (
+        "pipeline.changelog",
         "pipeline.core",
         "pipeline.kafka",
         "pipeline.loop",
@@ -55,6 +58,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "pipeline.metrics",
         "pipeline.model_source",
         "pipeline.settings",
+        "pipeline.state",  # a window's size, to tell whether it fits one message
     ),
     "pipeline.api": ("pipeline.kafka", "pipeline.messages", "pipeline.settings"),
     "pipeline.tools": ("pipeline", "models", "flows"),  # on top: tools may use everything below

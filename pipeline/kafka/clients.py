@@ -119,11 +119,30 @@ def make_admin(settings: Settings) -> KafkaAdminClient:
         raise unreachable(settings, e) from e
 
 
+TOPIC_CONFIGS = {
+    "calibration": {"cleanup.policy": "compact"},
+    # the windows' changelog: compacted, rolled every 10 min or 64 MiB so the cleaner keeps about one
+    # record per entity (it never cleans the active segment), tombstones kept a day for slow readers
+    "windows": {
+        "cleanup.policy": "compact",
+        "segment.ms": "600000",
+        "segment.bytes": str(64 * 1024 * 1024),
+        "min.cleanable.dirty.ratio": "0.25",
+        "delete.retention.ms": "86400000",
+    },
+}
+
+
 def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, partitions: int | None = None) -> None:
     """Create the topics that are missing (idempotent) and wait until their metadata is visible. The
-    calibration topic is compacted: it keeps the latest message of each model version."""
+    calibration topic is compacted: it keeps the latest message of each model version; so is the
+    windows' changelog (one record per entity, pipeline/changelog.py), with segments small enough
+    that the cleaner gets to them within minutes."""
     s = settings
-    names = list(topics or [s.readings_topic, s.forecasts_topic, s.dlq_topic, s.models_topic, s.calibration_topic])
+    names = list(
+        topics
+        or [s.readings_topic, s.forecasts_topic, s.dlq_topic, s.models_topic, s.calibration_topic, s.windows_topic]
+    )
     parts = partitions or settings.topic_partitions
     admin = make_admin(settings)
     try:
@@ -136,7 +155,9 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, parti
                         n,
                         num_partitions=parts,
                         replication_factor=settings.topic_replication,
-                        topic_configs={"cleanup.policy": "compact"} if n == s.calibration_topic else {},
+                        topic_configs=TOPIC_CONFIGS.get(
+                            "calibration" if n == s.calibration_topic else "windows" if n == s.windows_topic else "", {}
+                        ),
                     )
                     for n in missing
                 ],

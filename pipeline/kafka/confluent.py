@@ -150,10 +150,10 @@ class ConfluentSink:
         self._unconfirmed[epoch] += 1
         self._produce(self.dlq_topic, letter, msg.key(), self._callback(epoch, stand_in=True))
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None, on_delivery) -> None:
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, on_delivery, partition: int = -1) -> None:
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=on_delivery)
+                self.producer.produce(topic, value, key, partition, on_delivery=on_delivery)
                 return
             except BufferError:  # librdkafka's queue is full: let it drain a little
                 self.producer.poll(0.05)
@@ -164,6 +164,7 @@ class ConfluentSink:
                 self.refused += 1
                 log.error("a message to %s was refused before it left: %s; a dead letter names it", topic, error)
                 topic, value = self.dlq_topic, refusal_letter(Outgoing(topic, key, value), error.str())
+                partition = -1
 
     def publish(self, messages: list[Outgoing]) -> None:
         produce, delivered = self.producer.produce, self._delivered
@@ -173,10 +174,11 @@ class ConfluentSink:
             if stand_in is not None:
                 self.refused += 1
                 m = stand_in
+            partition = -1 if m.partition is None else m.partition  # -1: librdkafka's partitioner
             try:
-                produce(m.topic, m.value, m.key, on_delivery=delivered)
+                produce(m.topic, m.value, m.key, partition, on_delivery=delivered)
             except (BufferError, KafkaException):
-                self._produce(m.topic, m.value, m.key, delivered)
+                self._produce(m.topic, m.value, m.key, delivered, partition)
         self.producer.poll(0)  # serve delivery callbacks as they come, not all at flush
 
     def mark(self) -> int:
@@ -493,6 +495,11 @@ class ConfluentSource:
 
     def checkpoint(self) -> dict[int, tuple[int, int | None]]:
         return {p: (pos, self._last_ts.get(p)) for p, pos in self._position.items()}
+
+    @staticmethod
+    def positions(checkpoint: dict[int, tuple[int, int | None]]) -> dict[int, int]:
+        """Partition → next offset, of a checkpoint (what the window changelog records)."""
+        return {p: pos for p, (pos, _) in checkpoint.items()}
 
     def commit(self, checkpoint: dict[int, tuple[int, int | None]] | None = None) -> None:
         """Commit up to `checkpoint` (default: all polled) on the partitions this instance still holds,

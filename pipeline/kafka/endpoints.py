@@ -11,8 +11,9 @@ from pipeline.records import Sink, Source
 from pipeline.settings import Settings
 
 
-def service_source(settings: Settings, rehydrate_ms: int | None = None) -> Source:
-    """`rehydrate_ms`: how far back in time a restart re-reads to refill windows (None: by record count)."""
+def service_source(settings: Settings, rehydrate_ms: int | None = None, shape: tuple[int, int] | None = None) -> Source:
+    """`rehydrate_ms`: how far back in time a restart re-reads to refill windows (None: by record count);
+    `shape`: the model's (lookback, channels), to restore windows from the changelog (kafka-python)."""
     if settings.kafka_client == "confluent":
         from pipeline.kafka.confluent import confluent_source
 
@@ -23,10 +24,12 @@ def service_source(settings: Settings, rehydrate_ms: int | None = None) -> Sourc
             source.close()
             raise
         return source
-    return kafka_source(settings, rehydrate_ms)
+    return kafka_source(settings, rehydrate_ms, shape)
 
 
-def service_ends(settings: Settings, rehydrate_ms: int | None = None) -> tuple[Source, Sink]:
+def service_ends(
+    settings: Settings, rehydrate_ms: int | None = None, shape: tuple[int, int] | None = None
+) -> tuple[Source, Sink]:
     """The source and the sink; under exactly-once, the source's commits go through the sink's
     transactions (`pipeline.kafka.sink.TransactionalKafkaSink`, `pipeline.kafka.confluent.TransactionalSink`)."""
     if settings.processing_guarantee == "exactly-once":
@@ -37,13 +40,13 @@ def service_ends(settings: Settings, rehydrate_ms: int | None = None) -> tuple[S
         else:
             sink = transactional_kafka_sink(settings)
         try:  # the sink first: its init fences an earlier process and settles its offsets before they are read
-            source = service_source(settings, rehydrate_ms)
+            source = service_source(settings, rehydrate_ms, shape)
         except Exception:
             sink.close()
             raise
         source.transactional = sink
         return source, sink
-    source = service_source(settings, rehydrate_ms)
+    source = service_source(settings, rehydrate_ms, shape)
     try:
         return source, service_sink(settings)
     except Exception:

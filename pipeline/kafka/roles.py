@@ -2,13 +2,13 @@
 its work needs; the broker denies whatever no grant allows. A forged calibration, model announcement
 or forecast is then refused by the broker, not trusted by its reader.
 
-| role | readings | forecasts | dead letters | models | calibration | consumer group |
-| --- | --- | --- | --- | --- | --- | --- |
-| producer | write | – | – | – | – | – |
-| service | read | write | write | read | read | its own |
-| monitor | read | read | – | read | read, write | – |
-| retrain | read | – | – | write | – | – |
-| api | – | read | – | – | – | – |
+| role | readings | forecasts | dead letters | models | calibration | windows' changelog | consumer group |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| producer | write | – | – | – | – | – | – |
+| service | read | write | write | read | read | read, write | its own |
+| monitor | read | read | – | read | read, write | – | – |
+| retrain | read | – | – | write | – | – | – |
+| api | – | read | – | – | – | – | – |
 
 Under exactly-once the service also writes transactions, with ids that start `sensorcast-<its
 group>-` (one prefixed grant: both clients name their transactional ids so), and no other role may.
@@ -61,6 +61,8 @@ def grants(settings: Settings, role: str | None = None) -> list[Grant]:
             ("topic", s.dlq_topic, "write"),
             ("topic", s.models_topic, "read"),
             ("topic", s.calibration_topic, "read"),
+            ("topic", s.windows_topic, "read"),
+            ("topic", s.windows_topic, "write"),
             ("group", s.consumer_group, "read"),
             ("transactional_id", transactional_id_prefix(s), "write", True),
         ],

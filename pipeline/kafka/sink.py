@@ -39,7 +39,7 @@ MAX_MESSAGE_BYTES = 1_000_000  # key + value; the broker's default message.max.b
 def within_limit(message: Outgoing, limit: int, dlq_topic: str) -> Outgoing | None:
     """None for a message that may be sent as it is; for one over `limit` (key + value), the small
     dead letter to send in its place (checked before the send on both clients)."""
-    size = len(message.value) + len(message.key or b"")
+    size = len(message.value or b"") + len(message.key or b"")
     if size <= limit:
         return None
     log.error("a %d-byte message to %s is over the limit; a dead letter names it", size, message.topic)
@@ -67,8 +67,8 @@ def refusal_letter(message: Outgoing, error: str) -> bytes:
             "topic": message.topic,
             "key": (message.key or b"")[:256].decode("utf-8", "replace"),
             "payload": "",
-            "payload_bytes": len(message.value),
-            "payload_sha256": hashlib.sha256(message.value).hexdigest(),
+            "payload_bytes": len(message.value or b""),
+            "payload_sha256": hashlib.sha256(message.value or b"").hexdigest(),
             "truncated": True,
         }
     )
@@ -99,7 +99,7 @@ class KafkaSink:
         for m in messages:
             out = within_limit(m, limit, self.dlq_topic) or m
             self.refused += out is not m
-            sent.append((send(out.topic, key=out.key, value=out.value), m))
+            sent.append((send(out.topic, key=out.key, value=out.value, partition=out.partition), m))
         self._published += len(messages)
 
     def mark(self) -> int:

@@ -9,10 +9,13 @@ from typing import Any
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
+from pipeline.changelog import PartitionState, resume_from
+from pipeline.kafka.changelog import read_changelog
 from pipeline.kafka.clients import KafkaUnavailable, StallNudge, make_consumer, partitions_of
 from pipeline.kafka.sink import TransactionalKafkaSink
 from pipeline.records import Record
 from pipeline.settings import Settings
+from pipeline.state import EntityState
 
 log = logging.getLogger("sensorcast.kafka")
 
@@ -35,7 +38,12 @@ class KafkaSource:
     forecast: a restart costs no forecasts. How far: by time when `rehydrate_ms` is known (the
     model's window in time; each commit carries the timestamp of the last record it covers, and the
     partition is read back from that time less `rehydrate_ms`, however many entities share it), else
-    `rehydrate_records` records."""
+    `rehydrate_records` records.
+
+    With the windows' changelog read (`resume`, pipeline/changelog.py), a partition whose changelog is
+    usable resumes from it instead: its entities' windows are handed over in `restored` (for the
+    loop's core to load), and only the input from the changelog's marker to the committed offset is
+    replayed, usually one commit interval. The log says which path each partition took."""
 
     def __init__(
         self,
@@ -47,12 +55,16 @@ class KafkaSource:
         timeout_s: float = 30.0,
         new_group_from: str = "earliest",
         rehydrate_ms: int | None = None,
+        resume: dict[int, PartitionState] | None = None,
     ):
         self.fetcher, self.committer = fetcher, committer
         self.replay_until: dict[TopicPartition, int] = {}
         self._position: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._last_ts: dict[TopicPartition, int] = {}  # timestamp of the last record read, per partition
         self._committed: dict[TopicPartition, int] = {}
+        self.restored: dict[str, tuple[EntityState, int]] = {}  # entity → (its window, its partition), to load
+        self.keeps_changelog = False  # whether the service may write the changelog (its topic fits the readings)
+        self._skip: dict[TopicPartition, dict[bytes, int]] = {}  # replays a restored state already holds
         self.transactional: TransactionalKafkaSink | None = None  # exactly-once: commits go through its transactions
         self._unstick = StallNudge(fetcher)  # after an empty poll
         self.topic, self.follow_new_partitions = topic, partitions is None  # an explicit list stays as given
@@ -76,10 +88,30 @@ class KafkaSource:
                 if rehydrate_ms and last_ts is not None:
                     found = fetcher.offsets_for_times({tp: max(0, last_ts - rehydrate_ms)}).get(tp)
                     start = max(beginnings[tp], min(committed, found.offset if found is not None else committed))
+                if resume is not None:
+                    start = self._resume(tp, resume.get(tp.partition, PartitionState()), committed, start)
+                else:
+                    log.info("partition %d: replaying %d records", tp.partition, committed - start)
                 if start < committed:
                     self.replay_until[tp] = committed
             fetcher.seek(tp, start)
             self._position[tp] = start
+
+    def _resume(self, tp: TopicPartition, part: PartitionState, committed: int, replay_start: int) -> int:
+        """Where the partition is read from: its changelog's marker when usable (its windows kept in
+        `restored`), else the replay's start."""
+        plan, why = resume_from(part, committed, replay_start)
+        if plan is None:
+            log.info("partition %d: %s; replaying %d records", tp.partition, why, committed - replay_start)
+            return replay_start
+        self.restored.update((e, (s, tp.partition)) for e, s in part.states.items())
+        if plan.skip:
+            self._skip[tp] = plan.skip
+        log.info(
+            "partition %d: %d windows from the changelog, then %d records from its position %d",
+            tp.partition, len(part.states), committed - plan.start, plan.start,
+        )  # fmt: skip
+        return plan.start
 
     def poll(self, max_records: int, timeout_ms: float):
         if self.follow_new_partitions and time.monotonic() >= self._next_partition_check:
@@ -92,16 +124,19 @@ class KafkaSource:
             if not records:
                 continue
             until = self.replay_until.get(tp)
+            skip = self._skip.get(tp)
             out.extend(
                 Record(
                     r.value, r.key, r.topic, r.partition, r.offset, r.timestamp, until is not None and r.offset < until
                 )
                 for r in records
+                if skip is None or r.offset >= skip.get(r.key, -1)  # a restored window holds it already
             )
             self._position[tp] = records[-1].offset + 1
             self._last_ts[tp] = advance_marker(self._last_ts.get(tp), [r.timestamp for r in records])
             if until is not None and records[-1].offset + 1 >= until:
                 del self.replay_until[tp]
+                self._skip.pop(tp, None)
         return out
 
     def _take_new_partitions(self) -> None:
@@ -126,6 +161,11 @@ class KafkaSource:
 
     def checkpoint(self) -> dict[TopicPartition, tuple[int, int | None]]:
         return {tp: (pos, self._last_ts.get(tp)) for tp, pos in self._position.items()}
+
+    @staticmethod
+    def positions(checkpoint: dict[TopicPartition, tuple[int, int | None]]) -> dict[int, int]:
+        """Partition → next offset, of a checkpoint (what the window changelog records)."""
+        return {tp.partition: pos for tp, (pos, _) in checkpoint.items()}
 
     def commit(self, checkpoint: dict[TopicPartition, tuple[int, int | None]] | None = None) -> None:
         """Commit every partition read past its last commit, up to `checkpoint` (default: all polled;
@@ -215,9 +255,34 @@ def committed_ts(metadata: str | None) -> int | None:
     return None
 
 
-def kafka_source(settings: Settings, rehydrate_ms: int | None = None, **overrides: Any) -> KafkaSource:
-    """The service's source as the settings describe it: topic, group, partitions, rehydration (by
-    time over `rehydrate_ms` when the model's window in time is known, else by record count)."""
+def changelog_states(settings: Settings, shape: tuple[int, int]) -> dict[int, PartitionState] | None:
+    """The windows' changelog read back for the partitions this instance serves; None when it cannot
+    be kept (its topic lacks a partition the readings have: the service then replays, as before)."""
+    reader = make_consumer(settings, group=None, fetch_max_bytes=64 * 1024 * 1024)
+    try:
+        wanted = settings.partition_list
+        parts = [tp.partition for tp in partitions_of(reader, settings.readings_topic, settings.startup_timeout_s)]
+        parts = [p for p in parts if wanted is None or p in wanted]
+        held = reader.partitions_for_topic(settings.windows_topic) or set()
+        if not set(parts) <= held:
+            log.warning(
+                "window changelog off: %s has partitions %s, the readings %s; restarts replay the input",
+                settings.windows_topic, sorted(held), parts,
+            )  # fmt: skip
+            return None
+        return read_changelog(reader, settings.windows_topic, parts, *shape)
+    finally:
+        reader.close()
+
+
+def kafka_source(
+    settings: Settings, rehydrate_ms: int | None = None, shape: tuple[int, int] | None = None, **overrides: Any
+) -> KafkaSource:
+    """The service's source as the settings describe it: topic, group, partitions, rehydration (from
+    the windows' changelog when `shape`, the model's (lookback, channels), is given and the settings
+    keep one; else by time over `rehydrate_ms` when the model's window in time is known, else by
+    record count)."""
+    resume = changelog_states(settings, shape) if shape is not None else None
     fetcher = make_consumer(
         settings, group=None, **{"max_poll_records": settings.max_batch, "metadata_max_age_ms": 30_000, **overrides}
     )
@@ -227,7 +292,7 @@ def kafka_source(settings: Settings, rehydrate_ms: int | None = None, **override
         fetcher.close()
         raise
     try:
-        return KafkaSource(
+        source = KafkaSource(
             fetcher,
             committer,
             settings.readings_topic,
@@ -235,7 +300,10 @@ def kafka_source(settings: Settings, rehydrate_ms: int | None = None, **override
             partitions=settings.partition_list,
             new_group_from=settings.offset_reset,
             rehydrate_ms=rehydrate_ms,
+            resume=resume,
         )
+        source.keeps_changelog = resume is not None
+        return source
     except Exception:
         fetcher.close()
         committer.close()

@@ -182,7 +182,8 @@ STEPS, RATE = 200, 400  # 10 entities: 1,800 readings over 4.5 s after the warm-
 def stop_mid_stream_then_restart(settings: Settings, env: dict, produce, forecasts, tmp_path: Path, stop_first):
     """A service forecasting a paced stream is stopped by `stop_first(process)` 1.5 s into it; a second
     one starts once the stream is in and runs until every reading has its forecast. Returns (what
-    `stop_first` returned, forecasts arrived before the restart, forecasts expected)."""
+    `stop_first` returned, forecasts arrived before the restart, forecasts expected, how the second
+    refilled its windows: "changelog", "replay" or "both", from its log)."""
     produce(settings, readings(10, range(0, 20)))  # enough to warm every window
     producer = threading.Thread(target=produce, args=(settings, readings(10, range(20, STEPS)), RATE))
     first = ServeProcess(settings.model_uri, env, tmp_path / "first.log").start()
@@ -202,28 +203,42 @@ def stop_mid_stream_then_restart(settings: Settings, env: dict, produce, forecas
     finally:
         first.stop()
         second.stop()
-    return stopped, before_restart, expected
+    return stopped, before_restart, expected, refilled_by(second.output())
+
+
+def refill_expected(settings: Settings, window_state: str) -> str:
+    """The changelog is kept on kafka-python; the confluent source replays on every assignment for now."""
+    return window_state if settings.kafka_client == "kafka-python" else "replay"
+
+
+def refilled_by(log: str) -> str:
+    """How a restarted service refilled its windows, from its log (each partition says which path)."""
+    changelog, replay = "windows from the changelog" in log, "replaying" in log or "restored" not in log
+    return "both" if changelog and replay else "changelog" if changelog else "replay"
 
 
 def exits_cleanly(process: ServeProcess) -> None:
     assert process.stop() == 0, process.output()[-3000:]
 
 
+@pytest.mark.parametrize("window_state", ["changelog", "replay"])
 def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
-    service_settings: Settings, produce, collect, tmp_path: Path, tiny_checkpoint
+    service_settings: Settings, produce, collect, tmp_path: Path, tiny_checkpoint, window_state: str
 ) -> None:
     """On a model with a grid, the restart reads back by time from the last commit, however many
     entities share a partition: SENSORCAST_REHYDRATE_RECORDS=1 (the count it used to read back)
     would leave every window but one cold. (The SIGKILL test below covers the count, on a model
-    without a grid.)"""
+    without a grid.) With the window changelog (the default), the stop writes every window last, and
+    the restart reads them and no input back."""
     settings = service_settings.model_copy(
         update={"model_uri": str(tiny_checkpoint("gridded", grid={"interval_ms": HOUR, "anchor_ms": 0}))}
     )
     forecasts = collect(settings, settings.forecasts_topic)
-    env = {**settings.as_env(), "SENSORCAST_REHYDRATE_RECORDS": "1"}
-    _, before_restart, expected = stop_mid_stream_then_restart(
+    env = {**settings.as_env(), "SENSORCAST_REHYDRATE_RECORDS": "1", "SENSORCAST_WINDOW_STATE": window_state}
+    _, before_restart, expected, refilled = stop_mid_stream_then_restart(
         settings, env, produce, forecasts, tmp_path, exits_cleanly
     )
+    assert refilled == refill_expected(settings, window_state)
     assert 0 < before_restart < expected, "the first process should stop mid-stream"
     keys = {(d["entity"], d["ts"]) for d in forecasts.docs}
     assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast"
@@ -300,8 +315,9 @@ def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_o
     assert ("exactly-once: output and offsets commit in transactions" in a.output()) == (guarantee == "exactly-once")
 
 
+@pytest.mark.parametrize("window_state", ["changelog", "replay"])
 def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_last_commit(
-    service_settings: Settings, produce, collect, tmp_path: Path
+    service_settings: Settings, produce, collect, tmp_path: Path, window_state: str
 ) -> None:
     from collections import Counter
 
@@ -311,7 +327,11 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_las
     from pipeline.messages import format_ts, parse_ts
 
     interval_ms = 250
-    env = {**service_settings.as_env(), "SENSORCAST_COMMIT_INTERVAL_MS": str(interval_ms)}
+    env = {
+        **service_settings.as_env(),
+        "SENSORCAST_COMMIT_INTERVAL_MS": str(interval_ms),
+        "SENSORCAST_WINDOW_STATE": window_state,
+    }
     forecasts = collect(service_settings, service_settings.forecasts_topic)
 
     def kill(process: ServeProcess) -> dict[int, int]:
@@ -324,7 +344,10 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_las
         finally:
             admin.close()
 
-    committed, _, expected = stop_mid_stream_then_restart(service_settings, env, produce, forecasts, tmp_path, kill)
+    committed, _, expected, refilled = stop_mid_stream_then_restart(
+        service_settings, env, produce, forecasts, tmp_path, kill
+    )
+    assert refilled == refill_expected(service_settings, window_state)  # killed: the changelog trails a point at most
     counts = Counter((d["entity"], d["ts"]) for d in forecasts.docs)
     assert len(counts) == expected, f"{expected - len(counts)} readings lost their forecast"
     twice = {k for k, n in counts.items() if n > 1}
@@ -363,13 +386,14 @@ def test_exactly_once_a_sigkill_mid_stream_leaves_each_forecast_once_for_a_read_
         process.proc.wait(10)
 
     try:
-        _, _, expected = stop_mid_stream_then_restart(settings, env, produce, forecasts, tmp_path, kill)
+        _, _, expected, refilled = stop_mid_stream_then_restart(settings, env, produce, forecasts, tmp_path, kill)
     finally:
         uncommitted.close()
     counts = Counter((d["entity"], d["ts"]) for d in forecasts.docs)
     assert len(counts) == expected, f"{expected - len(counts)} readings lost their forecast"
     assert sum(counts.values()) == expected, {k: n for k, n in counts.items() if n > 1}  # not one repeated
     assert len(uncommitted.docs) >= len(forecasts.docs)
+    assert refilled == refill_expected(settings, "changelog")
     print(
         f"read_committed {len(forecasts.docs)} forecasts; read_uncommitted {len(uncommitted.docs)} (aborted ones too)"
     )

@@ -445,6 +445,27 @@ def bench_retrain(
         print(json.dumps(doc, indent=2))
 
 
+@bench_app.command("restart")
+def bench_restart(
+    entities: str = typer.Option("1000,10000,100000", help="fleet sizes, each restarted on each path"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+) -> None:
+    """What a restart costs at fleet size: the input replayed against the window changelog (time to the
+    first forecast, to every window whole, records read, the service's peak RSS)."""
+    from pipeline.kafka import KafkaUnavailable
+    from pipeline.tools.bench import restart as br
+
+    settings = Settings.load()
+    a_broker(settings)
+    try:
+        doc = br.run(settings, tuple(int(n) for n in entities.split(",") if n.strip()), log=lambda m: console.print(m))
+    except (KafkaUnavailable, RuntimeError) as e:
+        fail(str(e))
+    write_json(json_path, doc)
+    if json_path is None:
+        print(json.dumps(doc, indent=2))
+
+
 @bench_app.command("lifecycle")
 def bench_lifecycle(
     days: int = typer.Option(30, help="days of operation, in accelerated time (the incidents' days scale with it)"),

@@ -13,6 +13,7 @@ def test_each_topic_has_exactly_one_writer_and_it_is_the_component_that_owns_it(
         (s.dlq_topic, "service"),
         (s.models_topic, "retrain"),
         (s.calibration_topic, "monitor"),
+        (s.windows_topic, "service"),
     }
 
 

@@ -1,0 +1,87 @@
+"""The windows' changelog in memory: the loop writes it after the commits that cover it, a restore
+from it forecasts what one uninterrupted process would have, and a changelog that cannot be trusted
+is not used."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from pipeline.changelog import Changelog, PartitionState, decode_marker, fold, resume_from
+from pipeline.loop import run
+from pipeline.state import EntityState
+from pipeline.testing import MemorySink, MemorySource
+from tests.fixtures.fakes import fake_core as core
+from tests.fixtures.fakes import reading
+
+TOPIC = "w"
+
+
+class MarkerCheckingSource(MemorySource):
+    """Fails the test if a position marker is ever published ahead of the committed offset."""
+
+    def __init__(self, records, sink: MemorySink):
+        super().__init__(records)
+        self.sink = sink
+
+    def commit(self, checkpoint: int | None = None) -> None:
+        markers = [decode_marker(m.value) for m in self.sink.pending + self.sink.confirmed if m.topic == TOPIC]
+        assert all(m <= self.committed for m in markers if m is not None), "the state led the commit"
+        super().commit(checkpoint)
+
+
+def serve_until_drained(source: MemorySource, sink: MemorySink, c) -> None:
+    stop = threading.Event()
+
+    class StopWhenDrained:
+        def on_batch(self, stats, records, published_at):
+            if source.position == len(source.records):
+                stop.set()
+
+    run(source, sink, c, stop, StopWhenDrained(), Changelog(c, TOPIC))
+
+
+def forecasts(c, records) -> list[bytes]:
+    out, _ = c.process(records, now_ms=0)
+    return [m.value for m in out]
+
+
+def test_a_restart_from_the_changelog_forecasts_what_one_process_would_have() -> None:
+    records = [reading(e, s) for s in range(12) for e in "abc"]
+    first, rest = records[:20], records[20:]  # cut mid-window for c
+    sink = MemorySink()
+    source = MarkerCheckingSource(first, sink)
+    serve_until_drained(source, sink, core(max_batch=4, commit_interval_ms=0))
+    part = fold([(m.key, m.value) for m in sink.on(TOPIC)], lookback=4, channels=2)
+    assert part.marker == source.committed == 20 and set(part.states) == {"a", "b", "c"}
+    restored, whole = core(), core()
+    for entity, state in part.states.items():
+        restored.windows.load(entity, state)
+    whole.process(first)
+    assert forecasts(restored, rest) == forecasts(whole, rest) != []
+
+
+def test_a_forgotten_entity_leaves_a_tombstone() -> None:
+    c = core(entity_ttl_s=10.0)
+    log = Changelog(c, TOPIC)
+    c.prepare([reading("a", 0)], now_s=0.0)
+    log.capture({0: 1})
+    c.prepare([reading("b", 0)], now_s=100.0)  # a is silent past the TTL
+    log.capture({0: 2})
+    part = fold([(m.key, m.value) for m in log.due({0: 2})], lookback=4, channels=2)
+    assert set(part.states) == {"b"} and part.marker == 2
+
+
+def test_a_changelog_missing_ahead_or_behind_is_not_used_and_says_why() -> None:
+    state = EntityState(lookback=4, channels=2, values=np.zeros((4, 2), np.float32), position=120)
+    cases = {
+        "no changelog": (PartitionState(), 100, 50),
+        "ahead of the committed offset": (PartitionState(marker=130, states={"a": state}), 100, 50),
+        "behind the replay's start": (PartitionState(marker=40, states={"a": state}), 100, 50),
+    }
+    for why, (part, committed, replay_start) in cases.items():
+        plan, said = resume_from(part, committed, replay_start)
+        assert plan is None and why in said
+    plan, _ = resume_from(PartitionState(marker=110, states={"a": state}), 125, 50)
+    assert (plan.start, plan.until, plan.skip) == (110, 125, {b"a": 120})  # a's state holds up to 120
