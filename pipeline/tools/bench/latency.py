@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline.settings import Settings
 from pipeline.tools.bench.in_memory import LOOKBACK, bench_checkpoint, in_memory
 from pipeline.tools.bench.report import cpu_seconds, machine, percentiles
-from pipeline.tools.bench.rig import ArrivalStamper, Stream
+from pipeline.tools.bench.rig import ArrivalStamper, Stream, own_topics
 from pipeline.tools.child import CliProcess, RelayProcess, ServeProcess
 
 KAFKA_CLIENTS = ("kafka-python", "confluent")
@@ -107,15 +107,7 @@ def against_kafka(
     from pipeline.kafka import ensure_topics
 
     tag = uuid.uuid4().hex[:6]
-    s = settings.model_copy(
-        update={
-            "readings_topic": f"bench-{tag}.readings",
-            "forecasts_topic": f"bench-{tag}.forecasts",
-            "dlq_topic": f"bench-{tag}.dlq",
-            "models_topic": f"bench-{tag}.models",
-            "calibration_topic": f"bench-{tag}.calibration",
-        }
-    )
+    s = own_topics(settings, tag)
     ensure_topics(s)
     tmp = tempfile.TemporaryDirectory(prefix="sensorcast-bench-")
     env = {

@@ -24,7 +24,7 @@ from pathlib import Path
 from pipeline.settings import Settings
 from pipeline.tools.bench.in_memory import LOOKBACK, bench_checkpoint
 from pipeline.tools.bench.report import machine
-from pipeline.tools.bench.rig import ArrivalStamper, Stream
+from pipeline.tools.bench.rig import ArrivalStamper, Stream, own_topics
 from pipeline.tools.child import ServeProcess
 
 PATHS = ("replay", "changelog")
@@ -91,16 +91,7 @@ def run(settings: Settings, fleet: tuple[int, ...], log: Callable[[str], None] =
         checkpoint = bench_checkpoint(Path(tmp) / "model")
         for entities in fleet:
             tag = uuid.uuid4().hex[:6]
-            s = settings.model_copy(
-                update={
-                    "readings_topic": f"bench-{tag}.readings",
-                    "forecasts_topic": f"bench-{tag}.forecasts",
-                    "dlq_topic": f"bench-{tag}.dlq",
-                    "models_topic": f"bench-{tag}.models",
-                    "calibration_topic": f"bench-{tag}.calibration",
-                    "consumer_group": f"bench-{tag}",
-                }
-            )
+            s = own_topics(settings, tag).model_copy(update={"consumer_group": f"bench-{tag}"})
             ensure_topics(s)
             env = {
                 **os.environ,

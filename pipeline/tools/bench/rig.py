@@ -57,6 +57,12 @@ def _sink_process(bootstrap: str, topic: str, conn, ready, security: dict) -> No
     consumer.close()
 
 
+def own_topics(settings: Settings, tag: str) -> Settings:
+    """The settings with topics of the run's own (`bench-<tag>.readings` and so on): no run reads another's."""
+    kinds = ("readings", "forecasts", "dlq", "models", "calibration")
+    return settings.model_copy(update={f"{kind}_topic": f"bench-{tag}.{kind}" for kind in kinds})
+
+
 class ArrivalStamper:
     """Stamps the arrival time of every forecast, in a process of its own (off this process's GIL)."""
 
