@@ -55,26 +55,30 @@ class Changelog:
     """Captures the windows that changed (the core's `touched`) at each commit point and hands them
     out once a commit covers them."""
 
-    def __init__(self, core: ForecastCore, topic: str):
+    def __init__(self, core: ForecastCore, topic: str, partitions: set[int] | None = None):
         self.core, self.topic = core, topic
+        # the changelog's own partitions (None: any): a partition added to the readings later has
+        # none to go to, so its entities are not captured and a restart replays that partition
+        self.partitions = partitions
         core.track = True
         self.pending: deque[Capture] = deque()
         self._marked: dict[int, int] = {}  # partition → the position of its last marker
 
     def capture(self, positions: dict[int, int]) -> None:
         core, windows, topic = self.core, self.core.windows, self.topic
-        home = core.home
+        home, kept = core.home, self.partitions
         out: list[Outgoing] = []
         for entity in core.touched:
             p = home[entity]
-            if entity in windows.slots:
+            if entity in windows.slots and (kept is None or p in kept):
                 state = windows.export(entity, positions.get(p, 0))
                 out.append(Outgoing(topic, entity.encode(), encode_state(state), p))
         for entity, p in core.forgotten:  # a tombstone: compaction drops the entity's record
-            out.append(Outgoing(topic, entity.encode(), None, p))
+            if kept is None or p in kept:
+                out.append(Outgoing(topic, entity.encode(), None, p))
         core.touched, core.forgotten = set(), []
         for p, pos in positions.items():
-            if self._marked.get(p) != pos:
+            if self._marked.get(p) != pos and (kept is None or p in kept):
                 out.append(Outgoing(topic, MARKER_KEY, encode_marker(pos), p))
                 self._marked[p] = pos
         if out:

@@ -107,7 +107,7 @@ def service_core(slot: ModelSlot, settings: Settings, source, keeps_changelog: b
     if restored:
         log.info("restored %d windows from %s", len(restored), settings.windows_topic)
         source.restored = {}
-    return core, Changelog(core, settings.windows_topic)
+    return core, Changelog(core, settings.windows_topic, source.changelog_partitions)
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, metrics: ServiceMetrics | None = None) -> int:

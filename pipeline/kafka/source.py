@@ -64,6 +64,7 @@ class KafkaSource:
         self._committed: dict[TopicPartition, int] = {}
         self.restored: dict[str, tuple[EntityState, int]] = {}  # entity → (its window, its partition), to load
         self.keeps_changelog = False  # whether the service may write the changelog (its topic fits the readings)
+        self.changelog_partitions: set[int] = set()  # the changelog's partitions, when kept
         self._skip: dict[TopicPartition, dict[bytes, int]] = {}  # replays a restored state already holds
         self.transactional: TransactionalKafkaSink | None = None  # exactly-once: commits go through its transactions
         self._unstick = StallNudge(fetcher)  # after an empty poll
@@ -255,9 +256,10 @@ def committed_ts(metadata: str | None) -> int | None:
     return None
 
 
-def changelog_states(settings: Settings, shape: tuple[int, int]) -> dict[int, PartitionState] | None:
-    """The windows' changelog read back for the partitions this instance serves; None when it cannot
-    be kept (its topic lacks a partition the readings have: the service then replays, as before)."""
+def changelog_states(settings: Settings, shape: tuple[int, int]) -> tuple[dict[int, PartitionState], set[int]] | None:
+    """The windows' changelog read back for the partitions this instance serves, and the changelog's
+    partitions; None when it cannot be kept (its topic lacks a partition the readings have: the
+    service then replays, as before)."""
     reader = make_consumer(settings, group=None, fetch_max_bytes=64 * 1024 * 1024)
     try:
         wanted = settings.partition_list
@@ -270,7 +272,7 @@ def changelog_states(settings: Settings, shape: tuple[int, int]) -> dict[int, Pa
                 settings.windows_topic, sorted(held), parts,
             )  # fmt: skip
             return None
-        return read_changelog(reader, settings.windows_topic, parts, *shape)
+        return read_changelog(reader, settings.windows_topic, parts, *shape), held
     finally:
         reader.close()
 
@@ -282,7 +284,8 @@ def kafka_source(
     the windows' changelog when `shape`, the model's (lookback, channels), is given and the settings
     keep one; else by time over `rehydrate_ms` when the model's window in time is known, else by
     record count)."""
-    resume = changelog_states(settings, shape) if shape is not None else None
+    found = changelog_states(settings, shape) if shape is not None else None
+    resume, held = found if found is not None else (None, set())
     fetcher = make_consumer(
         settings, group=None, **{"max_poll_records": settings.max_batch, "metadata_max_age_ms": 30_000, **overrides}
     )
@@ -302,7 +305,7 @@ def kafka_source(
             rehydrate_ms=rehydrate_ms,
             resume=resume,
         )
-        source.keeps_changelog = resume is not None
+        source.keeps_changelog, source.changelog_partitions = found is not None, held
         return source
     except Exception:
         fetcher.close()

@@ -85,3 +85,15 @@ def test_a_changelog_missing_ahead_or_behind_is_not_used_and_says_why() -> None:
         assert plan is None and why in said
     plan, _ = resume_from(PartitionState(marker=110, states={"a": state}), 125, 50)
     assert (plan.start, plan.until, plan.skip) == (110, 125, {b"a": 120})  # a's state holds up to 120
+
+
+def test_an_entity_on_a_partition_the_changelog_lacks_is_not_captured() -> None:
+    """A partition added to the readings after start has no changelog partition to go to: its
+    entities are left to the replay, and the service does not send to a partition that is not there."""
+    c = core()
+    log = Changelog(c, TOPIC, partitions={0})
+    a, b = reading("a", 0), reading("b", 0)
+    b.partition = 1
+    c.prepare([a, b], now_s=0.0)
+    log.capture({0: 1, 1: 1})
+    assert {(m.key, m.partition) for m in log.due({0: 1, 1: 1})} == {(b"a", 0), (b"", 0)}
