@@ -58,3 +58,14 @@ def test_a_record_of_another_shape_or_format_is_refused_not_misread() -> None:
             decode_state(bad)
     with pytest.raises(ValueError, match="does not fit"):
         EntityWindows(2, 4).load("a", decode_state(data))
+
+
+@given(junk=st.binary(max_size=400), head=st.booleans())
+def test_junk_on_the_changelog_is_refused_as_bad_state_and_nothing_else(junk: bytes, head: bool) -> None:
+    """The changelog topic is not trusted: anything on it decodes to a window or raises BadState."""
+    data = b"SCW1" + junk if head else junk
+    try:
+        state = decode_state(data)
+    except BadState:
+        return
+    assert state.values.shape == (state.lookback, state.channels) and 0 <= state.count <= state.lookback
