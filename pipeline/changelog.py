@@ -10,7 +10,7 @@ partition is in the changelog as of P. The topic is compacted, so it holds one r
 The rule: state may lag the output, never lead it. A capture covers everything the loop has prepared,
 which can be more than the point it belongs to has committed, so it is published only once a commit
 covers it (`due`): after that commit under at-least-once, in the same transaction under exactly-once.
-A restart (`restore_plan`) loads the states and reads the input from the marker, as replays up to the
+A restart (`resume_from`) loads the states and reads the input from the marker, as replays up to the
 committed offset, skipping what an entity's state already holds. A changelog that is missing, of
 another shape, or ahead of the committed offsets (a commit lost after the state landed) is not used:
 the replay by time refills the windows instead, and the log says which path each partition took.
@@ -139,8 +139,7 @@ def fold(records, lookback: int, channels: int, into: PartitionState | None = No
 class Resume:
     """Where a partition's input is read from after a restore from its changelog."""
 
-    start: int  # the marker: read from here as replays ...
-    until: int  # ... up to the committed offset, live after it
+    start: int  # the marker: read from here as replays, up to the committed offset
     skip: dict[bytes, int]  # entity key → position its state already holds (a capture cut short)
 
 
@@ -156,4 +155,4 @@ def resume_from(part: PartitionState, committed: int | None, replay_start: int) 
     if part.marker < replay_start:
         return None, f"the changelog (at {part.marker}) is behind the replay's start {replay_start}"
     skip = {e.encode(): s.position for e, s in part.states.items() if s.position > part.marker}
-    return Resume(part.marker, committed, skip), ""
+    return Resume(part.marker, skip), ""

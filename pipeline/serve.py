@@ -97,7 +97,7 @@ def service_core(slot: ModelSlot, settings: Settings, source, keeps_changelog: b
     """The core, with the windows the source restored from the changelog loaded, and the changelog
     that captures them from now on (None when not kept)."""
     core = ForecastCore(slot, ServiceConfig.from_settings(settings))
-    if not keeps_changelog or not getattr(source, "keeps_changelog", False):
+    if not keeps_changelog or not getattr(source, "changelog_partitions", None):
         return core, None
     restored = getattr(source, "restored", {})
     now = time.monotonic()

@@ -63,8 +63,7 @@ class KafkaSource:
         self._last_ts: dict[TopicPartition, int] = {}  # timestamp of the last record read, per partition
         self._committed: dict[TopicPartition, int] = {}
         self.restored: dict[str, tuple[EntityState, int]] = {}  # entity → (its window, its partition), to load
-        self.keeps_changelog = False  # whether the service may write the changelog (its topic fits the readings)
-        self.changelog_partitions: set[int] = set()  # the changelog's partitions, when kept
+        self.changelog_partitions: set[int] = set()  # the changelog's, when it may be kept (none: it may not)
         self._skip: dict[TopicPartition, dict[bytes, int]] = {}  # replays a restored state already holds
         self.transactional: TransactionalKafkaSink | None = None  # exactly-once: commits go through its transactions
         self._unstick = StallNudge(fetcher)  # after an empty poll
@@ -305,7 +304,7 @@ def kafka_source(
             rehydrate_ms=rehydrate_ms,
             resume=resume,
         )
-        source.keeps_changelog, source.changelog_partitions = found is not None, held
+        source.changelog_partitions = held
         return source
     except Exception:
         fetcher.close()
