@@ -26,6 +26,7 @@ from pipeline.messages import (
     format_ts,
 )
 from pipeline.records import Outgoing, Record
+from pipeline.state import EntityState
 from pipeline.timegrid import Grid
 from pipeline.windows import EntityWindows
 
@@ -233,6 +234,24 @@ class ForecastCore:
         self.home: dict[str, int] = {}
         self.forgotten: list[tuple[str, int]] = []
 
+    def restore(self, restored: dict[str, tuple[EntityState, int]], now_s: float | None = None) -> None:
+        """Load the windows read back from the changelog (entity → (its state, its input partition)):
+        each entity goes on from where its state left it."""
+        now = time.monotonic() if now_s is None else now_s
+        for entity, (state, partition) in restored.items():
+            self.windows.load(entity, state, now)
+            self.home[entity] = partition
+            self.touched.discard(entity)
+
+    def release(self, partitions: set[int]) -> None:
+        """Partitions handed to another instance: the changelog stops speaking for their entities here
+        (no capture, and no tombstone when their idle windows are forgotten), as the new owner writes
+        them now."""
+        for entity in [e for e, p in self.home.items() if p in partitions]:
+            del self.home[entity]
+            self.touched.discard(entity)
+        self.forgotten = [(e, p) for e, p in self.forgotten if p not in partitions]
+
     def servable(self, m: Model) -> None:
         """ValueError if this service's windows cannot feed `m`: a model with a cycle needs readings
         slotted on the grid it was trained on, not on SENSORCAST_READING_INTERVAL_S's."""
@@ -287,7 +306,9 @@ class ForecastCore:
             if self.track:
                 for entity in gone:
                     self.touched.discard(entity)
-                    self.forgotten.append((entity, self.home.pop(entity)))
+                    partition = self.home.pop(entity, None)  # None: its partition went to another instance
+                    if partition is not None:
+                        self.forgotten.append((entity, partition))
             self._next_eviction = now + min(ttl / 10, 60.0)
         return batch
 

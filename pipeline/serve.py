@@ -76,12 +76,9 @@ def rehydrate_span_ms(settings: Settings, forecaster) -> int | None:
 
 
 def changelog_kept(settings: Settings, forecaster) -> bool:
-    """Whether this service keeps its windows on the changelog: the setting, on the kafka-python client
-    (the confluent source replays on every assignment for now), with a window that fits one message."""
+    """Whether this service keeps its windows on the changelog: the setting, with a window that fits
+    one message."""
     if settings.window_state != "changelog":
-        return False
-    if settings.kafka_client != "kafka-python":
-        log.info("window changelog: kafka-python only for now; %s replays the input on start", settings.kafka_client)
         return False
     size = state_bytes(forecaster.lookback, len(forecaster.channels))
     if size > settings.max_message_bytes:
@@ -95,19 +92,23 @@ def changelog_kept(settings: Settings, forecaster) -> bool:
 
 def service_core(slot: ModelSlot, settings: Settings, source, keeps_changelog: bool):
     """The core, with the windows the source restored from the changelog loaded, and the changelog
-    that captures them from now on (None when not kept)."""
+    that captures them from now on (None when not kept). A consumer-group source restores and
+    releases partitions as they move: it calls the core for both from then on."""
     core = ForecastCore(slot, ServiceConfig.from_settings(settings))
     if not keeps_changelog or not getattr(source, "changelog_partitions", None):
         return core, None
-    restored = getattr(source, "restored", {})
-    now = time.monotonic()
-    for entity, (state, partition) in restored.items():
-        core.windows.load(entity, state, now)
-        core.home[entity] = partition
-    if restored:
+    changelog = Changelog(core, settings.windows_topic, source.changelog_partitions)
+
+    def restore(restored) -> None:
+        core.restore(restored)
         log.info("restored %d windows from %s", len(restored), settings.windows_topic)
+
+    if source.restored:
+        restore(source.restored)
         source.restored = {}
-    return core, Changelog(core, settings.windows_topic, source.changelog_partitions)
+    if hasattr(source, "on_restore"):
+        source.on_restore, source.on_release = restore, core.release
+    return core, changelog
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, metrics: ServiceMetrics | None = None) -> int:

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         default="changelog",
         pattern="^(changelog|replay)$",
         description="how a restart refills the windows: changelog (each entity's window from a compacted topic, "
-        "one record per entity; the replay when it is missing or behind; kafka-python only for now) or replay "
+        "one record per entity; the replay when it is missing or behind) or replay "
         "(the input read back over twice the model's window)",
     )
     changelog_topic: str | None = Field(

@@ -8,7 +8,7 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.changelog import PartitionState, fold
+from pipeline.changelog import PartitionState, Resume, fold, resume_from
 from pipeline.kafka.reader import MIN_PULL_RATE
 
 log = logging.getLogger("sensorcast.kafka")
@@ -41,3 +41,17 @@ def read_changelog(
         log.warning("the changelog partition %d was not read to its end in time: its input is replayed", tp.partition)
         del out[tp.partition]
     return out
+
+
+def start_from(partition: int, part: PartitionState, committed: int, replay_start: int) -> tuple[int, Resume | None]:
+    """Where a partition's input is read from, and the log line that says which path it took: its
+    changelog's marker when usable (with what to skip), else the replay's start."""
+    plan, why = resume_from(part, committed, replay_start)
+    if plan is None:
+        log.info("partition %d: %s; replaying %d records", partition, why, committed - replay_start)
+        return replay_start, None
+    log.info(
+        "partition %d: %d windows from the changelog, then %d records from its position %d",
+        partition, len(part.states), committed - plan.start, plan.start,
+    )  # fmt: skip
+    return plan.start, plan

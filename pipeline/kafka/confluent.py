@@ -18,6 +18,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from pipeline.changelog import PartitionState
+from pipeline.kafka.changelog import read_changelog, start_from
 from pipeline.kafka.clients import RECONNECT_BACKOFF_MAX_MS, KafkaUnavailable, unreachable
 from pipeline.kafka.security import confluent_security
 from pipeline.kafka.sink import (
@@ -29,9 +31,16 @@ from pipeline.kafka.sink import (
     transactional_id_prefix,
     within_limit,
 )
-from pipeline.kafka.source import advance_marker, commit_metadata, committed_ts
+from pipeline.kafka.source import (
+    advance_marker,
+    changelog_partitions,
+    changelog_reader,
+    commit_metadata,
+    committed_ts,
+)
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
+from pipeline.state import EntityState
 
 log = logging.getLogger("sensorcast.kafka")
 # librdkafka's own log lines (a broker refusing a connection, say) go through Python logging, served on
@@ -375,9 +384,15 @@ class ConfluentSource:
 
     On assignment, each new partition is rewound up to `rehydrate_records` before its committed
     offset and those records are replays (they refill windows, emit nothing), as on a restart.
+    With the windows' changelog (`read_changelog`: partitions → their states), a partition whose
+    changelog is usable resumes from its marker instead, its windows handed to `on_restore` (set by
+    the service: the core loads them), as kafka_source does on start; a partition given up is
+    handed to `on_release`, so the changelog stops speaking for its entities.
+
     On revocation, `before_revoke` (set by the loop) lands the batch in flight, waits for every
-    message to be confirmed and commits, before the partitions go to another instance: a hand-over
-    re-forecasts nothing that was confirmed."""
+    message to be confirmed and commits (the changelog's last captures with it), before the
+    partitions go to another instance: a hand-over re-forecasts nothing that was confirmed, and the
+    next owner restores the windows as they were."""
 
     def __init__(
         self,
@@ -386,8 +401,16 @@ class ConfluentSource:
         rehydrate_records: int = 0,
         timeout_s: float = 30.0,
         rehydrate_ms: int | None = None,
+        read_changelog: Callable[[list[int]], dict[int, PartitionState]] | None = None,
+        changelog_partitions: set[int] | None = None,
     ):
         self.consumer, self.topic = consumer, topic
+        self.read_changelog = read_changelog
+        self.changelog_partitions: set[int] = changelog_partitions or set()  # none: the changelog is not kept
+        self.restored: dict[str, tuple[EntityState, int]] = {}  # entity → (its window, its partition), to load
+        self.on_restore: Callable[[dict[str, tuple[EntityState, int]]], None] | None = None
+        self.on_release: Callable[[set[int]], None] | None = None
+        self._skip: dict[int, dict[bytes, int]] = {}  # partition → replays a restored state already holds
         self.rehydrate_records, self.timeout_s, self.rehydrate_ms = rehydrate_records, timeout_s, rehydrate_ms
         self._last_ts: dict[int, int] = {}  # partition → timestamp of the last record read
         self.before_revoke: Callable[[], None] | None = None
@@ -407,6 +430,9 @@ class ConfluentSource:
         if not partitions or self.closing:
             return
         committed = consumer.committed(partitions, timeout=self.timeout_s)
+        states: dict[int, PartitionState] = {}
+        if self.read_changelog is not None:
+            states = self.read_changelog([tp.partition for tp in committed if tp.offset >= 0])
         start_at = []
         for tp in committed:
             p = tp.partition
@@ -422,6 +448,13 @@ class ConfluentSource:
                     query = TopicPartition(self.topic, p, max(0, last_ts - self.rehydrate_ms))
                     found = consumer.offsets_for_times([query], timeout=self.timeout_s)[0].offset
                     start = max(low, min(tp.offset, found if found >= 0 else tp.offset))
+                if self.read_changelog is not None:
+                    part = states.get(p, PartitionState())
+                    start, plan = start_from(p, part, tp.offset, start)
+                    if plan is not None:
+                        self.restored.update((e, (s, p)) for e, s in part.states.items())
+                        if plan.skip:
+                            self._skip[p] = plan.skip
                 if start < tp.offset:
                     self.replay_until[p] = tp.offset
                 self._position[p] = start
@@ -429,6 +462,9 @@ class ConfluentSource:
         consumer.incremental_assign(start_at)
         self.assigned |= {tp.partition for tp in partitions}
         log.info("assigned partitions %s of %s", sorted(tp.partition for tp in partitions), self.topic)
+        if self.restored and self.on_restore is not None:  # else the service loads them when it sets it
+            self.on_restore(self.restored)
+            self.restored = {}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.rebalances += 1
@@ -444,12 +480,14 @@ class ConfluentSource:
 
     def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            for table in (self._position, self._committed, self.replay_until, self._last_ts):
+            for table in (self._position, self._committed, self.replay_until, self._last_ts, self._skip):
                 table.pop(tp.partition, None)
             self.assigned.discard(tp.partition)
         self._buffer = [m for m in self._buffer if m.partition() in self.assigned]
         if partitions:
             consumer.incremental_unassign(partitions)
+            if self.on_release is not None:
+                self.on_release({tp.partition for tp in partitions})
 
     # -- Source --------------------------------------------------------------------------------
     def wait_assigned(self, timeout_s: float | None = None) -> None:
@@ -474,7 +512,7 @@ class ConfluentSource:
         if len(messages) < max_records:
             messages.extend(self.consumer.consume(max_records - len(messages), 0))
         out = []
-        position, replay_until, stamps = self._position, self.replay_until, {}
+        position, replay_until, skips, stamps = self._position, self.replay_until, self._skip, {}
         for m in messages:
             err = m.error()
             if err is not None:
@@ -484,11 +522,14 @@ class ConfluentSource:
                 continue
             p, offset, ts = m.partition(), m.offset(), m.timestamp()[1]
             until = replay_until.get(p)
-            out.append(Record(m.value(), m.key(), m.topic(), p, offset, ts, until is not None and offset < until))
+            skip = skips.get(p)
+            if skip is None or offset >= skip.get(m.key(), -1):  # else a restored window holds it already
+                out.append(Record(m.value(), m.key(), m.topic(), p, offset, ts, until is not None and offset < until))
             position[p] = offset + 1
             stamps.setdefault(p, []).append(ts)
             if until is not None and offset + 1 >= until:
                 del replay_until[p]
+                skips.pop(p, None)
         for p, ts in stamps.items():
             self._last_ts[p] = advance_marker(self._last_ts.get(p), ts)
         return out
@@ -554,8 +595,28 @@ class ConfluentSource:
         self.consumer.close()  # leaves the group at once: the others rebalance without waiting
 
 
-def confluent_source(settings: Settings, rehydrate_ms: int | None = None, **overrides: Any) -> ConfluentSource:
-    """The service's source as the settings describe it (the readings topic, the group, rehydration)."""
+def confluent_source(
+    settings: Settings, rehydrate_ms: int | None = None, shape: tuple[int, int] | None = None, **overrides: Any
+) -> ConfluentSource:
+    """The service's source as the settings describe it (the readings topic, the group, rehydration:
+    from the windows' changelog on each assignment when `shape`, the model's (lookback, channels), is
+    given and the changelog can be kept)."""
+    held, read = None, None
+    if shape is not None:
+        reader = changelog_reader(settings)  # a side read on kafka-python, as the service's followers
+        try:
+            held = changelog_partitions(settings, reader)
+        finally:
+            reader.close()
+    if held is not None:
+
+        def read(parts: list[int]) -> dict[int, PartitionState]:
+            reader = changelog_reader(settings)
+            try:
+                return read_changelog(reader, settings.windows_topic, parts, *shape)
+            finally:
+                reader.close()
+
     config = consumer_config(settings, **overrides)
     consumer = Consumer(config)
     try:
@@ -563,4 +624,11 @@ def confluent_source(settings: Settings, rehydrate_ms: int | None = None, **over
     except KafkaException as e:
         consumer.close()
         raise unreachable(settings, e) from e
-    return ConfluentSource(consumer, settings.readings_topic, settings.rehydrate_records, rehydrate_ms=rehydrate_ms)
+    return ConfluentSource(
+        consumer,
+        settings.readings_topic,
+        settings.rehydrate_records,
+        rehydrate_ms=rehydrate_ms,
+        read_changelog=read,
+        changelog_partitions=held,
+    )

@@ -13,11 +13,11 @@ from pipeline.settings import Settings
 
 def service_source(settings: Settings, rehydrate_ms: int | None = None, shape: tuple[int, int] | None = None) -> Source:
     """`rehydrate_ms`: how far back in time a restart re-reads to refill windows (None: by record count);
-    `shape`: the model's (lookback, channels), to restore windows from the changelog (kafka-python)."""
+    `shape`: the model's (lookback, channels), to restore windows from the changelog."""
     if settings.kafka_client == "confluent":
         from pipeline.kafka.confluent import confluent_source
 
-        source = confluent_source(settings, rehydrate_ms)
+        source = confluent_source(settings, rehydrate_ms, shape)
         try:
             source.wait_assigned(settings.startup_timeout_s)
         except Exception:

@@ -9,8 +9,8 @@ from typing import Any
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
-from pipeline.changelog import PartitionState, resume_from
-from pipeline.kafka.changelog import read_changelog
+from pipeline.changelog import PartitionState
+from pipeline.kafka.changelog import read_changelog, start_from
 from pipeline.kafka.clients import KafkaUnavailable, StallNudge, make_consumer, partitions_of
 from pipeline.kafka.sink import TransactionalKafkaSink
 from pipeline.records import Record
@@ -100,18 +100,12 @@ class KafkaSource:
     def _resume(self, tp: TopicPartition, part: PartitionState, committed: int, replay_start: int) -> int:
         """Where the partition is read from: its changelog's marker when usable (its windows kept in
         `restored`), else the replay's start."""
-        plan, why = resume_from(part, committed, replay_start)
-        if plan is None:
-            log.info("partition %d: %s; replaying %d records", tp.partition, why, committed - replay_start)
-            return replay_start
-        self.restored.update((e, (s, tp.partition)) for e, s in part.states.items())
-        if plan.skip:
-            self._skip[tp] = plan.skip
-        log.info(
-            "partition %d: %d windows from the changelog, then %d records from its position %d",
-            tp.partition, len(part.states), committed - plan.start, plan.start,
-        )  # fmt: skip
-        return plan.start
+        start, plan = start_from(tp.partition, part, committed, replay_start)
+        if plan is not None:
+            self.restored.update((e, (s, tp.partition)) for e, s in part.states.items())
+            if plan.skip:
+                self._skip[tp] = plan.skip
+        return start
 
     def poll(self, max_records: int, timeout_ms: float):
         if self.follow_new_partitions and time.monotonic() >= self._next_partition_check:
@@ -255,23 +249,42 @@ def committed_ts(metadata: str | None) -> int | None:
     return None
 
 
+def changelog_partitions(settings: Settings, consumer: KafkaConsumer) -> set[int] | None:
+    """The windows' changelog's partitions, when it can be kept: None when its topic lacks a partition
+    the readings have (the service then replays, as before)."""
+    parts = served_partitions(settings, consumer)
+    held = consumer.partitions_for_topic(settings.windows_topic) or set()
+    if not set(parts) <= held:
+        log.warning(
+            "window changelog off: %s has partitions %s, the readings %s; restarts replay the input",
+            settings.windows_topic, sorted(held), parts,
+        )  # fmt: skip
+        return None
+    return held
+
+
+def served_partitions(settings: Settings, consumer: KafkaConsumer) -> list[int]:
+    """The readings' partitions this instance may serve: the settings' list on kafka-python; any of
+    them on confluent, whose group assigns them."""
+    wanted = settings.partition_list if settings.kafka_client == "kafka-python" else None
+    parts = [tp.partition for tp in partitions_of(consumer, settings.readings_topic, settings.startup_timeout_s)]
+    return [p for p in parts if wanted is None or p in wanted]
+
+
+def changelog_reader(settings: Settings) -> KafkaConsumer:
+    """A group-less read_committed consumer for the changelog (large fetches: a window is ~3 KB)."""
+    return make_consumer(settings, group=None, fetch_max_bytes=64 * 1024 * 1024)
+
+
 def changelog_states(settings: Settings, shape: tuple[int, int]) -> tuple[dict[int, PartitionState], set[int]] | None:
     """The windows' changelog read back for the partitions this instance serves, and the changelog's
-    partitions; None when it cannot be kept (its topic lacks a partition the readings have: the
-    service then replays, as before)."""
-    reader = make_consumer(settings, group=None, fetch_max_bytes=64 * 1024 * 1024)
+    partitions; None when it cannot be kept (`changelog_partitions`)."""
+    reader = changelog_reader(settings)
     try:
-        wanted = settings.partition_list
-        parts = [tp.partition for tp in partitions_of(reader, settings.readings_topic, settings.startup_timeout_s)]
-        parts = [p for p in parts if wanted is None or p in wanted]
-        held = reader.partitions_for_topic(settings.windows_topic) or set()
-        if not set(parts) <= held:
-            log.warning(
-                "window changelog off: %s has partitions %s, the readings %s; restarts replay the input",
-                settings.windows_topic, sorted(held), parts,
-            )  # fmt: skip
+        held = changelog_partitions(settings, reader)
+        if held is None:
             return None
-        return read_changelog(reader, settings.windows_topic, parts, *shape), held
+        return read_changelog(reader, settings.windows_topic, served_partitions(settings, reader), *shape), held
     finally:
         reader.close()
 

@@ -206,13 +206,11 @@ def stop_mid_stream_then_restart(settings: Settings, env: dict, produce, forecas
     return stopped, before_restart, expected, refilled_by(second.output())
 
 
-# the changelog is kafka-python's (the confluent source replays whatever the setting): no third pair
-RESTART_PATHS = [("kafka-python", "changelog"), ("kafka-python", "replay"), ("confluent", "replay")]
-
-
-def refill_expected(settings: Settings, window_state: str) -> str:
-    """The changelog is kept on kafka-python; the confluent source replays on every assignment for now."""
-    return window_state if settings.kafka_client == "kafka-python" else "replay"
+# the restart paths as (client, window state): each client restores from the changelog in one of the
+# two tests and replays in the other, and kafka-python does both in each (the confluent changelog is
+# also what the group tests below and the exactly-once SIGKILL test restore from)
+SIGTERM_PATHS = [("kafka-python", "changelog"), ("kafka-python", "replay"), ("confluent", "changelog")]
+SIGKILL_PATHS = [("kafka-python", "changelog"), ("kafka-python", "replay"), ("confluent", "replay")]
 
 
 def refilled_by(log: str) -> str:
@@ -225,7 +223,7 @@ def exits_cleanly(process: ServeProcess) -> None:
     assert process.stop() == 0, process.output()[-3000:]
 
 
-@pytest.mark.parametrize(("kafka_client", "window_state"), RESTART_PATHS)
+@pytest.mark.parametrize(("kafka_client", "window_state"), SIGTERM_PATHS)
 def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
     service_settings: Settings, produce, collect, tmp_path: Path, tiny_checkpoint, window_state: str
 ) -> None:
@@ -242,7 +240,7 @@ def test_sigterm_finishes_the_batch_commits_and_a_restart_loses_nothing(
     _, before_restart, expected, refilled = stop_mid_stream_then_restart(
         settings, env, produce, forecasts, tmp_path, exits_cleanly
     )
-    assert refilled == refill_expected(settings, window_state)
+    assert refilled == window_state
     assert 0 < before_restart < expected, "the first process should stop mid-stream"
     keys = {(d["entity"], d["ts"]) for d in forecasts.docs}
     assert len(keys) == expected, f"{expected - len(keys)} readings lost their forecast"
@@ -316,10 +314,11 @@ def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_o
     assert ("stopping after" in a.output()) == (how == "stop"), a.output()[-2000:]  # killed: no last words
     assert "gave up partitions" in a.output(), a.output()[-2000:]  # to b, when it joined, and on a's stop
     assert b.output().count("assigned partitions") >= 2, b.output()[-2000:]  # its share, then a's
+    assert "windows from the changelog" in b.output(), b.output()[-2000:]  # a's, as a left them
     assert ("exactly-once: output and offsets commit in transactions" in a.output()) == (guarantee == "exactly-once")
 
 
-@pytest.mark.parametrize(("kafka_client", "window_state"), RESTART_PATHS)
+@pytest.mark.parametrize(("kafka_client", "window_state"), SIGKILL_PATHS)
 def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_last_commit(
     service_settings: Settings, produce, collect, tmp_path: Path, window_state: str
 ) -> None:
@@ -351,7 +350,7 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_what_followed_the_las
     committed, _, expected, refilled = stop_mid_stream_then_restart(
         service_settings, env, produce, forecasts, tmp_path, kill
     )
-    assert refilled == refill_expected(service_settings, window_state)  # killed: the changelog trails a point at most
+    assert refilled == window_state  # killed: the changelog trails a point at most
     counts = Counter((d["entity"], d["ts"]) for d in forecasts.docs)
     assert len(counts) == expected, f"{expected - len(counts)} readings lost their forecast"
     twice = {k for k, n in counts.items() if n > 1}
@@ -397,7 +396,7 @@ def test_exactly_once_a_sigkill_mid_stream_leaves_each_forecast_once_for_a_read_
     assert len(counts) == expected, f"{expected - len(counts)} readings lost their forecast"
     assert sum(counts.values()) == expected, {k: n for k, n in counts.items() if n > 1}  # not one repeated
     assert len(uncommitted.docs) >= len(forecasts.docs)
-    assert refilled == refill_expected(settings, "changelog")
+    assert refilled == "changelog"
     print(
         f"read_committed {len(forecasts.docs)} forecasts; read_uncommitted {len(uncommitted.docs)} (aborted ones too)"
     )

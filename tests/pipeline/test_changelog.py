@@ -97,3 +97,25 @@ def test_an_entity_on_a_partition_the_changelog_lacks_is_not_captured() -> None:
     c.prepare([a, b], now_s=0.0)
     log.capture({0: 1, 1: 1})
     assert {(m.key, m.partition) for m in log.due({0: 1, 1: 1})} == {(b"a", 0), (b"", 0)}
+
+
+def test_a_partition_given_up_is_neither_captured_nor_tombstoned_and_a_restore_takes_it_back() -> None:
+    """A consumer group moved partition 1 to another instance: that one writes its entities now, so
+    this one's idle copy of b must not tombstone b's record there; when 1 comes back, b's state loads."""
+    c = core(entity_ttl_s=10.0)
+    log = Changelog(c, TOPIC)
+    a, b = reading("a", 0), reading("b", 0)
+    b.partition = 1
+    c.prepare([a, b], now_s=0.0)
+    log.capture({0: 1, 1: 1})
+    b_state = fold([(m.key, m.value) for m in log.due({0: 1, 1: 1}) if m.partition == 1], 4, 2).states["b"]
+    b = reading("b", 1)
+    b.partition = 1
+    c.prepare([b], now_s=1.0)  # touched, then given up before a capture
+    c.release({1})
+    c.prepare([reading("a", 1)], now_s=100.0)  # b is idle past the TTL: forgotten here
+    log.capture({0: 2})
+    assert "b" not in c.windows.slots
+    assert {(m.key, m.value is None, m.partition) for m in log.due({0: 2})} == {(b"a", False, 0), (b"", False, 0)}
+    c.restore({"b": (b_state, 1)}, now_s=100.0)
+    assert c.home["b"] == 1 and "b" in c.windows.slots
