@@ -40,7 +40,13 @@ class Rig:
 
 
 def _start(
-    rig: Rig, group: str, max_batch: int, client: str, relay: bool, guarantee: str = "at-least-once"
+    rig: Rig,
+    group: str,
+    max_batch: int,
+    client: str,
+    relay: bool,
+    guarantee: str = "at-least-once",
+    window_state: str = "changelog",
 ) -> CliProcess:
     """The service (or the no-model relay) on `client`, as a process of its own."""
     env = {
@@ -49,6 +55,7 @@ def _start(
         "SENSORCAST_MAX_BATCH": str(max_batch),
         "SENSORCAST_KAFKA_CLIENT": client,
         "SENSORCAST_PROCESSING_GUARANTEE": guarantee,
+        "SENSORCAST_WINDOW_STATE": window_state,
     }
     log_path = rig.checkpoint.parent / f"{'relay' if relay else 'service'}-{group}.log"
     proc = RelayProcess(env, log_path) if relay else ServeProcess(str(rig.checkpoint), env, log_path)
@@ -98,6 +105,7 @@ def against_kafka(
     log: Callable[[str], None] = print,
     keep_logs: bool | None = None,
     guarantee: str = "at-least-once",
+    window_state: str = "changelog",
 ) -> dict:
     """(a) latency at `rate`, (b) the highest rung of the ladder held (p99 under 100 ms, plus the
     commit interval under exactly-once), and for the service (d) a backlog drained batched and
@@ -130,10 +138,12 @@ def against_kafka(
     gc.collect()
     gc.freeze()  # keep full collections of this process's imports from pausing the load generator
     result: dict = {}
-    what = f"{'relay (no model)' if relay else 'service'} on {client}" + (
-        f", {guarantee}" if guarantee != "at-least-once" else ""
+    what = (
+        f"{'relay (no model)' if relay else 'service'} on {client}"
+        + (f", {guarantee}" if guarantee != "at-least-once" else "")
+        + (f", windows by {window_state}" if window_state != "changelog" else "")
     )
-    service = _start(rig, f"bench-{tag}-batched", settings.max_batch, client, relay, guarantee)
+    service = _start(rig, f"bench-{tag}-batched", settings.max_batch, client, relay, guarantee, window_state)
     try:
         # warm every window, then wait for the first tick of forecasts: the service is caught up
         stream.send(entities * (LOOKBACK - 1))
@@ -230,7 +240,9 @@ def against_kafka(
             "SENSORCAST_FORECASTS_TOPIC": d.forecasts_topic,
         }
         procs = [
-            _start(Rig(rig.checkpoint, env), f"bench-{tag}-drain-{name}", max_batch, client, False, guarantee)
+            _start(
+                Rig(rig.checkpoint, env), f"bench-{tag}-drain-{name}", max_batch, client, False, guarantee, window_state
+            )  # fmt: skip
             for _ in range(instances)
         ]
         try:
@@ -276,11 +288,14 @@ def run(
     log: Callable[[str], None] = print,
     guarantees: tuple[str, ...] = ("at-least-once",),
     securities: tuple[str, ...] = ("PLAINTEXT",),
+    window_states: tuple[str, ...] = ("changelog",),
     **kw,
 ) -> dict:
     """Everything side by side in one run: in memory, then per client the no-model floor and the
     service, under each processing guarantee asked for (the first is the row's own; the others go
     under their name with their latency and drain ratios to it; not the ladders', whose bars differ).
+    Each further window state (`replay`: no changelog written) runs the service again under the first
+    guarantee, under "window_state=<state>", with its ratios to the row: what the changelog costs.
     With "SASL_SSL" in `securities`, the service again (first guarantee) on a secured broker of its
     own started beside the plain one, under "sasl_ssl" with its ratios to the plain row."""
     import torch
@@ -299,14 +314,30 @@ def run(
         for client in clients:
             floor = against_kafka(settings, client, relay=True, log=log, **kw)
             first, *others = guarantees
-            service = against_kafka(settings, client, relay=False, log=log, guarantee=first, **kw)
+            service = against_kafka(
+                settings, client, relay=False, log=log, guarantee=first, window_state=window_states[0], **kw
+            )
             row = doc["clients"][client] = {
                 **service,
                 "guarantee": first,
+                "window_state": window_states[0],
                 "floor": {k: floor[k] for k in ("e2e", "sustained_readings_per_s", "ladder")},
                 "p99_vs_floor": ratio(service["e2e"]["p99_ms"], floor["e2e"]["p99_ms"]),
                 "sustained_vs_floor": ratio(service["sustained_readings_per_s"], floor["sustained_readings_per_s"]),
             }
+            for state in window_states[1:]:
+                other = against_kafka(settings, client, relay=False, log=log, guarantee=first, window_state=state, **kw)
+                row[f"window_state={state}"] = {
+                    **other,
+                    f"p50_vs_{window_states[0]}": ratio(other["e2e"]["p50_ms"], service["e2e"]["p50_ms"]),
+                    f"p99_vs_{window_states[0]}": ratio(other["e2e"]["p99_ms"], service["e2e"]["p99_ms"]),
+                    f"sustained_vs_{window_states[0]}": ratio(
+                        other["sustained_readings_per_s"], service["sustained_readings_per_s"]
+                    ),
+                    f"drain_vs_{window_states[0]}": ratio(
+                        other["drain_readings_per_s"], service["drain_readings_per_s"]
+                    ),
+                }
             for guarantee in others:
                 other = against_kafka(settings, client, relay=False, log=log, guarantee=guarantee, **kw)
                 row[guarantee] = {

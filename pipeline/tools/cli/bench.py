@@ -294,6 +294,9 @@ def bench_latency(
     security: str = typer.Option(
         "PLAINTEXT", help="PLAINTEXT,SASL_SSL: also the service on a SASL_SSL broker of its own, side by side"
     ),
+    window_states: str = typer.Option(
+        "changelog", help="changelog,replay: also the service writing no window changelog, side by side (its cost)"
+    ),
 ) -> None:
     """End-to-end latency, sustained rate, inference per batch size, batched vs naive; per Kafka
     client (and processing guarantee), beside the same loop with no model (the floor)."""
@@ -310,6 +313,7 @@ def bench_latency(
             clients=tuple(c.strip() for c in clients.split(",") if c.strip()),
             guarantees=tuple(g.strip() for g in guarantees.split(",") if g.strip()),
             securities=tuple(x.strip().upper() for x in security.split(",") if x.strip()),
+            window_states=tuple(w.strip() for w in window_states.split(",") if w.strip()),
             log=lambda m: console.print(m),
             **(
                 {}
@@ -340,11 +344,14 @@ def bench_latency(
             f = r["floor"]
             table.add_row(client, "no model (floor)", *(str(f["e2e"][k]) for k in ("p50_ms", "p99_ms")),
                           str(f["sustained_readings_per_s"]), "", "")  # fmt: skip
-            table.add_row(client, f"service, {r['guarantee']}", *(str(r["e2e"][k]) for k in ("p50_ms", "p99_ms")),
+            table.add_row(client, f"service, {r['guarantee']}, windows by {r['window_state']}",
+                          *(str(r["e2e"][k]) for k in ("p50_ms", "p99_ms")),
                           str(r["sustained_readings_per_s"]), str(r["drain_readings_per_s"]),
                           str(r["naive_readings_per_s"]))  # fmt: skip
             for g, o in r.items():
-                if g in ("at-least-once", "exactly-once", "sasl_ssl") and isinstance(o, dict):
+                if (g in ("at-least-once", "exactly-once", "sasl_ssl") or g.startswith("window_state=")) and isinstance(
+                    o, dict
+                ):
                     name = f"service, {r['guarantee']}, SASL_SSL" if g == "sasl_ssl" else f"service, {g}"
                     table.add_row(client, name, *(str(o["e2e"][k]) for k in ("p50_ms", "p99_ms")),
                                   str(o["sustained_readings_per_s"]), str(o["drain_readings_per_s"]),
