@@ -107,18 +107,18 @@ class Stream:
         self.sent: dict[str, float] = {}  # reading → when it was due (paced) or sent (flat out), wall clock
         self.last: set[str] = set()  # the readings of the latest `send`
 
-    def _produce(self, key: bytes, value: bytes) -> None:
+    def _produce(self, key: bytes, value: bytes, record_ms: int = 0) -> None:
         while True:
             try:
-                self.producer.produce(self.topic, value, key)
+                self.producer.produce(self.topic, value, key, timestamp=record_ms)  # 0: the client's clock
                 return
             except BufferError:
                 self.producer.poll(0.01)
 
-    def send(self, n: int, rate: float = 0) -> float:
+    def send(self, n: int, rate: float = 0, record_ms: int = 0) -> float:
         """Send n readings at `rate` a second (0 = flat out); returns the achieved rate. The readings
         are encoded before the clock starts, so the load generator spends its share of the two
-        cores on sending, not on making up data."""
+        cores on sending, not on making up data. `record_ms`: the records' timestamp (0: when sent)."""
         from pipeline.messages import encode_reading, format_ts
 
         ready = []
@@ -135,7 +135,7 @@ class Stream:
                 ident, key, value = ready[k]
                 # latency counts from when the reading was due, not from when the generator got to it
                 sent[ident] = started_wall + k / rate if rate else time.time()
-                produce(key, value)
+                produce(key, value, record_ms)
             i = due
             self.producer.poll(0)
             if i < n:
