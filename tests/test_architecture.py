@@ -45,7 +45,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "pipeline.changelog": ("pipeline.core", "pipeline.records", "pipeline.state"),  # core: its type alone
     "pipeline.metrics": (),
     "pipeline.testing": ("pipeline.records",),
-    "pipeline.core": ("pipeline.messages", "pipeline.records", "pipeline.timegrid", "pipeline.windows"),
+    "pipeline.core": (
+        "pipeline.messages",
+        "pipeline.records",
+        "pipeline.state",
+        "pipeline.timegrid",
+        "pipeline.windows",
+    ),
     "pipeline.loop": ("pipeline.changelog", "pipeline.core", "pipeline.records"),
     "pipeline.kafka": ("pipeline.changelog", "pipeline.records", "pipeline.settings", "pipeline.state"),
     "pipeline.model_source": ("pipeline.core", "models.forecaster", "models.mlflow.registry"),

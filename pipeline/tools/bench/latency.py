@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.tools.bench.in_memory import LOOKBACK, bench_checkpoint, in_memory
+from pipeline.state import state_bytes
+from pipeline.tools.bench.in_memory import CHANNELS, LOOKBACK, bench_checkpoint, in_memory
 from pipeline.tools.bench.report import cpu_seconds, machine, percentiles
 from pipeline.tools.bench.rig import ArrivalStamper, Stream, own_topics
 from pipeline.tools.child import CliProcess, RelayProcess, ServeProcess
@@ -60,6 +61,23 @@ def _start(
     log_path = rig.checkpoint.parent / f"{'relay' if relay else 'service'}-{group}.log"
     proc = RelayProcess(env, log_path) if relay else ServeProcess(str(rig.checkpoint), env, log_path)
     return proc.start()
+
+
+def changelog_written(settings: Settings) -> int | None:
+    """Records on the service's window changelog (its windows and markers, and transaction markers
+    under exactly-once): the sum of the partitions' end offsets. None: no such topic."""
+    from kafka import TopicPartition
+
+    from pipeline.kafka import make_consumer
+
+    topic, consumer = settings.windows_topic, make_consumer(settings, group=None)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            return None
+        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in parts]).values())
+    finally:
+        consumer.close()
 
 
 def _stop_service(proc: CliProcess) -> None:
@@ -210,7 +228,21 @@ def against_kafka(
     if relay:
         tmp.cleanup()
         return result
+    if window_state == "changelog":  # what the broker took for it: records written per reading
+        written = changelog_written(s.model_copy(update={"consumer_group": f"bench-{tag}-batched"}))
+        result["changelog"] = {
+            "records_written": written,
+            "readings_sent": len(stream.sent),
+            "per_reading": round(written / len(stream.sent), 3) if written is not None and stream.sent else None,
+            "mb_at_most": round(written * state_bytes(LOOKBACK, CHANNELS) / 1e6, 1) if written is not None else None,
+        }
+        log(f"    changelog: {written:,} records written for {len(stream.sent):,} readings")
 
+    if drain_readings <= entities * (LOOKBACK - 1):  # every reading would go to warming windows up
+        log(f"{what}: (d) skipped: a backlog of {drain_readings:,} readings only warms {entities:,} entities' windows")
+        result["drain_readings_per_s"] = None
+        tmp.cleanup()
+        return result
     log(f"{what}: (d) drain a backlog of {drain_readings:,} readings: batched vs a naive per-message loop")
     drains = {}
     # (name, max_batch, instances, waiting): a backlog already on the topic when the service starts;

@@ -346,15 +346,15 @@ def bench_latency(
                           str(f["sustained_readings_per_s"]), "", "")  # fmt: skip
             table.add_row(client, f"service, {r['guarantee']}, windows by {r['window_state']}",
                           *(str(r["e2e"][k]) for k in ("p50_ms", "p99_ms")),
-                          str(r["sustained_readings_per_s"]), str(r["drain_readings_per_s"]),
-                          str(r["naive_readings_per_s"]))  # fmt: skip
+                          str(r["sustained_readings_per_s"]), str(r.get("drain_readings_per_s") or ""),
+                          str(r.get("naive_readings_per_s", "")))  # fmt: skip
             for g, o in r.items():
                 if (g in ("at-least-once", "exactly-once", "sasl_ssl") or g.startswith("window_state=")) and isinstance(
                     o, dict
                 ):
                     name = f"service, {r['guarantee']}, SASL_SSL" if g == "sasl_ssl" else f"service, {g}"
                     table.add_row(client, name, *(str(o["e2e"][k]) for k in ("p50_ms", "p99_ms")),
-                                  str(o["sustained_readings_per_s"]), str(o["drain_readings_per_s"]),
+                                  str(o["sustained_readings_per_s"]), str(o.get("drain_readings_per_s") or ""),
                                   str(o.get("naive_readings_per_s", "")))  # fmt: skip
         Console().print(table)
     write_json(json_path, doc)
