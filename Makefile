@@ -44,11 +44,8 @@ format: $(VENV)/.installed  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# test workers: one a core up to 4 (each starts its own broker, MLflow and Prefect servers); one core: none
-TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -ge 2 ] && echo $$(( n < 4 ? n : 4 )) || echo 0)
-
 test: install peers-env  ## unit and integration tests against a real broker (started here unless KAFKA_BOOTSTRAP_SERVERS is set)
-	$(PY) -m pytest tests -m "not lifecycle" -n $(TEST_WORKERS) --dist loadscope --durations=15
+	$(PY) -m pytest tests -m "not lifecycle" --durations=15
 
 test-lifecycle: install  ## the compressed month (tests/e2e/test_lifecycle.py, 7 to 18 min on 2 cores): CI's second stage
 	$(PY) -m pytest tests -m lifecycle -rP --durations=5  # -rP: the month's report, printed

@@ -15,13 +15,8 @@ if not torch.cuda.is_available():
     sys.modules.setdefault("triton", None)
 
 # Prefect keeps its state under PREFECT_HOME (else ~/.prefect); flows run in tests start Prefect's
-# own temporary server there unless PREFECT_API_URL points at one. One home per test process: xdist's
-# workers inherit the controller's environment, and two temporary servers on one SQLite database
-# would lock each other out (a PREFECT_HOME the user set is theirs, and kept).
-if os.environ.get("PREFECT_HOME", "") in ("", os.environ.get("SENSORCAST_TESTS_PREFECT_HOME")):
-    os.environ["PREFECT_HOME"] = os.environ["SENSORCAST_TESTS_PREFECT_HOME"] = tempfile.mkdtemp(
-        prefix="sensorcast-prefect-"
-    )
+# own temporary server there unless PREFECT_API_URL points at one.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sensorcast-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # that temporary server is given 20 s to start by default; on a busy 2-core machine (a secured broker
 # and the service beside it) it once took longer and failed the test: give it the CLI's 120 s
