@@ -19,6 +19,7 @@ the replay by time refills the windows instead, and the log says which path each
 from __future__ import annotations
 
 import struct
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -52,11 +53,16 @@ class Capture:
 
 
 class Changelog:
-    """Captures the windows that changed (the core's `touched`) at each commit point and hands them
-    out once a commit covers them."""
+    """Captures the windows that changed (the core's `touched`) at a commit point at most every
+    `every_s` (0: each one; a stop or a hand-over always does) and hands them out once a commit covers
+    them. Why not every point: at 1,000 entities a capture per 250 ms commit wrote a window for every
+    other reading and cut kafka-python's sustained rate from 6,000 to 2,000 readings/s
+    (docs/service.md); between captures a window is written once however often it changed, and a
+    restart replays the input since the last one."""
 
-    def __init__(self, core: ForecastCore, topic: str, partitions: set[int] | None = None):
-        self.core, self.topic = core, topic
+    def __init__(self, core: ForecastCore, topic: str, partitions: set[int] | None = None, every_s: float = 0.0):
+        self.core, self.topic, self.every_s = core, topic, every_s
+        self._next = 0.0  # monotonic time of the next capture: the first commit point captures
         # the changelog's own partitions (None: any): a partition added to the readings later has
         # none to go to, so its entities are not captured and a restart replays that partition
         self.partitions = partitions
@@ -64,7 +70,13 @@ class Changelog:
         self.pending: deque[Capture] = deque()
         self._marked: dict[int, int] = {}  # partition → the position of its last marker
 
-    def capture(self, positions: dict[int, int]) -> None:
+    def capture(self, positions: dict[int, int], force: bool = False, now_s: float | None = None) -> None:
+        """The windows changed since the last capture, and the markers at `positions`, when one is due
+        (or `force`d: a stop, a hand-over)."""
+        now = time.monotonic() if now_s is None else now_s
+        if not force and now < self._next:
+            return
+        self._next = now + self.every_s
         core, windows, topic = self.core, self.core.windows, self.topic
         home, kept = core.home, self.partitions
         out: list[Outgoing] = []

@@ -10,8 +10,9 @@ commit point whenever the stream goes quiet too (`commit_when_quiet`): those wai
 A stop and a rebalance's hand-over wait for confirmation (`flush`) and commit everything. A crash
 re-forecasts at most the readings since the last commit.
 
-With a window changelog (pipeline/changelog.py), each commit point also captures the windows that
-changed, and a capture is published once a commit covers it: after that commit (at-least-once), or
+With a window changelog (pipeline/changelog.py), a commit point also captures the windows that
+changed (at most every `changelog_interval_ms`, and always on a stop), and a capture is published
+once a commit covers it: after that commit (at-least-once), or
 in its transaction (exactly-once). State may lag the output, never lead it.
 """
 
@@ -96,7 +97,7 @@ def run(
             in_flight = None
         if published is not None or points:
             if changelog is not None:
-                changelog.capture(source.positions(source.checkpoint()))
+                changelog.capture(source.positions(source.checkpoint()), force=True)
             sink.flush()
             commit()
             if changelog is not None and not in_transactions:

@@ -97,7 +97,8 @@ def service_core(slot: ModelSlot, settings: Settings, source, keeps_changelog: b
     core = ForecastCore(slot, ServiceConfig.from_settings(settings))
     if not keeps_changelog or not getattr(source, "changelog_partitions", None):
         return core, None
-    changelog = Changelog(core, settings.windows_topic, source.changelog_partitions)
+    every_s = settings.changelog_interval_ms / 1000
+    changelog = Changelog(core, settings.windows_topic, source.changelog_partitions, every_s)
 
     def restore(restored) -> None:
         core.restore(restored)

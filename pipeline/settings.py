@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     changelog_topic: str | None = Field(
         default=None, description="the windows' compacted changelog topic (default: <consumer group>.windows)"
     )
+    changelog_interval_ms: int = Field(
+        default=10_000,
+        ge=0,
+        description="how often the window changelog is written, each window changed since once (0: at every "
+        "commit point); a restart replays the input since the last write",
+    )
     partitions: str | None = Field(
         default=None,
         pattern=r"^\d+(,\d+)*$",

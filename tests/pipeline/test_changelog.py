@@ -119,3 +119,19 @@ def test_a_partition_given_up_is_neither_captured_nor_tombstoned_and_a_restore_t
     assert {(m.key, m.value is None, m.partition) for m in log.due({0: 2})} == {(b"a", False, 0), (b"", False, 0)}
     c.restore({"b": (b_state, 1)}, now_s=100.0)
     assert c.home["b"] == 1 and "b" in c.windows.slots
+
+
+def test_between_captures_a_window_is_written_once_however_often_it_changed() -> None:
+    c = core()
+    log = Changelog(c, TOPIC, every_s=10.0)
+    log.capture({0: 0}, now_s=100.0)  # the first commit point captures (nothing changed yet: a marker)
+    for step in range(3):
+        c.prepare([reading("a", step), reading("b", step)], now_s=100.0 + step)
+        log.capture({0: 2 * step + 2}, now_s=100.0 + step)  # not due: a and b wait
+    assert len(log.pending) == 1
+    log.capture({0: 6}, now_s=110.0)
+    c.prepare([reading("a", 3)], now_s=111.0)
+    log.capture({0: 7}, now_s=111.0, force=True)  # a stop: due or not
+    written = log.due({0: 7})
+    assert [decode_marker(m.value) for m in written if m.key == b""] == [0, 6, 7]
+    assert sorted(m.key for m in written if m.key) == [b"a", b"a", b"b"]  # three changes each: once, then a again
