@@ -95,9 +95,9 @@ def run(
         if in_flight is not None:
             land(in_flight)
             in_flight = None
-        if published is not None or points:
-            if changelog is not None:
-                changelog.capture(source.positions(source.checkpoint()), force=True)
+        if changelog is not None:  # the windows changed since the last capture: not due yet, maybe
+            changelog.capture(source.positions(source.checkpoint()), force=True)
+        if published is not None or points or (changelog is not None and changelog.pending):
             sink.flush()
             commit()
             if changelog is not None and not in_transactions:

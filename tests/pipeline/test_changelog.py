@@ -5,6 +5,7 @@ is not used."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -135,3 +136,22 @@ def test_between_captures_a_window_is_written_once_however_often_it_changed() ->
     written = log.due({0: 7})
     assert [decode_marker(m.value) for m in written if m.key == b""] == [0, 6, 7]
     assert sorted(m.key for m in written if m.key) == [b"a", b"a", b"b"]  # three changes each: once, then a again
+
+
+def test_a_stop_writes_every_window_changed_since_the_last_capture_even_when_all_was_committed() -> None:
+    """Captures an hour apart: only the first commit point's is due. The stream is drained and every
+    reading committed before the stop: the stop still writes what changed since that capture."""
+    records = [reading(e, s) for s in range(6) for e in "abc"]
+    sink, stop = MemorySink(), threading.Event()
+    source = MarkerCheckingSource(records, sink)
+    c = core(max_batch=4, commit_interval_ms=0)
+    serving = threading.Thread(target=run, args=(source, sink, c, stop, None, Changelog(c, TOPIC, every_s=3600.0)))
+    serving.start()
+    deadline = time.monotonic() + 30  # a ceiling against a hang: the wait ends on the count
+    while source.committed < len(records) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    serving.join(30)
+    part = fold([(m.key, m.value) for m in sink.on(TOPIC)], lookback=4, channels=2)
+    assert part.marker == source.committed == len(records) and set(part.states) == {"a", "b", "c"}
+    assert all(state.position == len(records) for state in part.states.values())
