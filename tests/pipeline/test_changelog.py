@@ -155,3 +155,26 @@ def test_a_stop_writes_every_window_changed_since_the_last_capture_even_when_all
     part = fold([(m.key, m.value) for m in sink.on(TOPIC)], lookback=4, channels=2)
     assert part.marker == source.committed == len(records) and set(part.states) == {"a", "b", "c"}
     assert all(state.position == len(records) for state in part.states.values())
+
+
+class ReplayingSource(MarkerCheckingSource):
+    """Its first `until` records are replays (a restart refilling windows), as the Kafka sources mark them."""
+
+    def __init__(self, records, sink: MemorySink, until: int):
+        super().__init__(records, sink)
+        self.replay_until = {0: until}
+
+    def poll(self, max_records: int, timeout_ms: float):
+        batch = super().poll(max_records, timeout_ms)
+        if self.position >= self.replay_until.get(0, 0):
+            self.replay_until = {}
+        return batch
+
+
+def test_no_capture_is_taken_while_a_partition_is_replayed() -> None:
+    records = [reading(e, s) for s in range(8) for e in "abc"]
+    sink = MemorySink()
+    source = ReplayingSource(records, sink, until=18)
+    serve_until_drained(source, sink, core(max_batch=3, commit_interval_ms=0))
+    markers = [decode_marker(m.value) for m in sink.on(TOPIC) if m.key == b""]
+    assert markers and min(markers) >= 18 and markers[-1] == len(records)  # from the end of the replay on
