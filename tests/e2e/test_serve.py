@@ -284,7 +284,13 @@ def test_confluent_instances_share_the_group_and_one_takes_over_from_a_stopped_o
     committed offsets (KIP-447: it waits for offsets still pending in a transaction). Still 0 lost
     and 0 repeated for a read_committed reader."""
     # the confluent client: the test is parametrized on it alone
-    env = {**service_settings.as_env(), "SENSORCAST_PROCESSING_GUARANTEE": guarantee}
+    # the changelog at every commit point: a killed instance's partitions then have a marker once it
+    # committed their readings (at the default 10 s, a takeover within 10 s of a fresh start replays)
+    env = {
+        **service_settings.as_env(),
+        "SENSORCAST_PROCESSING_GUARANTEE": guarantee,
+        "SENSORCAST_CHANGELOG_INTERVAL_MS": "0",
+    }
     forecasts = collect(service_settings, service_settings.forecasts_topic)
     steps, entities = 160, 9
     a = ServeProcess(service_settings.model_uri, env, tmp_path / "a.log").start().wait_ready()
@@ -380,7 +386,9 @@ def test_exactly_once_a_sigkill_mid_stream_leaves_each_forecast_once_for_a_read_
                 "kafka_client": kafka_client, "processing_guarantee": "exactly-once"}
     )  # fmt: skip
     ensure_topics(settings)
-    env = {**settings.as_env(), "SENSORCAST_COMMIT_INTERVAL_MS": "250"}
+    # the changelog at every commit: each partition has a marker before the kill (the SIGKILL test above
+    # covers the default 10 s, where the restart replays from an older marker)
+    env = {**settings.as_env(), "SENSORCAST_COMMIT_INTERVAL_MS": "250", "SENSORCAST_CHANGELOG_INTERVAL_MS": "0"}
     forecasts = collect(settings, settings.forecasts_topic)  # read_committed: every project consumer reads so
     uncommitted = TopicCollector(settings, settings.forecasts_topic, True, isolation_level="read_uncommitted")
 
