@@ -37,6 +37,7 @@ from pipeline.kafka.source import (
     changelog_reader,
     commit_metadata,
     committed_ts,
+    served_partitions,
 )
 from pipeline.records import Outgoing, Record
 from pipeline.settings import Settings
@@ -605,7 +606,7 @@ def confluent_source(
     if shape is not None:
         reader = changelog_reader(settings)  # a side read on kafka-python, as the service's followers
         try:
-            held = changelog_partitions(settings, reader)
+            held = changelog_partitions(settings, reader, served_partitions(settings, reader))
         finally:
             reader.close()
     if held is not None:

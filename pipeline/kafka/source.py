@@ -249,10 +249,9 @@ def committed_ts(metadata: str | None) -> int | None:
     return None
 
 
-def changelog_partitions(settings: Settings, consumer: KafkaConsumer) -> set[int] | None:
-    """The windows' changelog's partitions, when it can be kept: None when its topic lacks a partition
-    the readings have (the service then replays, as before)."""
-    parts = served_partitions(settings, consumer)
+def changelog_partitions(settings: Settings, consumer: KafkaConsumer, parts: list[int]) -> set[int] | None:
+    """The windows' changelog's partitions, when it can be kept: None when its topic lacks one of the
+    readings' partitions `parts` (the service then replays, as before)."""
     held = consumer.partitions_for_topic(settings.windows_topic) or set()
     if not set(parts) <= held:
         log.warning(
@@ -281,10 +280,11 @@ def changelog_states(settings: Settings, shape: tuple[int, int]) -> tuple[dict[i
     partitions; None when it cannot be kept (`changelog_partitions`)."""
     reader = changelog_reader(settings)
     try:
-        held = changelog_partitions(settings, reader)
+        parts = served_partitions(settings, reader)
+        held = changelog_partitions(settings, reader, parts)
         if held is None:
             return None
-        return read_changelog(reader, settings.windows_topic, served_partitions(settings, reader), *shape), held
+        return read_changelog(reader, settings.windows_topic, parts, *shape), held
     finally:
         reader.close()
 

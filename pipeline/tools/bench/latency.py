@@ -236,7 +236,8 @@ def against_kafka(
             "per_reading": round(written / len(stream.sent), 3) if written is not None and stream.sent else None,
             "mb_at_most": round(written * state_bytes(LOOKBACK, CHANNELS) / 1e6, 1) if written is not None else None,
         }
-        log(f"    changelog: {written:,} records written for {len(stream.sent):,} readings")
+        count = f"{written:,}" if written is not None else "no topic: no"
+        log(f"    changelog: {count} records written for {len(stream.sent):,} readings")
 
     if drain_readings <= entities * (LOOKBACK - 1):  # every reading would go to warming windows up
         log(f"{what}: (d) skipped: a backlog of {drain_readings:,} readings only warms {entities:,} entities' windows")

@@ -41,19 +41,13 @@ def send_history(stream: Stream, entities: int, steps: int, base_ms: int, log: C
     a step at a time (a 100,000-entity history is 20 M readings: never all in memory at once)."""
     from pipeline.messages import encode_reading, format_ts
 
-    producer, topic = stream.producer, stream.topic
+    producer, produce = stream.producer, stream.produce
     started = time.monotonic()
     for step in range(steps):
         record_ms = base_ms + step * INTERVAL_S * 1000
         for _ in range(entities):
             entity, ts, values = next(stream.rows)
-            value, key = encode_reading(entity, format_ts(ts), values), entity.encode()
-            while True:
-                try:
-                    producer.produce(topic, value, key, timestamp=record_ms)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            produce(entity.encode(), encode_reading(entity, format_ts(ts), values), record_ms)
         producer.poll(0)
         if (step + 1) % 50 == 0:
             log(f"    history: {step + 1}/{steps} steps sent in {time.monotonic() - started:.0f} s")

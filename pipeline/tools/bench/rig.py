@@ -107,7 +107,8 @@ class Stream:
         self.sent: dict[str, float] = {}  # reading → when it was due (paced) or sent (flat out), wall clock
         self.last: set[str] = set()  # the readings of the latest `send`
 
-    def _produce(self, key: bytes, value: bytes, record_ms: int = 0) -> None:
+    def produce(self, key: bytes, value: bytes, record_ms: int = 0) -> None:
+        """One record to the readings topic, waiting while the client's queue is full."""
         while True:
             try:
                 self.producer.produce(self.topic, value, key, timestamp=record_ms)  # 0: the client's clock
@@ -126,7 +127,7 @@ class Stream:
             entity, ts, values = next(self.rows)
             stamp = format_ts(ts)
             ready.append((f"{entity}|{stamp}", entity.encode(), encode_reading(entity, stamp, values)))
-        produce, sent, clock = self._produce, self.sent, time.perf_counter
+        produce, sent, clock = self.produce, self.sent, time.perf_counter
         self.last = {ident for ident, _, _ in ready}
         started, started_wall, i = clock(), time.time(), 0
         while i < n:  # every millisecond, what is due: a sleep per reading would cost more than the send
