@@ -50,7 +50,7 @@ test: install peers-env  ## unit and integration tests against a real broker (st
 test-lifecycle: install  ## the compressed month (tests/e2e/test_lifecycle.py, 7 to 18 min on 2 cores): CI's second stage
 	$(PY) -m pytest tests -m lifecycle -rP --durations=5  # -rP: the month's report, printed
 
-test-unit: install
+test-unit: install peers-env  ## the fast tests (the peers test needs .venv-peers, as make test)
 	$(PY) -m pytest tests -m "not integration"
 
 test-integration: install
